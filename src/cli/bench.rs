@@ -1,0 +1,170 @@
+//! `disback bench`: training speed of the real session code at a config's
+//! sizes, side by side for several thread counts, idle and under load.
+//!
+//! candle reads its thread counts once per process, so each setting runs in
+//! a child process (`bench --worker`); "under load" runs a busy-looping
+//! child beside it, as another user's job on a shared machine would.
+
+use super::ConfigArgs;
+use crate::engine::{RunDir, Session, Stage};
+use crate::runtime::configure_threads;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Seconds of timing per measurement.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Thread counts to compare.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Skip the runs under load.
+    #[arg(long)]
+    pub no_load: bool,
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    #[arg(long, hide = true)]
+    pub burn: bool,
+}
+
+/// Steps per second of one worker.
+#[derive(Debug, Serialize, Deserialize)]
+struct Rates {
+    teacher_steps: f64,
+    distill_iterations: f64,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.burn {
+        burn();
+    }
+    if args.worker {
+        let threads = *args.threads.first().context("--worker needs --threads N")?;
+        configure_threads(threads);
+        let rates = measure(&args)?;
+        println!("{}", serde_json::to_string(&rates)?);
+        return Ok(());
+    }
+    let config = args.config.load()?;
+    println!(
+        "disback bench — {} ({}), teacher batch {}, distillation batch {}, score net {}×{}, {:.0} s per cell",
+        config.run_name(),
+        config.method,
+        config.teacher.batch,
+        config.distill.batch,
+        config.score_net.width,
+        config.score_net.blocks,
+        args.seconds
+    );
+    println!(
+        "{:<9} {:<8} {:>18} {:>24}",
+        "threads", "load", "teacher steps/s", "distill iterations/s"
+    );
+    let loads: &[bool] = if args.no_load { &[false] } else { &[false, true] };
+    for &threads in &args.threads {
+        for &loaded in loads {
+            let rates = run_worker(&args, threads, loaded)?;
+            println!(
+                "{:<9} {:<8} {:>18.1} {:>24.1}",
+                threads,
+                if loaded { "1 busy" } else { "idle" },
+                rates.teacher_steps,
+                rates.distill_iterations
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_worker(args: &BenchArgs, threads: usize, loaded: bool) -> Result<Rates> {
+    let exe = std::env::current_exe()?;
+    let burner = if loaded {
+        Some(
+            Command::new(&exe)
+                .args(["bench", "--burn"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        )
+    } else {
+        None
+    };
+    let mut cmd = Command::new(&exe);
+    cmd.args(["bench", "--worker", "--threads", &threads.to_string()])
+        .args(["--seconds", &args.seconds.to_string()]);
+    if let Some(c) = &args.config.config {
+        cmd.arg("--config").arg(c);
+    }
+    for o in &args.config.overrides {
+        cmd.args(["--set", o]);
+    }
+    let output = cmd.stderr(Stdio::inherit()).output();
+    if let Some(mut b) = burner {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let output = output?;
+    if !output.status.success() {
+        bail!("bench worker with {threads} threads failed");
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// Spins one core until killed.
+fn burn() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+/// Times the session's own steps: teacher pretraining first, then (after
+/// skipping ahead) distillation iterations. Measurements during training
+/// are turned off so only the steps are timed.
+fn measure(args: &BenchArgs) -> Result<Rates> {
+    let tmp = std::env::temp_dir().join(format!("disback-bench-{}", std::process::id()));
+    let mut config = args.config.load()?;
+    // Train a fresh teacher (never ends while timing), long enough budgets
+    // for every target, and no measurements or checkpoints in the way.
+    config.teacher.file = None;
+    config.teacher.cache_dir = tmp.join("teachers");
+    config.teacher.steps = 1_000_000_000;
+    config.schedule.steps = vec![1_000_000_000; config.planned_nodes().max(1)];
+    config.metrics.every = 0;
+    config.log.checkpoint_every = 1_000_000_000;
+    let run = RunDir::create(&tmp.join("run"), true)?;
+    let mut session = Session::start(config, run)?;
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let teacher_steps = rate(&mut session, Stage::Pretrain, seconds)?;
+    while session.stage() != Stage::Backtrack {
+        session.skip()?;
+    }
+    let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(Rates {
+        teacher_steps,
+        distill_iterations,
+    })
+}
+
+/// Iterations per second in `stage`, after a short warm-up.
+fn rate(session: &mut Session, stage: Stage, time: Duration) -> Result<f64> {
+    for _ in 0..10 {
+        session.step()?;
+    }
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed() < time {
+        session.step()?;
+        n += 1;
+    }
+    if session.stage() != stage {
+        bail!("the bench left stage {stage} early");
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}

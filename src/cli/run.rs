@@ -1,0 +1,185 @@
+//! The headless runner: a thin driver of [`Session`] that prints progress
+//! to stderr. Ctrl-C or SIGTERM checkpoints the run and stops it, so it can
+//! be continued with `--resume`.
+
+use super::RunArgs;
+use crate::config::SchedulePolicy;
+use crate::engine::{Event, RunDir, Session, Stage};
+use crate::metrics::Evaluation;
+use crate::runtime::configure_threads;
+use anyhow::{Result, bail};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let session = match &args.resume {
+        Some(dir) => {
+            let run = RunDir::open(dir)?;
+            let threads = crate::config::Config::load(&run.config(), &[])?.threads;
+            configure_threads(threads);
+            let s = Session::resume(run)?;
+            eprintln!(
+                "resuming {} at iteration {} ({})",
+                dir.display(),
+                s.iteration(),
+                s.stage()
+            );
+            s
+        }
+        None => {
+            let config = args.config.load()?;
+            if config.schedule.policy == SchedulePolicy::Manual {
+                bail!(
+                    "schedule.policy = \"manual\" waits for key presses: use it in the terminal lab \
+                     (disback tui), or choose fixed or auto for a headless run"
+                );
+            }
+            configure_threads(config.threads);
+            let root = args
+                .out
+                .clone()
+                .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), config.run_name()));
+            let run = RunDir::create(&root, args.force)?;
+            Session::start(config, run)?
+        }
+    };
+    drive(session)
+}
+
+fn drive(mut session: Session) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let view = session.view();
+    eprintln!(
+        "{} on {} — {} — run directory {}",
+        view.method,
+        view.data,
+        view.device,
+        view.run_dir.display()
+    );
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    while !session.is_done() {
+        if stop.load(Ordering::Relaxed) {
+            session.save_state()?;
+            eprintln!(
+                "stopped at iteration {}; continue with: disback run --resume {}",
+                session.iteration(),
+                session.run_dir().root().display()
+            );
+            return Ok(());
+        }
+        for event in session.step()? {
+            print_event(&event);
+        }
+        progress.tick(&session);
+    }
+    let view = session.view();
+    eprintln!(
+        "finished in {:.1} s: {} distillation iterations; run directory {}",
+        started.elapsed().as_secs_f64(),
+        view.cost,
+        view.run_dir.display()
+    );
+    if let Some(e) = session.latest_eval() {
+        eprintln!("final: {}", describe_eval(e));
+    }
+    Ok(())
+}
+
+fn print_event(event: &Event) {
+    match event {
+        Event::StageStarted(stage) => eprintln!("== {stage}"),
+        Event::TeacherReady { source } => eprintln!("teacher {source}"),
+        Event::NodeRecorded {
+            index,
+            iteration,
+            file,
+        } => {
+            eprintln!(
+                "node {index} recorded at iteration {iteration}: {}",
+                file.display()
+            )
+        }
+        Event::TargetSwitched { from, to } => match from {
+            Some(from) => eprintln!("target: node {from} → node {to}"),
+            None => eprintln!("target: node {to}"),
+        },
+        Event::Logged(record) => {
+            if let Some(e) = &record.eval {
+                eprintln!(
+                    "step {:>6} (node {:?}): {}",
+                    record.step,
+                    record.target_node.unwrap_or(0),
+                    describe_eval(e)
+                );
+            }
+        }
+        Event::Saved(path) => eprintln!("saved {}", path.display()),
+        Event::Warning(w) => eprintln!("warning: {w}"),
+        Event::Checkpointed { .. } | Event::Finished => {}
+    }
+}
+
+/// One line summarising a measurement.
+pub fn describe_eval(e: &Evaluation) -> String {
+    let mut s = format!("energy {:.4}  sliced-W {:.4}", e.energy, e.sliced_w);
+    if let Some(m) = &e.modes {
+        s += &format!(
+            "  modes {:.0}%  min share {:.2}  nll {:.3}  precision {:.3}",
+            m.coverage * 100.0,
+            m.min_share(),
+            m.nll,
+            m.precision
+        );
+    }
+    if let (Some(t), Some(th)) = (e.mismatch_target_mean(), e.mismatch_teacher_mean()) {
+        s += &format!("  mismatch target {t:.3} teacher {th:.3}");
+    }
+    s
+}
+
+/// A progress line every few seconds, with the iteration rate.
+struct Progress {
+    last: Instant,
+    last_iteration: usize,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(3);
+
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            last_iteration: 0,
+        }
+    }
+
+    fn tick(&mut self, session: &Session) {
+        let elapsed = self.last.elapsed();
+        if elapsed < Self::EVERY || session.stage() == Stage::Done {
+            return;
+        }
+        let v = session.view();
+        let rate = (v.iteration - self.last_iteration) as f64 / elapsed.as_secs_f64();
+        let mut line = format!("[{}] {}/{}  {rate:.0} it/s", v.stage, v.stage_step, v.stage_total);
+        if let Some(r) = &v.latest {
+            for (name, value) in [
+                ("teacher", r.loss_teacher),
+                ("g", r.loss_g),
+                ("fake", r.loss_fake),
+            ] {
+                if let Some(x) = value {
+                    line += &format!("  loss_{name} {x:.4}");
+                }
+            }
+        }
+        eprintln!("{line}");
+        self.last = Instant::now();
+        self.last_iteration = v.iteration;
+    }
+}

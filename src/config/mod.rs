@@ -1,0 +1,138 @@
+//! The run configuration: a TOML schema with a documented default for every
+//! field, validation that names the key and the reason, and `--set`
+//! overrides.
+//!
+//! A config is loaded in three steps: parse the file into a TOML table, apply
+//! the `--set section.key=value` overrides to that table, then deserialise
+//! (unknown keys are rejected by serde) and validate. [`Config::resolved`]
+//! fills in what the file left to be computed (σ_data, a generated mixture's
+//! components) so that the `config.toml` a run writes describes it fully.
+
+mod schema;
+mod validate;
+
+pub use schema::*;
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::Path;
+
+impl Config {
+    /// Reads, overrides, deserialises and validates a config file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config =
+            Self::parse(&text, overrides).with_context(|| format!("invalid config {}", path.display()))?;
+        if config.name.is_none() {
+            config.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text with overrides applied; the error names the key.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Config> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let config: Config = table.try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in default config (the 2-D ring demo), with overrides.
+    pub fn default_with(overrides: &[String]) -> Result<Config> {
+        Self::parse("", overrides)
+    }
+
+    /// The name used for run directories.
+    pub fn run_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("run")
+    }
+
+    /// Fills in what the file left to be computed: σ_data (the data's std)
+    /// and a ring preset's explicit components. A run writes this form, so
+    /// its `config.toml` alone reproduces it.
+    pub fn resolved(mut self) -> Config {
+        let data = crate::data::Dataset::new(&self.data);
+        if self.diffusion.sigma_data.is_none() {
+            self.diffusion.sigma_data = Some(data.std());
+        }
+        if let DataConfig::Ring { modes, radius, std } = self.data {
+            self.data = DataConfig::Gmm {
+                components: crate::data::GaussianMixture::ring_components(modes, radius, std),
+            };
+        }
+        self
+    }
+
+    /// σ_data of a resolved config.
+    pub fn sigma_data(&self) -> f64 {
+        self.diffusion
+            .sigma_data
+            .unwrap_or_else(|| crate::data::Dataset::new(&self.data).std())
+    }
+
+    /// The name of this config's pretrained teacher in the cache: a hash of
+    /// everything that shapes it (data, diffusion, network, pretraining
+    /// settings and seed) and nothing that does not (the run's own seed,
+    /// paths, distillation settings), so runs of any seed share one teacher.
+    pub fn teacher_cache_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let resolved = self.clone().resolved();
+        let (t, d) = (&resolved.teacher, &resolved.diffusion);
+        let shape = serde_json::json!({
+            "format": 2,
+            "data": resolved.data,
+            "diffusion": [d.sigma_data, d.p_mean, d.p_std],
+            "score_net": resolved.score_net,
+            "teacher": [t.steps, t.batch, t.lr, t.seed],
+        });
+        let digest = Sha256::digest(shape.to_string().as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+/// Applies one `section.key=value` override to the raw table. The value is
+/// read as a TOML value (`3`, `1e-3`, `"cpu"`, `[1, 2]`), and as a bare
+/// string when it is not one (`device=cpu`).
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set {spec:?}: expected section.key=value"))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = parse_value(raw);
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {spec:?}: {key:?} is not a valid key path");
+    }
+    let (last, sections) = parts.split_last().expect("split yields one part");
+    let mut current = table;
+    for (i, section) in sections.iter().enumerate() {
+        let entry = current
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| anyhow!("--set {spec:?}: {} is not a section", parts[..=i].join(".")))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t.remove("v").expect("key v was just parsed"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

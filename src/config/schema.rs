@@ -1,0 +1,538 @@
+//! The TOML schema. Every field has a default (documented on the field), so
+//! an empty file is the default demo: DisBack on 10 Gaussians on a ring.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name used for run directories; defaults to the config file's stem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `disback` (record a degradation path, then backtrack it) or
+    /// `diff-instruct` (distil straight from the teacher). Default `disback`.
+    pub method: Method,
+    /// Seed of every random number the distillation draws (teacher
+    /// pretraining has its own, `teacher.seed`). Default 0.
+    pub seed: u64,
+    /// `auto` (the GPU when the build has CUDA and a GPU is there, else the
+    /// CPU), `cpu`, or `cuda:N`. Default `auto`.
+    pub device: DeviceChoice,
+    /// CPU threads for tensor work; 0 uses every available core. Default 1:
+    /// at the default sizes a second thread gives no speed-up on a 2-core
+    /// machine and collapses under load (`disback bench` shows both), and
+    /// one thread leaves a core for the terminal lab.
+    pub threads: usize,
+    pub data: DataConfig,
+    pub diffusion: DiffusionConfig,
+    pub score_net: ScoreNetConfig,
+    pub teacher: TeacherConfig,
+    pub generator: GeneratorConfig,
+    pub record: RecordConfig,
+    pub distill: DistillConfig,
+    pub schedule: ScheduleConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: None,
+            method: Method::Disback,
+            seed: 0,
+            device: DeviceChoice::Auto,
+            threads: 1,
+            data: DataConfig::default(),
+            diffusion: DiffusionConfig::default(),
+            score_net: ScoreNetConfig::default(),
+            teacher: TeacherConfig::default(),
+            generator: GeneratorConfig::default(),
+            record: RecordConfig::default(),
+            distill: DistillConfig::default(),
+            schedule: ScheduleConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Disback,
+    DiffInstruct,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Disback => "DisBack",
+            Method::DiffInstruct => "Diff-Instruct",
+        })
+    }
+}
+
+/// Where tensors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("{s:?} is not a device: use auto, cpu or cuda:N")),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The 2-D data distribution `q_0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// A Gaussian mixture given component by component.
+    Gmm { components: Vec<ComponentConfig> },
+    /// A mixture preset: `modes` equal Gaussians evenly spaced on a circle.
+    /// Written out as explicit components in a run's `config.toml`.
+    Ring {
+        #[serde(default = "defaults::ring_modes")]
+        modes: usize,
+        #[serde(default = "defaults::ring_radius")]
+        radius: f64,
+        #[serde(default = "defaults::ring_std")]
+        std: f64,
+    },
+    /// Uniform density on the dark squares of a `cells`×`cells` board of
+    /// side `size`, centred on the origin. No exact score.
+    Checkerboard {
+        #[serde(default = "defaults::checker_cells")]
+        cells: usize,
+        #[serde(default = "defaults::checker_size")]
+        size: f64,
+    },
+    /// A 2-D swiss roll scaled to about `scale` in radius, with Gaussian
+    /// jitter `noise`. No exact score.
+    SwissRoll {
+        #[serde(default = "defaults::roll_scale")]
+        scale: f64,
+        #[serde(default = "defaults::roll_noise")]
+        noise: f64,
+    },
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig::Ring {
+            modes: defaults::ring_modes(),
+            radius: defaults::ring_radius(),
+            std: defaults::ring_std(),
+        }
+    }
+}
+
+/// One isotropic Gaussian component of a mixture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    pub mean: [f64; 2],
+    /// Standard deviation per coordinate (> 0).
+    pub std: f64,
+    /// Relative weight (> 0); normalised by the loader. Default 1.
+    #[serde(default = "defaults::one")]
+    pub weight: f64,
+}
+
+/// EDM preconditioning, training noise and sampler. The noise levels
+/// (p_mean, p_std, sigma_min, sigma_max) are in EDM's units, tuned for data
+/// with σ_data = 0.5, and are scaled by σ_data / 0.5 for the data at hand:
+/// the same as standardising the data to EDM's scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiffusionConfig {
+    /// σ_data of the EDM preconditioning. Default: the data's own standard
+    /// deviation per coordinate (exact for mixtures), so the network sees
+    /// unit-scale inputs whatever the data's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_data: Option<f64>,
+    /// Mean of ln σ for the denoising loss (EDM units). Default −1.2.
+    pub p_mean: f64,
+    /// Standard deviation of ln σ for the denoising loss. Default 1.6,
+    /// wider than EDM's 1.2: on the default ring it halves the teacher's
+    /// score error at σ = 0.1 (0.15 vs 0.29 relative) at the same cost.
+    pub p_std: f64,
+    /// Smallest σ of the Karras grid. Default 0.002.
+    pub sigma_min: f64,
+    /// Largest σ of the Karras grid. Default 80.
+    pub sigma_max: f64,
+    /// Karras grid exponent ρ. Default 7.
+    pub rho: f64,
+    /// Heun sampler steps for teacher / node previews. Default 40.
+    pub sampler_steps: usize,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        Self {
+            sigma_data: None,
+            p_mean: -1.2,
+            p_std: 1.6,
+            sigma_min: 0.002,
+            sigma_max: 80.0,
+            rho: 7.0,
+            sampler_steps: 40,
+        }
+    }
+}
+
+/// The ResNet-MLP shared by the teacher, the path nodes and the fake score.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreNetConfig {
+    /// Hidden width. Default 128.
+    pub width: usize,
+    /// Residual blocks. Default 3.
+    pub blocks: usize,
+    /// Size of the Fourier embedding of the noise level (even). Default 16.
+    pub emb_dim: usize,
+}
+
+impl Default for ScoreNetConfig {
+    fn default() -> Self {
+        Self {
+            width: 128,
+            blocks: 3,
+            emb_dim: 16,
+        }
+    }
+}
+
+/// Teacher pretraining (EDM loss on data samples), or a file to load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// Load the teacher from this safetensors file instead of training one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Pretraining steps. Default 3000.
+    pub steps: usize,
+    /// Batch size. Default 512.
+    pub batch: usize,
+    /// Adam learning rate (cosine-decayed to 5% over the steps). Default 2e-3.
+    pub lr: f64,
+    /// Seed of pretraining, apart from the run's, so that runs with other
+    /// seeds share one teacher. Default 0.
+    pub seed: u64,
+    /// Where pretrained teachers are cached, keyed by a hash of the data,
+    /// diffusion, network and teacher settings. Default `runs/teachers`.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for TeacherConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            steps: 3000,
+            batch: 512,
+            lr: 2e-3,
+            seed: 0,
+            cache_dir: PathBuf::from("runs/teachers"),
+        }
+    }
+}
+
+/// The one-step generator `G(σ_init · z)`, an MLP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// Dimension of the latent z ~ N(0, I). Default 4.
+    pub latent_dim: usize,
+    /// Hidden width. Default 128.
+    pub width: usize,
+    /// Hidden layers. Default 3.
+    pub depth: usize,
+    /// Scale applied to z before the network. Default 1.
+    pub sigma_init: f64,
+    /// Adam learning rate. Default 3e-4.
+    pub lr: f64,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            latent_dim: 4,
+            width: 128,
+            depth: 3,
+            sigma_init: 1.0,
+            lr: 3e-4,
+        }
+    }
+}
+
+/// Stage 1: degradation recording (DisBack only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordConfig {
+    /// Fine-tuning iterations of the teacher copy on G⁰'s samples.
+    /// Default 200 (the paper's EDM runs).
+    pub iterations: usize,
+    /// A node is saved every this many iterations; must divide
+    /// `iterations`. Default 50, giving nodes 1..4 after the teacher (node 0).
+    pub node_every: usize,
+    /// Adam learning rate. Sets how far the path reaches: it should end
+    /// near G⁰ with the nodes spread along the way. Default 2e-4 (measured
+    /// on the default ring: the four nodes' energy distances to the data are
+    /// 0.03, 0.26, 0.76, 1.26 and G⁰'s is 1.80; at 1e-3 nodes 2–4 already
+    /// equal G⁰ and give backtracking nothing to follow).
+    pub lr: f64,
+    /// Batch size. Default 512.
+    pub batch: usize,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            iterations: 200,
+            node_every: 50,
+            lr: 2e-4,
+            batch: 512,
+        }
+    }
+}
+
+impl RecordConfig {
+    /// Number of recorded nodes after the teacher (N).
+    pub fn nodes(&self) -> usize {
+        self.iterations.checked_div(self.node_every).unwrap_or(0)
+    }
+}
+
+/// Stage 2 (and the baseline): score distillation into the generator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Batch of generator samples per update. Default 256.
+    pub batch: usize,
+    /// Adam learning rate of the fake score s_φ. Default 1e-3.
+    pub fake_lr: f64,
+    /// Fake-score (DSM) updates per generator update. Default 1 (the paper's
+    /// EDM runs).
+    pub fake_steps_per_generator_step: usize,
+    /// Generator-loss weighting: `dmd` (score difference in x_0 space,
+    /// divided per sample by mean |x_0 − D_target|, DMD's normaliser) or
+    /// `raw` (Diff-Instruct: σ²-weighted score difference, D_fake − D_target,
+    /// unnormalised). Default `dmd`.
+    pub weighting: Weighting,
+    /// σ for the generator loss: `karras` (a uniformly drawn index between
+    /// `karras_min_index` and `karras_max_index` of a 1000-step Karras grid,
+    /// as DMD2) or `log-normal` (ln σ ~ N(p_mean, p_std), as Diff-Instruct).
+    /// Default `karras`.
+    pub sigma: SigmaDistribution,
+    /// Default 20.
+    pub karras_min_index: usize,
+    /// Default 980.
+    pub karras_max_index: usize,
+    /// Diff-Instruct only: s_φ starts as the `teacher`, or is first `fit`
+    /// to G⁰ for `record.iterations` DSM steps (the same cost as DisBack's
+    /// recording). Default `teacher`.
+    pub baseline_fake_init: FakeInit,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        Self {
+            batch: 256,
+            fake_lr: 1e-3,
+            fake_steps_per_generator_step: 1,
+            weighting: Weighting::Dmd,
+            sigma: SigmaDistribution::Karras,
+            karras_min_index: 20,
+            karras_max_index: 980,
+            baseline_fake_init: FakeInit::Teacher,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weighting {
+    Dmd,
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigmaDistribution {
+    Karras,
+    LogNormal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FakeInit {
+    Teacher,
+    Fit,
+}
+
+/// When stage 2 moves to the next target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// `fixed`: exactly `steps[i]` generator steps on the i-th target.
+    /// `auto`: leave a non-teacher target once its gap stalls (see below),
+    /// or after `steps[i]` at the latest. `manual`: stay on a target until
+    /// told (terminal lab only). Default `fixed`.
+    pub policy: SchedulePolicy,
+    /// Generator steps per target, from the most degraded target (node N−1)
+    /// to the teacher (node 0), which is always last and always runs its
+    /// full count. DisBack needs one entry per recorded node (N);
+    /// Diff-Instruct exactly one. Default `[250, 250, 250, 1250]`.
+    pub steps: Vec<usize>,
+    /// `auto`: the gap (mean |D_fake − D_target| over the batch) is averaged
+    /// over windows of this many steps. Default 50.
+    pub window: usize,
+    /// `auto`: a window "improves" when its mean gap is below the previous
+    /// window's by at least this fraction. Default 0.02.
+    pub min_improvement: f64,
+    /// `auto`: switch after this many consecutive windows without
+    /// improvement. Default 2.
+    pub patience: usize,
+    /// `auto`: never switch before this many steps on a target. Default 100.
+    pub min_steps: usize,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            policy: SchedulePolicy::Fixed,
+            steps: vec![250, 250, 250, 1250],
+            window: 50,
+            min_improvement: 0.02,
+            patience: 2,
+            min_steps: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulePolicy {
+    Fixed,
+    Auto,
+    Manual,
+}
+
+/// What a run writes, and how often.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `metrics.jsonl` line every this many iterations. Default 10.
+    pub every: usize,
+    /// The resumable state (generator, s_φ, optimisers, RNG) is saved every
+    /// this many iterations. Default 500.
+    pub checkpoint_every: usize,
+    /// Generator samples written to `samples.csv` at the end. Default 10000.
+    pub final_samples: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            every: 10,
+            checkpoint_every: 500,
+            final_samples: 10_000,
+        }
+    }
+}
+
+/// Quality measurements during training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Distances, mode coverage and mismatch degree are measured every this
+    /// many generator steps (0: only at the end). Default 100.
+    pub every: usize,
+    /// Generator samples per measurement. Default 2000.
+    pub samples: usize,
+    /// σ grid for the mismatch degree. Default 0.05 … 5 (7 values).
+    pub mismatch_sigmas: Vec<f64>,
+    /// Data samples of the Stable Target Field reference batch (data
+    /// without an exact score). Default 4096.
+    pub stf_reference: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            every: 100,
+            samples: 2000,
+            mismatch_sigmas: vec![0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0],
+            stf_reference: 4096,
+        }
+    }
+}
+
+mod defaults {
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn ring_modes() -> usize {
+        10
+    }
+    pub fn ring_radius() -> f64 {
+        2.5
+    }
+    pub fn ring_std() -> f64 {
+        0.15
+    }
+    pub fn checker_cells() -> usize {
+        4
+    }
+    pub fn checker_size() -> f64 {
+        4.0
+    }
+    pub fn roll_scale() -> f64 {
+        2.5
+    }
+    pub fn roll_noise() -> f64 {
+        0.05
+    }
+}

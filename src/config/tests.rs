@@ -1,0 +1,160 @@
+use super::*;
+
+fn err(text: &str, overrides: &[&str]) -> String {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    format!(
+        "{:#}",
+        Config::parse(text, &overrides).expect_err("should be rejected")
+    )
+}
+
+#[test]
+fn an_empty_file_is_the_default_demo() {
+    let c = Config::parse("", &[]).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.method, Method::Disback);
+    assert_eq!(c.record.nodes(), 4);
+    assert_eq!(c.schedule.steps.len(), 4);
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/configs")).unwrap() {
+        let path = entry.unwrap().path();
+        Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    }
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    let e = err("[teacher]\nstepz = 3\n", &[]);
+    assert!(e.contains("stepz"), "{e}");
+    let e = err("colour = 1\n", &[]);
+    assert!(e.contains("colour"), "{e}");
+    let e = err(
+        "[data]\nkind = \"gmm\"\n[[data.components]]\nmean = [0.0, 0.0]\nstd = 1.0\nsize = 2\n",
+        &[],
+    );
+    assert!(e.contains("size"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key_and_the_reason() {
+    let gmm = |std: &str, weight: &str| {
+        format!(
+            "[data]\nkind = \"gmm\"\n[[data.components]]\nmean = [0.0, 0.0]\nstd = {std}\nweight = {weight}\n"
+        )
+    };
+    let e = err(&gmm("-0.1", "1.0"), &[]);
+    assert!(
+        e.contains("data.components[0].std") && e.contains("positive"),
+        "{e}"
+    );
+    let e = err(&gmm("0.1", "0.0"), &[]);
+    assert!(e.contains("data.components[0].weight"), "{e}");
+    let e = err("[data]\nkind = \"gmm\"\ncomponents = []\n", &[]);
+    assert!(e.contains("data.components") && e.contains("at least one"), "{e}");
+
+    let e = err("[record]\niterations = 20\nnode_every = 50\n", &[]);
+    assert!(e.contains("zero nodes"), "{e}");
+    let e = err("[record]\nnode_every = 0\n", &[]);
+    assert!(e.contains("record.node_every"), "{e}");
+    let e = err("[record]\nnode_every = 30\n", &[]);
+    assert!(e.contains("must divide"), "{e}");
+    let e = err("[generator]\nlr = 0.0\n", &[]);
+    assert!(e.contains("generator.lr"), "{e}");
+    let e = err("[distill]\nfake_lr = -1e-3\n", &[]);
+    assert!(e.contains("distill.fake_lr"), "{e}");
+    let e = err("device = \"tpu\"\n", &[]);
+    assert!(e.contains("tpu") && e.contains("cuda:N"), "{e}");
+    let e = err("[diffusion]\nsigma_min = 100.0\n", &[]);
+    assert!(e.contains("diffusion.sigma_min"), "{e}");
+}
+
+#[test]
+fn a_schedule_must_end_on_the_teacher() {
+    // Three entries for four targets: it would stop one node short.
+    let e = err("[schedule]\nsteps = [100, 100, 100]\n", &[]);
+    assert!(
+        e.contains("schedule.steps") && e.contains("does not end on the teacher"),
+        "{e}"
+    );
+    let e = err(
+        "method = \"diff-instruct\"\n[schedule]\nsteps = [100, 100]\n",
+        &[],
+    );
+    assert!(e.contains("one target"), "{e}");
+    let e = err("[schedule]\nsteps = [100, 0, 100, 100]\n", &[]);
+    assert!(e.contains("at least one generator step"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let e = err("[generator]\nlr = -1.0\nwidth = 0\n", &[]);
+    assert!(e.contains("generator.lr") && e.contains("generator.width"), "{e}");
+}
+
+#[test]
+fn overrides_set_any_field() {
+    let c = Config::parse(
+        "",
+        &[
+            "teacher.lr=1e-3".into(),
+            "schedule.steps=[1, 2, 3, 4]".into(),
+            "device=cpu".into(),
+            "seed=7".into(),
+            "method=diff-instruct".into(),
+            "schedule.steps=[9]".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.teacher.lr, 1e-3);
+    assert_eq!(c.schedule.steps, vec![9], "later overrides win");
+    assert_eq!(c.device, DeviceChoice::Cpu);
+    assert_eq!(c.seed, 7);
+    assert_eq!(c.method, Method::DiffInstruct);
+
+    let e = err("", &["teacher.nope=3"]);
+    assert!(e.contains("nope"), "{e}");
+    let e = err("", &["teacher"]);
+    assert!(e.contains("section.key=value"), "{e}");
+    let e = err("", &["seed.x=1"]);
+    assert!(e.contains("seed"), "{e}");
+    let e = err("seed = 1\n", &["seed.x=1"]);
+    assert!(e.contains("seed is not a section"), "{e}");
+}
+
+#[test]
+fn devices_parse() {
+    assert_eq!("auto".parse::<DeviceChoice>(), Ok(DeviceChoice::Auto));
+    assert_eq!("cuda:2".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(2)));
+    assert_eq!("cuda".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(0)));
+    assert!("cuda:x".parse::<DeviceChoice>().is_err());
+}
+
+#[test]
+fn resolving_writes_out_the_mixture_and_sigma_data() {
+    let c = Config::default().resolved();
+    let DataConfig::Gmm { components } = &c.data else {
+        panic!("a ring resolves to explicit components");
+    };
+    assert_eq!(components.len(), 10);
+    assert!((components[0].mean[0] - 2.5).abs() < 1e-12);
+    // Ten equal modes on radius 2.5, std 0.15: per-coordinate variance
+    // r²/2 + s² → σ_data = sqrt(3.125 + 0.0225).
+    let sd = c.diffusion.sigma_data.unwrap();
+    assert!((sd - (3.125f64 + 0.0225).sqrt()).abs() < 1e-9, "{sd}");
+    // The written form reads back as the same config.
+    assert_eq!(Config::parse(&c.to_toml().unwrap(), &[]).unwrap(), c);
+}
+
+#[test]
+fn the_teacher_cache_key_ignores_what_does_not_shape_the_teacher() {
+    let base = Config::default();
+    let other_seed = Config::parse("seed = 5\n[distill]\nbatch = 64\n", &[]).unwrap();
+    assert_eq!(base.teacher_cache_key(), other_seed.teacher_cache_key());
+    let other_teacher = Config::parse("[teacher]\nsteps = 10\n", &[]).unwrap();
+    assert_ne!(base.teacher_cache_key(), other_teacher.teacher_cache_key());
+    let other_data = Config::parse("[data]\nkind = \"ring\"\nmodes = 8\n", &[]).unwrap();
+    assert_ne!(base.teacher_cache_key(), other_data.teacher_cache_key());
+}

@@ -1,0 +1,232 @@
+//! Validation: every rule names the key and says why the value is wrong.
+//! All problems are reported at once, so a user fixes a file in one pass.
+
+use super::schema::*;
+use anyhow::{Result, bail};
+
+/// Collects the problems found in a config.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn require(&mut self, ok: bool, key: &str, why: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(format!("{key}: {}", why()));
+        }
+    }
+
+    fn positive(&mut self, value: f64, key: &str) {
+        self.require(value.is_finite() && value > 0.0, key, || {
+            format!("{value} must be a positive number")
+        });
+    }
+
+    fn at_least(&mut self, value: usize, min: usize, key: &str) {
+        self.require(value >= min, key, || format!("{value} must be at least {min}"));
+    }
+}
+
+impl Config {
+    /// Checks every rule; the error lists each broken one.
+    pub fn validate(&self) -> Result<()> {
+        let mut p = Problems::default();
+        self.data.check(&mut p);
+        self.check_diffusion(&mut p);
+        self.check_networks(&mut p);
+        self.check_training(&mut p);
+        self.check_schedule(&mut p);
+        self.check_outputs(&mut p);
+        if p.0.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", p.0.join("\n"))
+        }
+    }
+
+    fn check_diffusion(&self, p: &mut Problems) {
+        let d = &self.diffusion;
+        if let Some(s) = d.sigma_data {
+            p.positive(s, "diffusion.sigma_data");
+        }
+        p.require(d.p_mean.is_finite(), "diffusion.p_mean", || {
+            format!("{} must be a finite number", d.p_mean)
+        });
+        p.positive(d.p_std, "diffusion.p_std");
+        p.positive(d.sigma_min, "diffusion.sigma_min");
+        p.positive(d.sigma_max, "diffusion.sigma_max");
+        p.require(d.sigma_min < d.sigma_max, "diffusion.sigma_min", || {
+            format!("{} must be below sigma_max = {}", d.sigma_min, d.sigma_max)
+        });
+        p.positive(d.rho, "diffusion.rho");
+        p.at_least(d.sampler_steps, 2, "diffusion.sampler_steps");
+    }
+
+    fn check_networks(&self, p: &mut Problems) {
+        let s = &self.score_net;
+        p.at_least(s.width, 1, "score_net.width");
+        p.at_least(s.blocks, 1, "score_net.blocks");
+        p.require(
+            s.emb_dim >= 2 && s.emb_dim.is_multiple_of(2),
+            "score_net.emb_dim",
+            || {
+                format!(
+                    "{} must be an even number of at least 2 (sin/cos pairs)",
+                    s.emb_dim
+                )
+            },
+        );
+        let g = &self.generator;
+        p.at_least(g.latent_dim, 1, "generator.latent_dim");
+        p.at_least(g.width, 1, "generator.width");
+        p.at_least(g.depth, 1, "generator.depth");
+        p.positive(g.sigma_init, "generator.sigma_init");
+        p.positive(g.lr, "generator.lr");
+    }
+
+    fn check_training(&self, p: &mut Problems) {
+        let t = &self.teacher;
+        if t.file.is_none() {
+            p.at_least(t.steps, 1, "teacher.steps");
+        }
+        p.at_least(t.batch, 1, "teacher.batch");
+        p.positive(t.lr, "teacher.lr");
+
+        let r = &self.record;
+        if self.records_path() {
+            p.at_least(r.iterations, 1, "record.iterations");
+            p.at_least(r.node_every, 1, "record.node_every");
+            p.require(
+                r.node_every == 0 || r.iterations.is_multiple_of(r.node_every),
+                "record.node_every",
+                || {
+                    format!(
+                        "{} must divide record.iterations = {}",
+                        r.node_every, r.iterations
+                    )
+                },
+            );
+            p.require(r.node_every == 0 || r.nodes() >= 1, "record", || {
+                "the degradation path has zero nodes: record.iterations must be at least record.node_every"
+                    .into()
+            });
+        }
+        p.positive(r.lr, "record.lr");
+        p.at_least(r.batch, 1, "record.batch");
+
+        let d = &self.distill;
+        p.at_least(d.batch, 1, "distill.batch");
+        p.positive(d.fake_lr, "distill.fake_lr");
+        p.at_least(
+            d.fake_steps_per_generator_step,
+            1,
+            "distill.fake_steps_per_generator_step",
+        );
+        p.require(d.karras_max_index <= 999, "distill.karras_max_index", || {
+            format!("{} must be at most 999 (a 1000-step grid)", d.karras_max_index)
+        });
+        p.require(
+            d.karras_min_index < d.karras_max_index,
+            "distill.karras_min_index",
+            || {
+                format!(
+                    "{} must be below karras_max_index = {}",
+                    d.karras_min_index, d.karras_max_index
+                )
+            },
+        );
+    }
+
+    fn check_schedule(&self, p: &mut Problems) {
+        let s = &self.schedule;
+        p.require(s.steps.iter().all(|&n| n >= 1), "schedule.steps", || {
+            format!("{:?}: every target needs at least one generator step", s.steps)
+        });
+        match self.method {
+            Method::Disback => {
+                let nodes = self.record.nodes();
+                p.require(nodes == 0 || s.steps.len() == nodes, "schedule.steps", || {
+                    format!(
+                        "has {} entries, but the path has {nodes} targets (nodes {} down to the \
+                         teacher, node 0): one entry per target, the teacher's last, or the \
+                         schedule does not end on the teacher",
+                        s.steps.len(),
+                        nodes - 1
+                    )
+                });
+            }
+            Method::DiffInstruct => p.require(s.steps.len() == 1, "schedule.steps", || {
+                format!(
+                    "has {} entries; Diff-Instruct has one target (the teacher), so give one",
+                    s.steps.len()
+                )
+            }),
+        }
+        if s.policy == SchedulePolicy::Auto {
+            p.at_least(s.window, 1, "schedule.window");
+            p.require(
+                s.min_improvement.is_finite() && s.min_improvement >= 0.0,
+                "schedule.min_improvement",
+                || format!("{} must be a number ≥ 0", s.min_improvement),
+            );
+            p.at_least(s.patience, 1, "schedule.patience");
+        }
+    }
+
+    fn check_outputs(&self, p: &mut Problems) {
+        p.at_least(self.log.every, 1, "log.every");
+        p.at_least(self.log.checkpoint_every, 1, "log.checkpoint_every");
+        p.at_least(self.log.final_samples, 1, "log.final_samples");
+        let m = &self.metrics;
+        p.at_least(m.samples, 2, "metrics.samples");
+        p.require(!m.mismatch_sigmas.is_empty(), "metrics.mismatch_sigmas", || {
+            "needs at least one σ".into()
+        });
+        for (i, &s) in m.mismatch_sigmas.iter().enumerate() {
+            p.positive(s, &format!("metrics.mismatch_sigmas[{i}]"));
+        }
+        p.at_least(m.stf_reference, 1, "metrics.stf_reference");
+    }
+
+    /// Whether this run records a degradation path (stage 1), or fits s_φ
+    /// to G⁰ for the same number of iterations (the baseline's `fit`).
+    pub fn records_path(&self) -> bool {
+        self.method == Method::Disback || self.distill.baseline_fake_init == FakeInit::Fit
+    }
+}
+
+impl DataConfig {
+    fn check(&self, p: &mut Problems) {
+        match self {
+            DataConfig::Gmm { components } => {
+                p.require(!components.is_empty(), "data.components", || {
+                    "a mixture needs at least one component".into()
+                });
+                for (i, c) in components.iter().enumerate() {
+                    let key = |f: &str| format!("data.components[{i}].{f}");
+                    p.require(c.mean.iter().all(|m| m.is_finite()), &key("mean"), || {
+                        format!("{:?} must be finite", c.mean)
+                    });
+                    p.positive(c.std, &key("std"));
+                    p.positive(c.weight, &key("weight"));
+                }
+            }
+            DataConfig::Ring { modes, radius, std } => {
+                p.at_least(*modes, 1, "data.modes");
+                p.require(radius.is_finite() && *radius >= 0.0, "data.radius", || {
+                    format!("{radius} must be a number ≥ 0")
+                });
+                p.positive(*std, "data.std");
+            }
+            DataConfig::Checkerboard { cells, size } => {
+                p.at_least(*cells, 2, "data.cells");
+                p.positive(*size, "data.size");
+            }
+            DataConfig::SwissRoll { scale, noise } => {
+                p.positive(*scale, "data.scale");
+                p.require(noise.is_finite() && *noise >= 0.0, "data.noise", || {
+                    format!("{noise} must be a number ≥ 0")
+                });
+            }
+        }
+    }
+}

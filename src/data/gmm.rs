@@ -1,0 +1,249 @@
+//! An isotropic Gaussian mixture in the plane: sampler, exact density and the
+//! exact score of every noised version `q_σ = Σ π_k N(μ_k, (s_k² + σ²) I)`.
+//! This is the project's ground truth: tests and metrics lean on it.
+
+use super::Point;
+use crate::config::ComponentConfig;
+use rand::RngExt;
+use rand_distr::{Distribution, StandardNormal, weighted::WeightedAliasIndex};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Component {
+    pub mean: [f64; 2],
+    pub std: f64,
+    /// Normalised: the weights of a mixture sum to one.
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GaussianMixture {
+    components: Vec<Component>,
+    picker: WeightedAliasIndex<f64>,
+}
+
+impl GaussianMixture {
+    /// Builds a mixture from config components (weights are normalised).
+    /// The config is validated before this is called.
+    pub fn new(components: &[ComponentConfig]) -> Self {
+        let total: f64 = components.iter().map(|c| c.weight).sum();
+        let components: Vec<Component> = components
+            .iter()
+            .map(|c| Component {
+                mean: c.mean,
+                std: c.std,
+                weight: c.weight / total,
+            })
+            .collect();
+        let picker = WeightedAliasIndex::new(components.iter().map(|c| c.weight).collect())
+            .expect("validated weights are positive and finite");
+        Self { components, picker }
+    }
+
+    /// `modes` equal components evenly spaced on a circle, the first on the
+    /// positive x axis.
+    pub fn ring_components(modes: usize, radius: f64, std: f64) -> Vec<ComponentConfig> {
+        (0..modes)
+            .map(|k| {
+                let angle = std::f64::consts::TAU * k as f64 / modes as f64;
+                ComponentConfig {
+                    mean: [radius * angle.cos(), radius * angle.sin()],
+                    std,
+                    weight: 1.0,
+                }
+            })
+            .collect()
+    }
+
+    pub fn components(&self) -> &[Component] {
+        &self.components
+    }
+
+    pub fn sample(&self, n: usize, rng: &mut impl rand::Rng) -> Vec<Point> {
+        (0..n)
+            .map(|_| {
+                let c = &self.components[self.picker.sample(rng)];
+                let e0: f64 = rng.sample(StandardNormal);
+                let e1: f64 = rng.sample(StandardNormal);
+                [(c.mean[0] + c.std * e0) as f32, (c.mean[1] + c.std * e1) as f32]
+            })
+            .collect()
+    }
+
+    /// Log-density of each component of `q_σ` at `x`, including its weight:
+    /// `ln π_k + ln N(x; μ_k, (s_k² + σ²) I)`.
+    fn component_log_densities(&self, x: [f64; 2], sigma: f64) -> impl Iterator<Item = f64> + Clone + '_ {
+        self.components.iter().map(move |c| {
+            let var = c.std * c.std + sigma * sigma;
+            let d2 = sq(x[0] - c.mean[0]) + sq(x[1] - c.mean[1]);
+            c.weight.ln() - d2 / (2.0 * var) - (std::f64::consts::TAU * var).ln()
+        })
+    }
+
+    /// Exact `ln q_σ(x)`.
+    pub fn log_density(&self, x: [f64; 2], sigma: f64) -> f64 {
+        log_sum_exp(self.component_log_densities(x, sigma))
+    }
+
+    /// Posterior probability of each component given `x` under `q_σ`.
+    pub fn responsibilities(&self, x: [f64; 2], sigma: f64) -> Vec<f64> {
+        let logs: Vec<f64> = self.component_log_densities(x, sigma).collect();
+        let lse = log_sum_exp(logs.iter().copied());
+        logs.into_iter().map(|l| (l - lse).exp()).collect()
+    }
+
+    /// Exact `∇ ln q_σ(x) = Σ_k r_k(x) (μ_k − x) / (s_k² + σ²)`.
+    pub fn score(&self, x: [f64; 2], sigma: f64) -> [f64; 2] {
+        let r = self.responsibilities(x, sigma);
+        let mut s = [0.0; 2];
+        for (c, r) in self.components.iter().zip(r) {
+            let var = c.std * c.std + sigma * sigma;
+            for d in 0..2 {
+                s[d] += r * (c.mean[d] - x[d]) / var;
+            }
+        }
+        s
+    }
+
+    /// Exact EDM denoiser `D(x; σ) = E[x_0 | x_σ = x] = x + σ² ∇ ln q_σ(x)`.
+    pub fn denoise(&self, x: [f64; 2], sigma: f64) -> [f64; 2] {
+        let s = self.score(x, sigma);
+        [x[0] + sigma * sigma * s[0], x[1] + sigma * sigma * s[1]]
+    }
+
+    /// The component a noiseless point most likely came from.
+    pub fn most_likely_component(&self, x: [f64; 2]) -> usize {
+        self.component_log_densities(x, 0.0)
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(k, _)| k)
+            .expect("a mixture has at least one component")
+    }
+
+    /// Exact standard deviation per coordinate, averaged over the two
+    /// coordinates: `sqrt(½ Σ_d Var[x_d])`.
+    pub fn std(&self) -> f64 {
+        let mut var = 0.0;
+        for d in 0..2 {
+            let mean: f64 = self.components.iter().map(|c| c.weight * c.mean[d]).sum();
+            let second: f64 = self
+                .components
+                .iter()
+                .map(|c| c.weight * (c.std * c.std + c.mean[d] * c.mean[d]))
+                .sum();
+            var += second - mean * mean;
+        }
+        (var / 2.0).sqrt()
+    }
+}
+
+fn sq(x: f64) -> f64 {
+    x * x
+}
+
+/// `ln Σ exp(a_i)` without overflow.
+pub fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = values.clone().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + values.map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn two_modes() -> GaussianMixture {
+        GaussianMixture::new(&[
+            ComponentConfig {
+                mean: [1.0, 0.5],
+                std: 0.3,
+                weight: 1.0,
+            },
+            ComponentConfig {
+                mean: [-1.5, 2.0],
+                std: 0.6,
+                weight: 3.0,
+            },
+        ])
+    }
+
+    #[test]
+    fn score_is_the_gradient_of_the_log_density() {
+        let gmm = two_modes();
+        let h = 1e-5;
+        for &sigma in &[0.0, 0.05, 0.5, 3.0] {
+            for &x in &[[0.0, 0.0], [1.2, 0.4], [-2.0, 1.0], [-0.3, 1.1]] {
+                let s = gmm.score(x, sigma);
+                for d in 0..2 {
+                    let (mut xp, mut xm) = (x, x);
+                    xp[d] += h;
+                    xm[d] -= h;
+                    let fd = (gmm.log_density(xp, sigma) - gmm.log_density(xm, sigma)) / (2.0 * h);
+                    let tol = 1e-6 * (1.0 + fd.abs());
+                    assert!(
+                        (s[d] - fd).abs() < tol,
+                        "σ={sigma} x={x:?} d={d}: {} vs {fd}",
+                        s[d]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn density_integrates_to_one() {
+        let gmm = two_modes();
+        let (lo, hi, n) = (-6.0, 6.0, 600);
+        let h = (hi - lo) / n as f64;
+        let mut total = 0.0;
+        for i in 0..n {
+            for j in 0..n {
+                let x = [lo + (i as f64 + 0.5) * h, lo + (j as f64 + 0.5) * h];
+                total += gmm.log_density(x, 0.2).exp() * h * h;
+            }
+        }
+        assert!((total - 1.0).abs() < 1e-3, "integral {total}");
+    }
+
+    #[test]
+    fn samples_follow_weights_and_moments() {
+        let gmm = two_modes();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let xs = gmm.sample(40_000, &mut rng);
+        let share = xs
+            .iter()
+            .filter(|p| gmm.most_likely_component([p[0] as f64, p[1] as f64]) == 1)
+            .count() as f64
+            / xs.len() as f64;
+        assert!((share - 0.75).abs() < 0.01, "share {share}");
+        let mean_x = xs.iter().map(|p| p[0] as f64).sum::<f64>() / xs.len() as f64;
+        assert!(
+            (mean_x - (0.25 * 1.0 + 0.75 * -1.5)).abs() < 0.02,
+            "mean {mean_x}"
+        );
+        let var: f64 = (0..2)
+            .map(|d| {
+                let m = xs.iter().map(|p| p[d] as f64).sum::<f64>() / xs.len() as f64;
+                xs.iter().map(|p| sq(p[d] as f64 - m)).sum::<f64>() / xs.len() as f64
+            })
+            .sum();
+        assert!(((var / 2.0).sqrt() - gmm.std()).abs() < 0.02);
+    }
+
+    #[test]
+    fn denoiser_of_one_gaussian_is_linear_shrinkage() {
+        let gmm = GaussianMixture::new(&[ComponentConfig {
+            mean: [1.0, -1.0],
+            std: 0.5,
+            weight: 1.0,
+        }]);
+        // E[x0 | x] = μ + s²/(s²+σ²) (x − μ)
+        let (x, sigma) = ([3.0, 1.0], 1.0);
+        let d = gmm.denoise(x, sigma);
+        let k = 0.25 / 1.25;
+        assert!((d[0] - (1.0 + k * 2.0)).abs() < 1e-12);
+        assert!((d[1] - (-1.0 + k * 2.0)).abs() < 1e-12);
+    }
+}

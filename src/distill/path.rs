@@ -1,0 +1,103 @@
+//! The degradation path: node 0 is the teacher, node i the teacher's copy
+//! after `i · node_every` iterations of fitting the frozen initial generator.
+//! Nodes live as safetensors files beside a small JSON index.
+
+use crate::files::atomic_write;
+use crate::model::Denoiser;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub index: usize,
+    /// Recording iterations behind this node (0 for the teacher).
+    pub iteration: usize,
+    /// File name inside the path folder.
+    pub file: String,
+    /// Mean denoising loss on G⁰'s samples over the last interval
+    /// (none for the teacher).
+    pub loss: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DegradationPath {
+    dir: PathBuf,
+    nodes: Vec<NodeInfo>,
+}
+
+impl DegradationPath {
+    const INDEX: &'static str = "nodes.json";
+
+    /// An empty path stored in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Reads a path written earlier (to resume a run).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join(Self::INDEX);
+        if !index.exists() {
+            return Ok(Self::new(dir));
+        }
+        let text =
+            std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+        let nodes = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid node index", index.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            nodes,
+        })
+    }
+
+    /// Saves `model` as the next node and updates the index.
+    pub fn record(&mut self, model: &Denoiser, iteration: usize, loss: Option<f64>) -> Result<&NodeInfo> {
+        let index = self.nodes.len();
+        let file = format!("node-{index}.safetensors");
+        model.save(&self.dir.join(&file))?;
+        self.nodes.push(NodeInfo {
+            index,
+            iteration,
+            file,
+            loss,
+        });
+        self.write_index()?;
+        Ok(self.nodes.last().expect("just pushed"))
+    }
+
+    /// Keeps the first `len` nodes (a run resumed from a checkpoint records
+    /// the later ones again).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        self.nodes.truncate(len);
+        self.write_index()
+    }
+
+    fn write_index(&self) -> Result<()> {
+        let json = serde_json::to_string_pretty(&self.nodes)?;
+        atomic_write(&self.dir.join(Self::INDEX), json.as_bytes())
+    }
+
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// Number of nodes, the teacher included.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn file(&self, index: usize) -> PathBuf {
+        self.dir.join(&self.nodes[index].file)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

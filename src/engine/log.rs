@@ -1,0 +1,150 @@
+//! `metrics.jsonl`: one [`MetricsRecord`] per logged step. The same type
+//! feeds the terminal lab and the plots.
+
+use crate::files::atomic_write;
+use crate::metrics::Evaluation;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Training the teacher with the EDM loss on data.
+    Pretrain,
+    /// Stage 1: fitting the teacher's copy to G⁰, saving path nodes (for the
+    /// baseline with `baseline_fake_init = "fit"`: fitting s_φ to G⁰).
+    Record,
+    /// Stage 2: distilling into the generator, target by target.
+    Backtrack,
+    Done,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Pretrain => "teacher pretraining",
+            Stage::Record => "degradation recording",
+            Stage::Backtrack => "backtracking",
+            Stage::Done => "done",
+        })
+    }
+}
+
+/// One line of `metrics.jsonl`. Losses are means over the steps since the
+/// previous line; `stage`, `step`, `target_node`, `loss_g` and `loss_fake`
+/// are always present (null where they do not apply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRecord {
+    pub stage: Stage,
+    /// Iteration within the stage (1-based).
+    pub step: usize,
+    /// Distillation iterations so far: recording iterations plus generator
+    /// steps. The x axis of every DisBack vs Diff-Instruct comparison.
+    pub cost: usize,
+    pub target_node: Option<usize>,
+    pub loss_g: Option<f64>,
+    /// The fake score's (or, while recording, the degrading copy's)
+    /// denoising loss on generator samples.
+    pub loss_fake: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_teacher: Option<f64>,
+    /// Mean ‖D_fake − D_target‖ (see `distill::GeneratorLoss::gap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<Evaluation>,
+}
+
+/// Sums of the losses since the last log line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossWindow {
+    sums: [f64; 4],
+    counts: [usize; 4],
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum LossKind {
+    Generator = 0,
+    Fake = 1,
+    Teacher = 2,
+    Gap = 3,
+}
+
+impl LossWindow {
+    pub fn add(&mut self, kind: LossKind, value: f64) {
+        self.sums[kind as usize] += value;
+        self.counts[kind as usize] += 1;
+    }
+
+    pub fn mean(&self, kind: LossKind) -> Option<f64> {
+        let i = kind as usize;
+        (self.counts[i] > 0).then(|| self.sums[i] / self.counts[i] as f64)
+    }
+
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Appends records to `metrics.jsonl`, one flushed line each.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+    lines: usize,
+}
+
+impl MetricsLog {
+    /// Opens the log for appending after keeping its first `keep` lines
+    /// (0 for a new run; a checkpoint's count when resuming, so lines
+    /// written after the checkpoint are dropped and written again).
+    pub fn open(path: &Path, keep: usize) -> Result<Self> {
+        if path.exists() {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let kept: String = text.lines().take(keep).map(|l| format!("{l}\n")).collect();
+            atomic_write(path, kept.as_bytes())?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            lines: keep,
+        })
+    }
+
+    pub fn append(&mut self, record: &MetricsRecord) -> Result<()> {
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+}
+
+/// Reads every record of a `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1))
+        })
+        .collect()
+}

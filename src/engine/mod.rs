@@ -1,0 +1,13 @@
+//! The engine: the steppable [`Session`], its run directory, metrics log
+//! and checkpoints, and a plain-data view of its state for drivers.
+
+mod checkpoint;
+mod log;
+mod rundir;
+mod session;
+mod view;
+
+pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};
+pub use rundir::{RunDir, read_points_csv, write_points_csv};
+pub use session::{Event, Session};
+pub use view::{NodeStatus, NodeView, SessionView};

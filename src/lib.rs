@@ -1,0 +1,20 @@
+//! disback: Distribution Backtracking Distillation, as a library.
+//!
+//! Rooms, one idea each: [`config`] (the TOML schema), [`data`] (toy
+//! distributions with exact scores), [`model`] (EDM denoiser, generator),
+//! [`diffusion`] (EDM loss and sampler), [`distill`] (degradation path,
+//! backtracking schedule, generator loss), [`engine`] (the steppable
+//! session and run directories).
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod diffusion;
+pub mod distill;
+pub mod engine;
+pub mod files;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod runtime;

@@ -1,0 +1,123 @@
+//! Measurements of a generator against the data: sample distances, mode
+//! statistics for mixtures, and the mismatch degree of score models.
+
+mod distance;
+mod mismatch;
+mod modes;
+
+pub use distance::{energy_distance, sliced_wasserstein};
+pub use mismatch::{TrueScore, mismatch_at, model_scores, noised};
+pub use modes::ModeStats;
+
+use crate::data::{Dataset, Point};
+use crate::model::Denoiser;
+use anyhow::Result;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// One measurement of the generator, as logged in `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Energy distance to fresh data samples of the same size.
+    pub energy: f64,
+    /// Sliced 1-Wasserstein distance to the same data samples.
+    pub sliced_w: f64,
+    /// Mixtures only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modes: Option<ModeStats>,
+    /// Mismatch degree of the current target, one value per σ of
+    /// `metrics.mismatch_sigmas` (empty before backtracking).
+    pub mismatch_target: Vec<f64>,
+    /// Mismatch degree of the teacher at the same points.
+    pub mismatch_teacher: Vec<f64>,
+}
+
+impl Evaluation {
+    /// Mean mismatch of the target over the σ grid (the sparkline value).
+    pub fn mismatch_target_mean(&self) -> Option<f64> {
+        mean(&self.mismatch_target)
+    }
+
+    pub fn mismatch_teacher_mean(&self) -> Option<f64> {
+        mean(&self.mismatch_teacher)
+    }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Everything needed to measure a generator on one problem.
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    data: Dataset,
+    truth: TrueScore,
+    sigmas: Vec<f64>,
+    samples: usize,
+}
+
+impl Evaluator {
+    /// `reference` is the Stable Target Field batch for data without an
+    /// exact score (drawn once per run, so every measurement uses the same).
+    pub fn new(
+        data: &Dataset,
+        sigmas: &[f64],
+        samples: usize,
+        reference: impl FnOnce() -> Vec<Point>,
+    ) -> Self {
+        let truth = match data.mixture() {
+            Some(gmm) => TrueScore::Exact(gmm.clone()),
+            None => TrueScore::StableTargetField(reference()),
+        };
+        Self {
+            data: data.clone(),
+            truth,
+            sigmas: sigmas.to_vec(),
+            samples,
+        }
+    }
+
+    pub fn truth(&self) -> &TrueScore {
+        &self.truth
+    }
+
+    pub fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    /// How many generator samples one measurement uses.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// Distances and mode statistics of `generated` against fresh data.
+    pub fn distribution(&self, generated: &[Point], rng: &mut impl Rng) -> Evaluation {
+        let data = self.data.sample(generated.len(), rng);
+        Evaluation {
+            energy: energy_distance(generated, &data),
+            sliced_w: sliced_wasserstein(generated, &data, 64, rng),
+            modes: self.data.mixture().map(|m| ModeStats::new(m, generated)),
+            mismatch_target: Vec::new(),
+            mismatch_teacher: Vec::new(),
+        }
+    }
+
+    /// Mismatch degree of each model over the σ grid, at the same noised
+    /// points for every model.
+    pub fn mismatch(
+        &self,
+        generated: &[Point],
+        models: &[&Denoiser],
+        rng: &mut impl Rng,
+    ) -> Result<Vec<Vec<f64>>> {
+        let mut out = vec![Vec::with_capacity(self.sigmas.len()); models.len()];
+        for &sigma in &self.sigmas {
+            let points = noised(generated, sigma, rng);
+            for (model, row) in models.iter().zip(out.iter_mut()) {
+                let scores = model_scores(model, &points, sigma)?;
+                row.push(mismatch_at(&scores, &points, sigma, &self.truth));
+            }
+        }
+        Ok(out)
+    }
+}

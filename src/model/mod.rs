@@ -1,0 +1,220 @@
+//! Models: the EDM denoiser (teacher, path nodes, fake score) and the
+//! one-step generator, with deep copies and checked save/load.
+
+mod edm;
+mod nets;
+mod params;
+
+pub use edm::{Denoiser, NoiseLevels, Precond, loss_weight};
+pub use nets::{GeneratorNet, ScoreNet};
+pub use params::{Init, ParamBuilder, Params};
+
+use crate::config::{GeneratorConfig, ScoreNetConfig};
+use crate::data::Point;
+use crate::rng::{HostRng, normal_tensor};
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::path::Path;
+
+const SCORE_NET: &str = "score-net";
+const GENERATOR: &str = "generator";
+
+/// Metadata written into every model file, checked on load so that a file
+/// of the wrong kind or shape is refused with a reason, not a shape error.
+fn model_metadata(kind: &str, config: String, extra: &[(&str, String)]) -> HashMap<String, String> {
+    let mut m = HashMap::from([
+        ("format".to_string(), "disback".to_string()),
+        ("model".to_string(), kind.to_string()),
+        ("config".to_string(), config),
+    ]);
+    for (k, v) in extra {
+        m.insert(k.to_string(), v.clone());
+    }
+    m
+}
+
+fn check_metadata(path: &Path, meta: &HashMap<String, String>, kind: &str, config: &str) -> Result<()> {
+    match meta.get("model") {
+        Some(found) if found == kind => {}
+        Some(found) => bail!("{} holds a {found}, not a {kind}", path.display()),
+        None => bail!(
+            "{} has no disback model metadata: not written by disback?",
+            path.display()
+        ),
+    }
+    if let Some(found) = meta.get("config").filter(|c| c.as_str() != config) {
+        bail!(
+            "{} holds a {kind} with settings {found}, but the config asks for {config}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// An empty RNG for models whose values are overwritten right away.
+fn scratch_rng() -> HostRng {
+    HostRng::seed_from_u64(0)
+}
+
+impl Denoiser {
+    pub fn new(
+        config: &ScoreNetConfig,
+        sigma_data: f64,
+        device: &Device,
+        rng: &mut impl Rng,
+    ) -> Result<Self> {
+        Ok(Self {
+            net: ScoreNet::new(config, ParamBuilder::new(device, rng))?,
+            sigma_data,
+        })
+    }
+
+    pub fn params(&self) -> &Params {
+        self.net.params()
+    }
+
+    /// A copy that shares no storage with `self` (candle's `VarMap::clone`
+    /// would share it, so training one would move the other).
+    pub fn deep_clone(&self) -> Result<Self> {
+        let device = self.device();
+        let copy = Self::new(&self.net.config, self.sigma_data, &device, &mut scratch_rng())?;
+        copy.params().copy_from(self.params())?;
+        Ok(copy)
+    }
+
+    pub fn device(&self) -> Device {
+        self.params()
+            .vars()
+            .next()
+            .map(|v| v.device().clone())
+            .unwrap_or(Device::Cpu)
+    }
+
+    fn config_json(&self) -> String {
+        serde_json::to_string(&self.net.config).expect("config serialises")
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let meta = model_metadata(
+            SCORE_NET,
+            self.config_json(),
+            &[("sigma_data", self.sigma_data.to_string())],
+        );
+        self.params().save(path, meta)
+    }
+
+    /// Overwrites every weight with the file's; the file must hold a score
+    /// net of the same settings and σ_data, or nothing is changed.
+    pub fn load(&self, path: &Path) -> Result<()> {
+        self.params().load_file(path, |meta| {
+            check_metadata(path, meta, SCORE_NET, &self.config_json())?;
+            let file_sd: f64 = meta
+                .get("sigma_data")
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("{}: no sigma_data in its metadata", path.display()))?;
+            if (file_sd - self.sigma_data).abs() > 1e-9 * self.sigma_data {
+                bail!(
+                    "{} was trained with sigma_data = {file_sd}, but this run uses {}; set \
+                     diffusion.sigma_data = {file_sd} to use it",
+                    path.display(),
+                    self.sigma_data
+                );
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The one-step generator `x_0 = G(σ_init · z)`.
+#[derive(Debug)]
+pub struct Generator {
+    pub net: GeneratorNet,
+}
+
+impl Generator {
+    pub fn new(config: &GeneratorConfig, device: &Device, rng: &mut impl Rng) -> Result<Self> {
+        Ok(Self {
+            net: GeneratorNet::new(config, ParamBuilder::new(device, rng))?,
+        })
+    }
+
+    pub fn params(&self) -> &Params {
+        self.net.params()
+    }
+
+    pub fn device(&self) -> Device {
+        self.params()
+            .vars()
+            .next()
+            .map(|v| v.device().clone())
+            .unwrap_or(Device::Cpu)
+    }
+
+    pub fn latent_dim(&self) -> usize {
+        self.net.config.latent_dim
+    }
+
+    /// Samples with gradient tracking, from given latents (B, latent_dim).
+    pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        self.net.forward(z)
+    }
+
+    /// Draws a (n, latent_dim) latent batch from the host RNG.
+    pub fn latents(&self, n: usize, rng: &mut impl Rng) -> Result<Tensor> {
+        normal_tensor(rng, (n, self.latent_dim()), &self.device())
+    }
+
+    /// `n` samples as plain points, drawn in chunks to bound memory.
+    pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Result<Vec<Point>> {
+        let mut out = Vec::with_capacity(n);
+        let mut left = n;
+        while left > 0 {
+            let b = left.min(8192);
+            let x = self.forward(&self.latents(b, rng)?)?.detach();
+            out.extend(tensor_to_points(&x)?);
+            left -= b;
+        }
+        Ok(out)
+    }
+
+    pub fn deep_clone(&self) -> Result<Self> {
+        let copy = Self::new(&self.net.config, &self.device(), &mut scratch_rng())?;
+        copy.params().copy_from(self.params())?;
+        Ok(copy)
+    }
+
+    fn config_json(&self) -> String {
+        serde_json::to_string(&self.net.config).expect("config serialises")
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.params()
+            .save(path, model_metadata(GENERATOR, self.config_json(), &[]))
+    }
+
+    /// Overwrites every weight with the file's; the file must hold a
+    /// generator of the same settings, or nothing is changed.
+    pub fn load(&self, path: &Path) -> Result<()> {
+        self.params().load_file(path, |meta| {
+            check_metadata(path, meta, GENERATOR, &self.config_json())
+        })
+    }
+}
+
+/// Points from a (B, 2) tensor.
+pub fn tensor_to_points(x: &Tensor) -> Result<Vec<Point>> {
+    let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    Ok(flat.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
+}
+
+/// A (B, 2) tensor from points.
+pub fn points_to_tensor(points: &[Point], device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(
+        points.as_flattened(),
+        (points.len(), 2),
+        device,
+    )?)
+}

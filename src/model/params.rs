@@ -1,0 +1,194 @@
+//! Named parameters of a model: creation from the seeded host RNG (candle's
+//! CPU RNG cannot be seeded), deep copies, and strict save/load.
+
+use crate::files::{TensorFile, read_tensors, write_tensors};
+use anyhow::{Context, Result, ensure};
+use candle_core::{Device, Tensor, Var};
+use rand::{Rng, RngExt};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The parameters of one model, in a fixed order.
+#[derive(Debug)]
+pub struct Params {
+    entries: Vec<(String, Var)>,
+}
+
+/// How a new parameter is filled.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// U(−bound, bound), drawn from the host RNG.
+    Uniform(f64),
+    Zeros,
+}
+
+/// Creates parameters, recording each under a name.
+pub struct ParamBuilder<'a, R: Rng> {
+    device: &'a Device,
+    rng: &'a mut R,
+    entries: Vec<(String, Var)>,
+}
+
+impl<'a, R: Rng> ParamBuilder<'a, R> {
+    pub fn new(device: &'a Device, rng: &'a mut R) -> Self {
+        Self {
+            device,
+            rng,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn param(&mut self, name: &str, shape: (usize, usize), init: Init) -> Result<Var> {
+        let n = shape.0 * shape.1;
+        let values: Vec<f32> = match init {
+            Init::Uniform(bound) => (0..n)
+                .map(|_| self.rng.random_range(-bound..bound) as f32)
+                .collect(),
+            Init::Zeros => vec![0.0; n],
+        };
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, self.device)?)?;
+        self.entries.push((name.to_string(), var.clone()));
+        Ok(var)
+    }
+
+    pub fn finish(self) -> Params {
+        Params {
+            entries: self.entries,
+        }
+    }
+}
+
+impl Params {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Total number of scalars.
+    pub fn count(&self) -> usize {
+        self.vars().map(|v| v.elem_count()).sum()
+    }
+
+    /// Overwrites every parameter with `other`'s values (a deep copy: no
+    /// storage is shared afterwards). Names and shapes must match.
+    pub fn copy_from(&self, other: &Params) -> Result<()> {
+        ensure!(
+            self.len() == other.len(),
+            "cannot copy {} parameters into {}",
+            other.len(),
+            self.len()
+        );
+        for ((name, dst), (other_name, src)) in self.iter().zip(other.iter()) {
+            ensure!(name == other_name, "parameter {name} does not match {other_name}");
+            dst.set(&src.as_detached_tensor().copy()?)
+                .with_context(|| format!("copying parameter {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Detached tensors (sharing storage), for saving.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.entries
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
+            .collect()
+    }
+
+    /// Saves to a safetensors file (atomically) with `metadata`.
+    pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+        write_tensors(path, &self.tensors(), metadata)
+    }
+
+    /// Loads every parameter from named tensors: each name must be present
+    /// with the right shape, and no tensor may be left over. This is the
+    /// check the public reference code lacks (its switches could load
+    /// nothing when names did not match). Everything is checked before the
+    /// first weight is overwritten, so a bad file changes nothing.
+    pub fn load_from(&self, tensors: &HashMap<String, Tensor>, source: &str) -> Result<()> {
+        let missing: Vec<&str> = self
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| !tensors.contains_key(*n))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "{source}: missing tensors {}",
+            missing.join(", ")
+        );
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !self.entries.iter().any(|(n, _)| n == *k))
+            .collect();
+        extra.sort();
+        ensure!(extra.is_empty(), "{source}: unexpected tensors {extra:?}");
+        for (name, var) in self.iter() {
+            let t = &tensors[name];
+            ensure!(
+                t.dims() == var.dims(),
+                "{source}: tensor {name} has shape {:?}, the model expects {:?}",
+                t.dims(),
+                var.dims()
+            );
+        }
+        for (name, var) in self.iter() {
+            var.set(&tensors[name].to_device(var.device())?)
+                .with_context(|| format!("{source}: loading {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Reads a safetensors file, lets `check` refuse it by its metadata,
+    /// then loads every parameter from it.
+    pub fn load_file(
+        &self,
+        path: &Path,
+        check: impl FnOnce(&HashMap<String, String>) -> Result<()>,
+    ) -> Result<()> {
+        let device = self
+            .entries
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        let TensorFile { tensors, metadata } = read_tensors(path, &device)?;
+        check(&metadata)?;
+        self.load_from(&tensors, &path.display().to_string())
+    }
+
+    /// Largest absolute difference between two parameter sets of the same
+    /// layout (used to prove that switches load every weight).
+    pub fn max_abs_diff(&self, other: &Params) -> Result<f32> {
+        let mut worst = 0f32;
+        for ((name, a), (_, b)) in self.iter().zip(other.iter()) {
+            let d = (a.as_tensor() - b.as_tensor())
+                .with_context(|| format!("comparing {name}"))?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            worst = worst.max(d);
+        }
+        Ok(worst)
+    }
+
+    /// Whether every parameter is finite.
+    pub fn all_finite(&self) -> Result<bool> {
+        for v in self.vars() {
+            let s = v.as_tensor().sum_all()?.to_scalar::<f32>()?;
+            if !s.is_finite() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,40 @@
+//! All randomness comes from one seeded host RNG per purpose and is uploaded
+//! to the device: candle's CPU random numbers cannot be seeded, and host
+//! draws make a run identical on every device for the same seed.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use rand::{Rng, RngExt};
+use rand_distr::StandardNormal;
+
+/// The RNG used everywhere; its state is serialisable, so resumed runs
+/// continue the exact same stream.
+pub type HostRng = rand_chacha::ChaCha8Rng;
+
+/// Creates a host RNG for a seed and a purpose, so that streams with
+/// different purposes never overlap.
+pub fn host_rng(seed: u64, stream: u64) -> HostRng {
+    use rand::SeedableRng;
+    let mut rng = HostRng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+/// `n` standard normal draws.
+pub fn normal_vec(rng: &mut impl Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
+}
+
+/// A (rows, cols) tensor of standard normal draws.
+pub fn normal_tensor(rng: &mut impl Rng, shape: (usize, usize), device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(
+        normal_vec(rng, shape.0 * shape.1),
+        shape,
+        device,
+    )?)
+}
+
+/// A uniform index in `lo..=hi`.
+pub fn index_in(rng: &mut impl Rng, lo: usize, hi: usize) -> usize {
+    rng.random_range(lo..=hi)
+}

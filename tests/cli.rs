@@ -1,0 +1,248 @@
+//! The binary: bad input gives a clear error and a non-zero exit, and
+//! loses nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn disback(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_disback"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes the tiny config (with its teacher cache in `dir`) as a file.
+fn tiny_file(dir: &Path, extra: &str) -> PathBuf {
+    let config = common::tiny_config(&dir.join("teachers"));
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, format!("{}\n{extra}", config.to_toml().unwrap())).unwrap();
+    path
+}
+
+fn expect_failure(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success(), "should fail; stderr: {}", stderr(o));
+    let e = stderr(o);
+    for n in needles {
+        assert!(e.contains(n), "stderr should mention {n:?}: {e}");
+    }
+}
+
+#[test]
+fn bad_configs_are_refused_with_the_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("unknown.toml"), "[teacher]\nstepz = 10\n").unwrap();
+    expect_failure(
+        &disback(&["run", "--config", "unknown.toml"], d),
+        &["unknown.toml", "stepz"],
+    );
+
+    std::fs::write(d.join("bad.toml"), "[generator]\nlr = -0.5\n").unwrap();
+    expect_failure(
+        &disback(&["run", "--config", "bad.toml"], d),
+        &["bad.toml", "generator.lr", "-0.5"],
+    );
+
+    expect_failure(
+        &disback(&["run", "--config", "missing.toml"], d),
+        &["missing.toml"],
+    );
+    expect_failure(
+        &disback(&["run", "--config", "bad.toml", "--set", "nonsense"], d),
+        &["section.key=value"],
+    );
+
+    std::fs::write(d.join("manual.toml"), "[schedule]\npolicy = \"manual\"\n").unwrap();
+    expect_failure(
+        &disback(&["run", "--config", "manual.toml"], d),
+        &["manual", "terminal lab"],
+    );
+    // Nothing was written for any of them.
+    assert!(!d.join("runs").exists());
+}
+
+#[test]
+fn bad_teacher_files_are_refused_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = tiny_file(d, "");
+    let o = disback(&["run", "--config", good.to_str().unwrap(), "--out", "first"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let teacher = d.join("first/teacher.safetensors");
+
+    let bytes = std::fs::read(&teacher).unwrap();
+    std::fs::write(d.join("cut.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    let o = disback(
+        &[
+            "run",
+            "--config",
+            good.to_str().unwrap(),
+            "--set",
+            "teacher.file=\"cut.safetensors\"",
+            "--out",
+            "cut",
+        ],
+        d,
+    );
+    expect_failure(&o, &["cut.safetensors", "truncated"]);
+
+    // A teacher of another width: refused by name, not by a shape panic.
+    let o = disback(
+        &[
+            "run",
+            "--config",
+            good.to_str().unwrap(),
+            "--set",
+            "teacher.file=\"first/teacher.safetensors\"",
+            "--set",
+            "score_net.width=48",
+            "--out",
+            "wide",
+        ],
+        d,
+    );
+    expect_failure(&o, &["first/teacher.safetensors", "width"]);
+
+    let o = disback(
+        &[
+            "run",
+            "--config",
+            good.to_str().unwrap(),
+            "--set",
+            "teacher.file=\"none.safetensors\"",
+            "--out",
+            "none",
+        ],
+        d,
+    );
+    expect_failure(&o, &["none.safetensors"]);
+}
+
+#[test]
+fn a_run_directory_is_not_overwritten_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = tiny_file(d, "");
+    let c = config.to_str().unwrap();
+    assert!(disback(&["run", "--config", c, "--out", "r"], d).status.success());
+    let before = std::fs::read(d.join("r/metrics.jsonl")).unwrap();
+    expect_failure(
+        &disback(&["run", "--config", c, "--out", "r", "--set", "seed=9"], d),
+        &["already exists", "--force"],
+    );
+    assert_eq!(
+        std::fs::read(d.join("r/metrics.jsonl")).unwrap(),
+        before,
+        "the first run is untouched"
+    );
+    let o = disback(
+        &["run", "--config", c, "--out", "r", "--force", "--set", "seed=9"],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(std::fs::read(d.join("r/metrics.jsonl")).unwrap(), before);
+}
+
+#[test]
+fn a_run_leaves_its_files_and_its_generator_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = tiny_file(d, "");
+    let o = disback(&["run", "--config", config.to_str().unwrap()], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The default run directory: runs/<name>-<time stamp>.
+    let runs: Vec<PathBuf> = std::fs::read_dir(d.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let run = runs
+        .iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("tiny-"))
+        .expect("a tiny-<stamp> run");
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "teacher.safetensors",
+        "samples.csv",
+        "generator/final.safetensors",
+        "path/nodes.json",
+    ] {
+        assert!(run.join(file).is_file(), "missing {file}");
+    }
+    for i in 0..=4 {
+        assert!(
+            run.join(format!("path/node-{i}.safetensors")).is_file(),
+            "missing node {i}"
+        );
+    }
+    let samples = std::fs::read_to_string(run.join("samples.csv")).unwrap();
+    assert!(samples.starts_with("x,y\n"));
+    assert_eq!(samples.lines().count(), 501);
+    // Every metrics line has the required fields.
+    for line in std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["stage", "step", "target_node", "loss_g", "loss_fake"] {
+            assert!(v.get(key).is_some(), "{key} missing in {line}");
+        }
+    }
+    // The resolved config spells out the mixture and σ_data.
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        resolved.contains("[[data.components]]") && resolved.contains("sigma_data"),
+        "{resolved}"
+    );
+
+    // `disback sample` draws from the saved generator.
+    let o = disback(
+        &[
+            "sample",
+            "--generator",
+            run.join("generator/final.safetensors").to_str().unwrap(),
+            "--config",
+            run.join("config.toml").to_str().unwrap(),
+            "--n",
+            "300",
+            "--out",
+            "s.csv",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(d.join("s.csv")).unwrap().lines().count(),
+        301
+    );
+    // A score-net file is no generator.
+    let o = disback(
+        &[
+            "sample",
+            "--generator",
+            run.join("teacher.safetensors").to_str().unwrap(),
+            "--config",
+            run.join("config.toml").to_str().unwrap(),
+            "--out",
+            "t.csv",
+        ],
+        d,
+    );
+    expect_failure(&o, &["teacher.safetensors", "score-net"]);
+}
+
+#[test]
+fn resume_needs_a_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    expect_failure(
+        &disback(&["run", "--resume", "nowhere"], dir.path()),
+        &["nowhere", "not a run directory"],
+    );
+}

@@ -1,0 +1,189 @@
+//! The steppable session on a tiny config: determinism, resuming, skipping,
+//! the baseline, failures.
+
+mod common;
+
+use common::{run_checked, start, tiny_config};
+use disback::config::{Config, Method};
+use disback::engine::{Event, RunDir, Session, Stage, read_metrics};
+
+fn metrics_text(session: &Session) -> String {
+    std::fs::read_to_string(session.run_dir().metrics()).unwrap()
+}
+
+#[test]
+fn the_same_seed_gives_identical_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("teachers");
+    let (a, _) = run_checked(start(tiny_config(&cache), &dir.path().join("a")));
+    // The second run reuses the cached teacher: the distillation must not
+    // care whether its teacher was trained now or loaded.
+    let (b, seen) = run_checked(start(tiny_config(&cache), &dir.path().join("b")));
+    assert!(
+        seen.events
+            .iter()
+            .any(|e| matches!(e, Event::TeacherReady { source } if source.contains("cached"))),
+        "the second run should load the cached teacher"
+    );
+    let (ma, mb) = (metrics_text(&a), metrics_text(&b));
+    let distill = |m: &str| {
+        m.lines()
+            .filter(|l| !l.contains("\"pretrain\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(ma.lines().count() > 10);
+    assert_eq!(distill(&ma), distill(&mb));
+    assert_eq!(
+        std::fs::read(a.run_dir().samples()).unwrap(),
+        std::fs::read(b.run_dir().samples()).unwrap()
+    );
+    // A different seed gives a different run.
+    let mut other = tiny_config(&cache);
+    other.seed = 4;
+    let (c, _) = run_checked(start(other, &dir.path().join("c")));
+    assert_ne!(distill(&ma), distill(&metrics_text(&c)));
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("teachers");
+    let (whole, _) = run_checked(start(tiny_config(&cache), &dir.path().join("whole")));
+
+    // Stop part-way through each stage (checkpoints every 25 iterations),
+    // as a kill would: the session is dropped without any goodbye.
+    for stop_at in [40, 70, 95] {
+        let run_dir = dir.path().join(format!("killed-{stop_at}"));
+        let mut s = start(tiny_config(&cache.join(format!("{stop_at}"))), &run_dir);
+        while s.iteration() < stop_at {
+            s.step().unwrap();
+        }
+        drop(s);
+        let resumed = Session::resume(RunDir::open(&run_dir).unwrap()).unwrap();
+        assert!(resumed.iteration() <= stop_at && resumed.iteration() > stop_at - 25);
+        let (done, _) = run_checked(resumed);
+        assert_eq!(
+            metrics_text(&done),
+            metrics_text(&whole),
+            "resumed from {stop_at}"
+        );
+        assert_eq!(
+            std::fs::read(done.run_dir().samples()).unwrap(),
+            std::fs::read(whole.run_dir().samples()).unwrap()
+        );
+    }
+}
+
+#[test]
+fn the_generator_moves_toward_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("teachers"));
+    config.teacher.steps = 400;
+    config.generator.lr = 1e-3;
+    config.schedule.steps = vec![50, 50, 50, 300];
+    let (s, _) = run_checked(start(config, &dir.path().join("run")));
+    let records = read_metrics(&s.run_dir().metrics()).unwrap();
+    let energy: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.eval.as_ref().map(|e| e.energy))
+        .collect();
+    assert!(
+        energy.len() >= 3,
+        "measured at the start, every 20 steps and at the end"
+    );
+    assert!(energy.last().unwrap() < &(0.5 * energy[0]), "energy {energy:?}");
+}
+
+#[test]
+fn skipping_cuts_recording_short_and_still_ends_on_the_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(tiny_config(&dir.path().join("teachers")), &dir.path().join("run"));
+    while s.stage() != Stage::Record {
+        s.step().unwrap();
+    }
+    for _ in 0..7 {
+        s.step().unwrap(); // node 1 at iteration 5
+    }
+    let events = s.skip().unwrap();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::NodeRecorded {
+                index: 2,
+                iteration: 7,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(s.stage(), Stage::Backtrack);
+    assert_eq!(s.path().len(), 3, "teacher + nodes at 5 and 7");
+    assert_eq!(s.schedule().targets(), &[1, 0]);
+    assert_eq!(s.schedule().planned(), &[10, 30], "the teacher keeps its entry");
+    // Skipping during backtracking moves to the next target and loads it.
+    let events = s.skip().unwrap();
+    assert!(events.contains(&Event::TargetSwitched { from: Some(1), to: 0 }));
+    assert_eq!(common::target_vs_file(&s, 0), 0.0);
+    let events = s.skip().unwrap();
+    assert!(matches!(events.as_slice(), [Event::Warning(w)] if w.contains("teacher")));
+    let (s, _) = run_checked(s);
+    // The teacher runs until the whole budget (10 + 30) is spent.
+    assert_eq!(s.schedule().spent(), &[0, 40]);
+}
+
+#[test]
+fn the_baseline_distils_from_the_teacher_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("teachers"));
+    config.method = Method::DiffInstruct;
+    config.schedule.steps = vec![60];
+    let (s, seen) = run_checked(start(config.clone(), &dir.path().join("a")));
+    assert_eq!(seen.switches.len(), 1);
+    assert_eq!(seen.switches[0], (None, 0, 0.0));
+    assert!(
+        !seen
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::StageStarted(Stage::Record)))
+    );
+    assert!(s.path().is_empty(), "no path for the baseline");
+    assert_eq!(s.cost(), 60);
+
+    // With s_φ fitted to G⁰ first, it pays the recording iterations too.
+    config.distill.baseline_fake_init = disback::config::FakeInit::Fit;
+    let (s, seen) = run_checked(start(config, &dir.path().join("b")));
+    assert!(
+        seen.events
+            .iter()
+            .any(|e| matches!(e, Event::StageStarted(Stage::Record)))
+    );
+    assert!(s.path().is_empty());
+    assert_eq!(s.cost(), 80);
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Config = tiny_config(&dir.path().join("teachers"));
+    config.generator.lr = 1e35;
+    let mut s = start(config, &dir.path().join("run"));
+    let error = loop {
+        match s.step() {
+            Ok(_) if s.is_done() => panic!("training should have failed"),
+            Ok(_) => {}
+            Err(e) => break format!("{e:#}"),
+        }
+    };
+    assert!(
+        error.contains("loss is") && error.contains("checkpoint"),
+        "{error}"
+    );
+    assert_eq!(s.stage(), Stage::Backtrack);
+    // It stays failed, and says so.
+    assert!(s.step().is_err());
+    assert!(s.view().failure.is_some());
+    // The last checkpoint is intact and resumable.
+    let resumed = Session::resume(RunDir::open(s.run_dir().root()).unwrap()).unwrap();
+    assert!(resumed.iteration() <= s.iteration());
+}
