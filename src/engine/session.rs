@@ -466,16 +466,18 @@ impl Session {
     }
 
     fn finish(&mut self) -> Result<()> {
-        let eval = self.evaluate()?;
-        self.log_line(Some(eval))?;
-        let final_file = self.run.generator_dir().join("final.safetensors");
-        self.generator.save(&final_file)?;
-        self.pending.push(Event::Saved(final_file));
         let n = self.config.log.final_samples;
         let samples = self
             .generator
             .sample(n, &mut host_rng(self.config.seed, streams::FINAL_SAMPLES))?;
         write_points_csv(&self.run.samples(), &samples)?;
+        // The final measurement uses those samples: mode shares from all of
+        // them, so the numbers a user reads at the end are not noisy.
+        let eval = self.measure(&samples, &mut self.eval_rng())?;
+        self.log_line(Some(eval))?;
+        let final_file = self.run.generator_dir().join("final.safetensors");
+        self.generator.save(&final_file)?;
+        self.pending.push(Event::Saved(final_file));
         self.enter(Stage::Done);
         self.checkpoint()?;
         self.pending.push(Event::Finished);
@@ -510,15 +512,24 @@ impl Session {
         Ok(())
     }
 
-    /// Measures the generator now. Uses its own random stream, seeded by the
-    /// run's seed and the cost, so measuring never changes training.
+    /// Measures the generator now, on `metrics.samples` fresh samples.
     pub fn evaluate(&self) -> Result<Evaluation> {
-        let mut rng = host_rng(
-            self.config.seed ^ (self.cost as u64).rotate_left(32),
-            streams::EVAL,
-        );
+        let mut rng = self.eval_rng();
         let samples = self.generator.sample(self.evaluator.samples(), &mut rng)?;
-        let mut eval = self.evaluator.distribution(&samples, &mut rng);
+        self.measure(&samples, &mut rng)
+    }
+
+    /// Measurements draw from their own stream, seeded by the run's seed
+    /// and the cost, so measuring never changes training.
+    fn eval_rng(&self) -> HostRng {
+        host_rng(self.config.seed ^ (self.cost as u64).rotate_left(32), streams::EVAL)
+    }
+
+    /// Distances and mode statistics of `samples`, and the mismatch degree
+    /// of the target and the teacher at (at most `metrics.samples` of) them.
+    fn measure(&self, samples: &[Point], rng: &mut HostRng) -> Result<Evaluation> {
+        let mut eval = self.evaluator.distribution(samples, rng);
+        let samples = &samples[..samples.len().min(self.evaluator.samples())];
         if matches!(self.stage, Stage::Backtrack | Stage::Done) {
             let on_teacher = self.schedule.target() == 0;
             let models: Vec<&Denoiser> = if on_teacher {
@@ -526,7 +537,7 @@ impl Session {
             } else {
                 vec![&self.target, &self.teacher]
             };
-            let mut rows = self.evaluator.mismatch(&samples, &models, &mut rng)?;
+            let mut rows = self.evaluator.mismatch(samples, &models, rng)?;
             eval.mismatch_teacher = rows.pop().expect("one row per model");
             eval.mismatch_target = rows.pop().unwrap_or_else(|| eval.mismatch_teacher.clone());
         }
