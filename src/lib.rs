@@ -18,3 +18,4 @@ pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod runtime;
+pub mod ui;

@@ -39,12 +39,13 @@ pub fn select_device(choice: DeviceChoice) -> Result<(Device, String)> {
             {
                 return Ok(found);
             }
-            let why = if cfg!(feature = "cuda") {
-                "no usable GPU found"
+            // A CUDA build that finds no GPU says so; a CPU build is plain CPU.
+            let name = if cfg!(feature = "cuda") {
+                "CPU (no usable GPU)"
             } else {
-                "built without the cuda feature"
+                "CPU"
             };
-            Ok((Device::Cpu, format!("CPU ({why})")))
+            Ok((Device::Cpu, name.into()))
         }
     }
 }

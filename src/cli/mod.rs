@@ -1,16 +1,18 @@
-//! The command line: `disback` (the terminal lab), `run`, `sample`, `bench`.
+//! The command line: `disback` / `disback tui` (the terminal lab), `run`,
+//! `sample`, `bench`.
 
 mod bench;
 mod run;
 
 use crate::config::Config;
-use crate::engine::write_points_csv;
+use crate::engine::trainer::Start;
+use crate::engine::{RunDir, write_points_csv};
 use crate::model::Generator;
 use crate::rng::host_rng;
 use crate::runtime::{configure_threads, select_device};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,6 +31,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Open the terminal lab on a config (the default without a subcommand).
+    Tui(RunArgs),
     /// Run a config headless: progress on stderr, results in a run directory.
     Run(RunArgs),
     /// Draw samples from a saved generator into a CSV file (header x,y).
@@ -38,7 +42,7 @@ pub enum Command {
 }
 
 /// Which config to use, with overrides.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
     /// A TOML config file (see configs/).
     #[arg(long, short)]
@@ -64,7 +68,7 @@ impl ConfigArgs {
     }
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -102,14 +106,39 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run(args)) => run::run(args),
+        Some(Command::Tui(args)) => tui(args),
         Some(Command::Sample(args)) => sample(args),
         Some(Command::Bench(args)) => bench::bench(args),
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            Ok(())
-        }
+        None => tui(RunArgs::default()),
     }
+}
+
+/// The terminal lab on a new or resumed run.
+fn tui(args: RunArgs) -> Result<()> {
+    let start = match args.resume {
+        Some(dir) => {
+            let run = RunDir::open(&dir)?;
+            configure_threads(Config::load(&run.config(), &[])?.threads);
+            Start::Resume(dir)
+        }
+        None => {
+            let config = args.config.load()?;
+            configure_threads(config.threads);
+            let run_dir = args
+                .out
+                .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), config.run_name()));
+            // Refuse an occupied directory here, before the screen changes.
+            if !args.force && run_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+                RunDir::create(&run_dir, false)?;
+            }
+            Start::New {
+                config: Box::new(config),
+                run_dir,
+                overwrite: args.force,
+            }
+        }
+    };
+    crate::ui::run(start)
 }
 
 fn sample(args: SampleArgs) -> Result<()> {

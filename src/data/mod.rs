@@ -12,6 +12,61 @@ use rand_distr::StandardNormal;
 /// A point in the plane, as the models see it.
 pub type Point = [f32; 2];
 
+/// A rectangle of the plane: what previews and plots show.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub x: (f32, f32),
+    pub y: (f32, f32),
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            x: (-3.0, 3.0),
+            y: (-3.0, 3.0),
+        }
+    }
+}
+
+impl Bounds {
+    /// A square around the points with a 25% margin, centred on them, so
+    /// that a generator wandering a little past the data stays in view.
+    pub fn around(points: &[Point]) -> Self {
+        if points.is_empty() {
+            return Self::default();
+        }
+        let (mut lo, mut hi) = ([f32::INFINITY; 2], [f32::NEG_INFINITY; 2]);
+        for p in points {
+            for d in 0..2 {
+                lo[d] = lo[d].min(p[d]);
+                hi[d] = hi[d].max(p[d]);
+            }
+        }
+        let half = 0.625 * (hi[0] - lo[0]).max(hi[1] - lo[1]).max(1e-3);
+        let centre = [(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0];
+        Self {
+            x: (centre[0] - half, centre[0] + half),
+            y: (centre[1] - half, centre[1] + half),
+        }
+    }
+
+    /// An `nx` × `ny` grid of cell centres, row by row from the bottom.
+    pub fn grid(&self, nx: usize, ny: usize) -> Vec<Point> {
+        let (x0, x1) = self.x;
+        let (y0, y1) = self.y;
+        (0..ny)
+            .flat_map(|j| {
+                (0..nx).map(move |i| {
+                    [
+                        x0 + (x1 - x0) * (i as f32 + 0.5) / nx as f32,
+                        y0 + (y1 - y0) * (j as f32 + 0.5) / ny as f32,
+                    ]
+                })
+            })
+            .collect()
+    }
+}
+
 /// A data distribution to distil.
 #[derive(Debug, Clone)]
 pub enum Dataset {

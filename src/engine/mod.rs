@@ -5,6 +5,7 @@ mod checkpoint;
 mod log;
 mod rundir;
 mod session;
+pub mod trainer;
 mod view;
 
 pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};

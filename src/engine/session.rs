@@ -522,7 +522,10 @@ impl Session {
     /// Measurements draw from their own stream, seeded by the run's seed
     /// and the cost, so measuring never changes training.
     fn eval_rng(&self) -> HostRng {
-        host_rng(self.config.seed ^ (self.cost as u64).rotate_left(32), streams::EVAL)
+        host_rng(
+            self.config.seed ^ (self.cost as u64).rotate_left(32),
+            streams::EVAL,
+        )
     }
 
     /// Distances and mode statistics of `samples`, and the mismatch degree
@@ -587,6 +590,9 @@ impl Session {
     }
     pub fn data(&self) -> &Dataset {
         &self.data
+    }
+    pub fn noise(&self) -> &NoiseSchedule {
+        &self.noise
     }
     pub fn teacher(&self) -> &Denoiser {
         &self.teacher

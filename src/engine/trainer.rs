@@ -1,0 +1,466 @@
+//! The training thread: it owns the session (and so the device) and speaks
+//! to a front end only through typed messages: [`Command`]s in, [`Update`]s
+//! out, all plain data. Training never waits on the front end (updates go
+//! out on an unbounded channel and snapshots are throttled), and the front
+//! end never waits on training.
+
+use super::log::Stage;
+use super::session::{Event, Session};
+use super::view::SessionView;
+use crate::data::{Bounds, Point};
+use crate::diffusion::{heun_sample, model_denoise_fn};
+use crate::metrics::model_scores;
+use crate::model::Denoiser;
+use crate::rng::{HostRng, host_rng, normal_vec};
+use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+/// What the front end asks of training.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Pause,
+    Resume,
+    /// One iteration (while paused).
+    Step,
+    /// Skip to the next checkpoint of the stage (see [`Session::skip`]).
+    Skip,
+    /// Manual schedule on or off.
+    SetManual(bool),
+    /// Save the generator into the run directory.
+    SaveGenerator,
+    /// Which preview to compute.
+    SetPreview(Preview),
+    /// Noise level of the score-field preview (data units).
+    SetFieldSigma(f32),
+    /// Save the generator and a resumable checkpoint, then stop (the
+    /// terminal went away).
+    Hangup,
+    Quit,
+}
+
+/// The preview views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preview {
+    /// Generator samples over the data.
+    #[default]
+    Generator,
+    /// Heun samples of the model being trained or targeted: the teacher
+    /// while pretraining, the degrading copy while recording, the current
+    /// target while backtracking.
+    Model,
+    /// The target's score field against s_φ's, on a grid.
+    ScoreField,
+}
+
+impl Preview {
+    pub fn next(self) -> Self {
+        match self {
+            Preview::Generator => Preview::Model,
+            Preview::Model => Preview::ScoreField,
+            Preview::ScoreField => Preview::Generator,
+        }
+    }
+}
+
+/// Preview data, as plain vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PreviewData {
+    Generator(Vec<Point>),
+    /// Heun samples of a model; `node` is its path index when it is one.
+    Model {
+        label: String,
+        samples: Vec<Point>,
+    },
+    ScoreField(ScoreField),
+}
+
+/// Two score fields sampled on the same grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreField {
+    pub sigma: f32,
+    /// Grid points, row by row from the bottom, `columns` per row.
+    pub points: Vec<Point>,
+    pub columns: usize,
+    /// Name and scores of the target (or teacher).
+    pub target_label: String,
+    pub target: Vec<Point>,
+    pub fake: Vec<Point>,
+}
+
+/// What training tells the front end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Sent once: the first view, data samples to draw behind previews, and
+    /// the region previews cover.
+    Started {
+        view: Box<SessionView>,
+        data: Vec<Point>,
+        bounds: Bounds,
+    },
+    /// The session's state, a few times a second, with the iteration rate.
+    View {
+        view: Box<SessionView>,
+        rate: f64,
+    },
+    Session(Event),
+    Preview(PreviewData),
+    Paused(bool),
+    /// Training stopped on an error; the state stays viewable.
+    Failed(String),
+    /// The thread is ending (after Quit or Hangup).
+    Stopped,
+}
+
+/// How to start: a new run, or a resumed one.
+pub enum Start {
+    New {
+        config: Box<crate::config::Config>,
+        run_dir: PathBuf,
+        overwrite: bool,
+    },
+    Resume(PathBuf),
+}
+
+/// The front end's end of the training thread.
+pub struct TrainerHandle {
+    pub commands: Sender<Command>,
+    pub updates: UnboundedReceiver<Update>,
+    thread: JoinHandle<Result<Session>>,
+}
+
+impl TrainerHandle {
+    /// Waits for the thread to end and returns its session.
+    pub fn join(self) -> Result<Session> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the training thread panicked"))?
+    }
+}
+
+/// Starts the training thread. The session is built on it, so the thread
+/// owns the device from the start; an error building it arrives as
+/// `Update::Failed` and the thread ends.
+pub fn spawn(start: Start) -> TrainerHandle {
+    let (commands, command_rx) = std::sync::mpsc::channel();
+    let (update_tx, updates) = unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name("disback-training".into())
+        .spawn(move || {
+            let failed = update_tx.clone();
+            // A panic becomes a failure the front end can show.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                train(start, command_rx, update_tx)
+            }))
+            .unwrap_or_else(|payload| {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let message = format!("the training thread panicked: {what}");
+                let _ = failed.send(Update::Failed(message.clone()));
+                let _ = failed.send(Update::Stopped);
+                Err(anyhow::anyhow!(message))
+            })
+        })
+        .expect("spawning the training thread");
+    TrainerHandle {
+        commands,
+        updates,
+        thread,
+    }
+}
+
+fn train(start: Start, commands: Receiver<Command>, updates: UnboundedSender<Update>) -> Result<Session> {
+    let session = match start {
+        Start::New {
+            config,
+            run_dir,
+            overwrite,
+        } => super::RunDir::create(&run_dir, overwrite).and_then(|run| Session::start(*config, run)),
+        Start::Resume(dir) => super::RunDir::open(&dir).and_then(Session::resume),
+    };
+    match session {
+        Ok(session) => Trainer::new(session, commands, updates).run(),
+        Err(e) => {
+            let _ = updates.send(Update::Failed(format!("{e:#}")));
+            let _ = updates.send(Update::Stopped);
+            Err(e)
+        }
+    }
+}
+
+/// How often each kind of update goes out while training runs.
+const VIEW_EVERY: Duration = Duration::from_millis(100);
+const GENERATOR_PREVIEW_EVERY: Duration = Duration::from_millis(250);
+const FIELD_PREVIEW_EVERY: Duration = Duration::from_millis(500);
+/// Heun sampling costs dozens of forward passes: rarely, unless the model
+/// changed (a switch or a step while paused).
+const MODEL_PREVIEW_EVERY: Duration = Duration::from_secs(3);
+const PREVIEW_SAMPLES: usize = 1500;
+const MODEL_PREVIEW_SAMPLES: usize = 600;
+const FIELD_GRID: (usize, usize) = (25, 13);
+
+struct Trainer {
+    session: Session,
+    commands: Receiver<Command>,
+    updates: UnboundedSender<Update>,
+    paused: bool,
+    preview: Preview,
+    field_sigma: f32,
+    bounds: Bounds,
+    rng: HostRng,
+    last_view: Instant,
+    last_preview: Option<Instant>,
+    rate: RateMeter,
+}
+
+impl Trainer {
+    fn new(session: Session, commands: Receiver<Command>, updates: UnboundedSender<Update>) -> Self {
+        let field_sigma = (0.2 * session.config().sigma_data()) as f32;
+        Self {
+            session,
+            commands,
+            updates,
+            paused: false,
+            preview: Preview::Generator,
+            field_sigma,
+            bounds: Bounds::default(),
+            rng: host_rng(0, 0xb1e),
+            last_view: Instant::now(),
+            last_preview: None,
+            rate: RateMeter::new(),
+        }
+    }
+
+    fn send(&self, update: Update) {
+        // A closed channel means the front end is gone; the next command
+        // read notices and ends the loop.
+        let _ = self.updates.send(update);
+    }
+
+    fn run(mut self) -> Result<Session> {
+        let data = self
+            .session
+            .data()
+            .sample(PREVIEW_SAMPLES, &mut host_rng(0, 0xda7a));
+        self.bounds = Bounds::around(&data);
+        self.send(Update::Started {
+            view: Box::new(self.session.view()),
+            data,
+            bounds: self.bounds,
+        });
+        self.refresh(true);
+        loop {
+            let idle = self.paused || self.session.is_done() || self.session.failure().is_some();
+            let command = if idle {
+                match self.commands.recv_timeout(VIEW_EVERY) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(self.session),
+                }
+            } else {
+                match self.commands.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return Ok(self.session),
+                }
+            };
+            if let Some(command) = command {
+                if self.handle(command) {
+                    self.send(Update::Stopped);
+                    return Ok(self.session);
+                }
+                continue;
+            }
+            if !idle {
+                self.train_one();
+            }
+            self.refresh(false);
+        }
+    }
+
+    /// Applies a command; true when the thread should end.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Pause | Command::Resume => {
+                self.paused = command == Command::Pause;
+                self.rate = RateMeter::new();
+                self.send(Update::Paused(self.paused));
+            }
+            Command::Step => {
+                if self.paused {
+                    self.train_one();
+                    self.refresh(true);
+                }
+            }
+            Command::Skip => {
+                let result = self.session.skip();
+                self.forward(result);
+                self.refresh(true);
+            }
+            Command::SetManual(on) => {
+                self.session.set_manual(on);
+                self.refresh(true);
+            }
+            Command::SaveGenerator => {
+                let result = self.session.save_generator(None).map(|p| vec![Event::Saved(p)]);
+                self.forward(result);
+            }
+            Command::SetPreview(p) => {
+                self.preview = p;
+                self.last_preview = None;
+                self.refresh(true);
+            }
+            Command::SetFieldSigma(s) => {
+                self.field_sigma = s;
+                self.last_preview = None;
+                self.refresh(true);
+            }
+            Command::Hangup => {
+                let saved = self.session.save_generator(None).and_then(|p| {
+                    self.session.save_state()?;
+                    Ok(vec![Event::Saved(p)])
+                });
+                self.forward(saved);
+                return true;
+            }
+            Command::Quit => return true,
+        }
+        false
+    }
+
+    fn train_one(&mut self) {
+        let result = self.session.step();
+        if result.is_ok() {
+            self.rate.tick();
+        }
+        let switched = matches!(&result, Ok(events) if events.iter().any(|e| matches!(e, Event::TargetSwitched { .. } | Event::StageStarted(_))));
+        self.forward(result);
+        if switched && self.preview != Preview::Generator {
+            self.last_preview = None;
+        }
+    }
+
+    /// Sends a call's events on (minus the frequent ones the view carries),
+    /// or its error.
+    fn forward(&mut self, result: Result<Vec<Event>>) {
+        match result {
+            Ok(events) => {
+                for e in events {
+                    if !matches!(e, Event::Checkpointed { .. }) {
+                        self.send(Update::Session(e));
+                    }
+                }
+            }
+            Err(e) => self.send(Update::Failed(format!("{e:#}"))),
+        }
+    }
+
+    /// Sends the view and the preview when they are due (or now).
+    fn refresh(&mut self, now: bool) {
+        if now || self.last_view.elapsed() >= VIEW_EVERY {
+            self.send(Update::View {
+                view: Box::new(self.session.view()),
+                rate: self.rate.per_second(),
+            });
+            self.last_view = Instant::now();
+        }
+        let every = match self.preview {
+            Preview::Generator => GENERATOR_PREVIEW_EVERY,
+            Preview::Model => MODEL_PREVIEW_EVERY,
+            Preview::ScoreField => FIELD_PREVIEW_EVERY,
+        };
+        let due = self.last_preview.is_none_or(|t| t.elapsed() >= every);
+        if now || due {
+            match self.preview_data() {
+                Ok(data) => self.send(Update::Preview(data)),
+                Err(e) => self.send(Update::Session(Event::Warning(format!("preview: {e:#}")))),
+            }
+            self.last_preview = Some(Instant::now());
+        }
+    }
+
+    fn preview_data(&mut self) -> Result<PreviewData> {
+        let s = &self.session;
+        Ok(match self.preview {
+            Preview::Generator => {
+                PreviewData::Generator(s.generator_samples(PREVIEW_SAMPLES, &mut self.rng)?)
+            }
+            Preview::Model => {
+                let (label, model) = previewed_model(s);
+                let grid = s.noise().karras(s.config().diffusion.sampler_steps);
+                let start: Vec<Point> = normal_vec(&mut self.rng, 2 * MODEL_PREVIEW_SAMPLES)
+                    .chunks(2)
+                    .map(|e| [e[0] * grid[0] as f32, e[1] * grid[0] as f32])
+                    .collect();
+                PreviewData::Model {
+                    label,
+                    samples: heun_sample(model_denoise_fn(model), start, &grid)?,
+                }
+            }
+            Preview::ScoreField => {
+                let (label, model) = previewed_model(s);
+                let points = self.bounds.grid(FIELD_GRID.0, FIELD_GRID.1);
+                let sigma = self.field_sigma as f64;
+                PreviewData::ScoreField(ScoreField {
+                    sigma: self.field_sigma,
+                    target: model_scores(model, &points, sigma)?,
+                    fake: model_scores(s.fake(), &points, sigma)?,
+                    target_label: label,
+                    points,
+                    columns: FIELD_GRID.0,
+                })
+            }
+        })
+    }
+}
+
+/// The model the previews show, with its name.
+fn previewed_model(s: &Session) -> (String, &Denoiser) {
+    match s.stage() {
+        Stage::Pretrain => ("teacher (training)".into(), s.teacher()),
+        Stage::Record => ("s'θ (degrading)".into(), s.fake()),
+        Stage::Backtrack | Stage::Done => (format!("target s'θ{}", s.schedule().target()), s.target()),
+    }
+}
+
+/// Iterations per second over the last few seconds.
+struct RateMeter {
+    ticks: std::collections::VecDeque<Instant>,
+}
+
+impl RateMeter {
+    const WINDOW: Duration = Duration::from_secs(3);
+
+    fn new() -> Self {
+        Self {
+            ticks: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.ticks.push_back(now);
+        while self
+            .ticks
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Self::WINDOW)
+        {
+            self.ticks.pop_front();
+        }
+    }
+
+    fn per_second(&self) -> f64 {
+        match (self.ticks.front(), self.ticks.back()) {
+            (Some(a), Some(b)) if self.ticks.len() > 1 => {
+                (self.ticks.len() - 1) as f64 / b.duration_since(*a).as_secs_f64().max(1e-9)
+            }
+            _ => 0.0,
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The terminal lab's state: what the training thread last said, the
+//! histories behind the sparklines, the event log, and the key map. Plain
+//! data only, so every state can be built in a test and drawn.
+
+use super::theme::Theme;
+use crate::config::SchedulePolicy;
+use crate::data::{Bounds, Point};
+use crate::engine::trainer::{Command, Preview, PreviewData, Update};
+use crate::engine::{Event, MetricsRecord, SessionView, Stage};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// A bounded series for a sparkline.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    values: VecDeque<f64>,
+}
+
+impl Series {
+    const CAPACITY: usize = 400;
+
+    pub fn push(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        if self.values.len() == Self::CAPACITY {
+            self.values.pop_front();
+        }
+        self.values.push_back(v);
+    }
+
+    pub fn latest(&self) -> Option<f64> {
+        self.values.back().copied()
+    }
+
+    /// The last `n` values.
+    pub fn tail(&self, n: usize) -> impl Iterator<Item = f64> + '_ {
+        self.values
+            .iter()
+            .skip(self.values.len().saturating_sub(n))
+            .copied()
+    }
+
+    pub fn clear(&mut self) {
+        self.values.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    pub at: Duration,
+    pub kind: LogKind,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    Info,
+    Good,
+    Warn,
+    Error,
+}
+
+/// What the next key press means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Help,
+    ConfirmQuit,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub theme: Theme,
+    pub view: Option<SessionView>,
+    pub rate: f64,
+    /// Time since the lab opened (set by the event loop).
+    pub elapsed: Duration,
+    pub data: Vec<Point>,
+    pub bounds: Bounds,
+    pub preview: Preview,
+    pub preview_data: Option<PreviewData>,
+    pub field_sigma: Option<f32>,
+    pub paused: bool,
+    pub mode: Mode,
+    /// Teacher loss while pretraining, generator loss after.
+    pub main_loss: Series,
+    pub fake_loss: Series,
+    /// Mean mismatch degree of the current target over the σ grid.
+    pub mismatch: Series,
+    pub log: VecDeque<LogLine>,
+    pub failure: Option<String>,
+    /// The training thread has ended.
+    pub stopped: bool,
+    pub quit: bool,
+}
+
+impl App {
+    const LOG_LINES: usize = 200;
+
+    pub fn new(theme: Theme) -> Self {
+        Self {
+            theme,
+            view: None,
+            rate: 0.0,
+            elapsed: Duration::ZERO,
+            data: Vec::new(),
+            bounds: Bounds::default(),
+            preview: Preview::Generator,
+            preview_data: None,
+            field_sigma: None,
+            paused: false,
+            mode: Mode::Normal,
+            main_loss: Series::default(),
+            fake_loss: Series::default(),
+            mismatch: Series::default(),
+            log: VecDeque::new(),
+            failure: None,
+            stopped: false,
+            quit: false,
+        }
+    }
+
+    pub fn stage(&self) -> Option<Stage> {
+        self.view.as_ref().map(|v| v.stage)
+    }
+
+    /// Training still has work to do (so quitting would interrupt it).
+    pub fn running(&self) -> bool {
+        self.failure.is_none() && !self.stopped && self.stage().is_some_and(|s| s != Stage::Done)
+    }
+
+    pub fn manual(&self) -> bool {
+        self.view
+            .as_ref()
+            .is_some_and(|v| v.policy == SchedulePolicy::Manual)
+    }
+
+    pub fn note(&mut self, kind: LogKind, text: impl Into<String>) {
+        if self.log.len() == Self::LOG_LINES {
+            self.log.pop_front();
+        }
+        self.log.push_back(LogLine {
+            at: self.elapsed,
+            kind,
+            text: text.into(),
+        });
+    }
+
+    /// Takes in one message from the training thread.
+    pub fn on_update(&mut self, update: Update) {
+        match update {
+            Update::Started { view, data, bounds } => {
+                self.note(LogKind::Info, format!("run directory {}", view.run_dir.display()));
+                self.view = Some(*view);
+                self.data = data;
+                self.bounds = bounds;
+            }
+            Update::View { view, rate } => {
+                self.view = Some(*view);
+                self.rate = rate;
+            }
+            Update::Session(event) => self.on_event(event),
+            Update::Preview(data) => {
+                if let PreviewData::ScoreField(f) = &data {
+                    self.field_sigma = Some(f.sigma);
+                }
+                self.preview_data = Some(data);
+            }
+            Update::Paused(p) => {
+                self.paused = p;
+                self.note(LogKind::Info, if p { "paused" } else { "resumed" });
+            }
+            Update::Failed(message) => {
+                self.note(LogKind::Error, format!("failed: {message}"));
+                self.failure = Some(message);
+            }
+            Update::Stopped => self.stopped = true,
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::StageStarted(stage) => {
+                if stage == Stage::Backtrack {
+                    // The main sparkline changes meaning: teacher → generator.
+                    self.main_loss.clear();
+                    self.fake_loss.clear();
+                }
+                self.note(LogKind::Info, format!("stage: {stage}"));
+            }
+            Event::TeacherReady { source } => self.note(LogKind::Good, format!("teacher {source}")),
+            Event::NodeRecorded {
+                index,
+                iteration,
+                file,
+            } => self.note(
+                LogKind::Good,
+                format!(
+                    "node s'θ{index} recorded at iteration {iteration}: {}",
+                    file.display()
+                ),
+            ),
+            Event::TargetSwitched { from, to } => {
+                let text = match from {
+                    Some(f) => format!("target switched: s'θ{f} → s'θ{to} (all weights loaded)"),
+                    None => format!("first target: s'θ{to}"),
+                };
+                self.note(LogKind::Good, text);
+            }
+            Event::Logged(record) => self.on_record(&record),
+            Event::Saved(path) => self.note(LogKind::Good, format!("saved {}", path.display())),
+            Event::Warning(w) => self.note(LogKind::Warn, w),
+            Event::Checkpointed { .. } => {}
+            Event::Finished => self.note(
+                LogKind::Good,
+                "finished: the generator is final (s saves a copy, q quits)",
+            ),
+        }
+    }
+
+    fn on_record(&mut self, r: &MetricsRecord) {
+        if let Some(v) = r.loss_teacher.or(r.loss_g) {
+            self.main_loss.push(v);
+        }
+        if let Some(v) = r.loss_fake {
+            self.fake_loss.push(v);
+        }
+        if let Some(m) = r.eval.as_ref().and_then(|e| e.mismatch_target_mean()) {
+            self.mismatch.push(m);
+        }
+    }
+
+    /// Maps a key to state changes and commands for the training thread.
+    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Command> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return vec![Command::Quit];
+        }
+        match self.mode {
+            Mode::Help => {
+                if matches!(key.code, KeyCode::Char('?') | KeyCode::Esc | KeyCode::Char('q')) {
+                    self.mode = Mode::Normal;
+                }
+                Vec::new()
+            }
+            Mode::ConfirmQuit => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('q') => {
+                    self.quit = true;
+                    vec![Command::Quit]
+                }
+                _ => {
+                    self.mode = Mode::Normal;
+                    Vec::new()
+                }
+            },
+            Mode::Normal => self.normal_key(key.code),
+        }
+    }
+
+    fn normal_key(&mut self, code: KeyCode) -> Vec<Command> {
+        match code {
+            KeyCode::Char(' ') => vec![if self.paused {
+                Command::Resume
+            } else {
+                Command::Pause
+            }],
+            KeyCode::Char('.') if self.paused => vec![Command::Step],
+            KeyCode::Char('.') => {
+                self.note(
+                    LogKind::Warn,
+                    "'.' steps one iteration while paused: press space first",
+                );
+                Vec::new()
+            }
+            KeyCode::Char('n') => vec![Command::Skip],
+            KeyCode::Char('s') => vec![Command::SaveGenerator],
+            KeyCode::Char('v') => {
+                self.preview = self.preview.next();
+                self.preview_data = None;
+                vec![Command::SetPreview(self.preview)]
+            }
+            KeyCode::Char('m') => {
+                let on = !self.manual();
+                self.note(
+                    LogKind::Info,
+                    if on {
+                        "manual schedule: staying on each target until n"
+                    } else {
+                        "manual schedule off: the configured schedule decides again"
+                    },
+                );
+                vec![Command::SetManual(on)]
+            }
+            KeyCode::Char('[') | KeyCode::Char(']') if self.preview == Preview::ScoreField => {
+                let s = self.field_sigma.unwrap_or(0.5);
+                let s = if code == KeyCode::Char('[') {
+                    s / 2.0
+                } else {
+                    s * 2.0
+                };
+                vec![Command::SetFieldSigma(s.clamp(1e-3, 100.0))]
+            }
+            KeyCode::Char('?') => {
+                self.mode = Mode::Help;
+                Vec::new()
+            }
+            KeyCode::Char('q') | KeyCode::Esc if self.running() => {
+                self.mode = Mode::ConfirmQuit;
+                Vec::new()
+            }
+            KeyCode::Char('q') => {
+                self.quit = true;
+                vec![Command::Quit]
+            }
+            _ => Vec::new(),
+        }
+    }
+}

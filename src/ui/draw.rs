@@ -1,0 +1,385 @@
+//! Drawing the lab: a header, the degradation path, sparklines, the
+//! preview, the event log and the keys, laid out for 80×24 and up.
+
+use super::app::{App, LogKind, Mode, Series};
+use super::plot::{FieldGlyphs, Scatter};
+use crate::engine::trainer::{Preview, PreviewData};
+use crate::engine::{NodeStatus, NodeView, SessionView, Stage};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Sparkline};
+
+pub fn draw(frame: &mut Frame, app: &App) {
+    let [header, middle, log, footer] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(8),
+        Constraint::Length(log_height(frame.area().height)),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    draw_header(frame, header, app);
+    let left_width = (frame.area().width * 35 / 100)
+        .max(30)
+        .min(frame.area().width / 2);
+    let [left, preview] =
+        Layout::horizontal([Constraint::Length(left_width), Constraint::Min(20)]).areas(middle);
+    let path_height = app.view.as_ref().map_or(3, |v| v.nodes.len() as u16 + 2);
+    let [path, charts] = Layout::vertical([Constraint::Length(path_height), Constraint::Min(6)]).areas(left);
+    draw_path(frame, path, app);
+    draw_charts(frame, charts, app);
+    draw_preview(frame, preview, app);
+    draw_log(frame, log, app);
+    draw_footer(frame, footer, app);
+    match app.mode {
+        Mode::Help => draw_help(frame, app),
+        Mode::ConfirmQuit => draw_confirm(frame, app),
+        Mode::Normal => {}
+    }
+}
+
+fn log_height(total: u16) -> u16 {
+    match total {
+        0..=24 => 5,
+        25..=40 => 7,
+        _ => 10,
+    }
+}
+
+fn block<'a>(title: impl Into<Line<'a>>, app: &App) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(app.theme.dim())
+        .title(title.into().style(app.theme.title()))
+}
+
+fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let Some(v) = &app.view else {
+        frame.render_widget(
+            Paragraph::new(Span::styled(" disback — starting…", t.title())),
+            area,
+        );
+        return;
+    };
+    let mut first = vec![
+        Span::styled(format!(" {} ", v.method), t.title()),
+        Span::styled("· ", t.dim()),
+        Span::styled(v.stage.to_string(), stage_style(v.stage, app)),
+        Span::styled(" · ", t.dim()),
+        Span::styled(v.device.clone(), t.label()),
+        Span::styled(" · ", t.dim()),
+        Span::styled(format!("{:.0} it/s", app.rate), t.value()),
+        Span::styled(" · ", t.dim()),
+        Span::styled(clock(app.elapsed.as_secs()), t.label()),
+    ];
+    let flags: [(bool, &str, Style); 4] = [
+        (app.paused, "PAUSED", t.warn()),
+        (app.manual(), "MANUAL", t.warn()),
+        (v.stage == Stage::Done && app.failure.is_none(), "DONE", t.good()),
+        (app.failure.is_some(), "FAILED", t.bad()),
+    ];
+    for (on, label, style) in flags {
+        if on {
+            first.push(Span::raw(" "));
+            first.push(Span::styled(
+                format!("[{label}]"),
+                style.add_modifier(Modifier::REVERSED),
+            ));
+        }
+    }
+    let second = Line::from(vec![
+        Span::styled(format!(" {} · ", v.data), t.label()),
+        Span::styled(stage_progress(v), t.value()),
+        Span::styled(format!(" · iteration {} · ", v.iteration), t.dim()),
+        Span::styled(v.run_dir.display().to_string(), t.dim()),
+    ]);
+    frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
+}
+
+fn stage_style(stage: Stage, app: &App) -> Style {
+    match stage {
+        Stage::Done => app.theme.good().add_modifier(Modifier::BOLD),
+        _ => app.theme.warn(),
+    }
+}
+
+fn stage_progress(v: &SessionView) -> String {
+    let what = match v.stage {
+        Stage::Pretrain => "teacher step",
+        Stage::Record => "recording iteration",
+        Stage::Backtrack | Stage::Done => "generator step",
+    };
+    let on = v.target.map(|t| format!(" on s'θ{t}")).unwrap_or_default();
+    format!("{what} {}/{}{on}", v.stage_step, v.stage_total)
+}
+
+fn clock(secs: u64) -> String {
+    format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn draw_path(frame: &mut Frame, area: Rect, app: &App) {
+    let title = match app.view.as_ref().map(|v| v.stage) {
+        Some(Stage::Pretrain) | Some(Stage::Record) => "Degradation path",
+        _ => "Backtracking path",
+    };
+    let lines: Vec<Line> = app
+        .view
+        .as_ref()
+        .map(|v| v.nodes.iter().rev().map(|n| node_line(n, v, app)).collect())
+        .unwrap_or_default();
+    frame.render_widget(Paragraph::new(lines).block(block(title, app)), area);
+}
+
+fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App) -> Line<'a> {
+    let t = &app.theme;
+    let last = v.nodes.len().saturating_sub(1);
+    let (glyph, status, style) = match n.status {
+        NodeStatus::Pending => ("·", "pending", t.dim()),
+        NodeStatus::Recording => ("◌", "recording", t.warn()),
+        NodeStatus::Recorded if n.index == 0 => ("●", "teacher", t.label()),
+        NodeStatus::Recorded => ("●", "recorded", t.label()),
+        NodeStatus::Target => ("▶", "TARGET", t.target()),
+        NodeStatus::Passed if n.index == last && n.planned.is_none() => ("✓", "s_φ start", t.dim()),
+        NodeStatus::Passed => ("✓", "passed", t.good()),
+    };
+    let steps = match n.planned {
+        Some(p) if v.stage >= Stage::Backtrack => format!("{:>5}/{p}", n.steps),
+        _ => String::new(),
+    };
+    let text = format!("{glyph} s'θ{:<2} {status:<9} {steps}", n.index);
+    Line::from(Span::styled(text, style))
+}
+
+fn draw_charts(frame: &mut Frame, area: Rect, app: &App) {
+    let outer = block("Training", app);
+    let inner = outer.inner(area);
+    frame.render_widget(outer, area);
+    let main_name = if app.stage() == Some(Stage::Pretrain) {
+        "teacher loss"
+    } else {
+        "generator loss"
+    };
+    let fake_name = if app.stage() == Some(Stage::Record) {
+        "s'θ loss on G⁰"
+    } else {
+        "fake-score loss"
+    };
+    let series = [
+        (main_name, &app.main_loss),
+        (fake_name, &app.fake_loss),
+        ("mismatch (target)", &app.mismatch),
+    ];
+    let rows = Layout::vertical([Constraint::Ratio(1, 3); 3]).split(inner);
+    for (i, ((name, s), row)) in series.iter().zip(rows.iter()).enumerate() {
+        draw_series(frame, *row, name, s, i, app);
+    }
+}
+
+fn draw_series(frame: &mut Frame, area: Rect, name: &str, series: &Series, i: usize, app: &App) {
+    let [label, spark] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
+    let latest = series.latest().map_or("—".to_string(), |v| format!("{v:.4}"));
+    frame.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::styled(format!("{name} "), app.theme.label()),
+            Span::styled(latest, app.theme.value()),
+        ])),
+        label,
+    );
+    if spark.height == 0 || series.is_empty() {
+        return;
+    }
+    let values: Vec<f64> = series.tail(spark.width as usize).collect();
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    // Scaled between the window's min and max, so small changes show.
+    let scaled: Vec<u64> = values
+        .iter()
+        .map(|v| 1 + ((v - lo) / (hi - lo).max(1e-12) * 99.0) as u64)
+        .collect();
+    frame.render_widget(
+        Sparkline::default()
+            .data(&scaled)
+            .max(100)
+            .style(app.theme.series(i)),
+        spark,
+    );
+}
+
+fn draw_preview(frame: &mut Frame, area: Rect, app: &App) {
+    let (title, hint) = match (app.preview, &app.preview_data) {
+        (Preview::Generator, _) => ("generator samples over the data".to_string(), "1/3"),
+        (Preview::Model, Some(PreviewData::Model { label, .. })) => {
+            (format!("Heun samples of {label}"), "2/3")
+        }
+        (Preview::Model, _) => ("Heun samples of the target (sampling…)".to_string(), "2/3"),
+        (Preview::ScoreField, Some(PreviewData::ScoreField(f))) => {
+            (format!("score fields at σ = {:.3}", f.sigma), "3/3")
+        }
+        (Preview::ScoreField, _) => ("score fields (computing…)".to_string(), "3/3"),
+    };
+    let outer = block(format!("Preview {hint}: {title} — v: next view"), app);
+    let inner = outer.inner(area);
+    frame.render_widget(outer, area);
+    match &app.preview_data {
+        Some(PreviewData::Generator(samples)) | Some(PreviewData::Model { samples, .. }) => {
+            let scatter = Scatter {
+                data: &app.data,
+                samples,
+                bounds: app.bounds,
+                theme: app.theme,
+            };
+            frame.render_widget(scatter, inner);
+        }
+        Some(PreviewData::ScoreField(f)) => {
+            let [labels, grids] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
+            let halves = Layout::horizontal([Constraint::Ratio(1, 2); 2]).split(grids);
+            let label_halves = Layout::horizontal([Constraint::Ratio(1, 2); 2]).split(labels);
+            let target_style = app.theme.warn().remove_modifier(Modifier::BOLD);
+            for (k, (name, vectors, style)) in [
+                (f.target_label.as_str(), &f.target, target_style),
+                ("fake score s_φ", &f.fake, app.theme.fake()),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                frame.render_widget(
+                    Paragraph::new(Span::styled(format!(" {name}"), style)),
+                    label_halves[k],
+                );
+                let glyphs = FieldGlyphs {
+                    points: &f.points,
+                    vectors,
+                    columns: f.columns,
+                    style,
+                };
+                frame.render_widget(glyphs, halves[k]);
+            }
+        }
+        None => {}
+    }
+    if app.preview == Preview::ScoreField && inner.height > 2 {
+        let hint = Line::from(Span::styled(" [ ] halve / double σ ", app.theme.dim()));
+        let bottom = Rect {
+            y: area.bottom().saturating_sub(1),
+            height: 1,
+            ..area
+        };
+        frame.render_widget(Paragraph::new(hint).right_aligned(), bottom);
+    }
+}
+
+fn draw_log(frame: &mut Frame, area: Rect, app: &App) {
+    let height = area.height.saturating_sub(2) as usize;
+    let t = &app.theme;
+    let lines: Vec<Line> = app
+        .log
+        .iter()
+        .skip(app.log.len().saturating_sub(height))
+        .map(|l| {
+            let style = match l.kind {
+                LogKind::Info => t.label(),
+                LogKind::Good => t.good(),
+                LogKind::Warn => t.warn(),
+                LogKind::Error => t.bad(),
+            };
+            Line::from(vec![
+                Span::styled(format!("{} ", clock(l.at.as_secs())), t.dim()),
+                Span::styled(l.text.clone(), style),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines).block(block("Events", app)), area);
+}
+
+const KEYS: [(&str, &str); 8] = [
+    ("space", "pause"),
+    (".", "step"),
+    ("n", "next"),
+    ("s", "save"),
+    ("v", "view"),
+    ("m", "manual"),
+    ("?", "help"),
+    ("q", "quit"),
+];
+
+fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme;
+    let mut spans = vec![Span::raw(" ")];
+    for (key, what) in KEYS {
+        let what = match key {
+            "space" if app.paused => "resume",
+            _ => what,
+        };
+        spans.push(Span::styled(key, t.key()));
+        spans.push(Span::styled(format!(" {what}  "), t.label()));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn centered(frame: &Frame, width: u16, height: u16) -> Rect {
+    let a = frame.area();
+    let (w, h) = (width.min(a.width), height.min(a.height));
+    Rect::new(a.x + (a.width - w) / 2, a.y + (a.height - h) / 2, w, h)
+}
+
+const HELP: [(&str, &str); 11] = [
+    ("space", "pause / resume training"),
+    (".", "one iteration while paused"),
+    ("n", "next checkpoint: next target; while recording, end the"),
+    ("", "path here; while pretraining, keep the teacher as it is"),
+    ("s", "save the generator into the run directory"),
+    (
+        "v",
+        "preview: generator · Heun samples of the target · score fields",
+    ),
+    ("[ ]", "score fields: halve / double σ"),
+    ("m", "manual schedule: stay on each target until n"),
+    (
+        "q",
+        "quit (asks while training; saves nothing unless you pressed s)",
+    ),
+    ("Ctrl-C", "quit at once"),
+    ("", "Continue a run later: disback tui --resume RUN_DIR"),
+];
+
+fn draw_help(frame: &mut Frame, app: &App) {
+    let t = &app.theme;
+    let area = centered(frame, 76, HELP.len() as u16 + 2);
+    let lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, what)| {
+            Line::from(vec![
+                Span::styled(format!("{k:>7}  "), t.key()),
+                Span::styled(*what, t.label()),
+            ])
+        })
+        .collect();
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(lines).block(block("Keys — ? or Esc to close", app)),
+        area,
+    );
+}
+
+fn draw_confirm(frame: &mut Frame, app: &App) {
+    let t = &app.theme;
+    let area = centered(frame, 56, 6);
+    let text = vec![
+        Line::from(Span::styled("Training is still running. Quit now?", t.value())),
+        Line::from(Span::styled("Nothing is saved unless you pressed s;", t.label())),
+        Line::from(Span::styled("the last checkpoint stays resumable.", t.label())),
+        Line::from(vec![
+            Span::styled("y", t.key()),
+            Span::styled(" quit   ", t.label()),
+            Span::styled("any other key", t.key()),
+            Span::styled(" stay", t.label()),
+        ]),
+    ];
+    frame.render_widget(Clear, area);
+    frame.render_widget(Paragraph::new(text).block(block("Quit?", app)), area);
+}

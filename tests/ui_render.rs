@@ -1,0 +1,338 @@
+//! The terminal lab drawn into ratatui's TestBackend, for each stage, a
+//! paused state, manual mode, the help overlay, each preview view and an
+//! 80×24 terminal.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use disback::config::{Method, SchedulePolicy};
+use disback::data::{Bounds, GaussianMixture, Point};
+use disback::engine::trainer::{Command, Preview, PreviewData, ScoreField, Update};
+use disback::engine::{Event, MetricsRecord, NodeStatus, NodeView, SessionView, Stage};
+use disback::rng::host_rng;
+use disback::ui::{App, Mode, Theme, draw};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::style::Modifier;
+use std::path::PathBuf;
+
+fn view(stage: Stage, target: Option<usize>, statuses: [NodeStatus; 5]) -> SessionView {
+    let spent = [0, 0, 120, 250, 0];
+    SessionView {
+        method: Method::Disback,
+        stage,
+        device: "CPU".into(),
+        data: "Gaussian mixture, 10 modes".into(),
+        run_dir: PathBuf::from("runs/gmm2d-test"),
+        stage_step: 370,
+        stage_total: 2000,
+        iteration: 3570,
+        cost: 570,
+        nodes: (0..5)
+            .map(|i| NodeView {
+                index: i,
+                status: statuses[i],
+                steps: if stage >= Stage::Backtrack { spent[i] } else { 0 },
+                planned: (i < 4).then_some(if i == 0 { 1250 } else { 250 }),
+            })
+            .collect(),
+        target,
+        policy: SchedulePolicy::Fixed,
+        latest: None,
+        latest_eval: None,
+        failure: None,
+    }
+}
+
+fn backtracking() -> SessionView {
+    use NodeStatus::*;
+    view(
+        Stage::Backtrack,
+        Some(2),
+        [Recorded, Recorded, Target, Passed, Passed],
+    )
+}
+
+fn ring_points(n: usize, seed: u64) -> Vec<Point> {
+    GaussianMixture::new(&GaussianMixture::ring_components(10, 2.5, 0.15)).sample(n, &mut host_rng(seed, 0))
+}
+
+/// An app in `v` with some history, as the training thread would leave it.
+fn app(v: SessionView) -> App {
+    let mut app = App::new(Theme { color: true });
+    app.on_update(Update::Started {
+        view: Box::new(v.clone()),
+        data: ring_points(800, 1),
+        bounds: Bounds::around(&ring_points(800, 1)),
+    });
+    app.on_update(Update::View {
+        view: Box::new(v),
+        rate: 123.0,
+    });
+    for i in 0..60 {
+        let x = 1.0 / (1.0 + i as f64);
+        let record = MetricsRecord {
+            stage: Stage::Backtrack,
+            step: i * 10,
+            cost: i * 10,
+            target_node: Some(2),
+            loss_g: Some(0.5 + x),
+            loss_fake: Some(0.8 - 0.2 * x),
+            loss_teacher: None,
+            gap: Some(x),
+            eval: None,
+        };
+        app.on_update(Update::Session(Event::Logged(record)));
+        app.mismatch.push(3.0 * x);
+    }
+    app.on_update(Update::Session(Event::TargetSwitched { from: Some(3), to: 2 }));
+    app.on_update(Update::Preview(PreviewData::Generator(ring_points(1500, 2))));
+    app
+}
+
+fn render(app: &App, w: u16, h: u16) -> Buffer {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| draw(f, app)).unwrap();
+    terminal.backend().buffer().clone()
+}
+
+fn text(buf: &Buffer) -> String {
+    let area = buf.area;
+    (0..area.height)
+        .map(|y| (0..area.width).map(|x| buf[(x, y)].symbol()).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The row holding `needle`, and its column.
+fn find(buf: &Buffer, needle: &str) -> Option<(u16, u16)> {
+    text(buf).lines().enumerate().find_map(|(y, line)| {
+        line.find(needle)
+            .map(|byte| (line[..byte].chars().count() as u16, y as u16))
+    })
+}
+
+fn braille_cells(buf: &Buffer) -> usize {
+    text(buf)
+        .chars()
+        .filter(|c| ('\u{2801}'..='\u{28ff}').contains(c))
+        .count()
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+#[test]
+fn backtracking_at_80x24_shows_path_target_sparklines_and_preview() {
+    let buf = render(&app(backtracking()), 80, 24);
+    let screen = text(&buf);
+    for needle in [
+        "DisBack",
+        "backtracking",
+        "CPU",
+        "123 it/s",
+        "generator step 370/2000 on s'θ2",
+    ] {
+        assert!(screen.contains(needle), "missing {needle:?}:\n{screen}");
+    }
+    // Every node, most degraded first, with its state and steps.
+    let rows: Vec<u16> = (0..5)
+        .rev()
+        .map(|i| find(&buf, &format!("s'θ{i}  ")).expect("node shown").1)
+        .collect();
+    assert!(
+        rows.windows(2).all(|w| w[0] < w[1]),
+        "nodes in order N..0: {rows:?}"
+    );
+    assert!(screen.contains("✓ s'θ4  s_φ start"));
+    assert!(screen.contains("✓ s'θ3  passed      250/250"), "{screen}");
+    assert!(screen.contains("● s'θ0  teacher       0/1250"), "{screen}");
+    // The target: marked, and in reverse video.
+    let (x, y) = find(&buf, "▶ s'θ2  TARGET").expect("the target is marked");
+    assert!(buf[(x + 3, y)].modifier.contains(Modifier::REVERSED));
+    assert!(screen.contains("120/250"));
+    // Sparklines with their latest values.
+    for needle in [
+        "generator loss 0.5167",
+        "fake-score loss 0.7967",
+        "mismatch (target) 0.0500",
+    ] {
+        assert!(screen.contains(needle), "missing {needle:?}:\n{screen}");
+    }
+    assert!(screen.contains('█'), "sparkline bars");
+    // The preview scatter and the event log.
+    assert!(braille_cells(&buf) > 50, "{screen}");
+    assert!(screen.contains("target switched: s'θ3 → s'θ2"));
+    assert!(screen.contains("q quit"));
+}
+
+#[test]
+fn each_stage_reads_right() {
+    use NodeStatus::*;
+    let pretrain = view(Stage::Pretrain, None, [Pending; 5]);
+    let screen = text(&render(&app(pretrain), 80, 24));
+    assert!(
+        screen.contains("teacher pretraining") && screen.contains("Degradation path"),
+        "{screen}"
+    );
+    assert!(screen.contains("· s'θ3  pending"));
+
+    let record = view(
+        Stage::Record,
+        None,
+        [Recorded, Recorded, Recording, Pending, Pending],
+    );
+    let screen = text(&render(&app(record), 80, 24));
+    assert!(screen.contains("degradation recording"), "{screen}");
+    assert!(screen.contains("◌ s'θ2  recording"));
+    assert!(screen.contains("● s'θ1  recorded"));
+
+    let done = view(Stage::Done, None, [Passed; 5]);
+    let buf = render(&app(done), 80, 24);
+    let screen = text(&buf);
+    assert!(
+        screen.contains("[DONE]") && !screen.contains("TARGET"),
+        "{screen}"
+    );
+
+    let mut failed = app(backtracking());
+    failed.on_update(Update::Failed("the generator loss is NaN".into()));
+    let screen = text(&render(&failed, 80, 24));
+    assert!(
+        screen.contains("[FAILED]") && screen.contains("failed: the generator loss is NaN"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn paused_and_manual_are_flagged() {
+    let mut a = app(backtracking());
+    a.on_update(Update::Paused(true));
+    let mut manual = backtracking();
+    manual.policy = SchedulePolicy::Manual;
+    a.on_update(Update::View {
+        view: Box::new(manual),
+        rate: 0.0,
+    });
+    let screen = text(&render(&a, 80, 24));
+    assert!(
+        screen.contains("[PAUSED]") && screen.contains("[MANUAL]"),
+        "{screen}"
+    );
+    assert!(screen.contains("space resume"), "the footer offers resume");
+    // Keys: '.' steps while paused, 'm' turns manual off again.
+    assert_eq!(a.on_key(key('.')), vec![Command::Step]);
+    assert_eq!(a.on_key(key('m')), vec![Command::SetManual(false)]);
+    assert_eq!(a.on_key(key(' ')), vec![Command::Resume]);
+}
+
+#[test]
+fn the_help_overlay_lists_every_key() {
+    let mut a = app(backtracking());
+    assert!(a.on_key(key('?')).is_empty());
+    assert_eq!(a.mode, Mode::Help);
+    let screen = text(&render(&a, 80, 24));
+    for needle in [
+        "Keys",
+        "pause / resume",
+        "one iteration while paused",
+        "next target",
+        "save the generator",
+        "manual schedule",
+        "quit",
+    ] {
+        assert!(screen.contains(needle), "missing {needle:?}:\n{screen}");
+    }
+    a.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    assert_eq!(a.mode, Mode::Normal);
+}
+
+#[test]
+fn quitting_asks_while_training_runs() {
+    let mut a = app(backtracking());
+    assert!(a.on_key(key('q')).is_empty());
+    let screen = text(&render(&a, 80, 24));
+    assert!(
+        screen.contains("Quit now?") && screen.contains("Nothing is saved"),
+        "{screen}"
+    );
+    assert!(a.on_key(key('x')).is_empty(), "any other key stays");
+    assert_eq!(a.mode, Mode::Normal);
+    a.on_key(key('q'));
+    assert_eq!(a.on_key(key('y')), vec![Command::Quit]);
+    assert!(a.quit);
+    // Once done, q quits at once.
+    use NodeStatus::*;
+    let mut done = app(view(Stage::Done, None, [Passed; 5]));
+    assert_eq!(done.on_key(key('q')), vec![Command::Quit]);
+}
+
+#[test]
+fn each_preview_view_draws() {
+    let mut a = app(backtracking());
+    assert_eq!(a.on_key(key('v')), vec![Command::SetPreview(Preview::Model)]);
+    a.on_update(Update::Preview(PreviewData::Model {
+        label: "target s'θ2".into(),
+        samples: ring_points(600, 3),
+    }));
+    let buf = render(&a, 80, 24);
+    assert!(
+        text(&buf).contains("Heun samples of target s'θ2"),
+        "{}",
+        text(&buf)
+    );
+    assert!(braille_cells(&buf) > 50);
+
+    assert_eq!(a.on_key(key('v')), vec![Command::SetPreview(Preview::ScoreField)]);
+    let points = a.bounds.grid(25, 13);
+    // The target points inward, s_φ to the right.
+    let target: Vec<Point> = points.iter().map(|p| [-p[0], -p[1]]).collect();
+    let fake = vec![[1.0, 0.0]; points.len()];
+    a.on_update(Update::Preview(PreviewData::ScoreField(ScoreField {
+        sigma: 0.355,
+        points,
+        columns: 25,
+        target_label: "target s'θ2".into(),
+        target,
+        fake,
+    })));
+    let screen = text(&render(&a, 100, 30));
+    assert!(screen.contains("score fields at σ = 0.355"), "{screen}");
+    assert!(screen.contains("fake score s_φ") && screen.contains("target s'θ2"));
+    for arrow in ['↗', '↙', '→'] {
+        assert!(screen.contains(arrow), "missing {arrow}:\n{screen}");
+    }
+    assert_eq!(a.on_key(key(']')), vec![Command::SetFieldSigma(0.71)]);
+    assert_eq!(a.on_key(key('v')), vec![Command::SetPreview(Preview::Generator)]);
+}
+
+#[test]
+fn without_colour_data_and_samples_still_differ() {
+    let mut a = app(backtracking());
+    a.theme = Theme { color: false };
+    // Samples only on the left half: the right half shows the data as dots.
+    a.on_update(Update::Preview(PreviewData::Generator(
+        ring_points(1500, 2).into_iter().filter(|p| p[0] < 0.0).collect(),
+    )));
+    let buf = render(&a, 80, 24);
+    let screen = text(&buf);
+    assert!(screen.contains('·') && braille_cells(&buf) > 20, "{screen}");
+    // No cell carries a colour.
+    let coloured = buf
+        .content()
+        .iter()
+        .filter(|c| c.fg != ratatui::style::Color::Reset)
+        .count();
+    assert_eq!(coloured, 0);
+}
+
+#[test]
+fn a_larger_terminal_gets_more_room() {
+    let buf = render(&app(backtracking()), 160, 48);
+    let screen = text(&buf);
+    assert!(
+        screen.contains("runs/gmm2d-test"),
+        "the run directory fits:\n{screen}"
+    );
+    assert!(braille_cells(&buf) > braille_cells(&render(&app(backtracking()), 80, 24)));
+}
