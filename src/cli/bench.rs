@@ -6,12 +6,18 @@
 //! child beside it, as another user's job on a shared machine would.
 
 use super::ConfigArgs;
+use crate::config::Config;
+use crate::engine::trainer::{Command, Start, spawn};
 use crate::engine::{RunDir, Session, Stage};
 use crate::runtime::configure_threads;
+use crate::ui::{App, Theme, draw};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
 use serde::{Deserialize, Serialize};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
@@ -38,6 +44,10 @@ pub struct BenchArgs {
 struct Rates {
     teacher_steps: f64,
     distill_iterations: f64,
+    /// Distillation iterations per second on the training thread while the
+    /// terminal lab's drawing code renders every frame (into an off-screen
+    /// 160×48 buffer).
+    with_ui: f64,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -63,19 +73,21 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.seconds
     );
     println!(
-        "{:<9} {:<8} {:>18} {:>24}",
-        "threads", "load", "teacher steps/s", "distill iterations/s"
+        "{:<9} {:<8} {:>16} {:>20} {:>18} {:>10}",
+        "threads", "load", "teacher steps/s", "distill it/s", "with the lab it/s", "lab/plain"
     );
     let loads: &[bool] = if args.no_load { &[false] } else { &[false, true] };
     for &threads in &args.threads {
         for &loaded in loads {
             let rates = run_worker(&args, threads, loaded)?;
             println!(
-                "{:<9} {:<8} {:>18.1} {:>24.1}",
+                "{:<9} {:<8} {:>16.1} {:>20.1} {:>18.1} {:>10.2}",
                 threads,
                 if loaded { "1 busy" } else { "idle" },
                 rates.teacher_steps,
-                rates.distill_iterations
+                rates.distill_iterations,
+                rates.with_ui,
+                rates.with_ui / rates.distill_iterations
             );
         }
     }
@@ -86,7 +98,7 @@ fn run_worker(args: &BenchArgs, threads: usize, loaded: bool) -> Result<Rates> {
     let exe = std::env::current_exe()?;
     let burner = if loaded {
         Some(
-            Command::new(&exe)
+            Process::new(&exe)
                 .args(["bench", "--burn"])
                 .stdout(Stdio::null())
                 .spawn()?,
@@ -94,7 +106,7 @@ fn run_worker(args: &BenchArgs, threads: usize, loaded: bool) -> Result<Rates> {
     } else {
         None
     };
-    let mut cmd = Command::new(&exe);
+    let mut cmd = Process::new(&exe);
     cmd.args(["bench", "--worker", "--threads", &threads.to_string()])
         .args(["--seconds", &args.seconds.to_string()]);
     if let Some(c) = &args.config.config {
@@ -138,18 +150,61 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
     config.metrics.every = 0;
     config.log.checkpoint_every = 1_000_000_000;
     let run = RunDir::create(&tmp.join("run"), true)?;
-    let mut session = Session::start(config, run)?;
+    let mut session = Session::start(config.clone(), run)?;
     let seconds = Duration::from_secs_f64(args.seconds);
     let teacher_steps = rate(&mut session, Stage::Pretrain, seconds)?;
     while session.stage() != Stage::Backtrack {
         session.skip()?;
     }
     let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
+    drop(session);
+    let with_ui = rate_with_lab(config, &tmp.join("run-lab"), seconds)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(Rates {
         teacher_steps,
         distill_iterations,
+        with_ui,
     })
+}
+
+/// Distillation iterations per second on the training thread while this
+/// thread runs the lab's loop: take in every update, draw a frame every
+/// 80 ms (the lab's frame rate) into an off-screen terminal.
+fn rate_with_lab(config: Config, run_dir: &Path, time: Duration) -> Result<f64> {
+    let mut trainer = spawn(Start::New {
+        config: Box::new(config),
+        run_dir: run_dir.to_path_buf(),
+        overwrite: true,
+    });
+    let mut app = App::new(Theme { color: true });
+    let mut terminal = Terminal::new(TestBackend::new(160, 48))?;
+    let mut start: Option<(Instant, usize)> = None;
+    loop {
+        while let Ok(update) = trainer.updates.try_recv() {
+            app.on_update(update);
+        }
+        if let Some(e) = &app.failure {
+            bail!("training failed during the bench: {e}");
+        }
+        if let Some(v) = &app.view {
+            match start {
+                // The teacher and the path are not timed here: skip them.
+                _ if v.stage < Stage::Backtrack => {
+                    let _ = trainer.commands.send(Command::Skip);
+                }
+                None if v.iteration > 10 => start = Some((Instant::now(), v.iteration)),
+                Some((t0, i0)) if t0.elapsed() >= time => {
+                    let rate = (v.iteration - i0) as f64 / t0.elapsed().as_secs_f64();
+                    let _ = trainer.commands.send(Command::Quit);
+                    trainer.join()?;
+                    return Ok(rate);
+                }
+                _ => {}
+            }
+        }
+        terminal.draw(|f| draw(f, &app))?;
+        std::thread::sleep(Duration::from_millis(80));
+    }
 }
 
 /// Iterations per second in `stage`, after a short warm-up.
