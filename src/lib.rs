@@ -16,6 +16,7 @@ pub mod files;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod runtime;
 pub mod ui;

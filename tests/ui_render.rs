@@ -5,7 +5,8 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use disback::config::{Method, SchedulePolicy};
 use disback::data::{Bounds, GaussianMixture, Point};
-use disback::engine::trainer::{Command, Preview, PreviewData, ScoreField, Update};
+use disback::engine::ScoreField;
+use disback::engine::trainer::{Command, Preview, PreviewData, Update};
 use disback::engine::{Event, MetricsRecord, NodeStatus, NodeView, SessionView, Stage};
 use disback::rng::host_rng;
 use disback::ui::{App, Mode, Theme, draw};
@@ -81,7 +82,7 @@ fn app(v: SessionView) -> App {
             gap: Some(x),
             eval: None,
         };
-        app.on_update(Update::Session(Event::Logged(record)));
+        app.on_update(Update::Session(Event::Logged(Box::new(record))));
         app.mismatch.push(3.0 * x);
     }
     app.on_update(Update::Session(Event::TargetSwitched { from: Some(3), to: 2 }));

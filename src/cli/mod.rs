@@ -1,7 +1,8 @@
 //! The command line: `disback` / `disback tui` (the terminal lab), `run`,
-//! `sample`, `bench`.
+//! `compare`, `plot`, `sample`, `bench`.
 
 mod bench;
+mod compare;
 mod run;
 
 use crate::config::Config;
@@ -35,6 +36,14 @@ pub enum Command {
     Tui(RunArgs),
     /// Run a config headless: progress on stderr, results in a run directory.
     Run(RunArgs),
+    /// Run DisBack and Diff-Instruct on the same problem over several seeds
+    /// and print a comparison table (also written as JSON, with plots).
+    Compare(compare::CompareArgs),
+    /// Redraw the figures of a run or comparison directory.
+    Plot {
+        /// A run directory (or a comparison's).
+        dir: PathBuf,
+    },
     /// Draw samples from a saved generator into a CSV file (header x,y).
     Sample(SampleArgs),
     /// Measure training speed (steps per second) and print a table.
@@ -107,6 +116,8 @@ pub fn main() -> Result<()> {
     match cli.command {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Tui(args)) => tui(args),
+        Some(Command::Compare(args)) => compare::compare(args),
+        Some(Command::Plot { dir }) => plot(&dir),
         Some(Command::Sample(args)) => sample(args),
         Some(Command::Bench(args)) => bench::bench(args),
         None => tui(RunArgs::default()),
@@ -139,6 +150,18 @@ fn tui(args: RunArgs) -> Result<()> {
         }
     };
     crate::ui::run(start)
+}
+
+fn plot(dir: &Path) -> Result<()> {
+    let written = if dir.join(compare::RESULT).is_file() {
+        compare::replot(dir)?
+    } else {
+        crate::report::plot_run(dir)?
+    };
+    for file in written {
+        eprintln!("wrote {}", file.display());
+    }
+    Ok(())
 }
 
 fn sample(args: SampleArgs) -> Result<()> {

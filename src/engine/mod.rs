@@ -2,12 +2,15 @@
 //! and checkpoints, and a plain-data view of its state for drivers.
 
 mod checkpoint;
+pub mod compare;
+mod field;
 mod log;
 mod rundir;
 mod session;
 pub mod trainer;
 mod view;
 
+pub use field::{FIELD_GRID, ScoreField};
 pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};
 pub use rundir::{RunDir, read_points_csv, write_points_csv};
 pub use session::{Event, Session};

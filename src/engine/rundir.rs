@@ -8,6 +8,9 @@
 //! path/                node-<i>.safetensors + nodes.json (DisBack)
 //! generator/           at-node-<i>.safetensors (when leaving target i),
 //!                      final.safetensors, saved-<step>.safetensors
+//! samples/             initial.csv, at-node-<i>.csv: generator snapshots
+//! fields/              initial.json, final.json: teacher and s_φ fields
+//! plots/               the figures (PNG and SVG)
 //! state/               the resumable checkpoint
 //! samples.csv          generator samples at the end (header x,y)
 //! ```
@@ -96,6 +99,14 @@ impl RunDir {
     }
     pub fn plots_dir(&self) -> PathBuf {
         self.root.join("plots")
+    }
+    /// `samples/<name>.csv`: generator samples at a moment of the run.
+    pub fn snapshot(&self, name: &str) -> PathBuf {
+        self.root.join("samples").join(format!("{name}.csv"))
+    }
+    /// `fields/<name>.json`: the teacher's and s_φ's score fields.
+    pub fn field(&self, name: &str) -> PathBuf {
+        self.root.join("fields").join(format!("{name}.json"))
     }
 }
 

@@ -8,7 +8,7 @@
 use super::log::{LossKind, LossWindow, MetricsLog, MetricsRecord, Stage};
 use super::rundir::{RunDir, write_points_csv};
 use crate::config::{Config, Method, SchedulePolicy, SigmaDistribution};
-use crate::data::{Dataset, Point};
+use crate::data::{Bounds, Dataset, Point};
 use crate::diffusion::{NoiseSchedule, denoising_loss, karras_index_sigmas};
 use crate::distill::{BacktrackSchedule, Decision, DegradationPath, generator_loss};
 use crate::files::atomic_write;
@@ -31,6 +31,8 @@ pub(super) mod streams {
     pub const EVAL: u64 = 5;
     pub const FINAL_SAMPLES: u64 = 6;
     pub const STF_REFERENCE: u64 = 7;
+    pub const SNAPSHOTS: u64 = 8;
+    pub const BOUNDS: u64 = 9;
 }
 
 /// What happened during a call, for drivers to show or print.
@@ -51,7 +53,7 @@ pub enum Event {
         from: Option<usize>,
         to: usize,
     },
-    Logged(MetricsRecord),
+    Logged(Box<MetricsRecord>),
     Checkpointed {
         iteration: usize,
         dir: PathBuf,
@@ -76,6 +78,8 @@ pub struct Session {
     pub(super) run: RunDir,
     pub(super) log: MetricsLog,
     pub(super) evaluator: Evaluator,
+    /// The region previews and plots show.
+    pub(super) bounds: Bounds,
     pub(super) teacher: Denoiser,
     pub(super) pretrain: Option<Pretraining>,
     pub(super) generator: Generator,
@@ -144,7 +148,9 @@ impl Session {
             )
         });
         let noise = NoiseSchedule::new(&config.diffusion, sigma_data);
+        let bounds = Bounds::around(&data.sample(2000, &mut host_rng(config.seed, streams::BOUNDS)));
         Ok(Self {
+            bounds,
             gen_opt: Adam::new(generator.params(), config.generator.lr)?,
             fake_opt: Adam::new(fake.params(), config.distill.fake_lr)?,
             path: DegradationPath::new(&run.path_dir()),
@@ -368,8 +374,15 @@ impl Session {
             from: None,
             to: self.schedule.target(),
         });
-        // The initial generator's measurement anchors the curves.
-        self.log_line(Some(self.evaluate()?))
+        self.write_snapshot("initial")?;
+        self.write_fields("initial")?;
+        // The initial generator's measurement anchors the curves; with the
+        // data's own mismatch degree, the floor a generator can reach.
+        let mut eval = self.evaluate()?;
+        eval.mismatch_data = self
+            .evaluator
+            .mismatch_on_data(&self.teacher, &mut self.eval_rng())?;
+        self.log_line(Some(eval))
     }
 
     /// Loads every weight of node `index` into the target: from the node's
@@ -391,6 +404,7 @@ impl Session {
             .generator_dir()
             .join(format!("at-node-{from}.safetensors"));
         self.generator.save(&snapshot)?;
+        self.write_snapshot(&format!("at-node-{from}"))?;
         self.load_target(to)?;
         self.pending.push(Event::TargetSwitched { from: Some(from), to });
         Ok(())
@@ -473,15 +487,38 @@ impl Session {
         write_points_csv(&self.run.samples(), &samples)?;
         // The final measurement uses those samples: mode shares from all of
         // them, so the numbers a user reads at the end are not noisy.
-        let eval = self.measure(&samples, &mut self.eval_rng())?;
+        let mut eval = self.measure(&samples, &mut self.eval_rng())?;
+        eval.mismatch_data = self
+            .evaluator
+            .mismatch_on_data(&self.teacher, &mut self.eval_rng())?;
         self.log_line(Some(eval))?;
+        self.write_fields("final")?;
         let final_file = self.run.generator_dir().join("final.safetensors");
         self.generator.save(&final_file)?;
         self.pending.push(Event::Saved(final_file));
         self.enter(Stage::Done);
         self.checkpoint()?;
+        // Figures are a convenience: failing to draw one loses no result.
+        match crate::report::plot_run(self.run.root()) {
+            Ok(_) => {}
+            Err(e) => self.pending.push(Event::Warning(format!("plots: {e:#}"))),
+        }
         self.pending.push(Event::Finished);
         Ok(())
+    }
+
+    /// Generator samples at a moment of the run (`samples/<name>.csv`), for
+    /// the snapshot plots.
+    fn write_snapshot(&self, name: &str) -> Result<()> {
+        let mut rng = host_rng(self.config.seed, streams::SNAPSHOTS);
+        let samples = self.generator.sample(self.evaluator.samples(), &mut rng)?;
+        write_points_csv(&self.run.snapshot(name), &samples)
+    }
+
+    /// The teacher's and s_φ's score fields (`fields/<name>.json`).
+    fn write_fields(&self, name: &str) -> Result<()> {
+        let field = self.score_field("teacher".into(), &self.teacher, self.default_field_sigma())?;
+        atomic_write(&self.run.field(name), serde_json::to_string(&field)?.as_bytes())
     }
 
     /// Writes a log line from the window (skipped when nothing happened
@@ -508,7 +545,7 @@ impl Session {
         }
         self.latest = Some(record.clone());
         self.window.clear();
-        self.pending.push(Event::Logged(record));
+        self.pending.push(Event::Logged(Box::new(record)));
         Ok(())
     }
 
@@ -521,7 +558,7 @@ impl Session {
 
     /// Measurements draw from their own stream, seeded by the run's seed
     /// and the cost, so measuring never changes training.
-    fn eval_rng(&self) -> HostRng {
+    pub(super) fn eval_rng(&self) -> HostRng {
         host_rng(
             self.config.seed ^ (self.cost as u64).rotate_left(32),
             streams::EVAL,
@@ -593,6 +630,9 @@ impl Session {
     }
     pub fn noise(&self) -> &NoiseSchedule {
         &self.noise
+    }
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
     }
     pub fn teacher(&self) -> &Denoiser {
         &self.teacher

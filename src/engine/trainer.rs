@@ -4,12 +4,12 @@
 //! out on an unbounded channel and snapshots are throttled), and the front
 //! end never waits on training.
 
+use super::field::ScoreField;
 use super::log::Stage;
 use super::session::{Event, Session};
 use super::view::SessionView;
 use crate::data::{Bounds, Point};
 use crate::diffusion::{heun_sample, model_denoise_fn};
-use crate::metrics::model_scores;
 use crate::model::Denoiser;
 use crate::rng::{HostRng, host_rng, normal_vec};
 use anyhow::Result;
@@ -76,19 +76,6 @@ pub enum PreviewData {
         samples: Vec<Point>,
     },
     ScoreField(ScoreField),
-}
-
-/// Two score fields sampled on the same grid.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScoreField {
-    pub sigma: f32,
-    /// Grid points, row by row from the bottom, `columns` per row.
-    pub points: Vec<Point>,
-    pub columns: usize,
-    /// Name and scores of the target (or teacher).
-    pub target_label: String,
-    pub target: Vec<Point>,
-    pub fake: Vec<Point>,
 }
 
 /// What training tells the front end.
@@ -203,7 +190,6 @@ const FIELD_PREVIEW_EVERY: Duration = Duration::from_millis(500);
 const MODEL_PREVIEW_EVERY: Duration = Duration::from_secs(3);
 const PREVIEW_SAMPLES: usize = 1500;
 const MODEL_PREVIEW_SAMPLES: usize = 600;
-const FIELD_GRID: (usize, usize) = (25, 13);
 
 struct Trainer {
     session: Session,
@@ -212,7 +198,6 @@ struct Trainer {
     paused: bool,
     preview: Preview,
     field_sigma: f32,
-    bounds: Bounds,
     rng: HostRng,
     last_view: Instant,
     last_preview: Option<Instant>,
@@ -221,7 +206,7 @@ struct Trainer {
 
 impl Trainer {
     fn new(session: Session, commands: Receiver<Command>, updates: UnboundedSender<Update>) -> Self {
-        let field_sigma = (0.2 * session.config().sigma_data()) as f32;
+        let field_sigma = session.default_field_sigma();
         Self {
             session,
             commands,
@@ -229,7 +214,6 @@ impl Trainer {
             paused: false,
             preview: Preview::Generator,
             field_sigma,
-            bounds: Bounds::default(),
             rng: host_rng(0, 0xb1e),
             last_view: Instant::now(),
             last_preview: None,
@@ -248,11 +232,10 @@ impl Trainer {
             .session
             .data()
             .sample(PREVIEW_SAMPLES, &mut host_rng(0, 0xda7a));
-        self.bounds = Bounds::around(&data);
         self.send(Update::Started {
             view: Box::new(self.session.view()),
             data,
-            bounds: self.bounds,
+            bounds: self.session.bounds(),
         });
         self.refresh(true);
         loop {
@@ -405,16 +388,7 @@ impl Trainer {
             }
             Preview::ScoreField => {
                 let (label, model) = previewed_model(s);
-                let points = self.bounds.grid(FIELD_GRID.0, FIELD_GRID.1);
-                let sigma = self.field_sigma as f64;
-                PreviewData::ScoreField(ScoreField {
-                    sigma: self.field_sigma,
-                    target: model_scores(model, &points, sigma)?,
-                    fake: model_scores(s.fake(), &points, sigma)?,
-                    target_label: label,
-                    points,
-                    columns: FIELD_GRID.0,
-                })
+                PreviewData::ScoreField(s.score_field(label, model, self.field_sigma)?)
             }
         })
     }

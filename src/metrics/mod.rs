@@ -30,6 +30,10 @@ pub struct Evaluation {
     pub mismatch_target: Vec<f64>,
     /// Mismatch degree of the teacher at the same points.
     pub mismatch_teacher: Vec<f64>,
+    /// Mismatch degree of the teacher at noised *data* samples: the floor a
+    /// perfect generator would see (measured at the start and the end).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mismatch_data: Vec<f64>,
 }
 
 impl Evaluation {
@@ -102,7 +106,14 @@ impl Evaluator {
             modes: self.data.mixture().map(|m| ModeStats::new(m, generated)),
             mismatch_target: Vec::new(),
             mismatch_teacher: Vec::new(),
+            mismatch_data: Vec::new(),
         }
+    }
+
+    /// A model's mismatch degree over the σ grid at fresh data samples.
+    pub fn mismatch_on_data(&self, model: &Denoiser, rng: &mut impl Rng) -> Result<Vec<f64>> {
+        let data = self.data.sample(self.samples, rng);
+        Ok(self.mismatch(&data, &[model], rng)?.remove(0))
     }
 
     /// Mismatch degree of each model over the σ grid, at the same noised

@@ -1,0 +1,48 @@
+//! Score fields on a grid: what the terminal lab's third preview and the
+//! run's `fields/*.json` (paper Fig. 13) show.
+
+use super::session::Session;
+use crate::metrics::model_scores;
+use crate::model::Denoiser;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Point;
+
+/// Grid size of a score field: 25 × 13 points over the data's bounds.
+pub const FIELD_GRID: (usize, usize) = (25, 13);
+
+/// Two score fields sampled on the same grid at one σ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreField {
+    pub sigma: f32,
+    /// Grid points, row by row from the bottom, `columns` per row.
+    pub points: Vec<Point>,
+    pub columns: usize,
+    /// Name and scores of the target (or teacher).
+    pub target_label: String,
+    pub target: Vec<Point>,
+    /// s_φ's scores.
+    pub fake: Vec<Point>,
+}
+
+impl Session {
+    /// `model`'s field (named `label`) against s_φ's, at σ.
+    pub fn score_field(&self, label: String, model: &Denoiser, sigma: f32) -> Result<ScoreField> {
+        let points = self.bounds().grid(FIELD_GRID.0, FIELD_GRID.1);
+        Ok(ScoreField {
+            sigma,
+            target: model_scores(model, &points, sigma as f64)?,
+            fake: model_scores(self.fake(), &points, sigma as f64)?,
+            target_label: label,
+            columns: FIELD_GRID.0,
+            points,
+        })
+    }
+
+    /// A σ at which the fields show the data's structure: a fifth of the
+    /// data's spread (0.35 on the default ring, about two mode widths).
+    pub fn default_field_sigma(&self) -> f32 {
+        (0.2 * self.config().sigma_data()) as f32
+    }
+}

@@ -1,0 +1,488 @@
+//! DisBack against Diff-Instruct over several seeds: final metrics, the
+//! cost to reach a quality threshold, the speed-up, and the figures.
+//!
+//! The threshold rule, stated in every table: each run's energy distance
+//! is smoothed by a trailing mean over 3 measurements; the *better* method
+//! is the one with the lower median final (smoothed) distance; the
+//! threshold is the median over seeds of the better method's smoothed
+//! distance at half its cost budget. A run reaches it at the first cost
+//! where its smoothed distance is at or below it. Costs count every
+//! distillation iteration: DisBack's recording iterations included.
+
+use super::figures::{Curves, Line, evaluations};
+use super::save;
+use crate::config::Method;
+use crate::engine::read_metrics;
+use crate::metrics::Evaluation;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// One finished run, as the comparison sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub method: Method,
+    pub seed: u64,
+    pub run_dir: PathBuf,
+    /// (cost, energy distance) at each measurement.
+    pub energy: Vec<(usize, f64)>,
+    /// (cost, the teacher's mean mismatch degree) at each measurement.
+    pub mismatch: Vec<(usize, f64)>,
+    pub final_eval: Evaluation,
+    /// Filled in by the comparison.
+    pub cost_to_threshold: Option<usize>,
+}
+
+impl RunOutcome {
+    /// Reads a finished run's measurements.
+    pub fn read(method: Method, seed: u64, run_dir: &Path) -> Result<Self> {
+        let records = read_metrics(&run_dir.join("metrics.jsonl"))?;
+        let evals = evaluations(&records);
+        let Some((_, last)) = evals.last() else {
+            bail!("{}: the run has no measurements", run_dir.display());
+        };
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        Ok(Self {
+            method,
+            seed,
+            run_dir: run_dir.to_path_buf(),
+            energy: evals.iter().map(|(c, e)| (*c, e.energy)).collect(),
+            mismatch: evals
+                .iter()
+                .map(|(c, e)| (*c, mean(&e.mismatch_teacher)))
+                .collect(),
+            final_eval: (*last).clone(),
+            cost_to_threshold: None,
+        })
+    }
+
+    fn budget(&self) -> usize {
+        self.energy.last().map_or(0, |(c, _)| *c)
+    }
+
+    /// The energy curve smoothed by a trailing mean over 3 measurements.
+    fn smoothed(&self) -> Vec<(usize, f64)> {
+        (0..self.energy.len())
+            .map(|i| {
+                let window = &self.energy[i.saturating_sub(2)..=i];
+                (
+                    self.energy[i].0,
+                    window.iter().map(|(_, e)| e).sum::<f64>() / window.len() as f64,
+                )
+            })
+            .collect()
+    }
+
+    /// The smoothed distance at the measurement closest to `cost`.
+    fn smoothed_at(&self, cost: usize) -> f64 {
+        let s = self.smoothed();
+        s.iter()
+            .min_by_key(|(c, _)| c.abs_diff(cost))
+            .map_or(f64::INFINITY, |(_, e)| *e)
+    }
+}
+
+/// Median and range over seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} [{:.d$}–{:.d$}]",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodSummary {
+    pub method: Method,
+    pub energy: Spread,
+    pub sliced_w: Spread,
+    /// Mixtures only.
+    pub coverage: Option<Spread>,
+    pub min_share: Option<Spread>,
+    pub max_weight_error: Option<Spread>,
+    pub nll: Option<Spread>,
+    pub precision: Option<Spread>,
+    pub mismatch_teacher: Spread,
+    /// Over the seeds that reached the threshold.
+    pub cost_to_threshold: Option<Spread>,
+    pub reached: usize,
+    pub budget: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    pub config: String,
+    pub seeds: Vec<u64>,
+    pub generator_updates: usize,
+    pub record_iterations: usize,
+    pub threshold: f64,
+    pub threshold_rule: String,
+    pub methods: Vec<MethodSummary>,
+    /// Per seed: Diff-Instruct's cost to the threshold over DisBack's
+    /// (None where either did not reach it).
+    pub speedups: Vec<Option<f64>>,
+    pub speedup: Option<Spread>,
+    pub verdict: String,
+    pub runs: Vec<RunOutcome>,
+}
+
+const RULE: &str = "a run reaches it when its energy distance, averaged over its last 3 \
+                    measurements, is at or below the median distance that the better method \
+                    reaches at half its cost budget";
+
+/// Summarises paired runs (the same seeds for both methods).
+pub fn compare_runs(
+    config: &str,
+    mut runs: Vec<RunOutcome>,
+    generator_updates: usize,
+    record_iterations: usize,
+) -> Result<Comparison> {
+    let of =
+        |runs: &[RunOutcome], m: Method| runs.iter().filter(|r| r.method == m).cloned().collect::<Vec<_>>();
+    let (disback, baseline) = (of(&runs, Method::Disback), of(&runs, Method::DiffInstruct));
+    if disback.is_empty() || disback.len() != baseline.len() {
+        bail!("a comparison needs the same seeds for both methods");
+    }
+    let final_median = |rs: &[RunOutcome]| {
+        Spread::of(
+            &rs.iter()
+                .map(|r| r.smoothed().last().map_or(f64::INFINITY, |s| s.1))
+                .collect::<Vec<_>>(),
+        )
+        .map_or(f64::INFINITY, |s| s.median)
+    };
+    let better = if final_median(&disback) <= final_median(&baseline) {
+        &disback
+    } else {
+        &baseline
+    };
+    let halfway: Vec<f64> = better.iter().map(|r| r.smoothed_at(r.budget() / 2)).collect();
+    let threshold = Spread::of(&halfway).context("no runs")?.median;
+    for r in &mut runs {
+        r.cost_to_threshold = r
+            .smoothed()
+            .iter()
+            .find(|(_, e)| *e <= threshold)
+            .map(|(c, _)| *c);
+    }
+    let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let speedups: Vec<Option<f64>> = seeds
+        .iter()
+        .map(|&seed| {
+            let cost = |m: Method| {
+                runs.iter()
+                    .find(|r| r.seed == seed && r.method == m)?
+                    .cost_to_threshold
+            };
+            Some(cost(Method::DiffInstruct)? as f64 / cost(Method::Disback)?.max(1) as f64)
+        })
+        .collect();
+    let reached: Vec<f64> = speedups.iter().flatten().copied().collect();
+    let speedup = Spread::of(&reached);
+    let methods = [Method::Disback, Method::DiffInstruct]
+        .iter()
+        .map(|&m| summarise(m, &of(&runs, m)))
+        .collect::<Result<Vec<_>>>()?;
+    let verdict = verdict(&methods, speedup, reached.len(), seeds.len());
+    Ok(Comparison {
+        config: config.to_string(),
+        seeds,
+        generator_updates,
+        record_iterations,
+        threshold,
+        threshold_rule: RULE.into(),
+        methods,
+        speedups,
+        speedup,
+        verdict,
+        runs,
+    })
+}
+
+fn summarise(method: Method, runs: &[RunOutcome]) -> Result<MethodSummary> {
+    let spread = |f: &dyn Fn(&Evaluation) -> f64| {
+        Spread::of(&runs.iter().map(|r| f(&r.final_eval)).collect::<Vec<_>>())
+    };
+    let modes = |f: &dyn Fn(&crate::metrics::ModeStats) -> f64| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.final_eval.modes.as_ref().map(f))
+            .collect();
+        Spread::of(&v)
+    };
+    let costs: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.cost_to_threshold.map(|c| c as f64))
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(MethodSummary {
+        method,
+        energy: spread(&|e| e.energy).context("no runs")?,
+        sliced_w: spread(&|e| e.sliced_w).context("no runs")?,
+        coverage: modes(&|m| m.coverage),
+        min_share: modes(&|m| m.min_share()),
+        max_weight_error: modes(&|m| m.max_weight_error),
+        nll: modes(&|m| m.nll),
+        precision: modes(&|m| m.precision),
+        mismatch_teacher: spread(&|e| mean(&e.mismatch_teacher)).context("no runs")?,
+        cost_to_threshold: Spread::of(&costs),
+        reached: costs.len(),
+        budget: runs.iter().map(RunOutcome::budget).max().unwrap_or(0),
+    })
+}
+
+fn verdict(methods: &[MethodSummary], speedup: Option<Spread>, paired: usize, seeds: usize) -> String {
+    let (d, b) = (&methods[0], &methods[1]);
+    match speedup {
+        None => format!(
+            "no speed-up can be measured: DisBack reached the threshold on {}/{seeds} seeds, \
+             Diff-Instruct on {}/{seeds}, never both on the same seed",
+            d.reached, b.reached
+        ),
+        Some(s) if s.median > 1.0 => format!(
+            "DisBack reached the threshold {:.2}× faster than Diff-Instruct (median over the {paired} \
+             seeds where both did; range {:.2}–{:.2}×; reached on {}/{seeds} vs {}/{seeds} seeds)",
+            s.median, s.min, s.max, d.reached, b.reached
+        ),
+        Some(s) => format!(
+            "DisBack is NOT faster on this problem: median speed-up {:.2}× (range {:.2}–{:.2}×, over \
+             the {paired} seeds where both reached the threshold; reached on {}/{seeds} vs {}/{seeds})",
+            s.median, s.min, s.max, d.reached, b.reached
+        ),
+    }
+}
+
+impl Comparison {
+    /// The table `disback compare` prints.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let seeds = self
+            .seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            t,
+            "disback compare — {}: seeds {seeds}; {} generator updates per run; DisBack's cost \
+             includes {} recording iterations",
+            self.config, self.generator_updates, self.record_iterations
+        );
+        let _ = writeln!(
+            t,
+            "quality threshold: energy distance ≤ {:.4}; {}",
+            self.threshold, self.threshold_rule
+        );
+        let _ = writeln!(t, "values: median [min–max] over seeds, at the end of each run\n");
+        let _ = writeln!(t, "{:<28} {:>26} {:>26}", "", "DisBack", "Diff-Instruct");
+        let row = |t: &mut String, name: &str, f: &dyn Fn(&MethodSummary) -> Option<String>| {
+            let cells: Vec<String> = self
+                .methods
+                .iter()
+                .map(|m| f(m).unwrap_or_else(|| "—".into()))
+                .collect();
+            let _ = writeln!(t, "{name:<28} {:>26} {:>26}", cells[0], cells[1]);
+        };
+        row(&mut t, "energy distance", &|m| Some(m.energy.show(4)));
+        row(&mut t, "sliced Wasserstein", &|m| Some(m.sliced_w.show(4)));
+        row(&mut t, "mode coverage", &|m| m.coverage.map(|s| s.show(2)));
+        row(&mut t, "smallest mode share", &|m| m.min_share.map(|s| s.show(2)));
+        row(&mut t, "largest weight error", &|m| {
+            m.max_weight_error.map(|s| s.show(2))
+        });
+        row(&mut t, "NLL under the data", &|m| m.nll.map(|s| s.show(2)));
+        row(&mut t, "precision (≤ 3 std)", &|m| {
+            m.precision.map(|s| s.show(3))
+        });
+        row(&mut t, "teacher mismatch (mean σ)", &|m| {
+            Some(m.mismatch_teacher.show(3))
+        });
+        row(&mut t, "cost to threshold", &|m| {
+            m.cost_to_threshold.map(|s| s.show(0))
+        });
+        row(&mut t, "seeds reaching it", &|m| {
+            Some(format!("{}/{}", m.reached, self.seeds.len()))
+        });
+        row(&mut t, "cost budget", &|m| Some(m.budget.to_string()));
+        let per_seed: Vec<String> = self
+            .seeds
+            .iter()
+            .zip(&self.speedups)
+            .map(|(s, x)| match x {
+                Some(x) => format!("{s}: {x:.2}×"),
+                None => format!("{s}: —"),
+            })
+            .collect();
+        let _ = writeln!(
+            t,
+            "\nspeed-up per seed (Diff-Instruct's cost / DisBack's): {}",
+            per_seed.join(", ")
+        );
+        let _ = writeln!(t, "verdict: {}", self.verdict);
+        t
+    }
+}
+
+/// The comparison's figures: both methods' convergence with seed bands and
+/// the threshold (paper Fig. 1), and their mismatch degree (Fig. 4).
+pub fn plot_comparison(dir: &Path, c: &Comparison) -> Result<Vec<PathBuf>> {
+    let band = |m: Method, pick: &dyn Fn(&RunOutcome) -> &Vec<(usize, f64)>| -> Line {
+        let runs: Vec<&RunOutcome> = c.runs.iter().filter(|r| r.method == m).collect();
+        let n = runs.iter().map(|r| pick(r).len()).min().unwrap_or(0);
+        let mut points = Vec::with_capacity(n);
+        let mut band = Vec::with_capacity(n);
+        for i in 0..n {
+            let values: Vec<f64> = runs.iter().map(|r| pick(r)[i].1).collect();
+            let s = Spread::of(&values).expect("at least one run");
+            let cost = pick(runs[0])[i].0 as f64;
+            points.push((cost, s.median));
+            band.push((cost, s.min, s.max));
+        }
+        Line {
+            label: format!("{m} (median, band: min–max over {} seeds)", runs.len()),
+            points,
+            band,
+        }
+    };
+    let methods = [Method::Disback, Method::DiffInstruct];
+    let convergence = Curves {
+        name: "compare-convergence".into(),
+        title: format!("{}: DisBack vs Diff-Instruct", c.config),
+        x_label: "cost (recording iterations + generator updates)".into(),
+        y_label: "energy distance to the data".into(),
+        lines: methods.iter().map(|&m| band(m, &|r| &r.energy)).collect(),
+        log_x: false,
+        log_y: true,
+        marks: Vec::new(),
+        reference: Some((c.threshold, format!("threshold {:.4}", c.threshold))),
+    };
+    let mismatch = Curves {
+        name: "compare-mismatch".into(),
+        title: format!("{}: teacher's mismatch degree at generator samples", c.config),
+        x_label: "cost".into(),
+        y_label: "E‖s_θ − ∇log q_σ‖ (mean over σ)".into(),
+        lines: methods.iter().map(|&m| band(m, &|r| &r.mismatch)).collect(),
+        log_x: false,
+        log_y: true,
+        marks: Vec::new(),
+        reference: None,
+    };
+    let mut written = save(&convergence, dir)?;
+    written.extend(save(&mismatch, dir)?);
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(method: Method, seed: u64, energies: &[f64]) -> RunOutcome {
+        let offset = if method == Method::Disback { 200 } else { 0 };
+        let eval = Evaluation {
+            energy: *energies.last().unwrap(),
+            sliced_w: 0.1,
+            modes: None,
+            mismatch_target: vec![1.0],
+            mismatch_teacher: vec![1.0],
+            mismatch_data: Vec::new(),
+        };
+        RunOutcome {
+            method,
+            seed,
+            run_dir: PathBuf::new(),
+            energy: energies
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (offset + 100 * i, *e))
+                .collect(),
+            mismatch: energies
+                .iter()
+                .enumerate()
+                .map(|(i, _)| (offset + 100 * i, 1.0))
+                .collect(),
+            final_eval: eval,
+            cost_to_threshold: None,
+        }
+    }
+
+    #[test]
+    fn the_threshold_and_speed_up_follow_the_stated_rule() {
+        // DisBack falls fast, the baseline slowly; both flatten at 0.1.
+        let fast = [1.0, 0.5, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1];
+        let slow = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.12, 0.1];
+        let runs = vec![
+            run(Method::Disback, 0, &fast),
+            run(Method::DiffInstruct, 0, &slow),
+        ];
+        let c = compare_runs("toy", runs, 1000, 200).unwrap();
+        // DisBack is better; at half its budget (cost 600 → index 4) its
+        // smoothed distance is mean(0.2, 0.1, 0.1).
+        assert!((c.threshold - 0.4 / 3.0).abs() < 1e-12, "{}", c.threshold);
+        let d = c.runs.iter().find(|r| r.method == Method::Disback).unwrap();
+        let b = c.runs.iter().find(|r| r.method == Method::DiffInstruct).unwrap();
+        assert_eq!(d.cost_to_threshold, Some(600));
+        // The baseline's smoothed curve: mean(0.3,0.2,0.12)=0.207 at 900,
+        // mean(0.2, 0.12, 0.1) = 0.14 at 1000: never ≤ 0.1333.
+        assert_eq!(b.cost_to_threshold, None);
+        assert!(c.speedup.is_none());
+        assert!(c.verdict.contains("no speed-up can be measured"), "{}", c.verdict);
+        assert!(c.table().contains("threshold"));
+    }
+
+    #[test]
+    fn a_slower_disback_is_called_slower() {
+        let quick = [1.0, 0.3, 0.1, 0.1, 0.1, 0.1];
+        let slow = [1.0, 0.8, 0.6, 0.3, 0.1, 0.1];
+        let runs = vec![
+            run(Method::Disback, 0, &slow),
+            run(Method::DiffInstruct, 0, &quick),
+            run(Method::Disback, 1, &slow),
+            run(Method::DiffInstruct, 1, &quick),
+        ];
+        let c = compare_runs("toy", runs, 500, 200).unwrap();
+        let s = c.speedup.unwrap();
+        assert!(s.median < 1.0, "{s:?}");
+        assert!(c.verdict.contains("NOT faster"), "{}", c.verdict);
+        assert_eq!(c.speedups.len(), 2);
+    }
+
+    #[test]
+    fn spreads_are_medians_and_ranges() {
+        let s = Spread::of(&[3.0, 1.0, 2.0, 10.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+        assert!(Spread::of(&[]).is_none());
+    }
+}

@@ -1,0 +1,122 @@
+//! `disback compare` and `disback plot` on a tiny budget: the table, the
+//! JSON, and figures that decode to images of the stated size.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let info = reader.info();
+    (info.width, info.height)
+}
+
+fn disback(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_disback"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn compare_prints_the_table_and_writes_json_and_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = common::tiny_config(&d.join("teachers"));
+    std::fs::write(d.join("tiny.toml"), config.to_toml().unwrap()).unwrap();
+
+    let o = disback(
+        &["compare", "--config", "tiny.toml", "--seeds", "2", "--out", "cmp"],
+        d,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for needle in [
+        "DisBack",
+        "Diff-Instruct",
+        "quality threshold: energy distance ≤",
+        "energy distance",
+        "mode coverage",
+        "cost to threshold",
+        "speed-up per seed",
+        "verdict:",
+        "seeds 3, 4",
+        "DisBack's cost includes 20 recording iterations",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?}:\n{stdout}");
+    }
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("cmp/compare.json")).unwrap()).unwrap();
+    assert_eq!(json["seeds"], serde_json::json!([3, 4]));
+    assert_eq!(json["runs"].as_array().unwrap().len(), 4);
+    assert_eq!(json["methods"].as_array().unwrap().len(), 2);
+    assert!(json["threshold"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["generator_updates"], 60);
+    // The same teacher for every run.
+    for run in [
+        "disback-seed3",
+        "disback-seed4",
+        "diff-instruct-seed3",
+        "diff-instruct-seed4",
+    ] {
+        let text = std::fs::read_to_string(d.join("cmp").join(run).join("config.toml")).unwrap();
+        assert!(text.contains("cmp/teacher/teacher.safetensors"), "{run}: {text}");
+    }
+    let base = std::fs::read_to_string(d.join("cmp/diff-instruct-seed3/config.toml")).unwrap();
+    assert!(
+        base.contains("method = \"diff-instruct\"") && base.contains("steps = [60]"),
+        "{base}"
+    );
+
+    for name in ["compare-convergence", "compare-mismatch"] {
+        assert_eq!(
+            png_size(&d.join(format!("cmp/plots/{name}.png"))),
+            (900, 600),
+            "{name}"
+        );
+        let svg = std::fs::read_to_string(d.join(format!("cmp/plots/{name}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("DisBack"), "{name}.svg");
+    }
+    // Each run drew its own figures.
+    let run = d.join("cmp/disback-seed3/plots");
+    for name in ["convergence", "mismatch-over-training", "mismatch-vs-sigma"] {
+        assert_eq!(png_size(&run.join(format!("{name}.png"))), (900, 600), "{name}");
+    }
+    // Snapshots: G⁰, after nodes 3, 2, 1, and the final generator.
+    assert_eq!(png_size(&run.join("snapshots.png")), (1500, 330));
+    // Fields: teacher and s_φ, at the start and the end.
+    assert_eq!(png_size(&run.join("score-fields.png")), (900, 840));
+
+    // `plot` redraws both kinds of folder.
+    std::fs::remove_dir_all(d.join("cmp/plots")).unwrap();
+    std::fs::remove_file(run.join("snapshots.png")).unwrap();
+    assert!(disback(&["plot", "cmp"], d).status.success());
+    assert!(disback(&["plot", "cmp/disback-seed3"], d).status.success());
+    assert_eq!(png_size(&d.join("cmp/plots/compare-convergence.png")), (900, 600));
+    assert_eq!(png_size(&run.join("snapshots.png")), (1500, 330));
+
+    let o = disback(&["plot", "nowhere"], d);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nowhere"));
+}
+
+#[test]
+fn compare_needs_a_disback_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut config = common::tiny_config(&d.join("teachers"));
+    config.method = disback::config::Method::DiffInstruct;
+    config.schedule.steps = vec![50];
+    std::fs::write(d.join("di.toml"), config.to_toml().unwrap()).unwrap();
+    let o = disback(
+        &["compare", "--config", "di.toml", "--seeds", "1", "--out", "cmp"],
+        d,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("DisBack config"));
+}
