@@ -5,7 +5,9 @@ mod common;
 
 use common::{run_checked, start, tiny_config};
 use disback::config::{Config, Method};
-use disback::engine::{Event, RunDir, Session, Stage, read_metrics};
+use disback::engine::{Event, ModelKind, RunDir, Session, Stage, read_metrics};
+use disback::model::{Denoiser, Generator};
+use disback::rng::host_rng;
 
 fn metrics_text(session: &Session) -> String {
     std::fs::read_to_string(session.run_dir().metrics()).unwrap()
@@ -186,4 +188,75 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     // The last checkpoint is intact and resumable.
     let resumed = Session::resume(RunDir::open(s.run_dir().root()).unwrap()).unwrap();
     assert!(resumed.iteration() <= s.iteration());
+}
+
+#[test]
+fn any_model_can_be_saved_and_loaded_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(tiny_config(&dir.path().join("teachers")), &dir.path().join("run"));
+    while s.stage() != Stage::Backtrack || s.cost() < 30 {
+        s.step().unwrap();
+    }
+    let c = s.config().clone();
+    let device = candle_core::Device::Cpu;
+    for (kind, model) in [
+        (ModelKind::Fake, s.fake()),
+        (ModelKind::Target, s.target()),
+        (ModelKind::Teacher, s.teacher()),
+    ] {
+        let file = dir.path().join(format!("{kind:?}.safetensors"));
+        s.save_model(kind, &file).unwrap();
+        let back = Denoiser::new(&c.score_net, c.sigma_data(), &device, &mut host_rng(1, 1)).unwrap();
+        back.load(&file).unwrap();
+        assert_eq!(
+            back.params().max_abs_diff(model.params()).unwrap(),
+            0.0,
+            "{kind:?}"
+        );
+    }
+    let file = s.save_generator(Some(&dir.path().join("g.safetensors"))).unwrap();
+    let back = Generator::new(&c.generator, &device, &mut host_rng(1, 1)).unwrap();
+    back.load(&file).unwrap();
+    assert_eq!(back.params().max_abs_diff(s.generator().params()).unwrap(), 0.0);
+}
+
+#[test]
+fn the_auto_schedule_switches_early_and_ends_on_the_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("teachers"));
+    config.schedule.policy = disback::config::SchedulePolicy::Auto;
+    config.schedule.steps = vec![200, 200, 200, 100];
+    config.schedule.window = 5;
+    config.schedule.min_steps = 10;
+    config.schedule.min_improvement = 0.5;
+    let (s, seen) = run_checked(start(config, &dir.path().join("run")));
+    // A 50% improvement per 5-step window is not to be had: every
+    // non-teacher target stalls out early, and the teacher gets the rest.
+    let spent = s.schedule().spent().to_vec();
+    assert!(spent[..3].iter().all(|&n| (10..200).contains(&n)), "{spent:?}");
+    assert_eq!(spent.iter().sum::<usize>(), 700, "the budget is kept");
+    assert_eq!(
+        seen.switches.iter().map(|w| w.1).collect::<Vec<_>>(),
+        vec![3, 2, 1, 0]
+    );
+    assert!(seen.switches.iter().all(|w| w.2 == 0.0));
+}
+
+#[test]
+fn a_teacher_cut_short_is_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("teachers");
+    let mut s = start(tiny_config(&cache), &dir.path().join("a"));
+    for _ in 0..10 {
+        s.step().unwrap();
+    }
+    let events = s.skip().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::TeacherReady { source } if source.contains("not cached"))),
+        "{events:?}"
+    );
+    assert!(!s.teacher_cache_file().exists());
+    assert_eq!(s.stage(), Stage::Record);
 }

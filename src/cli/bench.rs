@@ -6,17 +6,12 @@
 //! child beside it, as another user's job on a shared machine would.
 
 use super::ConfigArgs;
-use crate::config::Config;
-use crate::engine::trainer::{Command, Start, spawn};
+use crate::engine::trainer::Start;
 use crate::engine::{RunDir, Session, Stage};
 use crate::runtime::configure_threads;
-use crate::ui::{App, Theme, draw};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -158,53 +153,18 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
     }
     let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
     drop(session);
-    let with_ui = rate_with_lab(config, &tmp.join("run-lab"), seconds)?;
+    let lab = Start::New {
+        config: Box::new(config),
+        run_dir: tmp.join("run-lab"),
+        overwrite: true,
+    };
+    let with_ui = crate::ui::backtracking_rate_with_lab(lab, seconds)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(Rates {
         teacher_steps,
         distill_iterations,
         with_ui,
     })
-}
-
-/// Distillation iterations per second on the training thread while this
-/// thread runs the lab's loop: take in every update, draw a frame every
-/// 80 ms (the lab's frame rate) into an off-screen terminal.
-fn rate_with_lab(config: Config, run_dir: &Path, time: Duration) -> Result<f64> {
-    let mut trainer = spawn(Start::New {
-        config: Box::new(config),
-        run_dir: run_dir.to_path_buf(),
-        overwrite: true,
-    });
-    let mut app = App::new(Theme { color: true });
-    let mut terminal = Terminal::new(TestBackend::new(160, 48))?;
-    let mut start: Option<(Instant, usize)> = None;
-    loop {
-        while let Ok(update) = trainer.updates.try_recv() {
-            app.on_update(update);
-        }
-        if let Some(e) = &app.failure {
-            bail!("training failed during the bench: {e}");
-        }
-        if let Some(v) = &app.view {
-            match start {
-                // The teacher and the path are not timed here: skip them.
-                _ if v.stage < Stage::Backtrack => {
-                    let _ = trainer.commands.send(Command::Skip);
-                }
-                None if v.iteration > 10 => start = Some((Instant::now(), v.iteration)),
-                Some((t0, i0)) if t0.elapsed() >= time => {
-                    let rate = (v.iteration - i0) as f64 / t0.elapsed().as_secs_f64();
-                    let _ = trainer.commands.send(Command::Quit);
-                    trainer.join()?;
-                    return Ok(rate);
-                }
-                _ => {}
-            }
-        }
-        terminal.draw(|f| draw(f, &app))?;
-        std::thread::sleep(Duration::from_millis(80));
-    }
 }
 
 /// Iterations per second in `stage`, after a short warm-up.

@@ -187,6 +187,15 @@ impl Config {
         p.at_least(m.stf_reference, 1, "metrics.stf_reference");
     }
 
+    /// Recorded nodes after the teacher that this config plans (N; 0 for
+    /// the baseline, whose only target is the teacher).
+    pub fn planned_nodes(&self) -> usize {
+        match self.method {
+            Method::Disback => self.record.nodes(),
+            Method::DiffInstruct => 0,
+        }
+    }
+
     /// Whether this run records a degradation path (stage 1), or fits s_φ
     /// to G⁰ for the same number of iterations (the baseline's `fit`).
     pub fn records_path(&self) -> bool {

@@ -13,5 +13,5 @@ mod view;
 pub use field::{FIELD_GRID, ScoreField};
 pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};
 pub use rundir::{RunDir, read_points_csv, write_points_csv};
-pub use session::{Event, Session};
+pub use session::{Event, ModelKind, Session};
 pub use view::{NodeStatus, NodeView, SessionView};

@@ -64,6 +64,17 @@ pub enum Event {
     Finished,
 }
 
+/// The models of a session, for [`Session::save_model`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    Generator,
+    /// s_φ.
+    Fake,
+    /// The current backtracking target.
+    Target,
+    Teacher,
+}
+
 /// Teacher pretraining state, present only during [`Stage::Pretrain`].
 pub(super) struct Pretraining {
     pub opt: Adam,
@@ -298,9 +309,20 @@ impl Session {
         Ok(())
     }
 
+    /// Ends pretraining: at its full length, the teacher goes into the
+    /// cache; cut short (a skip), it is used for this run only, so the cache
+    /// never hands out a teacher that is less than its key promises.
     fn finish_pretraining(&mut self) -> Result<()> {
         self.log_line(None)?;
         self.pretrain = None;
+        let steps = self.config.teacher.steps;
+        if self.stage_step < steps {
+            let source = format!(
+                "trained for {} of {steps} steps (cut short, not cached)",
+                self.stage_step
+            );
+            return self.teacher_ready(source);
+        }
         let cached = self.teacher_cache_file();
         self.teacher.save(&cached)?;
         self.teacher_ready(format!("trained, cached in {}", cached.display()))
@@ -363,6 +385,14 @@ impl Session {
             Method::Disback => self.path.len() - 1,
             Method::DiffInstruct => 0,
         };
+        if self.config.method == Method::Disback {
+            // s_φ starts from the most degraded node. It already holds those
+            // weights (it was the degrading copy); loading the node's file
+            // makes the start as checked as every later switch.
+            self.fake
+                .load(&self.path.file(nodes))
+                .context("loading the last node into s_φ")?;
+        }
         // Keep the user's manual toggle from the earlier stages.
         let manual = self.schedule.policy() == SchedulePolicy::Manual;
         self.schedule = BacktrackSchedule::new(nodes, &self.config.schedule);
@@ -593,7 +623,7 @@ impl Session {
 
     /// Saves the generator; without a path, to
     /// `generator/saved-<cost>.safetensors` in the run directory.
-    pub fn save_generator(&mut self, path: Option<&Path>) -> Result<PathBuf> {
+    pub fn save_generator(&self, path: Option<&Path>) -> Result<PathBuf> {
         let file = match path {
             Some(p) => p.to_path_buf(),
             None => self
@@ -601,8 +631,20 @@ impl Session {
                 .generator_dir()
                 .join(format!("saved-{}.safetensors", self.cost)),
         };
-        self.generator.save(&file)?;
+        self.save_model(ModelKind::Generator, &file)?;
         Ok(file)
+    }
+
+    /// Saves any of the session's models to `path` (atomically). Score
+    /// models load back with `Denoiser::load`, the generator with
+    /// `Generator::load` (or `disback sample`).
+    pub fn save_model(&self, kind: ModelKind, path: &Path) -> Result<()> {
+        match kind {
+            ModelKind::Generator => self.generator.save(path),
+            ModelKind::Fake => self.fake.save(path),
+            ModelKind::Target => self.target.save(path),
+            ModelKind::Teacher => self.teacher.save(path),
+        }
     }
 
     // ---- read access --------------------------------------------------------
@@ -686,15 +728,4 @@ fn finite(loss: &Tensor, what: &str) -> Result<f64> {
         );
     }
     Ok(v)
-}
-
-impl Config {
-    /// Recorded nodes after the teacher that this config plans (N; 0 for
-    /// the baseline, whose only target is the teacher).
-    pub fn planned_nodes(&self) -> usize {
-        match self.method {
-            Method::Disback => self.record.nodes(),
-            Method::DiffInstruct => 0,
-        }
-    }
 }

@@ -115,6 +115,42 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut trainer: Traine
     }
 }
 
+/// Backtracking iterations per second of a run on the training thread while
+/// this thread does the lab's work: take in every update and draw a frame
+/// every 80 ms, into an off-screen 160×48 terminal (for `disback bench`).
+/// The earlier stages are skipped.
+pub fn backtracking_rate_with_lab(start: Start, time: Duration) -> Result<f64> {
+    let mut trainer = spawn(start);
+    let mut app = App::new(Theme { color: true });
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 48))?;
+    let mut since: Option<(Instant, usize)> = None;
+    loop {
+        while let Ok(update) = trainer.updates.try_recv() {
+            app.on_update(update);
+        }
+        if let Some(e) = &app.failure {
+            anyhow::bail!("training failed during the bench: {e}");
+        }
+        if let Some(v) = &app.view {
+            match since {
+                _ if v.stage < crate::engine::Stage::Backtrack => {
+                    let _ = trainer.commands.send(Command::Skip);
+                }
+                None if v.iteration > 10 => since = Some((Instant::now(), v.iteration)),
+                Some((t0, i0)) if t0.elapsed() >= time => {
+                    let rate = (v.iteration - i0) as f64 / t0.elapsed().as_secs_f64();
+                    let _ = trainer.commands.send(Command::Quit);
+                    trainer.join()?;
+                    return Ok(rate);
+                }
+                _ => {}
+            }
+        }
+        terminal.draw(|frame| draw(frame, &app))?;
+        std::thread::sleep(FRAME);
+    }
+}
+
 /// Saves the generator and a checkpoint, waits for training to stop, and
 /// says what was kept.
 async fn hang_up(mut trainer: TrainerHandle, why: &str) -> Result<String> {
