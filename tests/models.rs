@@ -31,6 +31,11 @@ fn data_tensor(n: usize, seed: u64) -> Tensor {
     points_to_tensor(&gmm.sample(n, &mut host_rng(seed, 0)), &Device::Cpu).unwrap()
 }
 
+/// Σ |t|.
+fn abs_sum(t: &Tensor) -> f32 {
+    t.abs().unwrap().sum_all().unwrap().to_scalar().unwrap()
+}
+
 /// A few denoising updates of `model`.
 fn train(model: &Denoiser, steps: usize) {
     let mut opt = Adam::new(model.params(), 1e-2).unwrap();
@@ -55,15 +60,7 @@ fn a_deep_copy_does_not_move_when_its_source_trains() {
         "the source trained"
     );
     for ((name, was), (_, now)) in before.iter().zip(copy.params().tensors()) {
-        let d: f32 = (was - &now)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(d, 0.0, "{name} of the copy moved");
+        assert_eq!(abs_sum(&(was - &now).unwrap()), 0.0, "{name} of the copy moved");
     }
 
     let g = Generator::new(&small_generator(), &Device::Cpu, &mut host_rng(0, 0)).unwrap();
@@ -102,15 +99,7 @@ fn every_parameter_receives_a_gradient() {
     let loss = denoising_loss(&model, &x0, noise.training(&mut rng, 32), &mut rng).unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in model.params().iter() {
-        let norm: f32 = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let norm = abs_sum(grads.get(var.as_tensor()).unwrap());
         assert!(
             norm > 0.0,
             "{name}: zero gradient once the output layer is non-zero"

@@ -86,11 +86,7 @@ impl Denoiser {
     }
 
     pub fn device(&self) -> Device {
-        self.params()
-            .vars()
-            .next()
-            .map(|v| v.device().clone())
-            .unwrap_or(Device::Cpu)
+        self.params().device()
     }
 
     fn config_json(&self) -> String {
@@ -146,11 +142,7 @@ impl Generator {
     }
 
     pub fn device(&self) -> Device {
-        self.params()
-            .vars()
-            .next()
-            .map(|v| v.device().clone())
-            .unwrap_or(Device::Cpu)
+        self.params().device()
     }
 
     pub fn latent_dim(&self) -> usize {

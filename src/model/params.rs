@@ -75,6 +75,11 @@ impl Params {
         self.entries.is_empty()
     }
 
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.vars().next().map_or(Device::Cpu, |v| v.device().clone())
+    }
+
     /// Total number of scalars.
     pub fn count(&self) -> usize {
         self.vars().map(|v| v.elem_count()).sum()

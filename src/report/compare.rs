@@ -266,6 +266,11 @@ fn summarise(method: Method, runs: &[RunOutcome]) -> Result<MethodSummary> {
 
 fn verdict(methods: &[MethodSummary], speedup: Option<Spread>, paired: usize, seeds: usize) -> String {
     let (d, b) = (&methods[0], &methods[1]);
+    let paired = if paired == 1 {
+        "the 1 seed".to_string()
+    } else {
+        format!("the {paired} seeds")
+    };
     match speedup {
         None => format!(
             "no speed-up can be measured: DisBack reached the threshold on {}/{seeds} seeds, \
@@ -273,13 +278,13 @@ fn verdict(methods: &[MethodSummary], speedup: Option<Spread>, paired: usize, se
             d.reached, b.reached
         ),
         Some(s) if s.median > 1.0 => format!(
-            "DisBack reached the threshold {:.2}× faster than Diff-Instruct (median over the {paired} \
-             seeds where both did; range {:.2}–{:.2}×; reached on {}/{seeds} vs {}/{seeds} seeds)",
+            "DisBack reached the threshold {:.2}× faster than Diff-Instruct (median over {paired} \
+             where both did; range {:.2}–{:.2}×; reached on {}/{seeds} vs {}/{seeds} seeds)",
             s.median, s.min, s.max, d.reached, b.reached
         ),
         Some(s) => format!(
             "DisBack is NOT faster on this problem: median speed-up {:.2}× (range {:.2}–{:.2}×, over \
-             the {paired} seeds where both reached the threshold; reached on {}/{seeds} vs {}/{seeds})",
+             {paired} where both reached the threshold; reached on {}/{seeds} vs {}/{seeds})",
             s.median, s.min, s.max, d.reached, b.reached
         ),
     }
