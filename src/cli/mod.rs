@@ -139,8 +139,8 @@ fn tui(args: RunArgs) -> Result<()> {
                 .out
                 .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), config.run_name()));
             // Refuse an occupied directory here, before the screen changes.
-            if !args.force && run_dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-                RunDir::create(&run_dir, false)?;
+            if !args.force {
+                RunDir::check_free(&run_dir)?;
             }
             Start::New {
                 config: Box::new(config),

@@ -40,21 +40,26 @@ impl RunDir {
             .expect("some suffix is free")
     }
 
+    /// Refuses a folder that exists and holds anything.
+    pub fn check_free(root: &Path) -> Result<()> {
+        if root.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "run directory {} already exists; choose another --out, pass --force to \
+                 overwrite it, or `disback run --resume {}` to continue it",
+                root.display(),
+                root.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Creates a new run directory. An existing, non-empty one is an error
     /// unless `overwrite` is set, in which case it is emptied first.
     pub fn create(root: &Path, overwrite: bool) -> Result<Self> {
-        let occupied = root.read_dir().map(|mut d| d.next().is_some()).unwrap_or(false);
-        if occupied {
-            if !overwrite {
-                bail!(
-                    "run directory {} already exists; choose another --out, pass --force to \
-                     overwrite it, or `disback run --resume {}` to continue it",
-                    root.display(),
-                    root.display()
-                );
-            }
+        if overwrite && Self::check_free(root).is_err() {
             std::fs::remove_dir_all(root).with_context(|| format!("cannot clear {}", root.display()))?;
         }
+        Self::check_free(root)?;
         std::fs::create_dir_all(root)
             .with_context(|| format!("cannot create run directory {}", root.display()))?;
         Ok(Self {

@@ -232,6 +232,9 @@ impl Session {
     /// the current state the last node; during backtracking, move to the
     /// next target (a no-op, with a warning, on the teacher).
     pub fn skip(&mut self) -> Result<Vec<Event>> {
+        if let Some(f) = &self.failure {
+            bail!("{f}");
+        }
         match self.stage {
             Stage::Pretrain => self.finish_pretraining()?,
             Stage::Record => self.finish_recording()?,

@@ -78,6 +78,17 @@ pub enum PreviewData {
     ScoreField(ScoreField),
 }
 
+impl PreviewData {
+    /// The view this data is for.
+    pub fn kind(&self) -> Preview {
+        match self {
+            PreviewData::Generator(_) => Preview::Generator,
+            PreviewData::Model { .. } => Preview::Model,
+            PreviewData::ScoreField(_) => Preview::ScoreField,
+        }
+    }
+}
+
 /// What training tells the front end.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
@@ -260,10 +271,14 @@ impl Trainer {
                 }
                 continue;
             }
-            if !idle {
+            if idle {
+                // Nothing moves: keep the view fresh, but do not redraw
+                // previews from new random draws of an unchanged model.
+                self.send_view_when_due();
+            } else {
                 self.train_one();
+                self.refresh(false);
             }
-            self.refresh(false);
         }
     }
 
@@ -344,14 +359,26 @@ impl Trainer {
         }
     }
 
+    fn send_view_when_due(&mut self) {
+        if self.last_view.elapsed() >= VIEW_EVERY {
+            self.send_view();
+        }
+    }
+
+    fn send_view(&mut self) {
+        self.send(Update::View {
+            view: Box::new(self.session.view()),
+            rate: self.rate.per_second(),
+        });
+        self.last_view = Instant::now();
+    }
+
     /// Sends the view and the preview when they are due (or now).
     fn refresh(&mut self, now: bool) {
-        if now || self.last_view.elapsed() >= VIEW_EVERY {
-            self.send(Update::View {
-                view: Box::new(self.session.view()),
-                rate: self.rate.per_second(),
-            });
-            self.last_view = Instant::now();
+        if now {
+            self.send_view();
+        } else {
+            self.send_view_when_due();
         }
         let every = match self.preview {
             Preview::Generator => GENERATOR_PREVIEW_EVERY,

@@ -167,12 +167,14 @@ impl App {
                 self.rate = rate;
             }
             Update::Session(event) => self.on_event(event),
-            Update::Preview(data) => {
+            // Data computed before the user changed views is dropped.
+            Update::Preview(data) if data.kind() == self.preview => {
                 if let PreviewData::ScoreField(f) = &data {
                     self.field_sigma = Some(f.sigma);
                 }
                 self.preview_data = Some(data);
             }
+            Update::Preview(_) => {}
             Update::Paused(p) => {
                 self.paused = p;
                 self.note(LogKind::Info, if p { "paused" } else { "resumed" });
