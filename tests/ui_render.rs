@@ -337,3 +337,64 @@ fn a_larger_terminal_gets_more_room() {
     );
     assert!(braille_cells(&buf) > braille_cells(&render(&app(backtracking()), 80, 24)));
 }
+
+#[test]
+fn tiny_terminals_do_not_break_it() {
+    let mut a = app(backtracking());
+    for (w, h) in [(1, 1), (20, 5), (40, 10), (79, 23), (300, 100)] {
+        render(&a, w, h);
+    }
+    a.on_key(key('?'));
+    render(&a, 30, 8);
+    a.on_key(key('?'));
+    a.on_key(key('v'));
+    a.on_key(key('v'));
+    let points = a.bounds.grid(25, 13);
+    let vectors = vec![[0.0, 1.0]; points.len()];
+    a.on_update(Update::Preview(PreviewData::ScoreField(ScoreField {
+        sigma: 0.3,
+        columns: 25,
+        target_label: "teacher".into(),
+        target: vectors.clone(),
+        fake: vectors,
+        points,
+    })));
+    for (w, h) in [(1, 1), (12, 6), (80, 24)] {
+        render(&a, w, h);
+    }
+}
+
+#[test]
+fn the_loss_sparklines_restart_with_each_stage() {
+    let mut a = App::new(Theme { color: false });
+    let record = |stage, teacher: Option<f64>, g: Option<f64>| MetricsRecord {
+        stage,
+        step: 1,
+        cost: 0,
+        target_node: None,
+        loss_g: g,
+        loss_fake: Some(0.5),
+        loss_teacher: teacher,
+        gap: None,
+        eval: None,
+    };
+    for _ in 0..5 {
+        a.on_update(Update::Session(Event::Logged(Box::new(record(
+            Stage::Pretrain,
+            Some(0.9),
+            None,
+        )))));
+    }
+    assert_eq!(a.main_loss.latest(), Some(0.9));
+    a.on_update(Update::Session(Event::Logged(Box::new(record(
+        Stage::Backtrack,
+        None,
+        Some(0.2),
+    )))));
+    assert_eq!(
+        a.main_loss.tail(10).collect::<Vec<_>>(),
+        vec![0.2],
+        "teacher losses are gone"
+    );
+    assert_eq!(a.fake_loss.tail(10).count(), 1);
+}

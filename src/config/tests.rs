@@ -1,4 +1,5 @@
 use super::*;
+use std::path::Path;
 
 fn err(text: &str, overrides: &[&str]) -> String {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
@@ -23,6 +24,16 @@ fn shipped_configs_are_valid() {
         let path = entry.unwrap().path();
         Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     }
+}
+
+#[test]
+fn the_shipped_demo_config_is_the_built_in_default() {
+    // `cargo run --release` runs the built-in default; configs/gmm2d.toml
+    // must describe exactly that run.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/gmm2d.toml");
+    let mut default = Config::default();
+    default.name = Some("gmm2d".into());
+    assert_eq!(Config::load(&path, &[]).unwrap(), default);
 }
 
 #[test]

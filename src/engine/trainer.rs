@@ -6,6 +6,7 @@
 
 use super::field::ScoreField;
 use super::log::Stage;
+use super::log::read_metrics;
 use super::session::{Event, Session};
 use super::view::SessionView;
 use crate::data::{Bounds, Point};
@@ -248,6 +249,12 @@ impl Trainer {
             data,
             bounds: self.session.bounds(),
         });
+        // A resumed run's history, so its sparklines continue where they were.
+        if self.session.iteration() > 0 {
+            for record in read_metrics(&self.session.run_dir().metrics()).unwrap_or_default() {
+                self.send(Update::Session(Event::Logged(Box::new(record))));
+            }
+        }
         self.refresh(true);
         loop {
             let idle = self.paused || self.session.is_done() || self.session.failure().is_some();

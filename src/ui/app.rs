@@ -94,6 +94,8 @@ pub struct App {
     pub fake_loss: Series,
     /// Mean mismatch degree of the current target over the σ grid.
     pub mismatch: Series,
+    /// The stage the loss series belong to.
+    series_stage: Option<Stage>,
     pub log: VecDeque<LogLine>,
     pub failure: Option<String>,
     /// The training thread has ended.
@@ -120,6 +122,7 @@ impl App {
             main_loss: Series::default(),
             fake_loss: Series::default(),
             mismatch: Series::default(),
+            series_stage: None,
             log: VecDeque::new(),
             failure: None,
             stopped: false,
@@ -158,6 +161,12 @@ impl App {
         match update {
             Update::Started { view, data, bounds } => {
                 self.note(LogKind::Info, format!("run directory {}", view.run_dir.display()));
+                if view.iteration > 0 {
+                    self.note(
+                        LogKind::Info,
+                        format!("continuing at iteration {}", view.iteration),
+                    );
+                }
                 self.view = Some(*view);
                 self.data = data;
                 self.bounds = bounds;
@@ -189,14 +198,7 @@ impl App {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::StageStarted(stage) => {
-                if stage == Stage::Backtrack {
-                    // The main sparkline changes meaning: teacher → generator.
-                    self.main_loss.clear();
-                    self.fake_loss.clear();
-                }
-                self.note(LogKind::Info, format!("stage: {stage}"));
-            }
+            Event::StageStarted(stage) => self.note(LogKind::Info, format!("stage: {stage}")),
             Event::TeacherReady { source } => self.note(LogKind::Good, format!("teacher {source}")),
             Event::NodeRecorded {
                 index,
@@ -228,6 +230,13 @@ impl App {
     }
 
     fn on_record(&mut self, r: &MetricsRecord) {
+        // The loss sparklines change meaning with the stage (teacher →
+        // generator, degrading copy → s_φ): start them afresh.
+        if self.series_stage != Some(r.stage) {
+            self.main_loss.clear();
+            self.fake_loss.clear();
+            self.series_stage = Some(r.stage);
+        }
         if let Some(v) = r.loss_teacher.or(r.loss_g) {
             self.main_loss.push(v);
         }
