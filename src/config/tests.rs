@@ -31,8 +31,10 @@ fn the_shipped_demo_config_is_the_built_in_default() {
     // `cargo run --release` runs the built-in default; configs/gmm2d.toml
     // must describe exactly that run.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/gmm2d.toml");
-    let mut default = Config::default();
-    default.name = Some("gmm2d".into());
+    let default = Config {
+        name: Some("gmm2d".into()),
+        ..Config::default()
+    };
     assert_eq!(Config::load(&path, &[]).unwrap(), default);
 }
 
