@@ -81,14 +81,6 @@ impl Evaluator {
         }
     }
 
-    pub fn truth(&self) -> &TrueScore {
-        &self.truth
-    }
-
-    pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
-
     /// How many generator samples one measurement uses.
     pub fn samples(&self) -> usize {
         self.samples

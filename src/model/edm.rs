@@ -88,19 +88,6 @@ impl NoiseLevels {
             sigma_data,
         })
     }
-
-    /// The same σ for a whole batch (the sampler's steps).
-    pub fn constant(sigma: f32, b: usize, sigma_data: f64, emb_dim: usize, device: &Device) -> Result<Self> {
-        Self::new(vec![sigma; b], sigma_data, emb_dim, device)
-    }
-
-    pub fn len(&self) -> usize {
-        self.sigmas.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sigmas.is_empty()
-    }
 }
 
 /// A score model in EDM form.

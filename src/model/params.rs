@@ -80,11 +80,6 @@ impl Params {
         self.vars().next().map_or(Device::Cpu, |v| v.device().clone())
     }
 
-    /// Total number of scalars.
-    pub fn count(&self) -> usize {
-        self.vars().map(|v| v.elem_count()).sum()
-    }
-
     /// Overwrites every parameter with `other`'s values (a deep copy: no
     /// storage is shared afterwards). Names and shapes must match.
     pub fn copy_from(&self, other: &Params) -> Result<()> {
