@@ -246,3 +246,72 @@ fn resume_needs_a_run_directory() {
         &["nowhere", "not a run directory"],
     );
 }
+
+#[test]
+fn sigterm_checkpoints_and_resume_finishes_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = tiny_file(d, "");
+    let c = config.to_str().unwrap();
+    let budget = "schedule.steps=[20, 20, 20, 3000]";
+    assert!(
+        disback(&["run", "--config", c, "--set", budget, "--out", "whole"], d)
+            .status
+            .success()
+    );
+
+    let child = Command::new(env!("CARGO_BIN_EXE_disback"))
+        .args(["run", "--config", c, "--set", budget, "--out", "cut"])
+        .current_dir(d)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop it once backtracking has begun.
+    let metrics = d.join("cut/metrics.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&metrics)
+        .unwrap_or_default()
+        .contains("\"backtrack\"")
+    {
+        assert!(std::time::Instant::now() < deadline, "never reached backtracking");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("continue with: disback run --resume"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!d.join("cut/samples.csv").exists(), "stopped before the end");
+
+    let o = disback(&["run", "--resume", "cut"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming cut at iteration"));
+    // (The first run trained the teacher, the second found it cached: compare
+    // what came after.)
+    let read = |run: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(d.join(run).join("metrics.jsonl")).unwrap();
+        text.lines()
+            .filter(|l| !l.contains("\"pretrain\""))
+            .map(String::from)
+            .collect()
+    };
+    let (cut, whole) = (read("cut"), read("whole"));
+    assert_eq!(cut.len(), whole.len());
+    if let Some(i) = (0..cut.len()).find(|&i| cut[i] != whole[i]) {
+        panic!("line {i} differs:\n{}\n{}", cut[i], whole[i]);
+    }
+    assert_eq!(
+        std::fs::read(d.join("cut/samples.csv")).unwrap(),
+        std::fs::read(d.join("whole/samples.csv")).unwrap()
+    );
+}
