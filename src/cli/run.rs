@@ -20,6 +20,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             let threads = crate::config::Config::load(&run.config(), &[])?.threads;
             configure_threads(threads);
             let s = Session::resume(run)?;
+            refuse_manual(s.schedule().policy())?;
             eprintln!(
                 "resuming {} at iteration {} ({})",
                 dir.display(),
@@ -30,12 +31,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => {
             let config = args.config.load()?;
-            if config.schedule.policy == SchedulePolicy::Manual {
-                bail!(
-                    "schedule.policy = \"manual\" waits for key presses: use it in the terminal lab \
-                     (disback tui), or choose fixed or auto for a headless run"
-                );
-            }
+            refuse_manual(config.schedule.policy)?;
             configure_threads(config.threads);
             let root = args
                 .out
@@ -46,6 +42,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     };
     drive(session)
+}
+
+/// A manual schedule waits for key presses, which a headless run has none of.
+fn refuse_manual(policy: SchedulePolicy) -> Result<()> {
+    if policy == SchedulePolicy::Manual {
+        bail!(
+            "schedule.policy = \"manual\" waits for key presses: use it in the terminal lab \
+             (disback tui, or disback tui --resume RUN_DIR), or choose fixed or auto for a headless run"
+        );
+    }
+    Ok(())
 }
 
 fn drive(mut session: Session) -> Result<()> {
