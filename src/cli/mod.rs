@@ -62,6 +62,22 @@ pub struct ConfigArgs {
     pub overrides: Vec<String>,
 }
 
+impl RunArgs {
+    /// Where a new run goes: `--out`, or `runs/<config name>-<time stamp>`.
+    fn run_dir(&self, config: &Config) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), config.run_name()))
+    }
+}
+
+/// Opens a run to resume, with candle's threads set from its config.
+fn open_for_resume(dir: &Path) -> Result<RunDir> {
+    let run = RunDir::open(dir)?;
+    configure_threads(Config::load(&run.config(), &[])?.threads);
+    Ok(run)
+}
+
 impl ConfigArgs {
     /// The config file's contents with overrides, or the built-in default
     /// (the 2-D ring demo, named `gmm2d`) when no file is given.
@@ -126,18 +142,15 @@ pub fn main() -> Result<()> {
 
 /// The terminal lab on a new or resumed run.
 fn tui(args: RunArgs) -> Result<()> {
-    let start = match args.resume {
+    let start = match args.resume.clone() {
         Some(dir) => {
-            let run = RunDir::open(&dir)?;
-            configure_threads(Config::load(&run.config(), &[])?.threads);
+            open_for_resume(&dir)?;
             Start::Resume(dir)
         }
         None => {
             let config = args.config.load()?;
             configure_threads(config.threads);
-            let run_dir = args
-                .out
-                .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), config.run_name()));
+            let run_dir = args.run_dir(&config);
             // Refuse an occupied directory here, before the screen changes.
             if !args.force {
                 RunDir::check_free(&run_dir)?;

@@ -8,7 +8,6 @@ use crate::engine::{Event, RunDir, Session, Stage};
 use crate::metrics::Evaluation;
 use crate::runtime::configure_threads;
 use anyhow::{Result, bail};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,10 +15,7 @@ use std::time::{Duration, Instant};
 pub fn run(args: RunArgs) -> Result<()> {
     let session = match &args.resume {
         Some(dir) => {
-            let run = RunDir::open(dir)?;
-            let threads = crate::config::Config::load(&run.config(), &[])?.threads;
-            configure_threads(threads);
-            let s = Session::resume(run)?;
+            let s = Session::resume(super::open_for_resume(dir)?)?;
             refuse_manual(s.schedule().policy())?;
             eprintln!(
                 "resuming {} at iteration {} ({})",
@@ -33,11 +29,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             let config = args.config.load()?;
             refuse_manual(config.schedule.policy)?;
             configure_threads(config.threads);
-            let root = args
-                .out
-                .clone()
-                .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), config.run_name()));
-            let run = RunDir::create(&root, args.force)?;
+            let run = RunDir::create(&args.run_dir(&config), args.force)?;
             Session::start(config, run)?
         }
     };

@@ -49,7 +49,6 @@ fn embedding_frequency(k: usize, half: usize) -> f64 {
 /// (the target and the fake score in a generator step).
 #[derive(Debug)]
 pub struct NoiseLevels {
-    pub sigmas: Vec<f32>,
     pub sigma_data: f64,
     /// (B, 1) columns.
     pub sigma: Tensor,
@@ -79,12 +78,11 @@ impl NoiseLevels {
         }
         let column = |v: Vec<f32>| Tensor::from_vec(v, (b, 1), device);
         Ok(Self {
-            sigma: column(sigmas.clone())?,
+            sigma: column(sigmas)?,
             c_skip: column(c_skip)?,
             c_out: column(c_out)?,
             c_in: column(c_in)?,
             emb: Tensor::from_vec(emb, (b, emb_dim), device)?,
-            sigmas,
             sigma_data,
         })
     }

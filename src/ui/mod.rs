@@ -105,8 +105,9 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut trainer: Traine
         }
         if app.quit {
             let run_dir = app.view.as_ref().map(|v| v.run_dir.display().to_string());
-            let session = tokio::task::spawn_blocking(move || trainer.join()).await?;
-            let _ = session;
+            // A training failure was already shown on screen; only wait
+            // for the thread to end.
+            let _ = tokio::task::spawn_blocking(move || trainer.join()).await?;
             return Ok(match run_dir {
                 Some(dir) => format!("disback: run directory {dir}"),
                 None => "disback: no run was started".into(),
