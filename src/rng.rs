@@ -7,6 +7,26 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, RngExt};
 use rand_distr::StandardNormal;
 
+/// Independent random streams, so that measuring, previewing or caching
+/// never shifts the numbers training draws.
+pub mod streams {
+    pub const GENERATOR_INIT: u64 = 1;
+    pub const TEACHER_INIT: u64 = 2;
+    pub const TEACHER_TRAIN: u64 = 3;
+    pub const TRAIN: u64 = 4;
+    pub const EVAL: u64 = 5;
+    pub const FINAL_SAMPLES: u64 = 6;
+    pub const STF_REFERENCE: u64 = 7;
+    pub const SNAPSHOTS: u64 = 8;
+    pub const BOUNDS: u64 = 9;
+    /// Drawing a `random` mixture's components from its own seed.
+    pub const RANDOM_MIXTURE: u64 = 10;
+    /// The terminal lab's previews (generator and target samples).
+    pub const PREVIEW: u64 = 11;
+    /// Data points drawn behind previews and plots.
+    pub const BACKGROUND: u64 = 12;
+}
+
 /// The RNG used everywhere; its state is serialisable, so resumed runs
 /// continue the exact same stream.
 pub type HostRng = rand_chacha::ChaCha8Rng;

@@ -18,12 +18,16 @@ fn small_net() -> ScoreNetConfig {
     }
 }
 
-fn small_generator() -> GeneratorConfig {
-    GeneratorConfig {
-        width: 16,
-        depth: 2,
-        ..GeneratorConfig::default()
+fn small_generator() -> Config {
+    Config {
+        generator: GeneratorConfig {
+            width: 16,
+            depth: 2,
+            ..GeneratorConfig::default()
+        },
+        ..Config::default()
     }
+    .resolved()
 }
 
 fn data_tensor(n: usize, seed: u64) -> Tensor {

@@ -215,7 +215,7 @@ fn any_model_can_be_saved_and_loaded_back() {
         );
     }
     let file = s.save_generator(Some(&dir.path().join("g.safetensors"))).unwrap();
-    let back = Generator::new(&c.generator, &device, &mut host_rng(1, 1)).unwrap();
+    let back = Generator::new(&c, &device, &mut host_rng(1, 1)).unwrap();
     back.load(&file).unwrap();
     assert_eq!(back.params().max_abs_diff(s.generator().params()).unwrap(), 0.0);
 }
@@ -259,4 +259,29 @@ fn a_teacher_cut_short_is_not_cached() {
     );
     assert!(!s.teacher_cache_file().exists());
     assert_eq!(s.stage(), Stage::Record);
+}
+
+#[test]
+fn a_teacher_initialised_generator_starts_as_the_teacher_at_sigma_g() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(&dir.path().join("teachers"));
+    c.generator.init = disback::config::GeneratorInit::Teacher;
+    c.generator.sigma_g = 1.5;
+    let mut s = start(c, &dir.path().join("run"));
+    while s.stage() != Stage::Record {
+        s.step().unwrap();
+    }
+    // G⁰ is frozen while recording, so this is the generator at step 0.
+    let device = s.teacher().device();
+    let z = s.generator().latents(64, &mut host_rng(5, 5)).unwrap();
+    let sigma_g = 1.5 * s.config().sigma_data() / 0.5;
+    let x = z.affine(sigma_g, 0.0).unwrap();
+    let levels = s.teacher().levels(vec![sigma_g as f32; 64], &device).unwrap();
+    let expected = s.teacher().denoise(&x, &levels).unwrap();
+    let got = s.generator().forward(&z).unwrap();
+    let diff = (got - &expected).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    // And it is not trivially the data mean: the teacher spreads it out.
+    let spread = expected.var(0).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(spread > 0.05, "G⁰'s samples have variance {spread}");
 }

@@ -181,7 +181,7 @@ fn sample(args: SampleArgs) -> Result<()> {
     let config = Config::load(&args.config, &[])?;
     configure_threads(config.threads);
     let (device, _) = select_device(config.device)?;
-    let generator = Generator::new(&config.generator, &device, &mut host_rng(0, 0))?;
+    let generator = Generator::new(&config, &device, &mut host_rng(0, 0))?;
     generator.load(&args.generator)?;
     let points = generator.sample(args.n, &mut host_rng(args.seed, 0))?;
     write_points_csv(&args.out, &points)?;

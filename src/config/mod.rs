@@ -58,10 +58,16 @@ impl Config {
         if self.diffusion.sigma_data.is_none() {
             self.diffusion.sigma_data = Some(data.std());
         }
-        if let DataConfig::Ring { modes, radius, std } = self.data {
-            self.data = DataConfig::Gmm {
-                components: crate::data::GaussianMixture::ring_components(modes, radius, std),
-            };
+        use crate::data::GaussianMixture;
+        let components = match self.data {
+            DataConfig::Ring { modes, radius, std } => {
+                Some(GaussianMixture::ring_components(modes, radius, std))
+            }
+            DataConfig::Random { modes, seed } => Some(GaussianMixture::random_components(modes, seed)),
+            _ => None,
+        };
+        if let Some(components) = components {
+            self.data = DataConfig::Gmm { components };
         }
         self
     }

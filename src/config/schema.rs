@@ -141,6 +141,18 @@ pub enum DataConfig {
         #[serde(default = "defaults::ring_std")]
         std: f64,
     },
+    /// A random mixture drawn from `seed`: `modes` components with means in
+    /// the square [−3, 3]², standard deviations from 0.08 to 0.3 and weights
+    /// from 1 to 3 (both log-uniform), any two means at least 3 (s_i + s_j)
+    /// apart so that every mode is its own cluster. A test bed for mixtures
+    /// nobody tuned for. Written out as explicit components in a run's
+    /// `config.toml`.
+    Random {
+        #[serde(default = "defaults::random_modes")]
+        modes: usize,
+        #[serde(default)]
+        seed: u64,
+    },
     /// Uniform density on the dark squares of a `cells`×`cells` board of
     /// side `size`, centred on the origin. No exact score.
     Checkerboard {
@@ -279,10 +291,20 @@ impl Default for TeacherConfig {
     }
 }
 
-/// The one-step generator `G(σ_init · z)`, an MLP.
+/// The one-step generator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeneratorConfig {
+    /// `random`: an MLP on `sigma_init · z`, randomly initialised (the
+    /// paper's 2-D toy). `teacher`: the teacher's own network and weights
+    /// called at one noise level, `G(z) = D_θ(σ_g z; σ_g)` with `z` of the
+    /// data's dimension (Diff-Instruct's and DMD's image setting); `width`,
+    /// `depth` and `latent_dim` then do not apply. Default `random`.
+    pub init: GeneratorInit,
+    /// σ_g of the teacher-initialised generator, in EDM units (scaled by
+    /// σ_data / 0.5 like every noise level). Default 2.5 (SiD's choice; at
+    /// DMD2's 80 the teacher maps every z to the data mean).
+    pub sigma_g: f64,
     /// Dimension of the latent z ~ N(0, I). Default 4.
     pub latent_dim: usize,
     /// Hidden width. Default 128.
@@ -298,6 +320,8 @@ pub struct GeneratorConfig {
 impl Default for GeneratorConfig {
     fn default() -> Self {
         Self {
+            init: GeneratorInit::Random,
+            sigma_g: 2.5,
             latent_dim: 4,
             width: 128,
             depth: 3,
@@ -305,6 +329,13 @@ impl Default for GeneratorConfig {
             lr: 3e-4,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorInit {
+    Random,
+    Teacher,
 }
 
 /// Stage 1: degradation recording (DisBack only).
@@ -374,6 +405,11 @@ pub struct DistillConfig {
     /// to G⁰ for `record.iterations` DSM steps (the same cost as DisBack's
     /// recording). Default `teacher`.
     pub baseline_fake_init: FakeInit,
+    /// Decay of the exponential moving average of the generator's weights
+    /// (updated after every generator step). The average is what is
+    /// sampled, measured, previewed and saved; the raw weights only train.
+    /// 0 turns it off. Default 0.99.
+    pub generator_ema: f64,
 }
 
 impl Default for DistillConfig {
@@ -387,6 +423,7 @@ impl Default for DistillConfig {
             karras_min_index: 20,
             karras_max_index: 980,
             baseline_fake_init: FakeInit::Teacher,
+            generator_ema: 0.99,
         }
     }
 }
@@ -524,6 +561,9 @@ mod defaults {
     }
     pub fn ring_std() -> f64 {
         0.15
+    }
+    pub fn random_modes() -> usize {
+        8
     }
     pub fn checker_cells() -> usize {
         4

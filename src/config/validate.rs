@@ -81,6 +81,7 @@ impl Config {
         p.at_least(g.depth, 1, "generator.depth");
         p.positive(g.sigma_init, "generator.sigma_init");
         p.positive(g.lr, "generator.lr");
+        p.positive(g.sigma_g, "generator.sigma_g");
     }
 
     fn check_training(&self, p: &mut Problems) {
@@ -120,6 +121,11 @@ impl Config {
             d.fake_steps_per_generator_step,
             1,
             "distill.fake_steps_per_generator_step",
+        );
+        p.require(
+            (0.0..1.0).contains(&d.generator_ema),
+            "distill.generator_ema",
+            || format!("{} must be in [0, 1): 0 turns the average off", d.generator_ema),
         );
         p.require(d.karras_max_index <= 999, "distill.karras_max_index", || {
             format!("{} must be at most 999 (a 1000-step grid)", d.karras_max_index)
@@ -225,6 +231,11 @@ impl DataConfig {
                     format!("{radius} must be a number ≥ 0")
                 });
                 p.positive(*std, "data.std");
+            }
+            DataConfig::Random { modes, .. } => {
+                p.require((1..=16).contains(modes), "data.modes", || {
+                    format!("{modes} must be from 1 to 16 (more do not fit the square apart)")
+                });
             }
             DataConfig::Checkerboard { cells, size } => {
                 p.at_least(*cells, 2, "data.cells");

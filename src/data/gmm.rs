@@ -54,6 +54,30 @@ impl GaussianMixture {
             .collect()
     }
 
+    /// `modes` random components from `seed` (see `DataConfig::Random`):
+    /// means in [−3, 3]², std log-uniform in [0.08, 0.3], weight
+    /// log-uniform in [1, 3], any two means at least 3 (s_i + s_j) apart.
+    pub fn random_components(modes: usize, seed: u64) -> Vec<ComponentConfig> {
+        let mut rng = crate::rng::host_rng(seed, crate::rng::streams::RANDOM_MIXTURE);
+        let log_uniform = |rng: &mut crate::rng::HostRng, lo: f64, hi: f64| {
+            (lo.ln() + rng.random::<f64>() * (hi / lo).ln()).exp()
+        };
+        let mut out: Vec<ComponentConfig> = Vec::with_capacity(modes);
+        while out.len() < modes {
+            let std = log_uniform(&mut rng, 0.08, 0.3);
+            let mean = [rng.random_range(-3.0..3.0), rng.random_range(-3.0..3.0)];
+            let apart = out.iter().all(|c| {
+                let d = ((c.mean[0] - mean[0]).powi(2) + (c.mean[1] - mean[1]).powi(2)).sqrt();
+                d >= 3.0 * (c.std + std)
+            });
+            if apart {
+                let weight = log_uniform(&mut rng, 1.0, 3.0);
+                out.push(ComponentConfig { mean, std, weight });
+            }
+        }
+        out
+    }
+
     pub fn components(&self) -> &[Component] {
         &self.components
     }

@@ -12,6 +12,9 @@ use rand_distr::StandardNormal;
 /// A point in the plane, as the models see it.
 pub type Point = [f32; 2];
 
+/// The dimension of the data (and of a teacher-initialised generator's latent).
+pub const DIM: usize = 2;
+
 /// A rectangle of the plane: what previews and plots show.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bounds {
@@ -81,6 +84,9 @@ impl Dataset {
             DataConfig::Gmm { components } => Dataset::Mixture(GaussianMixture::new(components)),
             DataConfig::Ring { modes, radius, std } => Dataset::Mixture(GaussianMixture::new(
                 &GaussianMixture::ring_components(*modes, *radius, *std),
+            )),
+            DataConfig::Random { modes, seed } => Dataset::Mixture(GaussianMixture::new(
+                &GaussianMixture::random_components(*modes, *seed),
             )),
             DataConfig::Checkerboard { cells, size } => Dataset::Checkerboard {
                 cells: *cells,

@@ -70,7 +70,12 @@ impl Session {
     /// Writes a checkpoint of the current state. Refuses to save weights
     /// that are not finite, so a checkpoint is always a good state.
     pub(super) fn checkpoint(&mut self) -> Result<()> {
-        let models = [self.generator.params(), self.fake.params(), self.teacher.params()];
+        let models = [
+            self.generator.params(),
+            self.generator_ema.params(),
+            self.fake.params(),
+            self.teacher.params(),
+        ];
         for params in models {
             if !params.all_finite()? {
                 bail!("the weights are no longer finite; keeping the previous checkpoint");
@@ -82,6 +87,7 @@ impl Session {
         let mut adam_steps = HashMap::new();
         self.generator.save(&dir.join("generator.safetensors"))?;
         save_adam(&dir, "generator", &self.gen_opt, &mut adam_steps)?;
+        self.generator_ema.save(&dir.join("generator-ema.safetensors"))?;
         self.fake.save(&dir.join("fake.safetensors"))?;
         save_adam(&dir, "fake", &self.fake_opt, &mut adam_steps)?;
         if let Some(p) = &self.pretrain {
@@ -159,6 +165,7 @@ impl Session {
         let mut s = Session::build(config, run, log)?;
         s.generator.load(&dir.join("generator.safetensors"))?;
         load_adam(&dir, "generator", &mut s.gen_opt, &saved.adam_steps)?;
+        s.generator_ema.load(&dir.join("generator-ema.safetensors"))?;
         s.fake.load(&dir.join("fake.safetensors"))?;
         let fake_lr = match saved.stage {
             Stage::Record => s.config.record.lr,

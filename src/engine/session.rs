@@ -15,25 +15,11 @@ use crate::files::atomic_write;
 use crate::metrics::{Evaluation, Evaluator};
 use crate::model::{Denoiser, Generator};
 use crate::optim::Adam;
-use crate::rng::{HostRng, host_rng, normal_tensor};
+use crate::rng::{HostRng, host_rng, normal_tensor, streams};
 use crate::runtime::select_device;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
-
-/// Independent random streams, so that measuring, previewing or caching
-/// never shifts the numbers training draws.
-pub(super) mod streams {
-    pub const GENERATOR_INIT: u64 = 1;
-    pub const TEACHER_INIT: u64 = 2;
-    pub const TEACHER_TRAIN: u64 = 3;
-    pub const TRAIN: u64 = 4;
-    pub const EVAL: u64 = 5;
-    pub const FINAL_SAMPLES: u64 = 6;
-    pub const STF_REFERENCE: u64 = 7;
-    pub const SNAPSHOTS: u64 = 8;
-    pub const BOUNDS: u64 = 9;
-}
 
 /// What happened during a call, for drivers to show or print.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +79,11 @@ pub struct Session {
     pub(super) bounds: Bounds,
     pub(super) teacher: Denoiser,
     pub(super) pretrain: Option<Pretraining>,
+    /// The generator being trained.
     pub(super) generator: Generator,
+    /// The moving average of its weights (`distill.generator_ema`): what is
+    /// sampled, measured, previewed and saved.
+    pub(super) generator_ema: Generator,
     pub(super) gen_opt: Adam,
     /// s_φ. While recording it is the degrading copy of the teacher, so at
     /// the end of stage 1 it already equals the last node.
@@ -139,7 +129,7 @@ impl Session {
         let data = Dataset::new(&config.data);
         let sigma_data = config.sigma_data();
         let generator = Generator::new(
-            &config.generator,
+            &config,
             &device,
             &mut host_rng(config.seed, streams::GENERATOR_INIT),
         )?;
@@ -163,6 +153,7 @@ impl Session {
         Ok(Self {
             bounds,
             gen_opt: Adam::new(generator.params(), config.generator.lr)?,
+            generator_ema: generator.deep_clone()?,
             fake_opt: Adam::new(fake.params(), config.distill.fake_lr)?,
             path: DegradationPath::new(&run.path_dir()),
             schedule: BacktrackSchedule::new(config.planned_nodes(), &config.schedule),
@@ -335,6 +326,10 @@ impl Session {
         self.teacher.save(&self.run.teacher())?;
         self.pending.push(Event::TeacherReady { source });
         self.fake.params().copy_from(self.teacher.params())?;
+        // A teacher-initialised G⁰ is the teacher at σ_g; it must be set
+        // before recording, which fits the path's end to G⁰'s samples.
+        self.generator.copy_teacher(&self.teacher)?;
+        self.generator_ema.params().copy_from(self.generator.params())?;
         if self.config.method == Method::Disback {
             self.record_node(None)?;
         }
@@ -436,7 +431,7 @@ impl Session {
             .run
             .generator_dir()
             .join(format!("at-node-{from}.safetensors"));
-        self.generator.save(&snapshot)?;
+        self.generator_ema.save(&snapshot)?;
         self.write_snapshot(&format!("at-node-{from}"))?;
         self.load_target(to)?;
         self.pending.push(Event::TargetSwitched { from: Some(from), to });
@@ -464,6 +459,9 @@ impl Session {
         let g = generator_loss(&x0, &self.target, &self.fake, &levels, &noise, d.weighting)?;
         let loss_g = finite(&g.loss, "generator")?;
         self.gen_opt.step(&g.loss.backward()?)?;
+        self.generator_ema
+            .params()
+            .average_toward(self.generator.params(), d.generator_ema)?;
         for _ in 0..d.fake_steps_per_generator_step {
             let loss = self.fake_dsm_step(d.batch)?;
             self.window.add(LossKind::Fake, loss);
@@ -515,7 +513,7 @@ impl Session {
     fn finish(&mut self) -> Result<()> {
         let n = self.config.log.final_samples;
         let samples = self
-            .generator
+            .generator_ema
             .sample(n, &mut host_rng(self.config.seed, streams::FINAL_SAMPLES))?;
         write_points_csv(&self.run.samples(), &samples)?;
         // The final measurement uses those samples: mode shares from all of
@@ -527,7 +525,7 @@ impl Session {
         self.log_line(Some(eval))?;
         self.write_fields("final")?;
         let final_file = self.run.generator_dir().join("final.safetensors");
-        self.generator.save(&final_file)?;
+        self.generator_ema.save(&final_file)?;
         self.pending.push(Event::Saved(final_file));
         self.enter(Stage::Done);
         self.checkpoint()?;
@@ -544,7 +542,7 @@ impl Session {
     /// the snapshot plots.
     fn write_snapshot(&self, name: &str) -> Result<()> {
         let mut rng = host_rng(self.config.seed, streams::SNAPSHOTS);
-        let samples = self.generator.sample(self.evaluator.samples(), &mut rng)?;
+        let samples = self.generator_ema.sample(self.evaluator.samples(), &mut rng)?;
         write_points_csv(&self.run.snapshot(name), &samples)
     }
 
@@ -585,7 +583,7 @@ impl Session {
     /// Measures the generator now, on `metrics.samples` fresh samples.
     pub fn evaluate(&self) -> Result<Evaluation> {
         let mut rng = self.eval_rng();
-        let samples = self.generator.sample(self.evaluator.samples(), &mut rng)?;
+        let samples = self.generator_ema.sample(self.evaluator.samples(), &mut rng)?;
         self.measure(&samples, &mut rng)
     }
 
@@ -643,7 +641,7 @@ impl Session {
     /// `Generator::load` (or `disback sample`).
     pub fn save_model(&self, kind: ModelKind, path: &Path) -> Result<()> {
         match kind {
-            ModelKind::Generator => self.generator.save(path),
+            ModelKind::Generator => self.generator_ema.save(path),
             ModelKind::Fake => self.fake.save(path),
             ModelKind::Target => self.target.save(path),
             ModelKind::Teacher => self.teacher.save(path),
@@ -688,8 +686,9 @@ impl Session {
     pub fn fake(&self) -> &Denoiser {
         &self.fake
     }
+    /// The generator as sampled and saved (the moving average of its weights).
     pub fn generator(&self) -> &Generator {
-        &self.generator
+        &self.generator_ema
     }
     pub fn path(&self) -> &DegradationPath {
         &self.path
@@ -716,7 +715,7 @@ impl Session {
     /// Generator samples for a preview, from the caller's RNG (so previews
     /// never touch the training stream).
     pub fn generator_samples(&self, n: usize, rng: &mut HostRng) -> Result<Vec<Point>> {
-        self.generator.sample(n, rng)
+        self.generator_ema.sample(n, rng)
     }
 }
 

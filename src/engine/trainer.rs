@@ -12,7 +12,7 @@ use super::view::SessionView;
 use crate::data::{Bounds, Point};
 use crate::diffusion::{heun_sample, model_denoise_fn};
 use crate::model::Denoiser;
-use crate::rng::{HostRng, host_rng, normal_vec};
+use crate::rng::{HostRng, host_rng, normal_vec, streams};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -226,7 +226,7 @@ impl Trainer {
             paused: false,
             preview: Preview::Generator,
             field_sigma,
-            rng: host_rng(0, 0xb1e),
+            rng: host_rng(0, streams::PREVIEW),
             last_view: Instant::now(),
             last_preview: None,
             rate: RateMeter::new(),
@@ -243,7 +243,7 @@ impl Trainer {
         let data = self
             .session
             .data()
-            .sample(PREVIEW_SAMPLES, &mut host_rng(0, 0xda7a));
+            .sample(PREVIEW_SAMPLES, &mut host_rng(0, streams::BACKGROUND));
         self.send(Update::Started {
             view: Box::new(self.session.view()),
             data,

@@ -9,7 +9,7 @@ pub use edm::{Denoiser, NoiseLevels, Precond, loss_weight};
 pub use nets::{GeneratorNet, ScoreNet};
 pub use params::{Init, ParamBuilder, Params};
 
-use crate::config::{GeneratorConfig, ScoreNetConfig};
+use crate::config::{Config, GeneratorInit, ScoreNetConfig};
 use crate::data::Point;
 use crate::rng::{HostRng, normal_tensor};
 use anyhow::{Context, Result, bail};
@@ -124,21 +124,56 @@ impl Denoiser {
     }
 }
 
-/// The one-step generator `x_0 = G(σ_init · z)`.
+/// The one-step generator `x_0 = G(z)`, `z ~ N(0, I)`.
 #[derive(Debug)]
 pub struct Generator {
-    pub net: GeneratorNet,
+    net: GeneratorNetwork,
+    /// Settings checked against a file's metadata on load.
+    settings: String,
+}
+
+/// The two generator parametrisations (`generator.init`).
+#[derive(Debug)]
+enum GeneratorNetwork {
+    /// An MLP on `σ_init · z`.
+    Mlp(GeneratorNet),
+    /// The teacher's architecture at one noise level: `D(σ_g z; σ_g)`,
+    /// with `z` of the data's dimension.
+    Denoiser { model: Denoiser, sigma_g: f64 },
 }
 
 impl Generator {
-    pub fn new(config: &GeneratorConfig, device: &Device, rng: &mut impl Rng) -> Result<Self> {
+    /// A generator as `config` describes it. A teacher-initialised one has
+    /// the teacher's architecture here and gets its weights from
+    /// [`Generator::copy_teacher`].
+    pub fn new(config: &Config, device: &Device, rng: &mut impl Rng) -> Result<Self> {
+        let g = &config.generator;
+        let (net, settings) = match g.init {
+            GeneratorInit::Random => (
+                GeneratorNetwork::Mlp(GeneratorNet::new(g, ParamBuilder::new(device, rng))?),
+                serde_json::json!({ "init": "random", "latent_dim": g.latent_dim,
+                    "width": g.width, "depth": g.depth, "sigma_init": g.sigma_init }),
+            ),
+            GeneratorInit::Teacher => {
+                let sigma_data = config.sigma_data();
+                let sigma_g = g.sigma_g * sigma_data / crate::diffusion::EDM_SIGMA_DATA;
+                let model = Denoiser::new(&config.score_net, sigma_data, device, rng)?;
+                let settings = serde_json::json!({ "init": "teacher", "sigma_g": sigma_g,
+                    "sigma_data": sigma_data, "score_net": config.score_net });
+                (GeneratorNetwork::Denoiser { model, sigma_g }, settings)
+            }
+        };
         Ok(Self {
-            net: GeneratorNet::new(config, ParamBuilder::new(device, rng))?,
+            net,
+            settings: settings.to_string(),
         })
     }
 
     pub fn params(&self) -> &Params {
-        self.net.params()
+        match &self.net {
+            GeneratorNetwork::Mlp(net) => net.params(),
+            GeneratorNetwork::Denoiser { model, .. } => model.params(),
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -146,12 +181,31 @@ impl Generator {
     }
 
     pub fn latent_dim(&self) -> usize {
-        self.net.config.latent_dim
+        match &self.net {
+            GeneratorNetwork::Mlp(net) => net.config.latent_dim,
+            GeneratorNetwork::Denoiser { .. } => crate::data::DIM,
+        }
+    }
+
+    /// For a teacher-initialised generator, sets every weight to the
+    /// teacher's, so that `G(z) = D_θ(σ_g z; σ_g)`; a random MLP is left
+    /// as it is.
+    pub fn copy_teacher(&self, teacher: &Denoiser) -> Result<()> {
+        match &self.net {
+            GeneratorNetwork::Mlp(_) => Ok(()),
+            GeneratorNetwork::Denoiser { model, .. } => model.params().copy_from(teacher.params()),
+        }
     }
 
     /// Samples with gradient tracking, from given latents (B, latent_dim).
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        self.net.forward(z)
+        match &self.net {
+            GeneratorNetwork::Mlp(net) => net.forward(z),
+            GeneratorNetwork::Denoiser { model, sigma_g } => {
+                let levels = model.levels(vec![*sigma_g as f32; z.dim(0)?], &z.device().clone())?;
+                model.denoise(&z.affine(*sigma_g, 0.0)?, &levels)
+            }
+        }
     }
 
     /// Draws a (n, latent_dim) latent batch from the host RNG.
@@ -172,27 +226,36 @@ impl Generator {
         Ok(out)
     }
 
+    /// A copy that shares no storage with `self`.
     pub fn deep_clone(&self) -> Result<Self> {
-        let copy = Self::new(&self.net.config, &self.device(), &mut scratch_rng())?;
+        let net = match &self.net {
+            GeneratorNetwork::Mlp(net) => GeneratorNetwork::Mlp(GeneratorNet::new(
+                &net.config,
+                ParamBuilder::new(&self.device(), &mut scratch_rng()),
+            )?),
+            GeneratorNetwork::Denoiser { model, sigma_g } => GeneratorNetwork::Denoiser {
+                model: model.deep_clone()?,
+                sigma_g: *sigma_g,
+            },
+        };
+        let copy = Self {
+            net,
+            settings: self.settings.clone(),
+        };
         copy.params().copy_from(self.params())?;
         Ok(copy)
     }
 
-    fn config_json(&self) -> String {
-        serde_json::to_string(&self.net.config).expect("config serialises")
-    }
-
     pub fn save(&self, path: &Path) -> Result<()> {
         self.params()
-            .save(path, model_metadata(GENERATOR, self.config_json(), &[]))
+            .save(path, model_metadata(GENERATOR, self.settings.clone(), &[]))
     }
 
     /// Overwrites every weight with the file's; the file must hold a
     /// generator of the same settings, or nothing is changed.
     pub fn load(&self, path: &Path) -> Result<()> {
-        self.params().load_file(path, |meta| {
-            check_metadata(path, meta, GENERATOR, &self.config_json())
-        })
+        self.params()
+            .load_file(path, |meta| check_metadata(path, meta, GENERATOR, &self.settings))
     }
 }
 

@@ -97,6 +97,16 @@ impl Params {
         Ok(())
     }
 
+    /// Moves every parameter toward `other`'s: `self ← decay·self +
+    /// (1 − decay)·other` (an exponential moving average of `other`).
+    pub fn average_toward(&self, other: &Params, decay: f64) -> Result<()> {
+        for ((name, dst), (_, src)) in self.iter().zip(other.iter()) {
+            let mixed = ((dst.as_detached_tensor() * decay)? + (src.as_detached_tensor() * (1.0 - decay))?)?;
+            dst.set(&mixed).with_context(|| format!("averaging parameter {name}"))?;
+        }
+        Ok(())
+    }
+
     /// Detached tensors (sharing storage), for saving.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.entries

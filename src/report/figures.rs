@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::data::{Bounds, Dataset, Point};
 use crate::engine::{MetricsRecord, RunDir, ScoreField, Stage, read_metrics, read_points_csv};
 use crate::metrics::Evaluation;
-use crate::rng::host_rng;
+use crate::rng::{host_rng, streams};
 use anyhow::{Context, Result};
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
@@ -311,7 +311,7 @@ pub fn plot_run(root: &Path) -> Result<Vec<PathBuf>> {
         written.extend(save(&by_sigma, &dir)?);
     }
 
-    let background = Dataset::new(&config.data).sample(2000, &mut host_rng(0, 0xb9));
+    let background = Dataset::new(&config.data).sample(2000, &mut host_rng(0, streams::BACKGROUND));
     let bounds = Bounds::around(&background);
     let snapshots = Snapshots::read(&run, background.clone(), bounds)?;
     if !snapshots.panels.is_empty() {
