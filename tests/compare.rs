@@ -39,6 +39,7 @@ fn compare_prints_the_table_and_writes_json_and_figures() {
     for needle in [
         "DisBack",
         "Diff-Instruct",
+        "Diff-Instruct, fitted s_φ",
         "quality threshold: energy distance ≤",
         "energy distance",
         "mode coverage",
@@ -54,8 +55,9 @@ fn compare_prints_the_table_and_writes_json_and_figures() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("cmp/compare.json")).unwrap()).unwrap();
     assert_eq!(json["seeds"], serde_json::json!([3, 4]));
-    assert_eq!(json["runs"].as_array().unwrap().len(), 4);
-    assert_eq!(json["methods"].as_array().unwrap().len(), 2);
+    assert_eq!(json["runs"].as_array().unwrap().len(), 6);
+    assert_eq!(json["arms"].as_array().unwrap().len(), 3);
+    assert_eq!(json["speedups"].as_array().unwrap().len(), 2);
     assert!(json["threshold"].as_f64().unwrap() > 0.0);
     assert_eq!(json["generator_updates"], 60);
     // The same teacher for every run.
@@ -64,14 +66,22 @@ fn compare_prints_the_table_and_writes_json_and_figures() {
         "disback-seed4",
         "diff-instruct-seed3",
         "diff-instruct-seed4",
+        "diff-instruct-fit-seed3",
     ] {
         let text = std::fs::read_to_string(d.join("cmp").join(run).join("config.toml")).unwrap();
         assert!(text.contains("cmp/teacher/teacher.safetensors"), "{run}: {text}");
     }
     let base = std::fs::read_to_string(d.join("cmp/diff-instruct-seed3/config.toml")).unwrap();
     assert!(
-        base.contains("method = \"diff-instruct\"") && base.contains("steps = [60]"),
+        base.contains("method = \"diff-instruct\"")
+            && base.contains("steps = [60]")
+            && base.contains("baseline_fake_init = \"teacher\""),
         "{base}"
+    );
+    let fit = std::fs::read_to_string(d.join("cmp/diff-instruct-fit-seed3/config.toml")).unwrap();
+    assert!(
+        fit.contains("baseline_fake_init = \"fit\"") && fit.contains("steps = [60]"),
+        "{fit}"
     );
 
     for name in ["compare-convergence", "compare-mismatch"] {

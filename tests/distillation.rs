@@ -101,17 +101,32 @@ fn the_teacher_loss_falls() {
     assert!(tail < 0.85, "teacher loss {:.3} → {tail:.3}", losses[0]);
 }
 
-#[test]
-fn the_default_disback_run_covers_every_mode_and_is_close_to_the_data() {
-    let (stats, energy) = judge(default_run());
+/// The quality every 2-D mixture must reach with the default settings:
+/// every mode holds at least half its weight, at least 70% of the samples
+/// lie within 3 std of a mode (precision), energy distance ≤ 0.02.
+fn assert_converged(run: &Finished) {
+    let (stats, energy) = judge(run);
+    let name = run.session.config().name.clone().unwrap_or_default();
     for (k, share) in stats.shares.iter().enumerate() {
         assert!(
-            (share - 1.0).abs() <= 0.5,
-            "mode {k}: share {share:.2} ({stats:?})"
+            share >= &0.5,
+            "{name}: mode {k} holds {share:.2} of its weight ({stats:?})"
         );
     }
-    // Measured 0.010–0.024 over seeds 1–3; two data samples give ≈ 0 ± 0.003.
-    assert!(energy < 0.05, "energy distance {energy:.4}");
+    assert!(
+        stats.precision >= 0.7,
+        "{name}: precision {:.3} ({stats:?})",
+        stats.precision
+    );
+    assert!(energy <= 0.02, "{name}: energy distance {energy:.4}");
+}
+
+#[test]
+fn the_default_disback_run_ends_on_every_mode_sharply() {
+    // Measured over seeds 0–1: precision 0.83–0.84, smallest share
+    // 0.76–0.86, energy 0.004–0.005 (10,000 samples); two data samples of
+    // 2,000 give ≈ 0 ± 0.003.
+    assert_converged(default_run());
 }
 
 #[test]
@@ -146,15 +161,10 @@ fn every_switch_loads_every_weight_and_the_path_ends_on_the_teacher() {
 }
 
 #[test]
-fn an_unequal_mixture_is_covered_too() {
-    let run = run_shipped("gmm2d-unequal.toml");
-    let (stats, energy) = judge(&run);
-    for (k, share) in stats.shares.iter().enumerate() {
-        assert!(
-            (share - 1.0).abs() <= 0.5,
-            "mode {k}: share {share:.2} ({stats:?})"
-        );
-    }
-    // Measured 0.027–0.051 over seeds 1–3.
-    assert!(energy < 0.08, "energy distance {energy:.4}");
+fn a_light_narrow_far_mode_is_kept() {
+    // Six modes of unequal weights and widths, the lightest and narrowest
+    // alone in a far corner: the randomly initialised MLP generator lost it
+    // in 4 of 5 seeds. Measured with the defaults over seeds 0–1:
+    // precision 0.89–0.90, smallest share 0.88–0.90, energy 0.004–0.006.
+    assert_converged(&run_shipped("gmm2d-hard.toml"));
 }

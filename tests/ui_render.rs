@@ -339,13 +339,22 @@ fn a_larger_terminal_gets_more_room() {
 }
 
 #[test]
-fn tiny_terminals_do_not_break_it() {
+fn tiny_terminals_get_a_note_and_larger_ones_the_panels() {
     let mut a = app(backtracking());
-    for (w, h) in [(1, 1), (20, 5), (40, 10), (79, 23), (300, 100)] {
-        render(&a, w, h);
+    for (w, h) in [(20, 5), (39, 23), (80, 11)] {
+        let screen = text(&render(&a, w, h));
+        assert!(screen.contains("enlarge"), "{w}×{h}:\n{screen}");
+        assert!(!screen.contains("Backtracking path"), "{w}×{h}:\n{screen}");
+    }
+    render(&a, 1, 1); // no room even for the note: nothing to assert but no panic
+    for (w, h) in [(40, 12), (79, 23), (300, 100)] {
+        let screen = text(&render(&a, w, h));
+        assert!(!screen.contains("enlarge"), "{w}×{h}:\n{screen}");
+        assert!(braille_cells(&render(&a, w, h)) > 0, "{w}×{h}: the preview");
     }
     a.on_key(key('?'));
-    render(&a, 30, 8);
+    assert!(text(&render(&a, 30, 8)).contains("enlarge"));
+    assert!(text(&render(&a, 80, 24)).contains("pause / resume training"));
     a.on_key(key('?'));
     a.on_key(key('v'));
     a.on_key(key('v'));
@@ -359,9 +368,9 @@ fn tiny_terminals_do_not_break_it() {
         fake: vectors,
         points,
     })));
-    for (w, h) in [(1, 1), (12, 6), (80, 24)] {
-        render(&a, w, h);
-    }
+    // The field's arrows (all pointing up) draw at full size.
+    let screen = text(&render(&a, 80, 24));
+    assert!(screen.contains('↑'), "{screen}");
 }
 
 #[test]

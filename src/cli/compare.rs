@@ -40,7 +40,8 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     });
     let started = Instant::now();
     eprintln!(
-        "disback compare: {} seeds × 2 methods; preparing the shared teacher…",
+        "disback compare: {} seeds × 3 arms (DisBack, Diff-Instruct from the teacher, Diff-Instruct \
+         with s_φ fitted to G⁰); preparing the shared teacher…",
         args.seeds
     );
     let (out, jobs) = plan(&config, args.seeds.max(1), &out, args.force)?;
@@ -51,14 +52,14 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         let energy = session.latest_eval().map_or(f64::NAN, |e| e.energy);
         eprintln!(
             "  {} seed {}: done at {:.0} s, final energy distance {energy:.4}",
-            job.method,
+            job.arm,
             job.seed,
             started.elapsed().as_secs_f64()
         );
     })?;
     let runs = jobs
         .iter()
-        .map(|j| RunOutcome::read(j.method, j.seed, &j.run_dir))
+        .map(|j| RunOutcome::read(j.arm, j.seed, &j.run_dir))
         .collect::<Result<Vec<_>>>()?;
     let updates = config.schedule.steps.iter().sum();
     let comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;

@@ -61,7 +61,7 @@ fn drive(mut session: Session) -> Result<()> {
         view.run_dir.display()
     );
     let started = Instant::now();
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(&session);
     while !session.is_done() {
         if stop.load(Ordering::Relaxed) {
             session.save_state()?;
@@ -151,10 +151,12 @@ struct Progress {
 impl Progress {
     const EVERY: Duration = Duration::from_secs(3);
 
-    fn new() -> Self {
+    /// Starts counting at the session's iteration, so the first rate after
+    /// `--resume` counts only this process's iterations.
+    fn new(session: &Session) -> Self {
         Self {
             last: Instant::now(),
-            last_iteration: 0,
+            last_iteration: session.iteration(),
         }
     }
 

@@ -291,19 +291,25 @@ impl Default for TeacherConfig {
     }
 }
 
-/// The one-step generator.
+/// The one-step generator `G(z)`, `z ~ N(0, I)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeneratorConfig {
-    /// `random`: an MLP on `sigma_init · z`, randomly initialised (the
-    /// paper's 2-D toy). `teacher`: the teacher's own network and weights
-    /// called at one noise level, `G(z) = D_θ(σ_g z; σ_g)` with `z` of the
-    /// data's dimension (Diff-Instruct's and DMD's image setting); `width`,
-    /// `depth` and `latent_dim` then do not apply. Default `random`.
+    /// `teacher`: the teacher's own network and weights called at one
+    /// noise level, `G(z) = D_θ(σ_g z; σ_g)` with `z` of the data's
+    /// dimension (Diff-Instruct's and DMD's setting); `latent_dim`, `width`,
+    /// `depth` and `sigma_init` then do not apply. `random`: an MLP on
+    /// `sigma_init · z`, randomly initialised (the paper's 2-D toy).
+    /// Default `teacher`: G⁰ already spreads over every mode, and the
+    /// denoiser's architecture can make the sharp cuts between modes that a
+    /// one-step generator needs. Measured on the ring, 2 seeds: precision
+    /// 0.83 vs 0.46, energy 0.005 vs 0.025, and the hard mixture's six
+    /// modes all kept (README: "What we measured").
     pub init: GeneratorInit,
     /// σ_g of the teacher-initialised generator, in EDM units (scaled by
-    /// σ_data / 0.5 like every noise level). Default 2.5 (SiD's choice; at
-    /// DMD2's 80 the teacher maps every z to the data mean).
+    /// σ_data / 0.5 like every noise level, so 0.5 means σ_g = σ_data).
+    /// Default 0.5: on the ring precision 0.83 at 0.5, 0.63 at 2.5 (SiD's
+    /// value); at DMD2's 80 the teacher maps every z to the data mean.
     pub sigma_g: f64,
     /// Dimension of the latent z ~ N(0, I). Default 4.
     pub latent_dim: usize,
@@ -320,8 +326,8 @@ pub struct GeneratorConfig {
 impl Default for GeneratorConfig {
     fn default() -> Self {
         Self {
-            init: GeneratorInit::Random,
-            sigma_g: 2.5,
+            init: GeneratorInit::Teacher,
+            sigma_g: 0.5,
             latent_dim: 4,
             width: 128,
             depth: 3,

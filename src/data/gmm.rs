@@ -270,4 +270,27 @@ mod tests {
         assert!((d[0] - (1.0 + k * 2.0)).abs() < 1e-12);
         assert!((d[1] - (-1.0 + k * 2.0)).abs() < 1e-12);
     }
+
+    #[test]
+    fn random_mixtures_are_seeded_separated_and_varied() {
+        let a = GaussianMixture::random_components(8, 5);
+        assert_eq!(a, GaussianMixture::random_components(8, 5));
+        assert_ne!(a, GaussianMixture::random_components(8, 6));
+        for (i, c) in a.iter().enumerate() {
+            assert!(c.mean.iter().all(|m| (-3.0..3.0).contains(m)));
+            assert!((0.08..=0.3).contains(&c.std) && (1.0..=3.0).contains(&c.weight));
+            for d in &a[..i] {
+                let gap = ((c.mean[0] - d.mean[0]).powi(2) + (c.mean[1] - d.mean[1]).powi(2)).sqrt();
+                assert!(
+                    gap >= 3.0 * (c.std + d.std),
+                    "modes {i} and another {gap:.2} apart"
+                );
+            }
+        }
+        let spread = |f: fn(&ComponentConfig) -> f64| {
+            let v: Vec<f64> = a.iter().map(f).collect();
+            v.iter().cloned().fold(f64::MIN, f64::max) / v.iter().cloned().fold(f64::MAX, f64::min)
+        };
+        assert!(spread(|c| c.weight) > 1.3 && spread(|c| c.std) > 1.3, "{a:?}");
+    }
 }

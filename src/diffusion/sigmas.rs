@@ -36,11 +36,6 @@ impl NoiseSchedule {
         }
     }
 
-    /// σ_data / 0.5: what EDM's units are multiplied by.
-    pub fn scale(&self) -> f64 {
-        self.scale
-    }
-
     /// `n` training noise levels (log-normal), in data units.
     pub fn training(&self, rng: &mut impl Rng, n: usize) -> Vec<f32> {
         let shift = self.scale.ln();

@@ -12,9 +12,12 @@
 //!   Diff-Instruct.
 
 use crate::config::Weighting;
-use crate::model::{Denoiser, NoiseLevels};
-use anyhow::Result;
+use crate::diffusion::{NoiseSchedule, denoising_loss};
+use crate::model::{Denoiser, Generator, NoiseLevels};
+use crate::optim::Adam;
+use anyhow::{Result, bail};
 use candle_core::{D, Tensor};
+use rand::Rng;
 
 pub struct GeneratorLoss {
     /// The surrogate loss, differentiable in the generator's parameters.
@@ -61,4 +64,38 @@ pub fn generator_loss(
     let goal = (&x0_fixed - g)?.detach();
     let loss = ((x0 - goal)?.sqr()?.mean_all()? * 0.5)?;
     Ok(GeneratorLoss { loss, gap })
+}
+
+/// One denoising-score-matching update of `model` on a fresh batch of
+/// `generator`'s samples, which get no gradient: how the teacher's copy
+/// degrades toward G⁰ in stage 1 and how s_φ tracks G in stage 2. Returns
+/// the loss; a non-finite loss is an error raised before the update.
+pub fn fit_to_generator(
+    model: &Denoiser,
+    opt: &mut Adam,
+    generator: &Generator,
+    batch: usize,
+    noise: &NoiseSchedule,
+    rng: &mut impl Rng,
+    what: &str,
+) -> Result<f64> {
+    let x0 = generator.forward(&generator.latents(batch, rng)?)?.detach();
+    let sigmas = noise.training(rng, batch);
+    let loss = denoising_loss(model, &x0, sigmas, rng)?;
+    let value = finite(&loss, what)?;
+    opt.step(&loss.backward()?)?;
+    Ok(value)
+}
+
+/// A loss as a number; NaN or infinity is an error, so that training stops
+/// before the update that loss would drive.
+pub fn finite(loss: &Tensor, what: &str) -> Result<f64> {
+    let v = loss.to_scalar::<f32>()? as f64;
+    if !v.is_finite() {
+        bail!(
+            "the {what} loss is {v}: training stopped before applying this update, so the \
+             weights are those of the last good step"
+        );
+    }
+    Ok(v)
 }

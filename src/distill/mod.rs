@@ -1,10 +1,19 @@
-//! Distillation: the degradation path (stage 1), the backtracking schedule
-//! (stage 2) and the score-distillation losses shared with the baseline.
+//! The method, as the paper writes it: stage 1 records the degradation path
+//! ([`DegradationRecorder`], Algorithm 1), stage 2 walks it back to the
+//! teacher ([`Backtracker`], Algorithm 2; the Diff-Instruct baseline is the
+//! same walk on a one-node path), both training a [`Student`] generator
+//! with the score-distillation loss. Nothing here writes a file: the engine
+//! drives these types and keeps the clock, the run directory and the
+//! measurements.
 
+mod backtracker;
 mod loss;
-mod path;
+mod recorder;
 mod schedule;
+mod student;
 
-pub use loss::{GeneratorLoss, generator_loss};
-pub use path::{DegradationPath, NodeInfo};
-pub use schedule::{BacktrackSchedule, Decision, Policy};
+pub use backtracker::{BacktrackStep, Backtracker, NodeSource};
+pub use loss::{GeneratorLoss, finite, fit_to_generator, generator_loss};
+pub use recorder::{DegradationRecorder, NodeDue, RecordProgress, RecordStep};
+pub use schedule::{BacktrackSchedule, Decision};
+pub use student::Student;

@@ -19,8 +19,6 @@
 use crate::config::{ScheduleConfig, SchedulePolicy};
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::SchedulePolicy as Policy;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Stay,
@@ -80,9 +78,11 @@ pub struct BacktrackSchedule {
     /// The policy to return to when manual mode is turned off.
     base_policy: SchedulePolicy,
     rule: AutoRule,
+    /// Index into `targets` of the current target.
     position: usize,
-    on_target: usize,
+    /// Generator steps taken with each target (same order as `targets`).
     spent: Vec<usize>,
+    /// Generator steps taken in all: the sum of `spent`.
     total: usize,
     stall: Stall,
 }
@@ -114,7 +114,6 @@ impl BacktrackSchedule {
                 min_steps: config.min_steps,
             },
             position: 0,
-            on_target: 0,
             total: 0,
             stall: Stall::default(),
         }
@@ -172,12 +171,12 @@ impl BacktrackSchedule {
 
     /// Accounts one generator step with its gap, and says what comes next.
     pub fn record_step(&mut self, gap: f64) -> Decision {
-        self.on_target += 1;
         self.total += 1;
         self.spent[self.position] += 1;
+        let on_target = self.spent[self.position];
         if self.on_teacher() {
             let own = self.steps[self.position];
-            return if self.on_target >= own && self.total >= self.budget {
+            return if on_target >= own && self.total >= self.budget {
                 Decision::Finish
             } else {
                 Decision::Stay
@@ -185,11 +184,11 @@ impl BacktrackSchedule {
         }
         let cap = self.steps[self.position];
         let switch = match self.policy {
-            SchedulePolicy::Fixed => self.on_target >= cap,
+            SchedulePolicy::Fixed => on_target >= cap,
             SchedulePolicy::Auto => {
                 self.stall.observe(gap, &self.rule);
-                self.on_target >= cap
-                    || (self.stall.stalls >= self.rule.patience && self.on_target >= self.rule.min_steps)
+                on_target >= cap
+                    || (self.stall.stalls >= self.rule.patience && on_target >= self.rule.min_steps)
             }
             SchedulePolicy::Manual => false,
         };
@@ -204,7 +203,6 @@ impl BacktrackSchedule {
     fn advance(&mut self) -> Decision {
         let from = self.target();
         self.position += 1;
-        self.on_target = 0;
         self.stall = Stall::default();
         Decision::Switch {
             from,

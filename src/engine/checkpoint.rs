@@ -9,12 +9,15 @@
 //! one.
 
 use super::log::{LossWindow, MetricsLog, MetricsRecord, Stage};
+use super::path::DegradationPath;
+use super::pretrain::Pretraining;
 use super::rundir::RunDir;
-use super::session::{Pretraining, Session};
+use super::session::{Clock, Event, Session};
 use crate::config::{Config, Method};
-use crate::distill::{BacktrackSchedule, DegradationPath};
+use crate::distill::{BacktrackSchedule, Backtracker, DegradationRecorder, NodeSource, RecordProgress};
 use crate::files::{atomic_write, read_tensors, write_tensors};
 use crate::metrics::Evaluation;
+use crate::model::Denoiser;
 use crate::optim::Adam;
 use crate::rng::HostRng;
 use anyhow::{Context, Result, bail};
@@ -22,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-const FORMAT: u32 = 1;
+/// Version 2: models named by role (degrading / fake-score), the recorder's
+/// progress, the generator's moving average.
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Latest {
@@ -32,13 +37,15 @@ struct Latest {
 #[derive(Serialize, Deserialize)]
 struct SavedState {
     format: u32,
-    stage: Stage,
-    stage_step: usize,
-    iteration: usize,
-    cost: usize,
+    clock: Clock,
     rng: HostRng,
     pretrain_rng: Option<HostRng>,
-    schedule: BacktrackSchedule,
+    /// Stage 1's counters, while recording.
+    record: Option<RecordProgress>,
+    /// Stage 2's schedule, from backtracking on.
+    schedule: Option<BacktrackSchedule>,
+    /// The plan (it carries the manual toggle before stage 2).
+    plan: BacktrackSchedule,
     window: LossWindow,
     metrics_lines: usize,
     /// Path nodes recorded at the time (later ones are recorded again).
@@ -48,6 +55,19 @@ struct SavedState {
     adam_steps: HashMap<String, u64>,
 }
 
+/// Saves a model and its optimiser's moments as `<name>.safetensors` and
+/// `<name>-adam.safetensors`.
+fn save_trained(
+    dir: &Path,
+    name: &str,
+    model: &Denoiser,
+    opt: &Adam,
+    steps: &mut HashMap<String, u64>,
+) -> Result<()> {
+    model.save(&dir.join(format!("{name}.safetensors")))?;
+    save_adam(dir, name, opt, steps)
+}
+
 fn save_adam(dir: &Path, name: &str, opt: &Adam, steps: &mut HashMap<String, u64>) -> Result<()> {
     steps.insert(name.to_string(), opt.t);
     write_tensors(
@@ -55,6 +75,18 @@ fn save_adam(dir: &Path, name: &str, opt: &Adam, steps: &mut HashMap<String, u64
         &opt.state_tensors(),
         HashMap::new(),
     )
+}
+
+/// Loads what [`save_trained`] wrote.
+fn load_trained(
+    dir: &Path,
+    name: &str,
+    model: &Denoiser,
+    opt: &mut Adam,
+    steps: &HashMap<String, u64>,
+) -> Result<()> {
+    model.load(&dir.join(format!("{name}.safetensors")))?;
+    load_adam(dir, name, opt, steps)
 }
 
 fn load_adam(dir: &Path, name: &str, opt: &mut Adam, steps: &HashMap<String, u64>) -> Result<()> {
@@ -70,39 +102,43 @@ impl Session {
     /// Writes a checkpoint of the current state. Refuses to save weights
     /// that are not finite, so a checkpoint is always a good state.
     pub(super) fn checkpoint(&mut self) -> Result<()> {
-        let models = [
-            self.generator.params(),
-            self.generator_ema.params(),
-            self.fake.params(),
+        let student = &self.student;
+        let mut models = vec![
+            student.generator.params(),
+            student.average.params(),
             self.teacher.params(),
         ];
+        models.extend(self.recorder.as_ref().map(|r| r.degrading.params()));
+        models.extend(self.backtracker.as_ref().map(|b| b.fake_score.params()));
         for params in models {
             if !params.all_finite()? {
                 bail!("the weights are no longer finite; keeping the previous checkpoint");
             }
         }
         let state_dir = self.run.state_dir();
-        let name = format!("ckpt-{:08}", self.iteration);
+        let name = format!("ckpt-{:08}", self.clock.iteration);
         let dir = state_dir.join(&name);
         let mut adam_steps = HashMap::new();
-        self.generator.save(&dir.join("generator.safetensors"))?;
-        save_adam(&dir, "generator", &self.gen_opt, &mut adam_steps)?;
-        self.generator_ema.save(&dir.join("generator-ema.safetensors"))?;
-        self.fake.save(&dir.join("fake.safetensors"))?;
-        save_adam(&dir, "fake", &self.fake_opt, &mut adam_steps)?;
+        student.generator.save(&dir.join("generator.safetensors"))?;
+        save_adam(&dir, "generator", &student.opt, &mut adam_steps)?;
+        student.average.save(&dir.join("generator-average.safetensors"))?;
         if let Some(p) = &self.pretrain {
-            self.teacher.save(&dir.join("teacher.safetensors"))?;
-            save_adam(&dir, "teacher", &p.opt, &mut adam_steps)?;
+            save_trained(&dir, "teacher", &self.teacher, &p.opt, &mut adam_steps)?;
+        }
+        if let Some(r) = &self.recorder {
+            save_trained(&dir, "degrading", &r.degrading, &r.opt, &mut adam_steps)?;
+        }
+        if let Some(b) = &self.backtracker {
+            save_trained(&dir, "fake-score", &b.fake_score, &b.fake_opt, &mut adam_steps)?;
         }
         let state = SavedState {
             format: FORMAT,
-            stage: self.stage,
-            stage_step: self.stage_step,
-            iteration: self.iteration,
-            cost: self.cost,
+            clock: self.clock,
             rng: self.rng.clone(),
             pretrain_rng: self.pretrain.as_ref().map(|p| p.rng.clone()),
-            schedule: self.schedule.clone(),
+            record: self.recorder.as_ref().map(|r| r.progress.clone()),
+            schedule: self.backtracker.as_ref().map(|b| b.schedule.clone()),
+            plan: self.plan.clone(),
             window: self.window.clone(),
             metrics_lines: self.log.lines(),
             path_nodes: self.path.len(),
@@ -123,9 +159,9 @@ impl Session {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        self.last_checkpoint = Some(self.iteration);
-        self.pending.push(super::session::Event::Checkpointed {
-            iteration: self.iteration,
+        self.last_checkpoint = Some(self.clock.iteration);
+        self.pending.push(Event::Checkpointed {
+            iteration: self.clock.iteration,
             dir,
         });
         Ok(())
@@ -135,48 +171,16 @@ impl Session {
     /// that checkpoint are dropped and will be written again, identically.
     pub fn resume(run: RunDir) -> Result<Self> {
         let config = Config::load(&run.config(), &[])?;
-        let state_dir = run.state_dir();
-        let latest_file = state_dir.join("latest.json");
-        let latest: Latest =
-            serde_json::from_str(&std::fs::read_to_string(&latest_file).with_context(|| {
-                format!(
-                    "{} has no checkpoint to resume from (no {})",
-                    run.root().display(),
-                    latest_file.display()
-                )
-            })?)
-            .with_context(|| format!("{} is corrupt", latest_file.display()))?;
-        let dir = state_dir.join(&latest.dir);
-        let session_file = dir.join("session.json");
-        let saved: SavedState = serde_json::from_str(
-            &std::fs::read_to_string(&session_file)
-                .with_context(|| format!("cannot read {}", session_file.display()))?,
-        )
-        .with_context(|| format!("{} is corrupt", session_file.display()))?;
-        if saved.format != FORMAT {
-            bail!(
-                "{}: checkpoint format {} is not supported",
-                session_file.display(),
-                saved.format
-            );
-        }
-
+        let (dir, saved) = read_checkpoint(&run)?;
         let log = MetricsLog::open(&run.metrics(), saved.metrics_lines)?;
         let mut s = Session::build(config, run, log)?;
-        s.generator.load(&dir.join("generator.safetensors"))?;
-        load_adam(&dir, "generator", &mut s.gen_opt, &saved.adam_steps)?;
-        s.generator_ema.load(&dir.join("generator-ema.safetensors"))?;
-        s.fake.load(&dir.join("fake.safetensors"))?;
-        let fake_lr = match saved.stage {
-            Stage::Record => s.config.record.lr,
-            _ => s.config.distill.fake_lr,
-        };
-        s.fake_opt = Adam::new(s.fake.params(), fake_lr)?;
-        load_adam(&dir, "fake", &mut s.fake_opt, &saved.adam_steps)?;
-        if saved.stage == Stage::Pretrain {
-            s.teacher.load(&dir.join("teacher.safetensors"))?;
+        let student = &mut s.student;
+        student.generator.load(&dir.join("generator.safetensors"))?;
+        load_adam(&dir, "generator", &mut student.opt, &saved.adam_steps)?;
+        student.average.load(&dir.join("generator-average.safetensors"))?;
+        if saved.clock.stage == Stage::Pretrain {
             let mut opt = Adam::new(s.teacher.params(), s.config.teacher.lr)?;
-            load_adam(&dir, "teacher", &mut opt, &saved.adam_steps)?;
+            load_trained(&dir, "teacher", &s.teacher, &mut opt, &saved.adam_steps)?;
             let rng = saved
                 .pretrain_rng
                 .context("checkpoint in pretraining without its RNG state")?;
@@ -186,23 +190,70 @@ impl Session {
         }
         s.path = DegradationPath::open(&s.run.path_dir())?;
         s.path.truncate(saved.path_nodes)?;
-        s.stage = saved.stage;
-        s.stage_step = saved.stage_step;
-        s.iteration = saved.iteration;
-        s.cost = saved.cost;
+        if s.config.method == Method::Disback && saved.clock.stage != Stage::Pretrain && s.path.is_empty() {
+            bail!("{}: the degradation path is missing", s.run.path_dir().display());
+        }
+        if let Some(progress) = saved.record {
+            let mut r = DegradationRecorder::new(&s.teacher, &s.config.record)?;
+            load_trained(&dir, "degrading", &r.degrading, &mut r.opt, &saved.adam_steps)?;
+            r.progress = progress;
+            s.recorder = Some(r);
+        }
+        if let Some(schedule) = saved.schedule {
+            let fake = s.teacher.deep_clone()?;
+            let source: &dyn NodeSource = match s.config.method {
+                Method::Disback => &s.path,
+                Method::DiffInstruct => &s.teacher,
+            };
+            let mut b = Backtracker::new(fake, schedule, &s.config.distill, &s.noise, source)?;
+            load_trained(
+                &dir,
+                "fake-score",
+                &b.fake_score,
+                &mut b.fake_opt,
+                &saved.adam_steps,
+            )?;
+            s.backtracker = Some(b);
+        }
+        s.clock = saved.clock;
         s.rng = saved.rng;
-        s.schedule = saved.schedule;
+        s.plan = saved.plan;
         s.window = saved.window;
         s.latest = saved.latest;
         s.latest_eval = saved.latest_eval;
-        s.last_checkpoint = Some(saved.iteration);
-        if matches!(s.stage, Stage::Backtrack | Stage::Done) {
-            let target = s.schedule.target();
-            s.load_target(target)?;
-        }
-        if s.config.method == Method::Disback && s.stage != Stage::Pretrain && s.path.is_empty() {
-            bail!("{}: the degradation path is missing", s.run.path_dir().display());
-        }
+        s.last_checkpoint = Some(saved.clock.iteration);
         Ok(s)
     }
+}
+
+/// The newest complete checkpoint of a run: its folder and its state.
+fn read_checkpoint(run: &RunDir) -> Result<(std::path::PathBuf, SavedState)> {
+    let state_dir = run.state_dir();
+    let latest_file = state_dir.join("latest.json");
+    let latest: Latest = serde_json::from_str(&std::fs::read_to_string(&latest_file).with_context(|| {
+        format!(
+            "{} has no checkpoint to resume from (no {})",
+            run.root().display(),
+            latest_file.display()
+        )
+    })?)
+    .with_context(|| format!("{} is corrupt", latest_file.display()))?;
+    let dir = state_dir.join(&latest.dir);
+    let session_file = dir.join("session.json");
+    let text = std::fs::read_to_string(&session_file)
+        .with_context(|| format!("cannot read {}", session_file.display()))?;
+    let format = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("format").and_then(|f| f.as_u64()));
+    if format != Some(FORMAT as u64) {
+        bail!(
+            "{}: checkpoint format {} is not supported by this version (it reads format {FORMAT}); \
+             start the run again",
+            session_file.display(),
+            format.map_or("unknown".into(), |f| f.to_string())
+        );
+    }
+    let saved: SavedState =
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", session_file.display()))?;
+    Ok((dir, saved))
 }

@@ -1,38 +1,85 @@
 //! Runs DisBack and the Diff-Instruct baseline side by side: the same
-//! problem, seeds, teacher, networks and number of generator updates. Runs
-//! go to a pool of worker threads (one session each), so two cores finish
-//! a comparison in half the time.
+//! problem, seeds, teacher, networks and number of generator updates. The
+//! baseline runs twice, once with s_φ starting as the teacher and once with
+//! s_φ first fitted to G⁰ at DisBack's recording cost, because DisBack's
+//! s_φ starts fitted to G⁰: the second baseline separates what the path
+//! buys from what a fitted s_φ start buys. Runs go to a pool of worker
+//! threads (one session each), so two cores finish in half the time.
 
 use super::{RunDir, Session, Stage};
-use crate::config::{Config, Method};
+use crate::config::{Config, FakeInit, Method};
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// One arm of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    Disback,
+    /// Diff-Instruct, s_φ starting as the teacher.
+    DiffInstruct,
+    /// Diff-Instruct, s_φ first fitted to G⁰ for `record.iterations`.
+    DiffInstructFit,
+}
+
+impl Arm {
+    pub const ALL: [Arm; 3] = [Arm::Disback, Arm::DiffInstruct, Arm::DiffInstructFit];
+
+    /// The folder-name tag of the arm's runs.
+    fn tag(self) -> &'static str {
+        match self {
+            Arm::Disback => "disback",
+            Arm::DiffInstruct => "diff-instruct",
+            Arm::DiffInstructFit => "diff-instruct-fit",
+        }
+    }
+
+    /// The arm's config, from the DisBack config: the same everything; for
+    /// the baselines the teacher is the only target for all the generator
+    /// updates.
+    pub fn config(self, disback: &Config) -> Config {
+        let mut c = disback.clone();
+        if self != Arm::Disback {
+            c.method = Method::DiffInstruct;
+            c.schedule.steps = vec![disback.schedule.steps.iter().sum()];
+            c.distill.baseline_fake_init = match self {
+                Arm::DiffInstructFit => FakeInit::Fit,
+                _ => FakeInit::Teacher,
+            };
+            c.name = Some(format!("{}-{}", disback.run_name(), self.tag()));
+        }
+        c
+    }
+}
+
+impl fmt::Display for Arm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arm::Disback => "DisBack",
+            Arm::DiffInstruct => "Diff-Instruct",
+            Arm::DiffInstructFit => "Diff-Instruct, fitted s_φ",
+        })
+    }
+}
 
 /// One run of a comparison.
 #[derive(Debug, Clone)]
 pub struct CompareJob {
-    pub method: Method,
+    pub arm: Arm,
     pub seed: u64,
     pub config: Config,
     pub run_dir: PathBuf,
 }
 
-/// The baseline's config for a DisBack config: the same everything, the
-/// teacher as the only target for all the generator updates.
-pub fn baseline_of(disback: &Config) -> Config {
-    let mut c = disback.clone();
-    c.method = Method::DiffInstruct;
-    c.schedule.steps = vec![disback.schedule.steps.iter().sum()];
-    c.name = Some(format!("{}-diffinstruct", disback.run_name()));
-    c
-}
-
 /// The teacher every run will use: trained (or found in the cache) once,
 /// and kept as `teacher.safetensors` in the comparison's folder.
 fn shared_teacher(config: &Config, out: &Path) -> Result<PathBuf> {
-    let mut session = Session::start(baseline_of(config), RunDir::create(&out.join("teacher"), false)?)?;
+    let teacher_only = Arm::DiffInstruct.config(config);
+    let mut session = Session::start(teacher_only, RunDir::create(&out.join("teacher"), false)?)?;
     while session.stage() == Stage::Pretrain {
         session.step()?;
     }
@@ -40,7 +87,7 @@ fn shared_teacher(config: &Config, out: &Path) -> Result<PathBuf> {
 }
 
 /// Creates the comparison's folder `out` and plans the runs: for each
-/// seed, DisBack then the baseline, all with one shared teacher. Returns
+/// seed, DisBack then the two baselines, all with one shared teacher. Returns
 /// the folder's absolute path (every run's config names its teacher file
 /// by it, so they resolve from anywhere) and the jobs.
 pub fn plan(
@@ -59,18 +106,14 @@ pub fn plan(
     let mut jobs = Vec::new();
     for k in 0..seeds as u64 {
         let seed = config.seed + k;
-        for base in [config.clone(), baseline_of(config)] {
-            let mut c = base;
+        for arm in Arm::ALL {
+            let mut c = arm.config(config);
             c.seed = seed;
             c.teacher.file = Some(teacher.clone());
-            let tag = match c.method {
-                Method::Disback => "disback",
-                Method::DiffInstruct => "diff-instruct",
-            };
             jobs.push(CompareJob {
-                method: c.method,
+                arm,
                 seed,
-                run_dir: out.join(format!("{tag}-seed{seed}")),
+                run_dir: out.join(format!("{}-seed{seed}", arm.tag())),
                 config: c,
             });
         }
@@ -120,7 +163,7 @@ fn run_one(job: &CompareJob) -> Result<Session> {
     while !session.is_done() {
         session
             .step()
-            .with_context(|| format!("{} seed {} ({})", job.method, job.seed, job.run_dir.display()))?;
+            .with_context(|| format!("{} seed {} ({})", job.arm, job.seed, job.run_dir.display()))?;
     }
     Ok(session)
 }

@@ -33,7 +33,7 @@ impl Session {
         Ok(ScoreField {
             sigma,
             target: model_scores(model, &points, sigma as f64)?,
-            fake: model_scores(self.fake(), &points, sigma as f64)?,
+            fake: model_scores(self.tracking_model(), &points, sigma as f64)?,
             target_label: label,
             columns: FIELD_GRID.0,
             points,

@@ -7,7 +7,7 @@
 //! teacher.safetensors  the teacher this run distilled
 //! path/                node-<i>.safetensors + nodes.json (DisBack)
 //! generator/           at-node-<i>.safetensors (when leaving target i),
-//!                      final.safetensors, saved-<step>.safetensors
+//!                      final.safetensors, saved-<cost>.safetensors
 //! samples/             initial.csv, at-node-<i>.csv: generator snapshots
 //! fields/              initial.json, final.json: teacher and s_φ fields
 //! plots/               the figures (PNG and SVG)

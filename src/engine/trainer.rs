@@ -4,12 +4,13 @@
 //! out on an unbounded channel and snapshots are throttled), and the front
 //! end never waits on training.
 
-use super::field::ScoreField;
 use super::log::Stage;
 use super::log::read_metrics;
-use super::session::{Event, Session};
-use super::view::SessionView;
-use crate::data::{Bounds, Point};
+use super::messages::Event;
+pub use super::messages::{Command, Preview, PreviewData, Update};
+use super::outputs::ModelKind;
+use super::session::Session;
+use crate::data::Point;
 use crate::diffusion::{heun_sample, model_denoise_fn};
 use crate::model::Denoiser;
 use crate::rng::{HostRng, host_rng, normal_vec, streams};
@@ -19,100 +20,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-
-/// What the front end asks of training.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    Pause,
-    Resume,
-    /// One iteration (while paused).
-    Step,
-    /// Skip to the next checkpoint of the stage (see [`Session::skip`]).
-    Skip,
-    /// Manual schedule on or off.
-    SetManual(bool),
-    /// Save the generator into the run directory.
-    SaveGenerator,
-    /// Which preview to compute.
-    SetPreview(Preview),
-    /// Noise level of the score-field preview (data units).
-    SetFieldSigma(f32),
-    /// Save the generator and a resumable checkpoint, then stop (the
-    /// terminal went away).
-    Hangup,
-    Quit,
-}
-
-/// The preview views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Preview {
-    /// Generator samples over the data.
-    #[default]
-    Generator,
-    /// Heun samples of the model being trained or targeted: the teacher
-    /// while pretraining, the degrading copy while recording, the current
-    /// target while backtracking.
-    Model,
-    /// The target's score field against s_φ's, on a grid.
-    ScoreField,
-}
-
-impl Preview {
-    pub fn next(self) -> Self {
-        match self {
-            Preview::Generator => Preview::Model,
-            Preview::Model => Preview::ScoreField,
-            Preview::ScoreField => Preview::Generator,
-        }
-    }
-}
-
-/// Preview data, as plain vectors.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PreviewData {
-    Generator(Vec<Point>),
-    /// Heun samples of a model; `node` is its path index when it is one.
-    Model {
-        label: String,
-        samples: Vec<Point>,
-    },
-    ScoreField(ScoreField),
-}
-
-impl PreviewData {
-    /// The view this data is for.
-    pub fn kind(&self) -> Preview {
-        match self {
-            PreviewData::Generator(_) => Preview::Generator,
-            PreviewData::Model { .. } => Preview::Model,
-            PreviewData::ScoreField(_) => Preview::ScoreField,
-        }
-    }
-}
-
-/// What training tells the front end.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Update {
-    /// Sent once: the first view, data samples to draw behind previews, and
-    /// the region previews cover.
-    Started {
-        view: Box<SessionView>,
-        data: Vec<Point>,
-        bounds: Bounds,
-    },
-    /// The session's state, a few times a second, with the iteration rate.
-    View {
-        view: Box<SessionView>,
-        rate: f64,
-    },
-    Session(Event),
-    Preview(PreviewData),
-    Paused(bool),
-    /// Training stopped on an error; the state stays viewable.
-    Failed(String),
-    /// The thread is ending (after Quit or Hangup).
-    Stopped,
-}
 
 /// How to start: a new run, or a resumed one.
 pub enum Start {
@@ -432,8 +339,12 @@ impl Trainer {
 fn previewed_model(s: &Session) -> (String, &Denoiser) {
     match s.stage() {
         Stage::Pretrain => ("teacher (training)".into(), s.teacher()),
-        Stage::Record => ("s'θ (degrading)".into(), s.fake()),
-        Stage::Backtrack | Stage::Done => (format!("target s'θ{}", s.schedule().target()), s.target()),
+        Stage::Record => ("s'θ (degrading)".into(), s.tracking_model()),
+        Stage::Backtrack | Stage::Done => (
+            format!("target s'θ{}", s.schedule().target()),
+            s.score_model(ModelKind::Target)
+                .expect("a target from backtracking on"),
+        ),
     }
 }
 

@@ -55,25 +55,25 @@ pub struct SessionView {
 impl Session {
     pub fn view(&self) -> SessionView {
         let c = &self.config;
-        let (stage_step, stage_total) = match self.stage {
-            Stage::Pretrain => (self.stage_step, c.teacher.steps),
-            Stage::Record => (self.stage_step, c.record.iterations),
-            Stage::Backtrack => (self.schedule.total(), self.schedule.budget()),
-            Stage::Done => (self.schedule.total(), self.schedule.budget()),
+        let (stage_step, stage_total) = match self.clock.stage {
+            Stage::Pretrain => (self.clock.stage_step, c.teacher.steps),
+            Stage::Record => (self.clock.stage_step, c.record.iterations),
+            Stage::Backtrack => (self.schedule().total(), self.schedule().budget()),
+            Stage::Done => (self.schedule().total(), self.schedule().budget()),
         };
         SessionView {
             method: c.method,
-            stage: self.stage,
+            stage: self.clock.stage,
             device: self.device_name.clone(),
             data: self.data.describe(),
             run_dir: self.run.root().to_path_buf(),
             stage_step,
             stage_total,
-            iteration: self.iteration,
-            cost: self.cost,
+            iteration: self.clock.iteration,
+            cost: self.clock.cost,
             nodes: self.node_views(),
-            target: matches!(self.stage, Stage::Backtrack).then(|| self.schedule.target()),
-            policy: self.schedule.policy(),
+            target: matches!(self.clock.stage, Stage::Backtrack).then(|| self.schedule().target()),
+            policy: self.schedule().policy(),
             latest: self.latest.clone(),
             latest_eval: self.latest_eval.clone(),
             failure: self.failure.clone(),
@@ -82,36 +82,36 @@ impl Session {
 
     fn node_views(&self) -> Vec<NodeView> {
         let recorded = self.path.len();
-        let planned_nodes = match self.stage {
+        let planned_nodes = match self.clock.stage {
             // Before backtracking the plan is the config's; after, the path.
             Stage::Pretrain | Stage::Record => self.config.planned_nodes() + 1,
             _ => recorded.max(1),
         };
-        let targets = self.schedule.targets();
+        let targets = self.schedule().targets();
         (0..planned_nodes)
             .map(|index| {
                 let slot = targets.iter().position(|&t| t == index);
-                let status = match self.stage {
+                let status = match self.clock.stage {
                     Stage::Pretrain => NodeStatus::Pending,
                     Stage::Record if index < recorded => NodeStatus::Recorded,
                     Stage::Record if index == recorded => NodeStatus::Recording,
                     Stage::Record => NodeStatus::Pending,
                     Stage::Backtrack => match slot {
-                        Some(p) if p == self.schedule.position() => NodeStatus::Target,
-                        Some(p) if p < self.schedule.position() => NodeStatus::Passed,
+                        Some(p) if p == self.schedule().position() => NodeStatus::Target,
+                        Some(p) if p < self.schedule().position() => NodeStatus::Passed,
                         Some(_) => NodeStatus::Recorded,
                         None => NodeStatus::Passed,
                     },
                     Stage::Done => NodeStatus::Passed,
                 };
-                let in_backtracking = matches!(self.stage, Stage::Backtrack | Stage::Done);
+                let in_backtracking = matches!(self.clock.stage, Stage::Backtrack | Stage::Done);
                 NodeView {
                     index,
                     status,
                     steps: slot
                         .filter(|_| in_backtracking)
-                        .map_or(0, |p| self.schedule.spent()[p]),
-                    planned: slot.map(|p| self.schedule.planned()[p]),
+                        .map_or(0, |p| self.schedule().spent()[p]),
+                    planned: slot.map(|p| self.schedule().planned()[p]),
                 }
             })
             .collect()

@@ -54,7 +54,8 @@ fn check_metadata(path: &Path, meta: &HashMap<String, String>, kind: &str, confi
     Ok(())
 }
 
-/// An empty RNG for models whose values are overwritten right away.
+/// A fixed-seed RNG for models whose weights are overwritten right away
+/// (its draws are thrown away, so any seed would do).
 fn scratch_rng() -> HostRng {
     HostRng::seed_from_u64(0)
 }

@@ -102,7 +102,8 @@ impl Params {
     pub fn average_toward(&self, other: &Params, decay: f64) -> Result<()> {
         for ((name, dst), (_, src)) in self.iter().zip(other.iter()) {
             let mixed = ((dst.as_detached_tensor() * decay)? + (src.as_detached_tensor() * (1.0 - decay))?)?;
-            dst.set(&mixed).with_context(|| format!("averaging parameter {name}"))?;
+            dst.set(&mixed)
+                .with_context(|| format!("averaging parameter {name}"))?;
         }
         Ok(())
     }
@@ -191,14 +192,59 @@ impl Params {
         Ok(worst)
     }
 
-    /// Whether every parameter is finite.
+    /// Whether every weight is finite, checked element by element (a sum
+    /// would overflow to infinity for large finite weights).
     pub fn all_finite(&self) -> Result<bool> {
         for v in self.vars() {
-            let s = v.as_tensor().sum_all()?.to_scalar::<f32>()?;
-            if !s.is_finite() {
+            let values: Vec<f32> = v.as_tensor().flatten_all()?.to_vec1()?;
+            if !values.iter().all(|x| x.is_finite()) {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn two_params() -> Params {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut b = ParamBuilder::new(&Device::Cpu, &mut rng);
+        b.param("a", (2, 3), Init::Uniform(1.0)).unwrap();
+        b.param("b", (1, 4), Init::Zeros).unwrap();
+        b.finish()
+    }
+
+    fn set(p: &Params, name: &str, values: Vec<f32>) {
+        let (_, var) = p.iter().find(|(n, _)| *n == name).unwrap();
+        var.set(&Tensor::from_vec(values, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+
+    #[test]
+    fn finiteness_is_checked_per_weight_not_by_a_sum() {
+        let p = two_params();
+        assert!(p.all_finite().unwrap());
+        // Finite weights whose sum overflows f32 are still finite.
+        set(&p, "b", vec![3e38, 3e38, 3e38, 3e38]);
+        assert!(p.all_finite().unwrap());
+        // A NaN and an infinity are found however the rest sums.
+        set(&p, "b", vec![0.0, f32::NAN, 0.0, 0.0]);
+        assert!(!p.all_finite().unwrap());
+        set(&p, "b", vec![f32::INFINITY, f32::NEG_INFINITY, 0.0, 0.0]);
+        assert!(!p.all_finite().unwrap());
+    }
+
+    #[test]
+    fn the_moving_average_moves_by_one_minus_decay() {
+        let (avg, live) = (two_params(), two_params());
+        set(&avg, "b", vec![0.0; 4]);
+        set(&live, "b", vec![1.0, 2.0, 3.0, 4.0]);
+        avg.average_toward(&live, 0.75).unwrap();
+        let b: Vec<f32> = avg.tensors()[1].1.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(b, vec![0.25, 0.5, 0.75, 1.0]);
     }
 }

@@ -6,7 +6,7 @@
 mod compare;
 mod figures;
 
-pub use compare::{Comparison, MethodSummary, RunOutcome, Spread, compare_runs, plot_comparison};
+pub use compare::{ArmSummary, Comparison, RunOutcome, Speedup, Spread, compare_runs, plot_comparison};
 pub use figures::plot_run;
 
 use crate::files::atomic_write;

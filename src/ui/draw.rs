@@ -11,7 +11,20 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Sparkline};
 
+/// Below this size the panels cannot show anything useful.
+pub const MIN_SIZE: (u16, u16) = (40, 12);
+
 pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+        let note = format!(
+            "disback: enlarge the terminal to at least {}×{} (it is {}×{}); q quits",
+            MIN_SIZE.0, MIN_SIZE.1, area.width, area.height
+        );
+        let text = Paragraph::new(note).wrap(ratatui::widgets::Wrap { trim: true });
+        frame.render_widget(text, area);
+        return;
+    }
     let [header, middle, log, footer] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(8),

@@ -1,10 +1,12 @@
-//! The degradation path: node 0 is the teacher, node i the teacher's copy
-//! after `i · node_every` iterations of fitting the frozen initial generator.
-//! Nodes live as safetensors files beside a small JSON index.
+//! The degradation path on disk: node 0 is the teacher, node i the
+//! teacher's copy after `NodeInfo::iteration` recording iterations (i ·
+//! `node_every`, except a last node made by skipping, which is wherever the
+//! skip came). Nodes live as safetensors files beside a JSON index.
 
+use crate::distill::NodeSource;
 use crate::files::atomic_write;
 use crate::model::Denoiser;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -15,8 +17,8 @@ pub struct NodeInfo {
     pub iteration: usize,
     /// File name inside the path folder.
     pub file: String,
-    /// Mean denoising loss on G⁰'s samples over the last interval
-    /// (none for the teacher).
+    /// Mean denoising loss on G⁰'s samples over the iterations since the
+    /// previous node (none for the teacher).
     pub loss: Option<f64>,
 }
 
@@ -99,5 +101,18 @@ impl DegradationPath {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Switches load node files: every weight, checked against the file's
+/// metadata and shapes (`Denoiser::load`).
+impl NodeSource for DegradationPath {
+    fn load_node(&self, index: usize, model: &Denoiser) -> Result<()> {
+        ensure!(
+            index < self.len(),
+            "the path has {} nodes, not node {index}",
+            self.len()
+        );
+        model.load(&self.file(index))
     }
 }

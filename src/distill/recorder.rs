@@ -1,0 +1,115 @@
+//! Stage 1, degradation recording (the paper's Algorithm 1):
+//!
+//! ```text
+//! s'_θ ← s_θ                                   (a copy of the teacher)
+//! for k = 1 … K:
+//!     x_0 = G⁰(z), z ~ N(0, I)                 (G⁰ frozen)
+//!     update s'_θ by denoising score matching on x_0
+//!     every K/N iterations: save s'_θ as the next node
+//! ```
+//!
+//! The recorder does the maths and says when a node is due; the engine
+//! stores the nodes (node 0, the teacher, is stored before the first step).
+
+use super::loss::fit_to_generator;
+use crate::config::RecordConfig;
+use crate::diffusion::NoiseSchedule;
+use crate::model::{Denoiser, Generator};
+use crate::optim::Adam;
+use anyhow::Result;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+pub struct DegradationRecorder {
+    /// s'_θ: the teacher's copy, fitted to G⁰'s samples.
+    pub degrading: Denoiser,
+    pub opt: Adam,
+    pub progress: RecordProgress,
+    settings: RecordConfig,
+}
+
+/// The recorder's counters, saved in checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordProgress {
+    /// Recording iterations done.
+    pub iteration: usize,
+    /// Iteration of the last node saved (0: the teacher).
+    pub last_node: usize,
+    /// Sum and count of the losses since the last node.
+    loss_sum: f64,
+    loss_count: usize,
+}
+
+/// What one recording iteration did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordStep {
+    pub loss: f64,
+    /// A node is due now: save `degrading` as the next one.
+    pub node: Option<NodeDue>,
+    /// Recording is over: backtracking starts next.
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeDue {
+    /// Recording iterations behind the node.
+    pub iteration: usize,
+    /// Mean denoising loss over the iterations since the previous node.
+    pub mean_loss: Option<f64>,
+}
+
+impl DegradationRecorder {
+    /// Starts from a copy of the teacher.
+    pub fn new(teacher: &Denoiser, settings: &RecordConfig) -> Result<Self> {
+        let degrading = teacher.deep_clone()?;
+        Ok(Self {
+            opt: Adam::new(degrading.params(), settings.lr)?,
+            degrading,
+            progress: RecordProgress::default(),
+            settings: settings.clone(),
+        })
+    }
+
+    /// One DSM update of s'_θ on a fresh batch of G⁰'s samples. `nodes`
+    /// says whether nodes are recorded (DisBack) or s'_θ is only fitted
+    /// (the baseline's `fit` start of s_φ).
+    pub fn step(
+        &mut self,
+        g0: &Generator,
+        noise: &NoiseSchedule,
+        rng: &mut impl Rng,
+        nodes: bool,
+    ) -> Result<RecordStep> {
+        let batch = self.settings.batch;
+        let loss = fit_to_generator(&self.degrading, &mut self.opt, g0, batch, noise, rng, "recording")?;
+        let p = &mut self.progress;
+        p.iteration += 1;
+        p.loss_sum += loss;
+        p.loss_count += 1;
+        let node_due = nodes && p.iteration.is_multiple_of(self.settings.node_every);
+        Ok(RecordStep {
+            loss,
+            node: node_due.then(|| self.take_node()),
+            done: self.progress.iteration >= self.settings.iterations,
+        })
+    }
+
+    /// Ends recording early (the lab's skip): the current s'_θ becomes the
+    /// last node, unless it was just saved or nothing was trained since the
+    /// teacher (a copy of the teacher is no degraded node).
+    pub fn finish_early(&mut self) -> Option<NodeDue> {
+        (self.progress.iteration > self.progress.last_node).then(|| self.take_node())
+    }
+
+    fn take_node(&mut self) -> NodeDue {
+        let p = &mut self.progress;
+        let mean_loss = (p.loss_count > 0).then(|| p.loss_sum / p.loss_count as f64);
+        p.last_node = p.iteration;
+        p.loss_sum = 0.0;
+        p.loss_count = 0;
+        NodeDue {
+            iteration: p.iteration,
+            mean_loss,
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! What a session leaves and shows: snapshots, score fields, measurements,
+//! the final samples, saved models, and read access for drivers.
+
+use super::log::Stage;
+use super::rundir::write_points_csv;
+use super::session::{Event, Session};
+use crate::config::Config;
+use crate::data::{Bounds, Dataset, Point};
+use crate::diffusion::NoiseSchedule;
+use crate::distill::BacktrackSchedule;
+use crate::engine::path::DegradationPath;
+use crate::engine::rundir::RunDir;
+use crate::files::atomic_write;
+use crate::metrics::Evaluation;
+use crate::model::{Denoiser, Generator};
+use crate::rng::{HostRng, host_rng, streams};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+/// The models of a session, for [`Session::save_model`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// The generator as sampled (the moving average of its weights).
+    Generator,
+    /// s'_θ, the teacher's copy being degraded (stage 1 only).
+    Degrading,
+    /// s_φ, the fake score (stage 2 on).
+    FakeScore,
+    /// The current backtracking target (stage 2 on).
+    Target,
+    Teacher,
+}
+
+impl Session {
+    /// The start of stage 2: snapshots and the first measurement, with the
+    /// data's own mismatch degree (the floor a generator can reach).
+    pub(super) fn record_start(&mut self) -> Result<()> {
+        self.write_snapshot("initial")?;
+        self.write_fields("initial")?;
+        let mut eval = self.evaluate()?;
+        eval.mismatch_data = self
+            .evaluator
+            .mismatch_on_data(&self.teacher, &mut self.eval_rng())?;
+        self.log_line(Some(eval))
+    }
+
+    /// The generator as it leaves target `from`, kept as a file and a
+    /// snapshot; the backtracker has already loaded node `to`.
+    pub(super) fn target_switched(&mut self, from: usize, to: usize) -> Result<()> {
+        let file = self
+            .run
+            .generator_dir()
+            .join(format!("at-node-{from}.safetensors"));
+        self.student.average.save(&file)?;
+        self.write_snapshot(&format!("at-node-{from}"))?;
+        self.pending.push(Event::TargetSwitched { from: Some(from), to });
+        Ok(())
+    }
+
+    /// The end: 10,000 final samples, measured in full, the final
+    /// generator, a last checkpoint and the figures.
+    pub(super) fn finish(&mut self) -> Result<()> {
+        let n = self.config.log.final_samples;
+        let mut rng = host_rng(self.config.seed, streams::FINAL_SAMPLES);
+        let samples = self.student.average.sample(n, &mut rng)?;
+        write_points_csv(&self.run.samples(), &samples)?;
+        // The final measurement uses those samples: mode shares from all of
+        // them, so the numbers a user reads at the end are not noisy.
+        let mut eval = self.measure(&samples, &mut self.eval_rng())?;
+        eval.mismatch_data = self
+            .evaluator
+            .mismatch_on_data(&self.teacher, &mut self.eval_rng())?;
+        self.log_line(Some(eval))?;
+        self.write_fields("final")?;
+        let final_file = self.run.generator_dir().join("final.safetensors");
+        self.student.average.save(&final_file)?;
+        self.pending.push(Event::Saved(final_file));
+        self.enter(Stage::Done);
+        self.checkpoint()?;
+        // Figures are a convenience: failing to draw one loses no result.
+        if let Err(e) = crate::report::plot_run(self.run.root()) {
+            self.pending.push(Event::Warning(format!("plots: {e:#}")));
+        }
+        self.pending.push(Event::Finished);
+        Ok(())
+    }
+
+    /// Generator samples at a moment of the run (`samples/<name>.csv`), for
+    /// the snapshot plots.
+    fn write_snapshot(&self, name: &str) -> Result<()> {
+        let mut rng = host_rng(self.config.seed, streams::SNAPSHOTS);
+        let samples = self.student.average.sample(self.evaluator.samples(), &mut rng)?;
+        write_points_csv(&self.run.snapshot(name), &samples)
+    }
+
+    /// The teacher's and s_φ's score fields (`fields/<name>.json`).
+    fn write_fields(&self, name: &str) -> Result<()> {
+        let field = self.score_field("teacher".into(), &self.teacher, self.default_field_sigma())?;
+        atomic_write(&self.run.field(name), serde_json::to_string(&field)?.as_bytes())
+    }
+
+    /// Measures the generator now, on `metrics.samples` fresh samples.
+    pub fn evaluate(&self) -> Result<Evaluation> {
+        let mut rng = self.eval_rng();
+        let samples = self.student.average.sample(self.evaluator.samples(), &mut rng)?;
+        self.measure(&samples, &mut rng)
+    }
+
+    /// Measurements draw from their own stream, seeded by the run's seed
+    /// and the cost, so measuring never changes training.
+    pub(super) fn eval_rng(&self) -> HostRng {
+        host_rng(
+            self.config.seed ^ (self.clock.cost as u64).rotate_left(32),
+            streams::EVAL,
+        )
+    }
+
+    /// Distances and mode statistics of `samples`, and the mismatch degree
+    /// of the target and the teacher at (at most `metrics.samples` of) them.
+    fn measure(&self, samples: &[Point], rng: &mut HostRng) -> Result<Evaluation> {
+        let mut eval = self.evaluator.distribution(samples, rng);
+        let samples = &samples[..samples.len().min(self.evaluator.samples())];
+        if let Some(b) = &self.backtracker {
+            let models: Vec<&Denoiser> = if b.schedule.target() == 0 {
+                vec![&self.teacher]
+            } else {
+                vec![&b.target, &self.teacher]
+            };
+            let mut rows = self.evaluator.mismatch(samples, &models, rng)?;
+            eval.mismatch_teacher = rows.pop().expect("one row per model");
+            eval.mismatch_target = rows.pop().unwrap_or_else(|| eval.mismatch_teacher.clone());
+        }
+        Ok(eval)
+    }
+
+    // ---- saving -------------------------------------------------------------
+
+    /// Writes a resumable checkpoint now (for a driver that is stopping).
+    pub fn save_state(&mut self) -> Result<()> {
+        self.checkpoint()
+    }
+
+    /// Saves the generator; without a path, to
+    /// `generator/saved-<cost>.safetensors` in the run directory.
+    pub fn save_generator(&self, path: Option<&Path>) -> Result<PathBuf> {
+        let file = match path {
+            Some(p) => p.to_path_buf(),
+            None => self
+                .run
+                .generator_dir()
+                .join(format!("saved-{}.safetensors", self.clock.cost)),
+        };
+        self.save_model(ModelKind::Generator, &file)?;
+        Ok(file)
+    }
+
+    /// Saves any of the session's models to `path` (atomically). Score
+    /// models load back with `Denoiser::load`, the generator with
+    /// `Generator::load` (or `disback sample`). A model the current stage
+    /// does not have is an error that says so.
+    pub fn save_model(&self, kind: ModelKind, path: &Path) -> Result<()> {
+        if kind == ModelKind::Generator {
+            return self.student.average.save(path);
+        }
+        match self.score_model(kind) {
+            Some(model) => model.save(path),
+            None => anyhow::bail!("there is no {kind:?} model in the {} stage", self.clock.stage),
+        }
+    }
+
+    /// A score model of the session, when the current stage has it.
+    pub fn score_model(&self, kind: ModelKind) -> Option<&Denoiser> {
+        match kind {
+            ModelKind::Teacher => Some(&self.teacher),
+            ModelKind::Degrading => self.recorder.as_ref().map(|r| &r.degrading),
+            ModelKind::FakeScore => self.backtracker.as_ref().map(|b| &b.fake_score),
+            ModelKind::Target => self.backtracker.as_ref().map(|b| &b.target),
+            ModelKind::Generator => None,
+        }
+    }
+
+    /// The model that follows the generator now: s_φ while backtracking,
+    /// s'_θ while recording, the teacher before either exists.
+    pub fn tracking_model(&self) -> &Denoiser {
+        self.score_model(ModelKind::FakeScore)
+            .or(self.score_model(ModelKind::Degrading))
+            .unwrap_or(&self.teacher)
+    }
+
+    // ---- read access --------------------------------------------------------
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn stage(&self) -> Stage {
+        self.clock.stage
+    }
+    pub fn is_done(&self) -> bool {
+        self.clock.stage == Stage::Done
+    }
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run
+    }
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+    pub fn noise(&self) -> &NoiseSchedule {
+        &self.noise
+    }
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+    pub fn teacher(&self) -> &Denoiser {
+        &self.teacher
+    }
+    /// The generator as sampled and saved (the moving average of its weights).
+    pub fn generator(&self) -> &Generator {
+        &self.student.average
+    }
+    pub fn path(&self) -> &DegradationPath {
+        &self.path
+    }
+    /// The backtracking schedule (before stage 2: the plan).
+    pub fn schedule(&self) -> &BacktrackSchedule {
+        self.backtracker.as_ref().map_or(&self.plan, |b| &b.schedule)
+    }
+    pub fn latest(&self) -> Option<&super::log::MetricsRecord> {
+        self.latest.as_ref()
+    }
+    pub fn latest_eval(&self) -> Option<&Evaluation> {
+        self.latest_eval.as_ref()
+    }
+    /// Iterations of every stage so far (see [`super::session::Clock`]).
+    pub fn iteration(&self) -> usize {
+        self.clock.iteration
+    }
+    /// Distillation iterations so far (see [`super::session::Clock`]).
+    pub fn cost(&self) -> usize {
+        self.clock.cost
+    }
+
+    /// Generator samples for a preview, from the caller's RNG (so previews
+    /// never touch the training stream).
+    pub fn generator_samples(&self, n: usize, rng: &mut HostRng) -> Result<Vec<Point>> {
+        self.student.average.sample(n, rng)
+    }
+}

@@ -1,0 +1,90 @@
+//! The teacher: loaded from a file, taken from the cache, or pretrained
+//! with the EDM loss on data (cosine-decayed learning rate), then cached.
+
+use super::log::{LossKind, Stage};
+use super::session::{Event, Session};
+use crate::diffusion::denoising_loss;
+use crate::distill::finite;
+use crate::model::points_to_tensor;
+use crate::optim::Adam;
+use crate::rng::{HostRng, host_rng, streams};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+/// Teacher pretraining state, present only during [`Stage::Pretrain`].
+pub(super) struct Pretraining {
+    pub opt: Adam,
+    pub rng: HostRng,
+}
+
+impl Session {
+    pub(super) fn prepare_teacher(&mut self) -> Result<()> {
+        if let Some(file) = self.config.teacher.file.clone() {
+            self.teacher.load(&file).context("loading teacher.file")?;
+            return self.teacher_ready(format!("loaded from {}", file.display()));
+        }
+        let cached = self.teacher_cache_file();
+        if cached.exists() {
+            match self.teacher.load(&cached) {
+                Ok(()) => return self.teacher_ready(format!("cached in {}", cached.display())),
+                Err(e) => self.pending.push(Event::Warning(format!(
+                    "ignoring the teacher cache: {e:#}; training a new teacher"
+                ))),
+            }
+        }
+        self.enter(Stage::Pretrain);
+        self.pretrain = Some(Pretraining {
+            opt: Adam::new(self.teacher.params(), self.config.teacher.lr)?,
+            rng: host_rng(self.config.teacher.seed, streams::TEACHER_TRAIN),
+        });
+        Ok(())
+    }
+
+    pub fn teacher_cache_file(&self) -> PathBuf {
+        self.config
+            .teacher
+            .cache_dir
+            .join(format!("teacher-{}.safetensors", self.config.teacher_cache_key()))
+    }
+
+    pub(super) fn pretrain_step(&mut self) -> Result<()> {
+        let t = self.config.teacher.clone();
+        let p = self
+            .pretrain
+            .as_mut()
+            .expect("pretraining state exists in its stage");
+        let x0 = points_to_tensor(&self.data.sample(t.batch, &mut p.rng), &self.device)?;
+        let sigmas = self.noise.training(&mut p.rng, t.batch);
+        let loss = denoising_loss(&self.teacher, &x0, sigmas, &mut p.rng)?;
+        let value = finite(&loss, "teacher")?;
+        // Cosine decay to 5% of the rate: a sharper teacher at the same cost.
+        let progress = self.clock.stage_step as f64 / t.steps as f64;
+        p.opt.lr = t.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
+        p.opt.step(&loss.backward()?)?;
+        self.window.add(LossKind::Teacher, value);
+        self.advance_clock(false)?;
+        if self.clock.stage_step >= t.steps {
+            self.finish_pretraining()?;
+        }
+        Ok(())
+    }
+
+    /// Ends pretraining: at its full length, the teacher goes into the
+    /// cache; cut short (a skip), it is used for this run only, so the cache
+    /// never hands out a teacher that is less than its key promises.
+    pub(super) fn finish_pretraining(&mut self) -> Result<()> {
+        self.log_line(None)?;
+        self.pretrain = None;
+        let steps = self.config.teacher.steps;
+        if self.clock.stage_step < steps {
+            let source = format!(
+                "trained for {} of {steps} steps (cut short, not cached)",
+                self.clock.stage_step
+            );
+            return self.teacher_ready(source);
+        }
+        let cached = self.teacher_cache_file();
+        self.teacher.save(&cached)?;
+        self.teacher_ready(format!("trained, cached in {}", cached.display()))
+    }
+}
