@@ -8,7 +8,7 @@ use common::{Observed, run_checked, start};
 use disback::config::Config;
 use disback::data::{Dataset, Point};
 use disback::diffusion::{NoiseSchedule, heun_sample, model_denoise_fn};
-use disback::engine::{Session, read_metrics, read_points_csv};
+use disback::engine::{ModelKind, Session, read_metrics, read_points_csv};
 use disback::metrics::{ModeStats, energy_distance, model_scores, noised};
 use disback::rng::{host_rng, normal_vec};
 use std::path::Path;
@@ -154,9 +154,18 @@ fn every_switch_loads_every_weight_and_the_path_ends_on_the_teacher() {
         0,
         "the final target is the teacher"
     );
-    // The teacher node is the teacher, and s_φ started from the last node:
-    // both were files with every weight, so a mismatch would show here.
+    // s_φ started as the most degraded node's file, and the final target
+    // (node 0's file) is the teacher's weights exactly.
+    assert_eq!(run.seen.fake_start, Some(0.0));
     assert_eq!(common::target_vs_file(&run.session, 0), 0.0);
+    let target = run.session.score_model(ModelKind::Target).unwrap();
+    assert_eq!(
+        target
+            .params()
+            .max_abs_diff(run.session.teacher().params())
+            .unwrap(),
+        0.0
+    );
     assert_eq!(run.session.schedule().spent(), &[250, 250, 250, 1250]);
 }
 

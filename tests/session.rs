@@ -305,3 +305,65 @@ fn a_teacher_initialised_generator_starts_as_the_teacher_at_sigma_g() {
         .unwrap();
     assert!(spread > 0.05, "G⁰'s samples have variance {spread}");
 }
+
+#[test]
+fn node_zero_is_the_teacher_at_iteration_zero_and_node_losses_are_interval_means() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fresh cache: the teacher is pretrained here (60 steps) first.
+    let (s, seen) = run_checked(start(
+        tiny_config(&dir.path().join("teachers")),
+        &dir.path().join("run"),
+    ));
+    let nodes = s.path().nodes();
+    let iterations: Vec<usize> = nodes.iter().map(|n| n.iteration).collect();
+    assert_eq!(iterations, vec![0, 5, 10, 15, 20]);
+    assert_eq!(nodes[0].loss, None, "the teacher was not trained on G⁰");
+    let recorded: Vec<(usize, usize)> = seen
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::NodeRecorded { index, iteration, .. } => Some((*index, *iteration)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded, vec![(0, 0), (1, 5), (2, 10), (3, 15), (4, 20)]);
+    // log.every = node_every = 5: each recording log line averages exactly
+    // one node's interval, so the two means must agree.
+    let records = read_metrics(&s.run_dir().metrics()).unwrap();
+    for node in &nodes[1..] {
+        let line = records
+            .iter()
+            .find(|r| r.stage == Stage::Record && r.step == node.iteration)
+            .unwrap();
+        let (logged, saved) = (line.loss_fake.unwrap(), node.loss.unwrap());
+        assert!(
+            (logged - saved).abs() < 1e-12,
+            "node {}: {saved} vs {logged}",
+            node.index
+        );
+    }
+    // And they are means, not the interval's last loss: they differ.
+    let distinct: std::collections::BTreeSet<u64> =
+        nodes[1..].iter().map(|n| n.loss.unwrap().to_bits()).collect();
+    assert_eq!(distinct.len(), 4);
+}
+
+#[test]
+fn skipping_recording_before_its_first_iteration_saves_no_copy_of_the_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(tiny_config(&dir.path().join("teachers")), &dir.path().join("run"));
+    while s.stage() != Stage::Record {
+        s.step().unwrap();
+    }
+    let events = s.skip().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Warning(w) if w.contains("the teacher alone"))),
+        "{events:?}"
+    );
+    assert_eq!(s.path().len(), 1, "only the teacher: no duplicate node");
+    assert_eq!(s.schedule().targets(), &[0]);
+    let (s, _) = run_checked(s);
+    assert!(s.is_done());
+}

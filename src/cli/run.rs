@@ -154,10 +154,19 @@ impl Progress {
     /// Starts counting at the session's iteration, so the first rate after
     /// `--resume` counts only this process's iterations.
     fn new(session: &Session) -> Self {
+        Self::starting_at(session.iteration())
+    }
+
+    fn starting_at(iteration: usize) -> Self {
         Self {
             last: Instant::now(),
-            last_iteration: session.iteration(),
+            last_iteration: iteration,
         }
+    }
+
+    /// Iterations per second since the last line, at `iteration` now.
+    fn rate(&self, iteration: usize, elapsed: Duration) -> f64 {
+        iteration.saturating_sub(self.last_iteration) as f64 / elapsed.as_secs_f64()
     }
 
     fn tick(&mut self, session: &Session) {
@@ -166,7 +175,7 @@ impl Progress {
             return;
         }
         let v = session.view();
-        let rate = (v.iteration - self.last_iteration) as f64 / elapsed.as_secs_f64();
+        let rate = self.rate(v.iteration, elapsed);
         let mut line = format!("[{}] {}/{}  {rate:.0} it/s", v.stage, v.stage_step, v.stage_total);
         if let Some(r) = &v.latest {
             for (name, value) in [
@@ -182,5 +191,18 @@ impl Progress {
         eprintln!("{line}");
         self.last = Instant::now();
         self.last_iteration = v.iteration;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_rate_after_a_resume_counts_only_new_iterations() {
+        // Resumed at iteration 5000; 30 iterations in 3 s is 10 per second
+        // (counting from 0 it would claim 1,677).
+        let p = Progress::starting_at(5000);
+        assert_eq!(p.rate(5030, Duration::from_secs(3)), 10.0);
     }
 }

@@ -8,11 +8,12 @@
 //! same random streams, so it writes the same metrics as an uninterrupted
 //! one.
 
+use super::clock::Clock;
 use super::log::{LossWindow, MetricsLog, MetricsRecord, Stage};
 use super::path::DegradationPath;
 use super::pretrain::Pretraining;
 use super::rundir::RunDir;
-use super::session::{Clock, Event, Session};
+use super::session::{Event, Session};
 use crate::config::{Config, Method};
 use crate::distill::{BacktrackSchedule, Backtracker, DegradationRecorder, NodeSource, RecordProgress};
 use crate::files::{atomic_write, read_tensors, write_tensors};
@@ -118,19 +119,7 @@ impl Session {
         let state_dir = self.run.state_dir();
         let name = format!("ckpt-{:08}", self.clock.iteration);
         let dir = state_dir.join(&name);
-        let mut adam_steps = HashMap::new();
-        student.generator.save(&dir.join("generator.safetensors"))?;
-        save_adam(&dir, "generator", &student.opt, &mut adam_steps)?;
-        student.average.save(&dir.join("generator-average.safetensors"))?;
-        if let Some(p) = &self.pretrain {
-            save_trained(&dir, "teacher", &self.teacher, &p.opt, &mut adam_steps)?;
-        }
-        if let Some(r) = &self.recorder {
-            save_trained(&dir, "degrading", &r.degrading, &r.opt, &mut adam_steps)?;
-        }
-        if let Some(b) = &self.backtracker {
-            save_trained(&dir, "fake-score", &b.fake_score, &b.fake_opt, &mut adam_steps)?;
-        }
+        let adam_steps = self.save_models(&dir)?;
         let state = SavedState {
             format: FORMAT,
             clock: self.clock,
@@ -165,6 +154,26 @@ impl Session {
             dir,
         });
         Ok(())
+    }
+
+    /// Every model the current stage trains, with its optimiser's moments;
+    /// returns the optimisers' step counts.
+    fn save_models(&self, dir: &Path) -> Result<HashMap<String, u64>> {
+        let mut adam_steps = HashMap::new();
+        let student = &self.student;
+        student.generator.save(&dir.join("generator.safetensors"))?;
+        save_adam(dir, "generator", &student.opt, &mut adam_steps)?;
+        student.average.save(&dir.join("generator-average.safetensors"))?;
+        if let Some(p) = &self.pretrain {
+            save_trained(dir, "teacher", &self.teacher, &p.opt, &mut adam_steps)?;
+        }
+        if let Some(r) = &self.recorder {
+            save_trained(dir, "degrading", &r.degrading, &r.opt, &mut adam_steps)?;
+        }
+        if let Some(b) = &self.backtracker {
+            save_trained(dir, "fake-score", &b.fake_score, &b.fake_opt, &mut adam_steps)?;
+        }
+        Ok(adam_steps)
     }
 
     /// Continues a run from its last checkpoint. Log lines written after

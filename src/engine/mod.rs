@@ -2,6 +2,7 @@
 //! and checkpoints, and a plain-data view of its state for drivers.
 
 mod checkpoint;
+mod clock;
 pub mod compare;
 mod field;
 mod log;
@@ -14,10 +15,11 @@ mod session;
 pub mod trainer;
 mod view;
 
+pub use clock::Clock;
 pub use field::{FIELD_GRID, ScoreField};
 pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};
 pub use outputs::ModelKind;
 pub use path::{DegradationPath, NodeInfo};
 pub use rundir::{RunDir, read_points_csv, write_points_csv};
-pub use session::{Clock, Event, Session};
+pub use session::{Event, Session};
 pub use view::{NodeStatus, NodeView, SessionView};

@@ -6,6 +6,7 @@
 //! runner, the terminal lab's training thread) only call it; it knows
 //! nothing of terminals, and every driver leaves the same files.
 
+use super::clock::Clock;
 use super::log::{LossKind, LossWindow, MetricsLog, MetricsRecord, Stage};
 pub use super::messages::Event;
 use super::path::DegradationPath;
@@ -24,22 +25,6 @@ use crate::rng::{HostRng, host_rng, streams};
 use crate::runtime::select_device;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
-
-/// The session's counters. Each has one meaning:
-/// - `iteration`: iterations of every stage so far, teacher pretraining
-///   included (the checkpoint clock);
-/// - `stage_step`: iterations of the current stage;
-/// - `cost`: distillation iterations, recording plus generator steps (the
-///   x axis of every DisBack vs Diff-Instruct comparison).
-///
-/// Per-target generator steps are the schedule's (`BacktrackSchedule::spent`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Clock {
-    pub stage: Stage,
-    pub stage_step: usize,
-    pub iteration: usize,
-    pub cost: usize,
-}
 
 pub struct Session {
     pub(super) config: Config,
@@ -369,62 +354,5 @@ impl Session {
                 Ok(())
             }
         }
-    }
-
-    /// Counts one iteration and writes its log line (with a measurement
-    /// during backtracking, every `metrics.every` steps) when due. Runs after
-    /// the update and before any stage transition it causes.
-    pub(super) fn advance_clock(&mut self, may_evaluate: bool) -> Result<()> {
-        self.advance_clock_on(None, may_evaluate)
-    }
-
-    fn advance_clock_on(&mut self, target: Option<usize>, may_evaluate: bool) -> Result<()> {
-        self.clock.stage_step += 1;
-        self.clock.iteration += 1;
-        let every = self.config.metrics.every;
-        let due =
-            self.clock.stage == Stage::Backtrack && every > 0 && self.clock.stage_step.is_multiple_of(every);
-        let eval = if may_evaluate && due {
-            Some(self.evaluate()?)
-        } else {
-            None
-        };
-        if eval.is_some() || self.clock.stage_step.is_multiple_of(self.config.log.every) {
-            self.log_line_on(target, eval)?;
-        }
-        Ok(())
-    }
-
-    /// Writes a log line from the window (skipped when nothing happened
-    /// since the last one, unless there is a measurement to record).
-    pub(super) fn log_line(&mut self, eval: Option<Evaluation>) -> Result<()> {
-        let target = self.backtracker.as_ref().map(|b| b.schedule.target());
-        self.log_line_on(target, eval)
-    }
-
-    fn log_line_on(&mut self, target: Option<usize>, eval: Option<Evaluation>) -> Result<()> {
-        let w = &self.window;
-        if eval.is_none() && w.mean(LossKind::Teacher).or(w.mean(LossKind::Fake)).is_none() {
-            return Ok(());
-        }
-        let record = MetricsRecord {
-            stage: self.clock.stage,
-            step: self.clock.stage_step,
-            cost: self.clock.cost,
-            target_node: target.filter(|_| self.clock.stage == Stage::Backtrack),
-            loss_g: w.mean(LossKind::Generator),
-            loss_fake: w.mean(LossKind::Fake),
-            loss_teacher: w.mean(LossKind::Teacher),
-            gap: w.mean(LossKind::Gap),
-            eval,
-        };
-        self.log.append(&record)?;
-        if let Some(e) = &record.eval {
-            self.latest_eval = Some(e.clone());
-        }
-        self.latest = Some(record.clone());
-        self.window.clear();
-        self.pending.push(Event::Logged(Box::new(record)));
-        Ok(())
     }
 }

@@ -170,7 +170,8 @@ const RULE: &str = "95% of the way from the initial generator's distance to the 
 const THRESHOLD_FRACTION: f64 = 0.95;
 
 /// Summarises paired runs (the same seeds for every arm, DisBack among
-/// them).
+/// them). One function on purpose: it is the threshold rule, in the order
+/// the module's header states it.
 pub fn compare_runs(
     config: &str,
     mut runs: Vec<RunOutcome>,
@@ -328,7 +329,8 @@ fn verdict(d: &ArmSummary, b: &ArmSummary, speedup: Option<Spread>, paired: usiz
 }
 
 impl Comparison {
-    /// The table `disback compare` prints.
+    /// The table `disback compare` prints: a flat list of rows, kept
+    /// together so the layout reads top to bottom like the output.
     pub fn table(&self) -> String {
         let mut t = String::new();
         let seeds = self

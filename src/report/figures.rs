@@ -85,6 +85,9 @@ impl Curves {
         (lo - pad)..(hi + pad)
     }
 
+    /// Draws the chart on any plotters backend and axis kind. One function
+    /// because plotters' chart builder is generic over both: split, every
+    /// part would repeat these bounds.
     fn draw_on<DB, X, Y>(&self, root: &DrawingArea<DB, Shift>, x: X, y: Y) -> Result<()>
     where
         DB: DrawingBackend,
@@ -228,7 +231,9 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// Draws every figure of a run into its `plots/` folder.
+/// Draws every figure of a run into its `plots/` folder. Long because it
+/// is the list of figures, one short block each (paper Figs. 1, 4, 11, 12,
+/// 13), in the order they appear in `plots/`.
 pub fn plot_run(root: &Path) -> Result<Vec<PathBuf>> {
     let run = RunDir::open(root)?;
     let config = Config::load(&run.config(), &[])?;

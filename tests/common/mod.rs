@@ -61,6 +61,9 @@ pub struct Observed {
     /// (from, to, largest difference between the target and the node file
     /// right after the switch).
     pub switches: Vec<(Option<usize>, usize, f32)>,
+    /// Largest difference between s_φ and the most degraded node's file
+    /// when backtracking started (DisBack only).
+    pub fake_start: Option<f32>,
     pub events: Vec<Event>,
 }
 
@@ -72,6 +75,12 @@ pub fn run_checked(mut session: Session) -> (Session, Observed) {
         for event in session.step().expect("training step") {
             if let Event::TargetSwitched { from, to } = event {
                 seen.switches.push((from, to, target_vs_file(&session, to)));
+                let c = session.config();
+                if from.is_none() && c.method == disback::config::Method::Disback {
+                    let last = session.path().file(session.path().len() - 1);
+                    let fake = session.score_model(ModelKind::FakeScore).expect("s_φ");
+                    seen.fake_start = Some(model_vs_file(fake, &last));
+                }
             }
             seen.events.push(event);
         }
@@ -89,8 +98,14 @@ pub fn target_vs_file(session: &Session, index: usize) -> f32 {
     } else {
         session.run_dir().teacher()
     };
-    let target = session.score_model(ModelKind::Target).expect("a target");
-    let bytes = std::fs::read(&file).unwrap();
+    model_vs_file(session.score_model(ModelKind::Target).expect("a target"), &file)
+}
+
+/// Largest difference between `model` and a safetensors file, read with the
+/// safetensors crate directly; the file must hold exactly the model's
+/// tensors by name.
+pub fn model_vs_file(target: &disback::model::Denoiser, file: &Path) -> f32 {
+    let bytes = std::fs::read(file).unwrap();
     let stored = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = stored.names().into_iter().map(|n| n.to_string()).collect();
     names.sort();
