@@ -195,7 +195,7 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
         s.iteration(),
         resumed.iteration()
     );
-    assert!(resumed.generator().params().all_finite().unwrap());
+    assert!(resumed.sampled_generator().params().all_finite().unwrap());
 }
 
 #[test]
@@ -225,7 +225,12 @@ fn any_model_can_be_saved_and_loaded_back() {
     let file = s.save_generator(Some(&dir.path().join("g.safetensors"))).unwrap();
     let back = Generator::new(&c, &device, &mut host_rng(1, 1)).unwrap();
     back.load(&file).unwrap();
-    assert_eq!(back.params().max_abs_diff(s.generator().params()).unwrap(), 0.0);
+    assert_eq!(
+        back.params()
+            .max_abs_diff(s.sampled_generator().params())
+            .unwrap(),
+        0.0
+    );
     // The degrading copy exists only in stage 1: asking for it now is a
     // clear error, not a wrong file.
     let err = s
@@ -287,12 +292,12 @@ fn a_teacher_initialised_generator_starts_as_the_teacher_at_sigma_g() {
     }
     // G⁰ is frozen while recording, so this is the generator at step 0.
     let device = s.teacher().device();
-    let z = s.generator().latents(64, &mut host_rng(5, 5)).unwrap();
+    let z = s.sampled_generator().latents(64, &mut host_rng(5, 5)).unwrap();
     let sigma_g = 1.5 * s.config().sigma_data() / 0.5;
     let x = z.affine(sigma_g, 0.0).unwrap();
     let levels = s.teacher().levels(vec![sigma_g as f32; 64], &device).unwrap();
     let expected = s.teacher().denoise(&x, &levels).unwrap();
-    let got = s.generator().forward(&z).unwrap();
+    let got = s.sampled_generator().forward(&z).unwrap();
     let diff = (got - &expected).unwrap().abs().unwrap().max_all().unwrap();
     assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     // And it is not trivially the data mean: the teacher spreads it out.

@@ -220,7 +220,7 @@ impl Session {
         &self.teacher
     }
     /// The generator as sampled and saved (the moving average of its weights).
-    pub fn generator(&self) -> &Generator {
+    pub fn sampled_generator(&self) -> &Generator {
         &self.student.average
     }
     pub fn path(&self) -> &DegradationPath {
