@@ -100,9 +100,7 @@ fn the_generator_moves_toward_the_data() {
 fn skipping_cuts_recording_short_and_still_ends_on_the_teacher() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(tiny_config(&dir.path().join("teachers")), &dir.path().join("run"));
-    while s.stage() != Stage::Record {
-        s.step().unwrap();
-    }
+    common::step_until(&mut s, Stage::Record);
     for _ in 0..7 {
         s.step().unwrap(); // node 1 at iteration 5
     }
@@ -287,9 +285,7 @@ fn a_teacher_initialised_generator_starts_as_the_teacher_at_sigma_g() {
     c.generator.init = disback::config::GeneratorInit::Teacher;
     c.generator.sigma_g = 1.5;
     let mut s = start(c, &dir.path().join("run"));
-    while s.stage() != Stage::Record {
-        s.step().unwrap();
-    }
+    common::step_until(&mut s, Stage::Record);
     // G⁰ is frozen while recording, so this is the generator at step 0.
     let device = s.teacher().device();
     let z = s.sampled_generator().latents(64, &mut host_rng(5, 5)).unwrap();
@@ -357,9 +353,7 @@ fn node_zero_is_the_teacher_at_iteration_zero_and_node_losses_are_interval_means
 fn skipping_recording_before_its_first_iteration_saves_no_copy_of_the_teacher() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(tiny_config(&dir.path().join("teachers")), &dir.path().join("run"));
-    while s.stage() != Stage::Record {
-        s.step().unwrap();
-    }
+    common::step_until(&mut s, Stage::Record);
     let events = s.skip().unwrap();
     assert!(
         events

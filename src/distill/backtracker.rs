@@ -137,11 +137,6 @@ impl Backtracker {
         }
         Ok(decision)
     }
-
-    /// Reloads the current target (after a resume).
-    pub fn reload_target(&self, nodes: &dyn NodeSource) -> Result<()> {
-        load(nodes, self.schedule.target(), &self.target)
-    }
 }
 
 fn load(nodes: &dyn NodeSource, index: usize, target: &Denoiser) -> Result<()> {

@@ -13,9 +13,9 @@ use super::log::{LossWindow, MetricsLog, MetricsRecord, Stage};
 use super::path::DegradationPath;
 use super::pretrain::Pretraining;
 use super::rundir::RunDir;
-use super::session::{Event, Session};
+use super::session::{Event, Session, node_source};
 use crate::config::{Config, Method};
-use crate::distill::{BacktrackSchedule, Backtracker, DegradationRecorder, NodeSource, RecordProgress};
+use crate::distill::{BacktrackSchedule, Backtracker, DegradationRecorder, RecordProgress};
 use crate::files::{atomic_write, read_tensors, write_tensors};
 use crate::metrics::Evaluation;
 use crate::model::Denoiser;
@@ -210,10 +210,7 @@ impl Session {
         }
         if let Some(schedule) = saved.schedule {
             let fake = s.teacher.deep_clone()?;
-            let source: &dyn NodeSource = match s.config.method {
-                Method::Disback => &s.path,
-                Method::DiffInstruct => &s.teacher,
-            };
+            let source = node_source(s.config.method, &s.path, &s.teacher);
             let mut b = Backtracker::new(fake, schedule, &s.config.distill, &s.noise, source)?;
             load_trained(
                 &dir,

@@ -62,7 +62,11 @@ pub struct Session {
 
 /// The path a backtracker walks: the recorded nodes, or for the baseline
 /// the teacher alone.
-fn node_source<'a>(method: Method, path: &'a DegradationPath, teacher: &'a Denoiser) -> &'a dyn NodeSource {
+pub(super) fn node_source<'a>(
+    method: Method,
+    path: &'a DegradationPath,
+    teacher: &'a Denoiser,
+) -> &'a dyn NodeSource {
     match method {
         Method::Disback => path,
         Method::DiffInstruct => teacher,

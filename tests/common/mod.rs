@@ -133,6 +133,13 @@ pub fn model_vs_file(target: &disback::model::Denoiser, file: &Path) -> f32 {
     worst
 }
 
+/// Steps a session until it reaches `stage`.
+pub fn step_until(session: &mut Session, stage: disback::engine::Stage) {
+    while session.stage() != stage {
+        session.step().expect("training step");
+    }
+}
+
 /// Starts a session in a fresh run directory under `dir`.
 pub fn start(config: Config, dir: &Path) -> Session {
     Session::start(config, RunDir::create(dir, false).unwrap()).unwrap()
