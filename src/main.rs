@@ -6,7 +6,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     match disback::cli::main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(ended) => ended.exit_code(),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

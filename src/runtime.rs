@@ -1,8 +1,28 @@
 //! Process-wide compute settings: the device and candle's CPU threads.
 
-use crate::config::DeviceChoice;
+use crate::config::{Config, DeviceChoice};
 use anyhow::{Result, bail};
 use candle_core::Device;
+
+/// How a command ended, for its exit status (the README's table): 0 when
+/// it finished; 128 + the signal's number when a signal stopped it, a
+/// checkpoint saved so `--resume` continues it (a second signal ends the
+/// process at once with the same status, resumable from the checkpoint
+/// before). Errors exit 1, and a bad command line 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Finished,
+    Stopped { signal: i32 },
+}
+
+impl Ended {
+    pub fn exit_code(self) -> std::process::ExitCode {
+        match self {
+            Ended::Finished => std::process::ExitCode::SUCCESS,
+            Ended::Stopped { signal } => std::process::ExitCode::from((128 + signal) as u8),
+        }
+    }
+}
 
 /// Sets candle's CPU thread counts. candle reads them from the environment
 /// once, when its thread pools start, so this must run before any tensor
@@ -60,5 +80,80 @@ fn cuda(n: usize) -> Result<(Device, String)> {
     match Device::new_cuda(n) {
         Ok(d) => Ok((d, format!("CUDA GPU {n}"))),
         Err(e) => bail!("device cuda:{n} is not usable: {e}"),
+    }
+}
+
+/// A generous estimate of the memory one run of `config` needs at its
+/// largest moment, in bytes. Per sample of a batch, one pass of a network
+/// with its backward keeps a few tensors of the hidden width per layer;
+/// the distillation step runs the generator and three score networks.
+/// This is a bound to refuse sizes that cannot fit (a batch of 10¹² would
+/// otherwise grow until the machine kills the process), not a prediction.
+pub fn memory_estimate(config: &Config) -> f64 {
+    let net = |width: usize, layers: usize, emb: usize| 16.0 * ((layers + 2) * width + emb) as f64;
+    let s = &config.score_net;
+    let score = net(s.width, s.blocks, s.emb_dim);
+    let g = &config.generator;
+    let generator = net(g.width, g.depth, g.latent_dim).max(score);
+    let m = &config.metrics;
+    let rows = [
+        config.teacher.batch as f64 * score,
+        config.record.batch as f64 * 2.0 * score,
+        config.distill.batch as f64 * (generator + 3.0 * score),
+        // Measurements and the final samples: forward passes only.
+        (m.samples.max(m.stf_reference).max(config.log.final_samples)) as f64 * score / 4.0,
+    ];
+    const BASE: f64 = 64.0 * 1024.0 * 1024.0;
+    BASE + 4.0 * rows.iter().copied().fold(0.0, f64::max)
+}
+
+/// The memory this machine has free now (Linux's `MemAvailable`), if known.
+fn available_memory() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// Refuses `runs` side-by-side runs of `config` whose memory estimate
+/// exceeds what the machine has free, with the estimate and the limit.
+pub fn check_memory(config: &Config, runs: usize) -> Result<()> {
+    let Some(free) = available_memory() else {
+        return Ok(()); // not Linux: nothing to compare against
+    };
+    let need = memory_estimate(config) * runs.max(1) as f64;
+    if need > free {
+        let gib = |b: f64| b / (1024.0 * 1024.0 * 1024.0);
+        bail!(
+            "these sizes need about {:.1} GiB of memory ({runs} run(s); the batches teacher.batch = {}, \
+             record.batch = {}, distill.batch = {} and the network widths set it), but {:.1} GiB is \
+             free: lower them, or pass --no-memory-check if you know better",
+            gib(need),
+            config.teacher.batch,
+            config.record.batch,
+            config.distill.batch,
+            gib(free)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_fits_and_a_huge_batch_does_not() {
+        let mut config = Config::default();
+        let small = memory_estimate(&config);
+        assert!(small < 256.0 * 1024.0 * 1024.0, "{small}");
+        check_memory(&config, 1).expect("the default fits any machine");
+        config.teacher.batch = 1_000_000_000_000;
+        assert!(memory_estimate(&config) > 1e15);
+        let err = check_memory(&config, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("teacher.batch = 1000000000000") && err.contains("--no-memory-check"),
+            "{err}"
+        );
     }
 }

@@ -285,7 +285,8 @@ fn sigterm_checkpoints_and_resume_finishes_the_same_run() {
             .success()
     );
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    // 128 + SIGTERM: a script can tell a stop from a finish.
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("continue with: disback run --resume"),
         "{}",
@@ -314,4 +315,60 @@ fn sigterm_checkpoints_and_resume_finishes_the_same_run() {
         std::fs::read(d.join("cut/samples.csv")).unwrap(),
         std::fs::read(d.join("whole/samples.csv")).unwrap()
     );
+}
+
+#[test]
+fn resume_refuses_a_config_or_overrides_it_would_ignore() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for extra in [["--config", "x.toml"], ["--set", "seed=2"]] {
+        let mut args = vec!["run", "--resume", "somewhere"];
+        args.extend(extra);
+        let o = disback(&args, d);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn compare_refuses_zero_seeds_and_an_occupied_folder_without_a_wrong_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = disback(&["compare", "--seeds", "0"], d);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--seeds"), "{}", stderr(&o));
+    std::fs::create_dir(d.join("cmp")).unwrap();
+    std::fs::write(d.join("cmp/keep.txt"), "mine").unwrap();
+    let o = disback(&["compare", "--out", "cmp"], d);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+    assert!(!e.contains("--resume"), "compare cannot be resumed: {e}");
+    assert_eq!(std::fs::read_to_string(d.join("cmp/keep.txt")).unwrap(), "mine");
+}
+
+#[test]
+fn plot_on_an_empty_log_keeps_the_plots_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = tiny_file(d, "");
+    let o = disback(&["run", "--config", config.to_str().unwrap(), "--out", "r"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plot = d.join("r/plots/convergence.png");
+    let before = std::fs::read(&plot).unwrap();
+    std::fs::write(d.join("r/metrics.jsonl"), "").unwrap();
+    let o = disback(&["plot", "r"], d);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no records"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&plot).unwrap(), before);
+}
+
+#[test]
+fn the_lab_without_a_terminal_says_so_and_writes_no_escape_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = disback(&["tui", "--out", "r"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty(), "escape codes on a pipe: {:?}", o.stdout);
+    assert!(stderr(&o).contains("needs a terminal") && stderr(&o).contains("disback run"));
+    assert!(!dir.path().join("r").exists());
 }

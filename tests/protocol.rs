@@ -28,8 +28,7 @@ impl Driver {
         let d = Self {
             trainer: spawn(Start::New {
                 config: Box::new(config),
-                run_dir,
-                overwrite: false,
+                run: disback::engine::RunDir::create(&run_dir, false).unwrap(),
             }),
             view: None,
             pings: 0,
@@ -191,11 +190,11 @@ fn hangup_saves_the_generator_and_a_resumable_checkpoint() {
     d.send(Command::Hangup);
     d.until("saved", |u| matches!(u, Update::Session(Event::Saved(_))));
     d.until("stopped", |u| *u == Update::Stopped);
-    let session = d.trainer.join().unwrap();
+    let at_hang_up = d.trainer.join().unwrap().iteration();
     let resumed = disback::engine::Session::resume(disback::engine::RunDir::open(&run).unwrap()).unwrap();
     assert_eq!(
         resumed.iteration(),
-        session.iteration(),
+        at_hang_up,
         "the checkpoint is the state at hang-up"
     );
 }
@@ -203,9 +202,9 @@ fn hangup_saves_the_generator_and_a_resumable_checkpoint() {
 #[test]
 fn a_bad_start_is_reported_not_hidden() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("run")).unwrap();
-    std::fs::write(dir.path().join("run/keep.txt"), "mine").unwrap();
-    let mut d = Driver::start(long_tiny(dir.path()), dir.path().join("run"));
+    let mut config = long_tiny(dir.path());
+    config.teacher.file = Some(dir.path().join("missing.safetensors"));
+    let mut d = Driver::start(config, dir.path().join("run"));
     let deadline = Instant::now() + Duration::from_secs(10);
     let failure = loop {
         assert!(Instant::now() < deadline, "no failure reported");
@@ -213,10 +212,6 @@ fn a_bad_start_is_reported_not_hidden() {
             break e;
         }
     };
-    assert!(failure.contains("already exists"), "{failure}");
+    assert!(failure.contains("missing.safetensors"), "{failure}");
     assert!(d.trainer.join().is_err());
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("run/keep.txt")).unwrap(),
-        "mine"
-    );
 }

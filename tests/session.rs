@@ -182,15 +182,20 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     // It stays failed, and says so.
     assert!(s.step().is_err());
     assert!(s.view().failure.is_some());
-    // The last checkpoint is intact and resumable: it is the last one due
-    // before the failure, and its weights are finite.
-    let resumed = Session::resume(RunDir::open(s.run_dir().root()).unwrap()).unwrap();
-    let every = s.config().log.checkpoint_every;
+    // The last checkpoint is intact and resumable (once the failed process
+    // lets go of the run): it is the last one due before the failure, and
+    // its weights are finite.
+    let (root, every, failed_at) = (
+        s.run_dir().root().to_path_buf(),
+        s.config().log.checkpoint_every,
+        s.iteration(),
+    );
+    drop(s);
+    let resumed = Session::resume(RunDir::open(&root).unwrap()).unwrap();
     assert_eq!(resumed.iteration() % every, 0, "{}", resumed.iteration());
     assert!(
-        s.iteration() - resumed.iteration() < every,
-        "failed at {}, resumed at {}",
-        s.iteration(),
+        failed_at - resumed.iteration() < every,
+        "failed at {failed_at}, resumed at {}",
         resumed.iteration()
     );
     assert!(resumed.sampled_generator().params().all_finite().unwrap());

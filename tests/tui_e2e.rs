@@ -91,8 +91,8 @@ impl Lab {
         self.keys.flush().unwrap();
     }
 
-    /// Waits for the lab to exit successfully with the terminal restored.
-    fn wait_exit(&mut self) {
+    /// Waits for the lab to exit with `code` and the terminal restored.
+    fn wait_exit(&mut self, code: u32) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -102,7 +102,7 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         };
         self.pump();
-        assert!(status.success(), "exit status {status:?}");
+        assert_eq!(status.exit_code(), code, "exit status {status:?}");
         let screen = self.parser.screen();
         assert!(!screen.alternate_screen(), "still on the alternate screen");
         assert!(!screen.hide_cursor(), "the cursor is still hidden");
@@ -147,7 +147,7 @@ fn the_lab_runs_in_a_terminal_and_restores_it() {
     lab.press("q");
     lab.wait_for("Quit now?");
     lab.press("y");
-    lab.wait_exit();
+    lab.wait_exit(0);
     assert!(
         lab.text().contains("disback: run directory run"),
         "{}",
@@ -159,7 +159,8 @@ fn the_lab_runs_in_a_terminal_and_restores_it() {
 
 #[test]
 fn a_hang_up_or_termination_saves_and_exits_cleanly() {
-    for signal in ["-HUP", "-TERM"] {
+    // Exit status 128 + the signal: stopped, resumable.
+    for (signal, code) in [("-HUP", 129), ("-TERM", 143)] {
         let mut lab = Lab::start();
         lab.wait_for("▶ s'θ3  TARGET");
         let pid = lab.child.process_id().expect("a pid").to_string();
@@ -170,7 +171,7 @@ fn a_hang_up_or_termination_saves_and_exits_cleanly() {
                 .unwrap()
                 .success()
         );
-        lab.wait_exit();
+        lab.wait_exit(code);
         assert!(lab.text().contains("saved"), "{signal}: {}", lab.text());
         assert_eq!(
             lab.saved_generators().len(),

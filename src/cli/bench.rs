@@ -155,8 +155,7 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
     drop(session);
     let lab = Start::New {
         config: Box::new(config),
-        run_dir: tmp.join("run-lab"),
-        overwrite: true,
+        run: RunDir::create(&tmp.join("run-lab"), true)?,
     };
     let with_ui = crate::ui::backtracking_rate_with_lab(lab, seconds)?;
     let _ = std::fs::remove_dir_all(&tmp);

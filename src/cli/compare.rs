@@ -3,10 +3,10 @@
 use super::ConfigArgs;
 use crate::engine::RunDir;
 use crate::engine::compare::{CompareJob, plan, run_jobs};
-use crate::files::atomic_write;
+use crate::files::{atomic_write, read_json, write_json};
 use crate::report::{Comparison, RunOutcome, compare_runs, plot_comparison};
 use crate::runtime::configure_threads;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,8 +19,8 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Seeds per method: the config's seed and the next K − 1.
-    #[arg(long, default_value_t = 5)]
-    pub seeds: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seeds: u64,
     /// Output folder (default: runs/compare-<config name>-<time stamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -30,6 +30,10 @@ pub struct CompareArgs {
     /// Runs at once (default: one per core, each on `threads` threads).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Start even if the memory the runs at once need looks larger than
+    /// what is free.
+    #[arg(long)]
+    pub no_memory_check: bool,
 }
 
 pub fn compare(args: CompareArgs) -> Result<()> {
@@ -44,11 +48,15 @@ pub fn compare(args: CompareArgs) -> Result<()> {
          with s_φ fitted to G⁰); preparing the shared teacher…",
         args.seeds
     );
-    let (out, jobs) = plan(&config, args.seeds.max(1), &out, args.force)?;
-    eprintln!("running {} runs into {}", jobs.len(), out.display());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = args.jobs.unwrap_or((cores / config.threads.max(1)).max(1));
-    run_jobs(&jobs, workers, |job: &CompareJob, session| {
+    if !args.no_memory_check {
+        crate::runtime::check_memory(&config, workers)?;
+    }
+    let plan = plan(&config, args.seeds as usize, &out, args.force)?;
+    let (out, jobs) = (&plan.out, &plan.jobs);
+    eprintln!("running {} runs into {}", jobs.len(), out.display());
+    run_jobs(jobs, workers, |job: &CompareJob, session| {
         let energy = session.latest_eval().map_or(f64::NAN, |e| e.energy);
         eprintln!(
             "  {} seed {}: done at {:.0} s, final energy distance {energy:.4}",
@@ -66,10 +74,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     let table = comparison.table();
     println!("{table}");
     atomic_write(&out.join("compare.txt"), table.as_bytes())?;
-    atomic_write(
-        &out.join(RESULT),
-        serde_json::to_string_pretty(&comparison)?.as_bytes(),
-    )?;
+    write_json(&out.join(RESULT), &comparison)?;
     for file in plot_comparison(&out.join("plots"), &comparison)? {
         eprintln!("wrote {}", file.display());
     }
@@ -84,8 +89,6 @@ pub fn compare(args: CompareArgs) -> Result<()> {
 /// Redraws a comparison's figures from its result file.
 pub fn replot(dir: &Path) -> Result<Vec<PathBuf>> {
     let file = dir.join(RESULT);
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let comparison: Comparison =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a comparison", file.display()))?;
+    let comparison: Comparison = read_json(&file)?;
     plot_comparison(&dir.join("plots"), &comparison)
 }

@@ -10,7 +10,7 @@ use crate::engine::trainer::Start;
 use crate::engine::{RunDir, write_points_csv};
 use crate::model::Generator;
 use crate::rng::host_rng;
-use crate::runtime::{configure_threads, select_device};
+use crate::runtime::{Ended, configure_threads, select_device};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -71,10 +71,13 @@ impl RunArgs {
     }
 }
 
-/// Opens a run to resume, with candle's threads set from its config.
-fn open_for_resume(dir: &Path) -> Result<RunDir> {
-    let run = RunDir::open(dir)?;
-    configure_threads(Config::load(&run.config(), &[])?.threads);
+/// Opens a run to resume and takes its lock, with candle's threads set
+/// from its config.
+fn open_for_resume(args: &RunArgs, dir: &Path) -> Result<RunDir> {
+    let run = RunDir::open(dir)?.locked()?;
+    let config = Config::load_run(&run.config())?;
+    args.check_memory(&config)?;
+    configure_threads(config.threads);
     Ok(run)
 }
 
@@ -103,9 +106,24 @@ pub struct RunArgs {
     /// Overwrite the run directory if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Continue a run from its last checkpoint (its own config is used).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "force"])]
+    /// Continue a run from its last checkpoint, with the config it started
+    /// with (so --config and --set are refused with it).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "force", "config", "overrides"])]
     pub resume: Option<PathBuf>,
+    /// Start even if the memory the sizes need looks larger than what is
+    /// free (the estimate is generous).
+    #[arg(long)]
+    pub no_memory_check: bool,
+}
+
+impl RunArgs {
+    /// Refuses sizes that cannot fit in memory, unless told not to.
+    fn check_memory(&self, config: &Config) -> Result<()> {
+        match self.no_memory_check {
+            true => Ok(()),
+            false => crate::runtime::check_memory(config, 1),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -127,38 +145,40 @@ pub struct SampleArgs {
     pub seed: u64,
 }
 
-pub fn main() -> Result<()> {
+/// Runs the command line; the result says how it ended, for the exit
+/// status.
+pub fn main() -> Result<Ended> {
     let cli = Cli::parse();
+    let finished = |r: Result<()>| r.map(|()| Ended::Finished);
     match cli.command {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Tui(args)) => tui(args),
-        Some(Command::Compare(args)) => compare::compare(args),
-        Some(Command::Plot { dir }) => plot(&dir),
-        Some(Command::Sample(args)) => sample(args),
-        Some(Command::Bench(args)) => bench::bench(args),
+        Some(Command::Compare(args)) => finished(compare::compare(args)),
+        Some(Command::Plot { dir }) => finished(plot(&dir)),
+        Some(Command::Sample(args)) => finished(sample(args)),
+        Some(Command::Bench(args)) => finished(bench::bench(args)),
         None => tui(RunArgs::default()),
     }
 }
 
 /// The terminal lab on a new or resumed run.
-fn tui(args: RunArgs) -> Result<()> {
-    let start = match args.resume.clone() {
-        Some(dir) => {
-            open_for_resume(&dir)?;
-            Start::Resume(dir)
-        }
+fn tui(args: RunArgs) -> Result<Ended> {
+    crate::ui::check_terminal()?;
+    // The run directory is taken here, so a busy or occupied one is
+    // refused before the screen changes.
+    let start = match &args.resume {
+        Some(dir) => Start::Resume(open_for_resume(&args, dir)?),
         None => {
             let config = args.config.load()?;
+            args.check_memory(&config)?;
             configure_threads(config.threads);
             let run_dir = args.run_dir(&config);
-            // Refuse an occupied directory here, before the screen changes.
             if !args.force {
-                RunDir::check_free(&run_dir)?;
+                RunDir::check_free(&run_dir, Some("disback tui --resume"))?;
             }
             Start::New {
+                run: RunDir::create(&run_dir, args.force)?,
                 config: Box::new(config),
-                run_dir,
-                overwrite: args.force,
             }
         }
     };

@@ -6,16 +6,17 @@ use super::RunArgs;
 use crate::config::SchedulePolicy;
 use crate::engine::{Event, RunDir, Session, Stage};
 use crate::metrics::Evaluation;
-use crate::runtime::configure_threads;
+use crate::runtime::{Ended, configure_threads};
 use anyhow::{Result, bail};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(args: RunArgs) -> Result<Ended> {
     let session = match &args.resume {
         Some(dir) => {
-            let s = Session::resume(super::open_for_resume(dir)?)?;
+            let s = Session::resume(super::open_for_resume(&args, dir)?)?;
             refuse_manual(s.schedule().policy())?;
             eprintln!(
                 "resuming {} at iteration {} ({})",
@@ -28,6 +29,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => {
             let config = args.config.load()?;
             refuse_manual(config.schedule.policy)?;
+            args.check_memory(&config)?;
             configure_threads(config.threads);
             let run = RunDir::create(&args.run_dir(&config), args.force)?;
             Session::start(config, run)?
@@ -47,10 +49,18 @@ fn refuse_manual(policy: SchedulePolicy) -> Result<()> {
     Ok(())
 }
 
-fn drive(mut session: Session) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+/// Steps the session to its end, or until a signal: SIGINT, SIGTERM and
+/// SIGHUP checkpoint the run and stop it (exit status 128 + the signal); a
+/// second signal, for a step that takes too long, ends the process at once
+/// with the same status (resumable from the checkpoint before).
+fn drive(mut session: Session) -> Result<Ended> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stopping))?;
+        signal_hook::flag::register(sig, Arc::clone(&stopping))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
     }
     let view = session.view();
     eprintln!(
@@ -63,14 +73,15 @@ fn drive(mut session: Session) -> Result<()> {
     let started = Instant::now();
     let mut progress = Progress::new(&session);
     while !session.is_done() {
-        if stop.load(Ordering::Relaxed) {
+        if stopping.load(Ordering::Relaxed) {
             session.save_state()?;
             eprintln!(
                 "stopped at iteration {}; continue with: disback run --resume {}",
                 session.iteration(),
                 session.run_dir().root().display()
             );
-            return Ok(());
+            let signal = signal.load(Ordering::Relaxed) as i32;
+            return Ok(Ended::Stopped { signal });
         }
         for event in session.step()? {
             print_event(&event);
@@ -87,7 +98,7 @@ fn drive(mut session: Session) -> Result<()> {
     if let Some(e) = session.latest_eval() {
         eprintln!("final: {}", describe_eval(e));
     }
-    Ok(())
+    Ok(Ended::Finished)
 }
 
 fn print_event(event: &Event) {

@@ -29,15 +29,36 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text with overrides applied; the error names the key.
+    /// Reads the `config.toml` a run wrote, refusing it if it was changed
+    /// since: a resumed run continues the run that was checkpointed.
+    pub fn load_run(path: &Path) -> Result<Config> {
+        let text = crate::files::read_toml(path)?;
+        Self::parse(&text, &[]).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses TOML text with overrides applied. Every problem is reported
+    /// at once (a TOML syntax error stops the parse, so it comes alone),
+    /// each naming its key; one that comes from a `--set` says so.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Config> {
         let mut table: toml::Table = toml::from_str(text)?;
+        let mut set = Vec::new();
         for o in overrides {
-            apply_override(&mut table, o)?;
+            set.push((apply_override(&mut table, o)?, o));
         }
-        let config: Config = table.try_into()?;
-        config.validate()?;
-        Ok(config)
+        let (config, mut problems) = deserialize_all(table);
+        if let Some(c) = &config
+            && let Err(e) = c.validate()
+        {
+            problems.extend(e.to_string().lines().map(str::to_string));
+        }
+        if problems.is_empty() {
+            return Ok(config.expect("no problems means it deserialised"));
+        }
+        let blame = |line: &String| match set.iter().find(|(key, _)| is_about(line, key)) {
+            Some((_, spec)) => format!("{line} (from --set {spec})"),
+            None => line.clone(),
+        };
+        bail!("{}", problems.iter().map(blame).collect::<Vec<_>>().join("\n"))
     }
 
     /// The built-in default config (the 2-D ring demo), with overrides.
@@ -88,7 +109,7 @@ impl Config {
         let resolved = self.clone().resolved();
         let (t, d) = (&resolved.teacher, &resolved.diffusion);
         let shape = serde_json::json!({
-            "format": 2,
+            "format": 3,
             "data": resolved.data,
             "diffusion": [d.sigma_data, d.p_mean, d.p_std],
             "score_net": resolved.score_net,
@@ -104,10 +125,66 @@ impl Config {
     }
 }
 
+/// Deserialises a config table, collecting every problem: each bad key is
+/// reported, then taken out (falling back to its default) and the rest
+/// tried again, because serde stops at the first error. Returns the config
+/// when what is left deserialises.
+fn deserialize_all(mut table: toml::Table) -> (Option<Config>, Vec<String>) {
+    let mut problems = Vec::new();
+    // Each round removes a key, so this ends; the cap is a safeguard.
+    for _ in 0..100 {
+        let error = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+            Ok(config) => return (Some(config), problems),
+            Err(e) => e,
+        };
+        let message = error.inner().message().trim().to_string();
+        let path = error.path().to_string();
+        let mut key: Vec<String> = match path.as_str() {
+            "." => Vec::new(),
+            p => p.split('.').map(str::to_string).collect(),
+        };
+        // Make sure an unknown key's path ends with the key itself.
+        if let Some(unknown) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+            .filter(|u| key.last().map(String::as_str) != Some(*u))
+        {
+            key.push(unknown.to_string());
+        }
+        let name = if key.is_empty() {
+            "(top level)".into()
+        } else {
+            key.join(".")
+        };
+        problems.push(format!("{name}: {message}"));
+        if key.is_empty() || remove_key(&mut table, &key).is_none() {
+            break;
+        }
+    }
+    (None, problems)
+}
+
+/// Removes `key` (a path of table names) from the table.
+fn remove_key(table: &mut toml::Table, key: &[String]) -> Option<toml::Value> {
+    let (last, sections) = key.split_last()?;
+    let mut current = table;
+    for section in sections {
+        current = current.get_mut(section)?.as_table_mut()?;
+    }
+    current.remove(last)
+}
+
+/// Whether a problem line is about `key` or something inside or above it.
+fn is_about(problem: &str, key: &str) -> bool {
+    let name = problem.split(':').next().unwrap_or_default();
+    let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}."));
+    inside(name, key) || inside(key, name)
+}
+
 /// Applies one `section.key=value` override to the raw table. The value is
 /// read as a TOML value (`3`, `1e-3`, `"cpu"`, `[1, 2]`), and as a bare
-/// string when it is not one (`device=cpu`).
-fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+/// string when it is not one (`device=cpu`). Returns the key.
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<String> {
     let (key, raw) = spec
         .split_once('=')
         .ok_or_else(|| anyhow!("--set {spec:?}: expected section.key=value"))?;
@@ -129,7 +206,7 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
             .ok_or_else(|| anyhow!("--set {spec:?}: {} is not a section", parts[..=i].join(".")))?;
     }
     current.insert(last.to_string(), value);
-    Ok(())
+    Ok(key.to_string())
 }
 
 fn parse_value(raw: &str) -> toml::Value {

@@ -171,3 +171,27 @@ fn the_teacher_cache_key_ignores_what_does_not_shape_the_teacher() {
     let other_data = Config::parse("[data]\nkind = \"ring\"\nmodes = 8\n", &[]).unwrap();
     assert_ne!(base.teacher_cache_key(), other_data.teacher_cache_key());
 }
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key() {
+    let text = "[teacher]\nbatch = \"x\"\nstepz = 3\n[distill]\nlr = -1\nbatch = 0\n";
+    let e = err(text, &[]);
+    for key in ["teacher.batch", "teacher.stepz", "distill.lr", "distill.batch"] {
+        assert!(e.contains(key), "{key} missing from:\n{e}");
+    }
+    assert_eq!(e.lines().count(), 4, "{e}");
+}
+
+#[test]
+fn a_bad_override_is_blamed_on_the_override_not_the_file() {
+    let e = err("[teacher]\nsteps = 0\n", &["teacher.batch=x", "seed=1"]);
+    assert!(
+        e.contains("teacher.batch") && e.contains("(from --set teacher.batch=x)"),
+        "{e}"
+    );
+    let steps = e
+        .lines()
+        .find(|l| l.starts_with("teacher.steps"))
+        .expect("the file's problem too");
+    assert!(!steps.contains("--set"), "{e}");
+}

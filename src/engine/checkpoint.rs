@@ -16,7 +16,7 @@ use super::rundir::RunDir;
 use super::session::{Event, Session, node_source};
 use crate::config::{Config, Method};
 use crate::distill::{BacktrackSchedule, Backtracker, DegradationRecorder, RecordProgress};
-use crate::files::{atomic_write, read_tensors, write_tensors};
+use crate::files::{read_json, read_tensors, write_json, write_tensors};
 use crate::metrics::Evaluation;
 use crate::model::Denoiser;
 use crate::optim::Adam;
@@ -27,8 +27,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Version 2: models named by role (degrading / fake-score), the recorder's
-/// progress, the generator's moving average.
-const FORMAT: u32 = 2;
+/// progress, the generator's moving average. Version 3: every file
+/// carries a checksum.
+const FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Latest {
@@ -135,12 +136,8 @@ impl Session {
             latest_eval: self.latest_eval.clone(),
             adam_steps,
         };
-        atomic_write(
-            &dir.join("session.json"),
-            serde_json::to_string(&state)?.as_bytes(),
-        )?;
-        let latest = serde_json::to_string(&Latest { dir: name.clone() })?;
-        atomic_write(&state_dir.join("latest.json"), latest.as_bytes())?;
+        write_json(&dir.join("session.json"), &state)?;
+        write_json(&state_dir.join("latest.json"), &Latest { dir: name.clone() })?;
         // Older checkpoints are superseded now that the new one is named.
         for entry in std::fs::read_dir(&state_dir)?.flatten() {
             let n = entry.file_name().to_string_lossy().into_owned();
@@ -179,9 +176,10 @@ impl Session {
     /// Continues a run from its last checkpoint. Log lines written after
     /// that checkpoint are dropped and will be written again, identically.
     pub fn resume(run: RunDir) -> Result<Self> {
-        let config = Config::load(&run.config(), &[])?;
+        let run = run.locked()?;
+        let config = Config::load_run(&run.config())?;
         let (dir, saved) = read_checkpoint(&run)?;
-        let log = MetricsLog::open(&run.metrics(), saved.metrics_lines)?;
+        let log = MetricsLog::resume(&run.metrics(), saved.latest.as_ref(), saved.metrics_lines)?;
         let mut s = Session::build(config, run, log)?;
         let student = &mut s.student;
         student.generator.load(&dir.join("generator.safetensors"))?;
@@ -236,21 +234,18 @@ impl Session {
 fn read_checkpoint(run: &RunDir) -> Result<(std::path::PathBuf, SavedState)> {
     let state_dir = run.state_dir();
     let latest_file = state_dir.join("latest.json");
-    let latest: Latest = serde_json::from_str(&std::fs::read_to_string(&latest_file).with_context(|| {
-        format!(
+    if !latest_file.exists() {
+        bail!(
             "{} has no checkpoint to resume from (no {})",
             run.root().display(),
             latest_file.display()
-        )
-    })?)
-    .with_context(|| format!("{} is corrupt", latest_file.display()))?;
+        );
+    }
+    let latest: Latest = read_json(&latest_file)?;
     let dir = state_dir.join(&latest.dir);
     let session_file = dir.join("session.json");
-    let text = std::fs::read_to_string(&session_file)
-        .with_context(|| format!("cannot read {}", session_file.display()))?;
-    let format = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.get("format").and_then(|f| f.as_u64()));
+    let state: serde_json::Value = read_json(&session_file)?;
+    let format = state.get("format").and_then(|f| f.as_u64());
     if format != Some(FORMAT as u64) {
         bail!(
             "{}: checkpoint format {} is not supported by this version (it reads format {FORMAT}); \
@@ -259,7 +254,7 @@ fn read_checkpoint(run: &RunDir) -> Result<(std::path::PathBuf, SavedState)> {
             format.map_or("unknown".into(), |f| f.to_string())
         );
     }
-    let saved: SavedState =
-        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", session_file.display()))?;
+    let saved: SavedState = serde_json::from_value(state)
+        .with_context(|| format!("{}: unexpected content", session_file.display()))?;
     Ok((dir, saved))
 }

@@ -87,19 +87,18 @@ fn shared_teacher(config: &Config, out: &Path) -> Result<PathBuf> {
 }
 
 /// Creates the comparison's folder `out` and plans the runs: for each
-/// seed, DisBack then the two baselines, all with one shared teacher. Returns
-/// the folder's absolute path (every run's config names its teacher file
-/// by it, so they resolve from anywhere) and the jobs.
-pub fn plan(
-    config: &Config,
-    seeds: usize,
-    out: &Path,
-    overwrite: bool,
-) -> Result<(PathBuf, Vec<CompareJob>)> {
+/// seed, DisBack then the two baselines, all with one shared teacher.
+pub fn plan(config: &Config, seeds: usize, out: &Path, overwrite: bool) -> Result<Plan> {
     if config.method != Method::Disback {
         bail!("compare takes a DisBack config (method = \"disback\"); the baseline is derived from it");
     }
-    RunDir::create(out, overwrite)?;
+    if seeds == 0 {
+        bail!("--seeds 0: a comparison needs at least one seed");
+    }
+    if !overwrite {
+        RunDir::check_free(out, None)?;
+    }
+    let folder = RunDir::create(out, overwrite)?;
     let out = out.canonicalize()?;
     let out = out.as_path();
     let teacher = shared_teacher(config, out)?;
@@ -118,7 +117,21 @@ pub fn plan(
             });
         }
     }
-    Ok((out.to_path_buf(), jobs))
+    Ok(Plan {
+        out: out.to_path_buf(),
+        jobs,
+        _folder: folder,
+    })
+}
+
+/// A planned comparison.
+pub struct Plan {
+    /// The folder's absolute path: every run's config names its teacher
+    /// file by it, so they resolve from anywhere.
+    pub out: PathBuf,
+    pub jobs: Vec<CompareJob>,
+    /// The folder, locked for as long as the comparison runs.
+    _folder: RunDir,
 }
 
 /// Runs every job to the end on `workers` threads; `done` hears of each

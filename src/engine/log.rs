@@ -3,7 +3,7 @@
 
 use crate::files::atomic_write;
 use crate::metrics::Evaluation;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Write;
@@ -59,6 +59,13 @@ pub struct MetricsRecord {
     pub eval: Option<Evaluation>,
 }
 
+impl MetricsRecord {
+    /// Whether two records were logged at the same moment of a run.
+    fn same_moment(&self, other: &MetricsRecord) -> bool {
+        (self.stage, self.step, self.cost) == (other.stage, other.step, other.cost)
+    }
+}
+
 /// Sums of the losses since the last log line.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossWindow {
@@ -99,25 +106,69 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// Opens the log for appending after keeping its first `keep` lines
-    /// (0 for a new run; a checkpoint's count when resuming, so lines
-    /// written after the checkpoint are dropped and written again).
-    pub fn open(path: &Path, keep: usize) -> Result<Self> {
-        if path.exists() {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let kept: String = text.lines().take(keep).map(|l| format!("{l}\n")).collect();
-            atomic_write(path, kept.as_bytes())?;
+    /// Starts an empty log (replacing any file there).
+    pub fn create(path: &Path) -> Result<Self> {
+        atomic_write(path, b"")?;
+        Self::append_to(path, 0)
+    }
+
+    /// Reopens a run's log at its checkpoint: every line up to the
+    /// checkpoint's last record (`last`, the `lines`-th line) must be a
+    /// record, and is kept; what follows was written after the checkpoint
+    /// and is dropped, to be written again. The record is found by content,
+    /// so a damaged line is reported rather than kept in place of a real one.
+    pub fn resume(path: &Path, last: Option<&MetricsRecord>, lines: usize) -> Result<Self> {
+        let text = match last {
+            Some(_) => {
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+            }
+            None => String::new(),
+        };
+        let mut kept = String::new();
+        let (mut count, mut found) = (0, false);
+        if let Some(last) = last {
+            for (i, line) in text.lines().enumerate() {
+                let record: MetricsRecord = serde_json::from_str(line).with_context(|| {
+                    format!(
+                        "{}:{}: not a metrics record, in the part the checkpoint covers; repair                          or delete that line, then resume",
+                        path.display(),
+                        i + 1
+                    )
+                })?;
+                kept.push_str(line);
+                kept.push('\n');
+                count += 1;
+                if record.same_moment(last) {
+                    found = true;
+                    break;
+                }
+            }
+            if !found || count != lines {
+                bail!(
+                    "{}: the checkpoint's last record ({} step {}) should be line {lines}, but                      {}; the log was changed, refusing to resume over it",
+                    path.display(),
+                    last.stage,
+                    last.step,
+                    match found {
+                        true => format!("it is line {count}"),
+                        false => "it is not in the file".to_string(),
+                    }
+                );
+            }
         }
+        atomic_write(path, kept.as_bytes())?;
+        Self::append_to(path, count)
+    }
+
+    fn append_to(path: &Path, lines: usize) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
-            .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            lines: keep,
+            lines,
         })
     }
 

@@ -5,6 +5,7 @@ mod checkpoint;
 mod clock;
 pub mod compare;
 mod field;
+mod lock;
 mod log;
 mod messages;
 mod outputs;

@@ -10,7 +10,7 @@ use crate::diffusion::NoiseSchedule;
 use crate::distill::BacktrackSchedule;
 use crate::engine::path::DegradationPath;
 use crate::engine::rundir::RunDir;
-use crate::files::atomic_write;
+use crate::files::write_json;
 use crate::metrics::Evaluation;
 use crate::model::{Denoiser, Generator};
 use crate::rng::{HostRng, host_rng, streams};
@@ -96,7 +96,7 @@ impl Session {
     /// The teacher's and s_φ's score fields (`fields/<name>.json`).
     fn write_fields(&self, name: &str) -> Result<()> {
         let field = self.score_field("teacher".into(), &self.teacher, self.default_field_sigma())?;
-        atomic_write(&self.run.field(name), serde_json::to_string(&field)?.as_bytes())
+        write_json(&self.run.field(name), &field)
     }
 
     /// Measures the generator now, on `metrics.samples` fresh samples.

@@ -4,9 +4,9 @@
 //! skip came). Nodes live as safetensors files beside a JSON index.
 
 use crate::distill::NodeSource;
-use crate::files::atomic_write;
+use crate::files::{read_json, write_json};
 use crate::model::Denoiser;
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,12 @@ pub struct NodeInfo {
 }
 
 #[derive(Debug, Clone)]
+/// `nodes.json`: the nodes recorded so far.
+#[derive(Serialize, Deserialize)]
+struct NodeIndex {
+    nodes: Vec<NodeInfo>,
+}
+
 pub struct DegradationPath {
     dir: PathBuf,
     nodes: Vec<NodeInfo>,
@@ -45,10 +51,7 @@ impl DegradationPath {
         if !index.exists() {
             return Ok(Self::new(dir));
         }
-        let text =
-            std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
-        let nodes = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid node index", index.display()))?;
+        let NodeIndex { nodes } = read_json(&index)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             nodes,
@@ -78,8 +81,10 @@ impl DegradationPath {
     }
 
     fn write_index(&self) -> Result<()> {
-        let json = serde_json::to_string_pretty(&self.nodes)?;
-        atomic_write(&self.dir.join(Self::INDEX), json.as_bytes())
+        let index = NodeIndex {
+            nodes: self.nodes.clone(),
+        };
+        write_json(&self.dir.join(Self::INDEX), &index)
     }
 
     pub fn nodes(&self) -> &[NodeInfo] {

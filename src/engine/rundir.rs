@@ -13,17 +13,22 @@
 //! plots/               the figures (PNG and SVG)
 //! state/               the resumable checkpoint
 //! samples.csv          generator samples at the end (header x,y)
+//! run.lock             held by the process writing the run
 //! ```
 
+use super::lock::{LOCK_FILE, RunLock};
 use crate::data::Point;
 use crate::files::atomic_write;
 use anyhow::{Context, Result, bail};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+/// A run directory; a writer holds its lock (shared by clones).
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+    lock: Option<Arc<RunLock>>,
 }
 
 impl RunDir {
@@ -40,42 +45,69 @@ impl RunDir {
             .expect("some suffix is free")
     }
 
-    /// Refuses a folder that exists and holds anything.
-    pub fn check_free(root: &Path) -> Result<()> {
-        if root.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+    /// Refuses a folder that exists and holds anything (but a lock file).
+    /// `again` says how to continue what is there, if it can be.
+    pub fn check_free(root: &Path, again: Option<&str>) -> Result<()> {
+        let held = |e: &std::fs::DirEntry| e.file_name() != LOCK_FILE;
+        if root.read_dir().is_ok_and(|d| d.flatten().any(|e| held(&e))) {
+            let resume = again.map_or(String::new(), |cmd| {
+                format!(", or `{cmd} {}` to continue it", root.display())
+            });
             bail!(
-                "run directory {} already exists; choose another --out, pass --force to \
-                 overwrite it, or `disback run --resume {}` to continue it",
-                root.display(),
+                "{} already exists; choose another --out, or pass --force to overwrite it{resume}",
                 root.display()
             );
         }
         Ok(())
     }
 
-    /// Creates a new run directory. An existing, non-empty one is an error
-    /// unless `overwrite` is set, in which case it is emptied first.
+    /// Creates a new run directory and takes its lock. An existing,
+    /// non-empty one is an error unless `overwrite` is set, in which case it
+    /// is emptied, once its lock shows that no other process writes it.
     pub fn create(root: &Path, overwrite: bool) -> Result<Self> {
-        if overwrite && Self::check_free(root).is_err() {
-            std::fs::remove_dir_all(root).with_context(|| format!("cannot clear {}", root.display()))?;
+        if !overwrite {
+            Self::check_free(root, Some("disback run --resume"))?;
         }
-        Self::check_free(root)?;
         std::fs::create_dir_all(root)
             .with_context(|| format!("cannot create run directory {}", root.display()))?;
+        let lock = RunLock::acquire(root)?;
+        if overwrite {
+            for entry in std::fs::read_dir(root)?.flatten() {
+                let path = entry.path();
+                let cleared = match entry.file_type()?.is_dir() {
+                    _ if path == lock.path() => Ok(()),
+                    true => std::fs::remove_dir_all(&path),
+                    false => std::fs::remove_file(&path),
+                };
+                cleared.with_context(|| format!("cannot clear {}", path.display()))?;
+            }
+        }
         Ok(Self {
             root: root.to_path_buf(),
+            lock: Some(Arc::new(lock)),
         })
     }
 
-    /// Opens an existing run directory (to resume it or redraw its plots).
+    /// Opens an existing run directory to read it (plots); see
+    /// [`RunDir::locked`] to write it.
     pub fn open(root: &Path) -> Result<Self> {
         let dir = Self {
             root: root.to_path_buf(),
+            lock: None,
         };
         if !dir.config().is_file() {
             bail!("{} is not a run directory: it has no config.toml", root.display());
         }
         Ok(dir)
+    }
+
+    /// The same directory with its lock held (taken now if it is not yet):
+    /// a second writer is refused with the holder's pid and command.
+    pub fn locked(mut self) -> Result<Self> {
+        if self.lock.is_none() {
+            self.lock = Some(Arc::new(RunLock::acquire(&self.root)?));
+        }
+        Ok(self)
     }
 
     pub fn root(&self) -> &Path {

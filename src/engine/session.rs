@@ -18,7 +18,7 @@ use crate::diffusion::NoiseSchedule;
 use crate::distill::{
     BacktrackSchedule, Backtracker, Decision, DegradationRecorder, NodeDue, NodeSource, Student,
 };
-use crate::files::atomic_write;
+use crate::files::write_toml;
 use crate::metrics::{Evaluation, Evaluator};
 use crate::model::{Denoiser, Generator};
 use crate::rng::{HostRng, host_rng, streams};
@@ -76,10 +76,11 @@ pub(super) fn node_source<'a>(
 impl Session {
     /// Starts a new run in `run` (created by the caller).
     pub fn start(config: Config, run: RunDir) -> Result<Self> {
+        let run = run.locked()?;
         let config = config.resolved();
         config.validate()?;
-        atomic_write(&run.config(), config.to_toml()?.as_bytes())?;
-        let log = MetricsLog::open(&run.metrics(), 0)?;
+        write_toml(&run.config(), &config.to_toml()?)?;
+        let log = MetricsLog::create(&run.metrics())?;
         let mut session = Self::build(config, run, log)?;
         session.prepare_teacher()?;
         Ok(session)

@@ -4,6 +4,7 @@
 //! out on an unbounded channel and snapshots are throttled), and the front
 //! end never waits on training.
 
+use super::RunDir;
 use super::log::Stage;
 use super::log::read_metrics;
 use super::messages::Event;
@@ -15,20 +16,20 @@ use crate::diffusion::{heun_sample, model_denoise_fn};
 use crate::model::Denoiser;
 use crate::rng::{HostRng, host_rng, normal_vec, streams};
 use anyhow::Result;
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-/// How to start: a new run, or a resumed one.
+/// How to start: a new run, or a resumed one. The caller creates or opens
+/// the run directory, so a taken or occupied one is refused before a lab
+/// takes over the screen.
 pub enum Start {
     New {
         config: Box<crate::config::Config>,
-        run_dir: PathBuf,
-        overwrite: bool,
+        run: RunDir,
     },
-    Resume(PathBuf),
+    Resume(RunDir),
 }
 
 /// The front end's end of the training thread.
@@ -83,12 +84,8 @@ pub fn spawn(start: Start) -> TrainerHandle {
 
 fn train(start: Start, commands: Receiver<Command>, updates: UnboundedSender<Update>) -> Result<Session> {
     let session = match start {
-        Start::New {
-            config,
-            run_dir,
-            overwrite,
-        } => super::RunDir::create(&run_dir, overwrite).and_then(|run| Session::start(*config, run)),
-        Start::Resume(dir) => super::RunDir::open(&dir).and_then(Session::resume),
+        Start::New { config, run } => Session::start(*config, run),
+        Start::Resume(run) => Session::resume(run),
     };
     match session {
         Ok(session) => Trainer::new(session, commands, updates).run(),

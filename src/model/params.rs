@@ -124,8 +124,9 @@ impl Params {
     /// Loads every parameter from named tensors: each name must be present
     /// with the right shape, and no tensor may be left over. This is the
     /// check the public reference code lacks (its switches could load
-    /// nothing when names did not match). Everything is checked before the
-    /// first weight is overwritten, so a bad file changes nothing.
+    /// nothing when names did not match). Every weight must be finite.
+    /// Everything is checked before the first weight is overwritten, so a
+    /// bad file changes nothing.
     pub fn load_from(&self, tensors: &HashMap<String, Tensor>, source: &str) -> Result<()> {
         let missing: Vec<&str> = self
             .iter()
@@ -150,6 +151,10 @@ impl Params {
                 "{source}: tensor {name} has shape {:?}, the model expects {:?}",
                 t.dims(),
                 var.dims()
+            );
+            ensure!(
+                t.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()),
+                "{source}: tensor {name} holds NaN or infinite values; refusing to load it"
             );
         }
         for (name, var) in self.iter() {
@@ -236,6 +241,21 @@ mod tests {
         assert!(!p.all_finite().unwrap());
         set(&p, "b", vec![f32::INFINITY, f32::NEG_INFINITY, 0.0, 0.0]);
         assert!(!p.all_finite().unwrap());
+    }
+
+    #[test]
+    fn non_finite_weights_in_a_file_are_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nan.safetensors");
+        let p = two_params();
+        set(&p, "b", vec![0.0, f32::NAN, 0.0, 0.0]);
+        p.save(&file, HashMap::new()).unwrap();
+        let q = two_params();
+        let before = q.tensors()[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let err = q.load_file(&file, |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("nan.safetensors") && err.contains("NaN"), "{err}");
+        let after = q.tensors()[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(before, after, "nothing was loaded");
     }
 
     #[test]

@@ -6,9 +6,10 @@ use super::{COLORS, Figure, log_range, plot_err, save};
 use crate::config::Config;
 use crate::data::{Bounds, Dataset, Point};
 use crate::engine::{MetricsRecord, RunDir, ScoreField, Stage, read_metrics, read_points_csv};
+use crate::files::read_json;
 use crate::metrics::Evaluation;
 use crate::rng::{host_rng, streams};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::types::RangedCoordf32;
@@ -236,10 +237,17 @@ fn mean(v: &[f64]) -> Option<f64> {
 /// 13), in the order they appear in `plots/`.
 pub fn plot_run(root: &Path) -> Result<Vec<PathBuf>> {
     let run = RunDir::open(root)?;
-    let config = Config::load(&run.config(), &[])?;
+    let config = Config::load_run(&run.config())?;
     let records = read_metrics(&run.metrics())?;
-    let evals = evaluations(&records);
     let dir = run.plots_dir();
+    if records.is_empty() {
+        anyhow::bail!(
+            "{} holds no records yet, so there is nothing to plot; {} was left as it is",
+            run.metrics().display(),
+            dir.display()
+        );
+    }
+    let evals = evaluations(&records);
     let marks: Vec<(f64, String)> = switches(&records)
         .into_iter()
         .map(|(c, t)| (c as f64, format!(" s'θ{t}")))
@@ -428,10 +436,7 @@ impl Fields {
             if !file.exists() {
                 continue;
             }
-            let text =
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let f: ScoreField = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a score field", file.display()))?;
+            let f: ScoreField = read_json(&file)?;
             panels.push((
                 format!("teacher, σ = {:.2} ({moment})", f.sigma),
                 f.points.clone(),

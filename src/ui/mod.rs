@@ -18,9 +18,11 @@ pub use draw::draw;
 pub use theme::Theme;
 
 use crate::engine::trainer::{Command, Start, TrainerHandle, Update, spawn};
+use crate::runtime::Ended;
 use anyhow::Result;
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
 use futures::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGTERM};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -29,18 +31,37 @@ const FRAME: Duration = Duration::from_millis(80);
 /// The name of the training thread, whose panics must not touch the screen.
 const TRAINING_THREAD: &str = "disback-training";
 
-/// Opens the lab on a run and returns when the user quits.
-pub fn run(start: Start) -> Result<()> {
+/// Opens the lab on a run and returns when the user quits, or when a
+/// signal saved the run and stopped it.
+pub fn run(start: Start) -> Result<Ended> {
     install_panic_hook();
     let trainer = spawn(start);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut terminal = ratatui::try_init()?;
+    let mut terminal = ratatui::try_init().map_err(|e| anyhow::anyhow!("cannot open the terminal: {e}"))?;
     let outcome = runtime.block_on(event_loop(&mut terminal, trainer));
     ratatui::restore();
-    let summary = outcome?;
+    let (summary, ended) = outcome?;
     println!("{summary}");
+    Ok(ended)
+}
+
+/// Refuses to start the lab without a terminal to draw on and read keys
+/// from: escape codes would go into a file or a pipe.
+pub fn check_terminal() -> Result<()> {
+    use std::io::IsTerminal;
+    for (name, is_terminal) in [
+        ("standard output", std::io::stdout().is_terminal()),
+        ("standard input", std::io::stdin().is_terminal()),
+    ] {
+        if !is_terminal {
+            anyhow::bail!(
+                "the terminal lab needs a terminal, and {name} is not one; for a run without a \
+                 screen use `disback run` (same options)"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -58,7 +79,10 @@ fn install_panic_hook() {
     }));
 }
 
-async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut trainer: TrainerHandle) -> Result<String> {
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    mut trainer: TrainerHandle,
+) -> Result<(String, Ended)> {
     let mut app = App::new(Theme::from_env());
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(FRAME);
@@ -91,7 +115,7 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut trainer: Traine
                 Some(Ok(TermEvent::Resize(..))) => dirty = true,
                 Some(Ok(_)) => {}
                 // The terminal is gone: treat it as a hang-up.
-                Some(Err(_)) | None => return hang_up(trainer, "the terminal closed").await,
+                Some(Err(_)) | None => return hang_up(trainer, "the terminal closed", SIGHUP).await,
             },
             update = trainer.updates.recv() => match update {
                 Some(u) => {
@@ -100,18 +124,19 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut trainer: Traine
                 }
                 None => app.stopped = true,
             },
-            _ = sigterm.recv() => return hang_up(trainer, "SIGTERM").await,
-            _ = sighup.recv() => return hang_up(trainer, "SIGHUP").await,
+            _ = sigterm.recv() => return hang_up(trainer, "SIGTERM", SIGTERM).await,
+            _ = sighup.recv() => return hang_up(trainer, "SIGHUP", SIGHUP).await,
         }
         if app.quit {
             let run_dir = app.view.as_ref().map(|v| v.run_dir.display().to_string());
             // A training failure was already shown on screen; only wait
             // for the thread to end.
             let _ = tokio::task::spawn_blocking(move || trainer.join()).await?;
-            return Ok(match run_dir {
+            let summary = match run_dir {
                 Some(dir) => format!("disback: run directory {dir}"),
                 None => "disback: no run was started".into(),
-            });
+            };
+            return Ok((summary, Ended::Finished));
         }
     }
 }
@@ -154,7 +179,7 @@ pub fn backtracking_rate_with_lab(start: Start, time: Duration) -> Result<f64> {
 
 /// Saves the generator and a checkpoint, waits for training to stop, and
 /// says what was kept.
-async fn hang_up(mut trainer: TrainerHandle, why: &str) -> Result<String> {
+async fn hang_up(mut trainer: TrainerHandle, why: &str, signal: i32) -> Result<(String, Ended)> {
     let _ = trainer.commands.send(Command::Hangup);
     let mut saved = Vec::new();
     while let Some(update) = trainer.updates.recv().await {
@@ -169,8 +194,9 @@ async fn hang_up(mut trainer: TrainerHandle, why: &str) -> Result<String> {
         .as_ref()
         .map(|s| s.run_dir().root().display().to_string())
         .unwrap_or_default();
-    Ok(format!(
+    let summary = format!(
         "disback: stopped on {why}; saved {} and a checkpoint; resume with `disback tui --resume {dir}`",
         saved.join(", ")
-    ))
+    );
+    Ok((summary, Ended::Stopped { signal }))
 }
