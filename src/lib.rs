@@ -4,7 +4,8 @@
 //! distributions with exact scores), [`model`] (EDM denoiser, generator),
 //! [`diffusion`] (EDM loss and sampler), [`distill`] (degradation path,
 //! backtracking schedule, generator loss), [`engine`] (the steppable
-//! session and run directories).
+//! session and run directories), [`runner`] (a run in its own process,
+//! serving labs over a socket), [`ui`] (the terminal lab).
 
 pub mod cli;
 pub mod config;
@@ -18,5 +19,6 @@ pub mod model;
 pub mod optim;
 pub mod report;
 pub mod rng;
+pub mod runner;
 pub mod runtime;
 pub mod ui;

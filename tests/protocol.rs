@@ -187,7 +187,7 @@ fn hangup_saves_the_generator_and_a_resumable_checkpoint() {
         "backtracking",
         |u| matches!(u, Update::View { view, .. } if view.stage == Stage::Backtrack && view.iteration > 110),
     );
-    d.send(Command::Hangup);
+    d.send(Command::Stop);
     d.until("saved", |u| matches!(u, Update::Session(Event::Saved(_))));
     d.until("stopped", |u| *u == Update::Stopped);
     let at_hang_up = d.trainer.join().unwrap().iteration();

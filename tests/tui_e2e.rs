@@ -1,6 +1,7 @@
 //! The real binary in a pseudo-terminal: start the lab, see the path and
 //! the preview, press space, n, s and q, and find the saved generator and a
-//! restored terminal.
+//! restored terminal; detach, attach again, and stop the run; kill the lab
+//! and find training still going.
 
 mod common;
 
@@ -16,7 +17,23 @@ struct Lab {
     keys: Box<dyn Write + Send>,
     parser: vt100::Parser,
     bytes: Receiver<Vec<u8>>,
-    dir: tempfile::TempDir,
+    /// The folder the command runs in (handed on to a later lab).
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Lab {
+    /// A test that failed halfway must not leave a runner training.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        if let Some(dir) = &self.dir
+            && dir.path().join("run/lab.sock").exists()
+        {
+            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_disback"))
+                .args(["stop", "run"])
+                .current_dir(dir.path())
+                .output();
+        }
+    }
 }
 
 impl Lab {
@@ -28,7 +45,11 @@ impl Lab {
         config.schedule.steps = vec![1_000_000; 4];
         let config_file = dir.path().join("tiny.toml");
         std::fs::write(&config_file, config.to_toml().unwrap()).unwrap();
+        Self::spawn(&["tui", "--config", "tiny.toml", "--out", "run"], dir)
+    }
 
+    /// Runs `disback ARGS` in a new pseudo-terminal, in `dir`.
+    fn spawn(args: &[&str], dir: tempfile::TempDir) -> Self {
         let pty = native_pty_system()
             .openpty(PtySize {
                 rows: 24,
@@ -38,7 +59,7 @@ impl Lab {
             })
             .unwrap();
         let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_disback"));
-        cmd.args(["tui", "--config", config_file.to_str().unwrap(), "--out", "run"]);
+        cmd.args(args);
         cmd.cwd(dir.path());
         cmd.env("TERM", "xterm-256color");
         cmd.env_remove("NO_COLOR");
@@ -60,7 +81,51 @@ impl Lab {
             keys,
             parser: vt100::Parser::new(NonZeroU16::new(24).unwrap(), NonZeroU16::new(80).unwrap(), 0),
             bytes,
-            dir,
+            dir: Some(dir),
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.as_ref().expect("the lab owns its folder").path()
+    }
+
+    /// The folder, for the next lab on the same run.
+    fn hand_over(mut self) -> tempfile::TempDir {
+        self.dir.take().expect("the lab owns its folder")
+    }
+
+    /// Runs another `disback` command in the lab's folder.
+    fn disback(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_disback"))
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Logged records so far: grows while training runs.
+    fn records(&self) -> usize {
+        std::fs::read_to_string(self.run_file("metrics.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    /// Waits until training has logged more than `than` records.
+    fn wait_for_records(&self, than: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.records() <= than {
+            assert!(Instant::now() < deadline, "training does not go on");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the run's runner has ended.
+    fn wait_runner_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.run_file("lab.sock").exists() {
+            assert!(Instant::now() < deadline, "the runner did not end");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -109,7 +174,7 @@ impl Lab {
     }
 
     fn run_file(&self, path: &str) -> std::path::PathBuf {
-        self.dir.path().join("run").join(path)
+        self.path().join("run").join(path)
     }
 
     fn saved_generators(&self) -> Vec<String> {
@@ -144,25 +209,34 @@ fn the_lab_runs_in_a_terminal_and_restores_it() {
     lab.wait_for("▶ s'θ2  TARGET");
     lab.press("s");
     lab.wait_for("saved run/generator/saved-");
+    // Leaving while training runs asks: detach, or stop the run.
     lab.press("q");
-    lab.wait_for("Quit now?");
-    lab.press("y");
+    lab.wait_for("Leave the lab?");
+    lab.press("s");
     lab.wait_exit(0);
     assert!(
-        lab.text().contains("disback: run directory run"),
+        lab.text().contains("disback: stopped and checkpointed"),
         "{}",
         lab.text()
     );
-    assert_eq!(lab.saved_generators().len(), 1, "one saved generator");
-    assert!(lab.run_file("metrics.jsonl").is_file());
+    lab.wait_runner_gone();
+    // Stopping saves the generator too: paused since the s key, at the same
+    // cost, so into the same file.
+    assert_eq!(lab.saved_generators().len(), 1, "{:?}", lab.saved_generators());
+    assert!(lab.run_file("state/latest.json").is_file());
 }
 
 #[test]
-fn a_hang_up_or_termination_saves_and_exits_cleanly() {
-    // Exit status 128 + the signal: stopped, resumable.
-    for (signal, code) in [("-HUP", 129), ("-TERM", 143)] {
-        let mut lab = Lab::start();
-        lab.wait_for("▶ s'θ3  TARGET");
+fn a_hang_up_termination_or_kill_of_the_lab_only_detaches_it() {
+    // Exit status 128 + the signal for a lab that was told to go; a killed
+    // one has none. Training goes on in every case.
+    let mut dir = None;
+    for (signal, code) in [("-HUP", Some(129)), ("-TERM", Some(143)), ("-KILL", None)] {
+        let mut lab = match dir.take() {
+            None => Lab::start(),
+            Some(d) => Lab::spawn(&["attach", "run"], d),
+        };
+        lab.wait_for("▶ s'θ");
         let pid = lab.child.process_id().expect("a pid").to_string();
         assert!(
             std::process::Command::new("kill")
@@ -171,16 +245,67 @@ fn a_hang_up_or_termination_saves_and_exits_cleanly() {
                 .unwrap()
                 .success()
         );
-        lab.wait_exit(code);
-        assert!(lab.text().contains("saved"), "{signal}: {}", lab.text());
-        assert_eq!(
-            lab.saved_generators().len(),
-            1,
-            "{signal}: the generator is saved"
-        );
-        assert!(
-            lab.run_file("state/latest.json").is_file(),
-            "{signal}: a checkpoint is kept"
-        );
+        match code {
+            Some(code) => lab.wait_exit(code),
+            None => while lab.child.try_wait().unwrap().is_none() {},
+        }
+        let records = lab.records();
+        lab.wait_for_records(records + 2);
+        dir = Some(lab.hand_over());
     }
+    // Stopped from a script: checkpointed, then over.
+    let dir = dir.take().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_disback"))
+        .args(["stop", "run"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !dir.path().join("run/lab.sock").exists(),
+        "stop returns once the runner ended"
+    );
+    assert!(dir.path().join("run/state/latest.json").is_file());
+    let saved = std::fs::read_dir(dir.path().join("run/generator")).unwrap();
+    let saved = saved.filter(|e| {
+        e.as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("saved-")
+    });
+    assert_eq!(saved.count(), 1, "stopping saves the generator");
+}
+
+#[test]
+fn detach_attach_and_stop() {
+    let mut lab = Lab::start();
+    lab.wait_for("▶ s'θ3  TARGET");
+    lab.press(" ");
+    lab.wait_for("[PAUSED]");
+    lab.press(" ");
+    lab.press("d");
+    lab.wait_exit(0);
+    assert!(lab.text().contains("disback attach run"), "{}", lab.text());
+    let at_detach = lab.records();
+    lab.wait_for_records(at_detach + 2);
+
+    // `disback ls` shows it live; `disback attach` (no argument: the only
+    // live run under runs/ — here the run is in ./run, so name it).
+    let ls = lab.disback(&["ls", "."]);
+    let listing = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(listing.contains("run") && listing.contains("live"), "{listing}");
+    let mut lab = Lab::spawn(&["attach", "run"], lab.hand_over());
+    lab.wait_for("Backtracking path");
+    // The full state: the events from before the detach are replayed.
+    lab.wait_for("first target: s'θ3");
+    assert!(lab.records() > at_detach, "the same run, further along");
+    lab.press("q");
+    lab.wait_for("Leave the lab?");
+    lab.press("s");
+    lab.wait_exit(0);
+    lab.wait_runner_gone();
+    assert!(lab.run_file("state/latest.json").is_file());
+    let ls = lab.disback(&["ls", "."]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("ended"));
 }

@@ -9,7 +9,7 @@ use disback::engine::ScoreField;
 use disback::engine::trainer::{Command, Preview, PreviewData, Update};
 use disback::engine::{Event, MetricsRecord, NodeStatus, NodeView, SessionView, Stage};
 use disback::rng::host_rng;
-use disback::ui::{App, Mode, Theme, draw};
+use disback::ui::{App, Exit, Mode, Theme, draw};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
@@ -249,23 +249,50 @@ fn the_help_overlay_lists_every_key() {
 }
 
 #[test]
-fn quitting_asks_while_training_runs() {
+fn leaving_asks_detach_or_stop_while_training_runs() {
     let mut a = app(backtracking());
     assert!(a.on_key(key('q')).is_empty());
     let screen = text(&render(&a, 80, 24));
     assert!(
-        screen.contains("Quit now?") && screen.contains("Nothing is saved"),
+        screen.contains("Leave the lab?") && screen.contains("detach") && screen.contains("stop the run"),
         "{screen}"
     );
     assert!(a.on_key(key('x')).is_empty(), "any other key stays");
-    assert_eq!(a.mode, Mode::Normal);
+    assert_eq!((a.mode, a.exit), (Mode::Normal, None));
+    // Stop: checkpoint, then end; the lab closes once training has.
     a.on_key(key('q'));
-    assert_eq!(a.on_key(key('y')), vec![Command::Quit]);
-    assert!(a.quit);
-    // Once done, q quits at once.
+    assert_eq!(a.on_key(key('s')), vec![Command::Stop]);
+    assert!(a.stopping && a.exit.is_none());
+    // Detach (the default): nothing is sent, training goes on.
+    let mut b = app(backtracking());
+    b.on_key(key('q'));
+    assert!(
+        b.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE))
+            .is_empty()
+    );
+    assert_eq!(b.exit, Some(Exit::Detach));
+    let mut c = app(backtracking());
+    assert!(c.on_key(key('d')).is_empty());
+    assert_eq!(c.exit, Some(Exit::Detach));
+    // Once done, q ends the run at once.
     use NodeStatus::*;
     let mut done = app(view(Stage::Done, None, [Passed; 5]));
     assert_eq!(done.on_key(key('q')), vec![Command::Quit]);
+    assert_eq!(done.exit, Some(Exit::Quit));
+}
+
+#[test]
+fn a_watching_lab_says_read_only_and_sends_nothing() {
+    let mut a = app(backtracking());
+    a.on_update(Update::Control(false));
+    let screen = text(&render(&a, 100, 30));
+    assert!(screen.contains("[READ-ONLY]"), "{screen}");
+    assert!(a.on_key(key(' ')).is_empty());
+    assert!(a.on_key(key('n')).is_empty());
+    assert!(a.log.back().unwrap().text.contains("read-only"));
+    // It can still leave; it is handed the steering when the other leaves.
+    a.on_update(Update::Control(true));
+    assert_eq!(a.on_key(key(' ')), vec![Command::Pause]);
 }
 
 #[test]

@@ -6,12 +6,15 @@
 //! child beside it, as another user's job on a shared machine would.
 
 use super::ConfigArgs;
+use crate::config::Config;
 use crate::engine::trainer::Start;
 use crate::engine::{RunDir, Session, Stage};
+use crate::runner;
 use crate::runtime::configure_threads;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -153,17 +156,45 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
     }
     let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
     drop(session);
-    let lab = Start::New {
-        config: Box::new(config),
-        run: RunDir::create(&tmp.join("run-lab"), true)?,
-    };
-    let with_ui = crate::ui::backtracking_rate_with_lab(lab, seconds)?;
+    let with_ui = rate_with_attached_lab(config, &tmp.join("run-lab"), seconds)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(Rates {
         teacher_steps,
         distill_iterations,
         with_ui,
     })
+}
+
+/// Backtracking iterations per second with a lab attached the way `disback
+/// tui` attaches one: a runner (here on a thread) trains and serves its
+/// socket, and the lab takes in every update over it and draws.
+fn rate_with_attached_lab(config: Config, dir: &Path, time: Duration) -> Result<f64> {
+    let start = Start::New {
+        config: Box::new(config),
+        run: RunDir::create(dir, true)?,
+    };
+    let runner = {
+        let dir = dir.to_path_buf();
+        let options = runner::Options {
+            linger: Duration::ZERO,
+        };
+        std::thread::spawn(move || runner::serve(start, &dir, options, |_| {}))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let link = loop {
+        match runner::connect(dir) {
+            Ok((link, _)) => break link,
+            Err(_) if Instant::now() < deadline && !runner.is_finished() => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => return Err(e.context("the bench's runner did not start")),
+        }
+    };
+    let rate = crate::ui::backtracking_rate_with_lab(link, time)?;
+    runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the bench's runner panicked"))??;
+    Ok(rate)
 }
 
 /// Iterations per second in `stage`, after a short warm-up.

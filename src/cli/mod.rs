@@ -1,16 +1,16 @@
 //! The command line: `disback` / `disback tui` (the terminal lab), `run`,
-//! `compare`, `plot`, `sample`, `bench`.
+//! `attach`, `ls`, `stop`, `compare`, `plot`, `sample`, `bench`.
 
 mod bench;
 mod compare;
 mod run;
 
 use crate::config::Config;
-use crate::engine::trainer::Start;
 use crate::engine::{RunDir, write_points_csv};
 use crate::model::Generator;
 use crate::rng::host_rng;
 use crate::runtime::{Ended, configure_threads, select_device};
+use crate::ui::LabEnd;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -33,9 +33,31 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Open the terminal lab on a config (the default without a subcommand).
+    /// Training runs in the background: `d` detaches, `disback attach`
+    /// comes back.
     Tui(RunArgs),
-    /// Run a config headless: progress on stderr, results in a run directory.
+    /// Run a config headless: progress on stderr, results in a run directory
+    /// (`--detach`: in the background). A lab can attach to it.
     Run(RunArgs),
+    /// Open the lab on a run training in the background (default: the only
+    /// live run under runs/).
+    Attach {
+        /// The run directory.
+        dir: Option<PathBuf>,
+    },
+    /// List the runs under a folder: live or not, stage, step, energy, loss.
+    Ls {
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
+    },
+    /// Checkpoint a background run and end it.
+    Stop {
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// The background runner `tui` and `run --detach` start.
+    #[command(hide = true)]
+    Serve(RunArgs),
     /// Run DisBack and Diff-Instruct on the same problem over several seeds
     /// and print a comparison table (also written as JSON, with plots).
     Compare(compare::CompareArgs),
@@ -114,6 +136,40 @@ pub struct RunArgs {
     /// free (the estimate is generous).
     #[arg(long)]
     pub no_memory_check: bool,
+    /// Run in the background (`run` only): watch with `disback attach`,
+    /// end with `disback stop`.
+    #[arg(long)]
+    pub detach: bool,
+    /// Seconds a finished background run stays viewable with no lab
+    /// attached.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub linger: u64,
+}
+
+impl RunArgs {
+    /// The arguments of `disback serve` for this run, in `dir`.
+    fn serve_args(&self, dir: &Path) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(resume) = &self.resume {
+            args.extend(["--resume".into(), resume.display().to_string()]);
+        } else {
+            if let Some(config) = &self.config.config {
+                args.extend(["--config".into(), config.display().to_string()]);
+            }
+            for o in &self.config.overrides {
+                args.extend(["--set".into(), o.clone()]);
+            }
+            args.extend(["--out".into(), dir.display().to_string()]);
+            if self.force {
+                args.push("--force".into());
+            }
+        }
+        if self.no_memory_check {
+            args.push("--no-memory-check".into());
+        }
+        args.extend(["--linger".into(), self.linger.to_string()]);
+        args
+    }
 }
 
 impl RunArgs {
@@ -153,6 +209,10 @@ pub fn main() -> Result<Ended> {
     match cli.command {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Tui(args)) => tui(args),
+        Some(Command::Serve(args)) => run::serve(args),
+        Some(Command::Attach { dir }) => attach(dir),
+        Some(Command::Ls { dir }) => finished(ls(&dir)),
+        Some(Command::Stop { dir }) => finished(crate::runner::stop(&dir)),
         Some(Command::Compare(args)) => finished(compare::compare(args)),
         Some(Command::Plot { dir }) => finished(plot(&dir)),
         Some(Command::Sample(args)) => finished(sample(args)),
@@ -161,28 +221,67 @@ pub fn main() -> Result<Ended> {
     }
 }
 
-/// The terminal lab on a new or resumed run.
+/// The terminal lab on a new or resumed run: starts its runner in the
+/// background, then attaches.
 fn tui(args: RunArgs) -> Result<Ended> {
     crate::ui::check_terminal()?;
-    // The run directory is taken here, so a busy or occupied one is
-    // refused before the screen changes.
-    let start = match &args.resume {
-        Some(dir) => Start::Resume(open_for_resume(&args, dir)?),
-        None => {
-            let config = args.config.load()?;
-            args.check_memory(&config)?;
-            configure_threads(config.threads);
-            let run_dir = args.run_dir(&config);
-            if !args.force {
-                RunDir::check_free(&run_dir, Some("disback tui --resume"))?;
-            }
-            Start::New {
-                run: RunDir::create(&run_dir, args.force)?,
-                config: Box::new(config),
-            }
+    let dir = run::start_in_background(&args, true)?;
+    lab(&dir)
+}
+
+/// The lab on a run that trains in the background.
+fn attach(dir: Option<PathBuf>) -> Result<Ended> {
+    crate::ui::check_terminal()?;
+    lab(&crate::runner::attach_target(dir, Path::new("runs"))?)
+}
+
+fn lab(dir: &Path) -> Result<Ended> {
+    let (link, pid) = crate::runner::connect(dir)?;
+    let end = crate::ui::run(link)?;
+    let dir = dir.display();
+    Ok(match end {
+        LabEnd::Detached { signal } => {
+            println!(
+                "disback: detached; training goes on in the background (runner pid {pid})\n  \
+                 come back: disback attach {dir}\n  stop (checkpoint, then end): disback stop {dir}"
+            );
+            signal.map_or(Ended::Finished, |signal| Ended::Stopped { signal })
         }
-    };
-    crate::ui::run(start)
+        LabEnd::Stopped => {
+            println!("disback: stopped and checkpointed; continue with: disback tui --resume {dir}");
+            Ended::Finished
+        }
+        LabEnd::Quit => {
+            println!("disback: run directory {dir}");
+            Ended::Finished
+        }
+    })
+}
+
+/// `disback ls`: one line per run.
+fn ls(base: &Path) -> Result<()> {
+    let runs = crate::runner::live_runs(base);
+    if runs.is_empty() {
+        println!("no runs under {}", base.display());
+        return Ok(());
+    }
+    println!(
+        "{:<44} {:<6} {:<24} {:>8} {:>9} {:>9}",
+        "run", "state", "stage", "step", "energy", "loss"
+    );
+    let num = |x: Option<f64>| x.map_or("–".into(), |v| format!("{v:.4}"));
+    for r in runs {
+        println!(
+            "{:<44} {:<6} {:<24} {:>8} {:>9} {:>9}",
+            r.dir.display(),
+            if r.live { "live" } else { "ended" },
+            r.stage.as_deref().unwrap_or("–"),
+            r.step.map_or("–".into(), |s| s.to_string()),
+            num(r.energy),
+            num(r.loss)
+        );
+    }
+    Ok(())
 }
 
 fn plot(dir: &Path) -> Result<()> {

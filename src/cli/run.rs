@@ -1,41 +1,131 @@
-//! The headless runner: a thin driver of [`Session`] that prints progress
-//! to stderr. Ctrl-C or SIGTERM checkpoints the run and stops it, so it can
-//! be continued with `--resume`.
+//! `disback run` and the runner behind every lab: a run is trained by a
+//! runner that serves its socket, in the foreground (`run`, progress on
+//! stderr) or in the background (`run --detach`, `tui`; output in the run
+//! directory's `runner.log`). Either can be attached to with `disback
+//! attach`. Ctrl-C, SIGTERM or `disback stop` checkpoints the run and
+//! stops it, so it can be continued with `--resume`.
 
-use super::RunArgs;
-use crate::config::SchedulePolicy;
-use crate::engine::{Event, RunDir, Session, Stage};
+use super::{RunArgs, open_for_resume};
+use crate::config::{Config, SchedulePolicy};
+use crate::engine::trainer::{Start, Update};
+use crate::engine::{Event, MetricsRecord, RunDir, SessionView};
 use crate::metrics::Evaluation;
+use crate::runner::{self, Options};
 use crate::runtime::{Ended, configure_threads};
 use anyhow::{Result, bail};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub fn run(args: RunArgs) -> Result<Ended> {
-    let session = match &args.resume {
+    if args.detach {
+        let dir = start_in_background(&args, false)?;
+        println!(
+            "running in the background; its output goes to {}\n  watch and steer: disback attach {}\n  \
+             stop (checkpoint, then end): disback stop {}",
+            dir.join(runner::LOG).display(),
+            dir.display(),
+            dir.display()
+        );
+        return Ok(Ended::Finished);
+    }
+    let (start, dir) = prepare(&args, true)?;
+    let mut printer = Printer::new();
+    let options = Options {
+        linger: Duration::ZERO,
+    };
+    let ended = runner::serve(start, &dir, options, |u| printer.show(u))?;
+    printer.finish(ended, &dir);
+    Ok(ended)
+}
+
+/// The hidden `disback serve`: the background runner that `tui` and `run
+/// --detach` start. Once the run directory is its own, its output goes to
+/// `runner.log` there (until then, errors reach the starting command).
+pub fn serve(args: RunArgs) -> Result<Ended> {
+    let (start, dir) = prepare(&args, false)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(runner::LOG))?;
+    runner::redirect_output(&log)?;
+    eprintln!(
+        "{} runner pid {} for {}",
+        chrono::Local::now().format("%Y-%m-%d %H:%M:%S"),
+        std::process::id(),
+        dir.display()
+    );
+    let mut printer = Printer::new();
+    let options = Options {
+        linger: Duration::from_secs(args.linger),
+    };
+    let ended = runner::serve(start, &dir, options, |u| printer.show(u));
+    match &ended {
+        Ok(e) => printer.finish(*e, &dir),
+        Err(e) => eprintln!("error: {e:#}"),
+    }
+    ended
+}
+
+/// Starts `disback serve` for these arguments in the background and
+/// returns the run directory once its runner answers.
+pub fn start_in_background(args: &RunArgs, lab: bool) -> Result<PathBuf> {
+    // Check what can be checked here, where the user sees the answer.
+    let dir = match &args.resume {
         Some(dir) => {
-            let s = Session::resume(super::open_for_resume(&args, dir)?)?;
-            refuse_manual(s.schedule().policy())?;
-            eprintln!(
-                "resuming {} at iteration {} ({})",
-                dir.display(),
-                s.iteration(),
-                s.stage()
-            );
-            s
+            let config = Config::load_run(&RunDir::open(dir)?.config())?;
+            args.check_memory(&config)?;
+            dir.clone()
         }
         None => {
             let config = args.config.load()?;
-            refuse_manual(config.schedule.policy)?;
+            if !lab {
+                refuse_manual(config.schedule.policy)?;
+            }
             args.check_memory(&config)?;
-            configure_threads(config.threads);
-            let run = RunDir::create(&args.run_dir(&config), args.force)?;
-            Session::start(config, run)?
+            let dir = args.run_dir(&config);
+            if !args.force {
+                let again = if lab {
+                    "disback tui --resume"
+                } else {
+                    "disback run --resume"
+                };
+                RunDir::check_free(&dir, Some(again))?;
+            }
+            dir
         }
     };
-    drive(session)
+    runner::spawn_detached(&args.serve_args(&dir), &dir)?;
+    Ok(dir)
+}
+
+/// Takes the run directory (created, or opened to resume) and what to
+/// start in it. `headless` refuses the manual schedule, which waits for
+/// keys.
+fn prepare(args: &RunArgs, headless: bool) -> Result<(Start, PathBuf)> {
+    match &args.resume {
+        Some(dir) => {
+            let run = open_for_resume(args, dir)?;
+            if headless {
+                refuse_manual(Config::load_run(&run.config())?.schedule.policy)?;
+            }
+            Ok((Start::Resume(run), dir.clone()))
+        }
+        None => {
+            let config = args.config.load()?;
+            if headless {
+                refuse_manual(config.schedule.policy)?;
+            }
+            args.check_memory(&config)?;
+            configure_threads(config.threads);
+            let dir = args.run_dir(&config);
+            let run = RunDir::create(&dir, args.force)?;
+            let start = Start::New {
+                config: Box::new(config),
+                run,
+            };
+            Ok((start, dir))
+        }
+    }
 }
 
 /// A manual schedule waits for key presses, which a headless run has none of.
@@ -49,56 +139,113 @@ fn refuse_manual(policy: SchedulePolicy) -> Result<()> {
     Ok(())
 }
 
-/// Steps the session to its end, or until a signal: SIGINT, SIGTERM and
-/// SIGHUP checkpoint the run and stop it (exit status 128 + the signal); a
-/// second signal, for a step that takes too long, ends the process at once
-/// with the same status (resumable from the checkpoint before).
-fn drive(mut session: Session) -> Result<Ended> {
-    let stopping = Arc::new(AtomicBool::new(false));
-    let signal = Arc::new(AtomicUsize::new(0));
-    for sig in [SIGINT, SIGTERM, SIGHUP] {
-        // Registered first, so it sees the flag as the previous signal left it.
-        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stopping))?;
-        signal_hook::flag::register(sig, Arc::clone(&stopping))?;
-        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
+/// Prints a run's updates as lines on stderr: its events, and a progress
+/// line every few seconds.
+struct Printer {
+    started: Instant,
+    last_line: Option<Instant>,
+    view: Option<SessionView>,
+    last_eval: Option<Evaluation>,
+    /// A resumed run first replays its log (for labs): not printed again.
+    replaying: bool,
+}
+
+impl Printer {
+    const EVERY: Duration = Duration::from_secs(3);
+
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_line: Some(Instant::now()),
+            view: None,
+            last_eval: None,
+            replaying: false,
+        }
     }
-    let view = session.view();
-    eprintln!(
-        "{} on {} — {} — run directory {}",
-        view.method,
-        view.data,
-        view.device,
-        view.run_dir.display()
-    );
-    let started = Instant::now();
-    let mut progress = Progress::new(&session);
-    while !session.is_done() {
-        if stopping.load(Ordering::Relaxed) {
-            session.save_state()?;
-            eprintln!(
+
+    fn show(&mut self, update: &Update) {
+        match update {
+            Update::Started { view, .. } => {
+                eprintln!(
+                    "{} on {} — {} — run directory {}",
+                    view.method,
+                    view.data,
+                    view.device,
+                    view.run_dir.display()
+                );
+                if view.iteration > 0 {
+                    eprintln!(
+                        "resuming {} at iteration {} ({})",
+                        view.run_dir.display(),
+                        view.iteration,
+                        view.stage
+                    );
+                }
+                self.view = Some((**view).clone());
+                self.replaying = true;
+            }
+            Update::View { view, rate } => {
+                self.replaying = false;
+                let due = self.last_line.is_none_or(|t| t.elapsed() >= Self::EVERY);
+                if due && self.view.is_some() {
+                    progress(view, *rate);
+                    self.last_line = Some(Instant::now());
+                }
+                self.view = Some((**view).clone());
+            }
+            Update::Session(Event::Logged(_)) if self.replaying => {}
+            Update::Session(event) => {
+                if let Event::Logged(r) = event
+                    && let Some(e) = &r.eval
+                {
+                    self.last_eval = Some(e.clone());
+                }
+                print_event(event);
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&self, ended: Ended, dir: &std::path::Path) {
+        match ended {
+            Ended::Finished => {
+                let cost = self.view.as_ref().map_or(0, |v| v.cost);
+                eprintln!(
+                    "finished in {:.1} s: {cost} distillation iterations; run directory {}",
+                    self.started.elapsed().as_secs_f64(),
+                    dir.display()
+                );
+                if let Some(e) = &self.last_eval {
+                    eprintln!("final: {}", describe_eval(e));
+                }
+            }
+            Ended::Stopped { .. } => eprintln!(
                 "stopped at iteration {}; continue with: disback run --resume {}",
-                session.iteration(),
-                session.run_dir().root().display()
-            );
-            let signal = signal.load(Ordering::Relaxed) as i32;
-            return Ok(Ended::Stopped { signal });
+                self.view.as_ref().map_or(0, |v| v.iteration),
+                dir.display()
+            ),
         }
-        for event in session.step()? {
-            print_event(&event);
-        }
-        progress.tick(&session);
     }
-    let view = session.view();
-    eprintln!(
-        "finished in {:.1} s: {} distillation iterations; run directory {}",
-        started.elapsed().as_secs_f64(),
-        view.cost,
-        view.run_dir.display()
-    );
-    if let Some(e) = session.latest_eval() {
-        eprintln!("final: {}", describe_eval(e));
+}
+
+/// One progress line: stage, step, rate and the latest losses.
+fn progress(v: &SessionView, rate: f64) {
+    let mut line = format!("[{}] {}/{}  {rate:.0} it/s", v.stage, v.stage_step, v.stage_total);
+    if let Some(r) = &v.latest {
+        line += &losses(r);
     }
-    Ok(Ended::Finished)
+    eprintln!("{line}");
+}
+
+fn losses(r: &MetricsRecord) -> String {
+    [
+        ("teacher", r.loss_teacher),
+        ("g", r.loss_g),
+        ("fake", r.loss_fake),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|x| format!("  loss_{name} {x:.4}")))
+    .collect()
 }
 
 fn print_event(event: &Event) {
@@ -151,69 +298,4 @@ pub fn describe_eval(e: &Evaluation) -> String {
         s += &format!("  mismatch target {t:.3} teacher {th:.3}");
     }
     s
-}
-
-/// A progress line every few seconds, with the iteration rate.
-struct Progress {
-    last: Instant,
-    last_iteration: usize,
-}
-
-impl Progress {
-    const EVERY: Duration = Duration::from_secs(3);
-
-    /// Starts counting at the session's iteration, so the first rate after
-    /// `--resume` counts only this process's iterations.
-    fn new(session: &Session) -> Self {
-        Self::starting_at(session.iteration())
-    }
-
-    fn starting_at(iteration: usize) -> Self {
-        Self {
-            last: Instant::now(),
-            last_iteration: iteration,
-        }
-    }
-
-    /// Iterations per second since the last line, at `iteration` now.
-    fn rate(&self, iteration: usize, elapsed: Duration) -> f64 {
-        iteration.saturating_sub(self.last_iteration) as f64 / elapsed.as_secs_f64()
-    }
-
-    fn tick(&mut self, session: &Session) {
-        let elapsed = self.last.elapsed();
-        if elapsed < Self::EVERY || session.stage() == Stage::Done {
-            return;
-        }
-        let v = session.view();
-        let rate = self.rate(v.iteration, elapsed);
-        let mut line = format!("[{}] {}/{}  {rate:.0} it/s", v.stage, v.stage_step, v.stage_total);
-        if let Some(r) = &v.latest {
-            for (name, value) in [
-                ("teacher", r.loss_teacher),
-                ("g", r.loss_g),
-                ("fake", r.loss_fake),
-            ] {
-                if let Some(x) = value {
-                    line += &format!("  loss_{name} {x:.4}");
-                }
-            }
-        }
-        eprintln!("{line}");
-        self.last = Instant::now();
-        self.last_iteration = v.iteration;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_rate_after_a_resume_counts_only_new_iterations() {
-        // Resumed at iteration 5000; 30 iterations in 3 s is 10 per second
-        // (counting from 0 it would claim 1,677).
-        let p = Progress::starting_at(5000);
-        assert_eq!(p.rate(5030, Duration::from_secs(3)), 10.0);
-    }
 }

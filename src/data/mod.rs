@@ -16,7 +16,7 @@ pub type Point = [f32; 2];
 pub const DIM: usize = 2;
 
 /// A rectangle of the plane: what previews and plots show.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Bounds {
     pub x: (f32, f32),
     pub y: (f32, f32),

@@ -230,6 +230,11 @@ impl Session {
     }
 }
 
+/// The iteration of a run's newest checkpoint, if it has a readable one.
+pub fn checkpoint_iteration(run: &RunDir) -> Option<usize> {
+    read_checkpoint(run).ok().map(|(_, saved)| saved.clock.iteration)
+}
+
 /// The newest complete checkpoint of a run: its folder and its state.
 fn read_checkpoint(run: &RunDir) -> Result<(std::path::PathBuf, SavedState)> {
     let state_dir = run.state_dir();

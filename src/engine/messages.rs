@@ -17,10 +17,11 @@ use super::field::ScoreField;
 use super::log::{MetricsRecord, Stage};
 use super::view::SessionView;
 use crate::data::{Bounds, Point};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// What happened during a call, for drivers to show or print.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     StageStarted(Stage),
     /// The teacher is ready: trained now, or loaded from `source`.
@@ -50,7 +51,7 @@ pub enum Event {
 }
 
 /// What the front end asks of training.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     Pause,
     Resume,
@@ -66,14 +67,25 @@ pub enum Command {
     SetPreview(Preview),
     /// Noise level of the score-field preview (data units).
     SetFieldSigma(f32),
-    /// Save the generator and a resumable checkpoint, then stop (the
-    /// terminal went away).
-    Hangup,
+    /// Save the generator and a resumable checkpoint, then end: the user
+    /// stopped the run (`disback stop`, the lab's stop, a signal).
+    Stop,
+    /// End without saving (a finished run's last viewer quit).
     Quit,
+    /// Whether any front end is watching: without one, no previews are
+    /// computed.
+    Watched(bool),
+}
+
+/// A front end's two ends of the conversation with training, whatever
+/// carries it: the in-process channel or a runner's socket.
+pub struct Link {
+    pub commands: std::sync::mpsc::Sender<Command>,
+    pub updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
 }
 
 /// The preview views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Preview {
     /// Generator samples over the data.
     #[default]
@@ -97,7 +109,7 @@ impl Preview {
 }
 
 /// Preview data, as plain vectors.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PreviewData {
     Generator(Vec<Point>),
     /// Heun samples of a model, under a label naming it (`s'θ2`, `teacher`).
@@ -120,7 +132,7 @@ impl PreviewData {
 }
 
 /// What training tells the front end.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Update {
     /// Sent once: the first view, data samples to draw behind previews, and
     /// the region previews cover.
@@ -139,6 +151,9 @@ pub enum Update {
     Paused(bool),
     /// Training stopped on an error; the state stays viewable.
     Failed(String),
-    /// The thread is ending (after Quit or Hangup).
+    /// Whether this front end may steer the run (false: another lab
+    /// attached to the same runner steers, this one watches).
+    Control(bool),
+    /// The thread is ending (after Stop or Quit).
     Stopped,
 }

@@ -16,6 +16,7 @@ mod session;
 pub mod trainer;
 mod view;
 
+pub use checkpoint::checkpoint_iteration;
 pub use clock::Clock;
 pub use field::{FIELD_GRID, ScoreField};
 pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};

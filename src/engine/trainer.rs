@@ -8,7 +8,7 @@ use super::RunDir;
 use super::log::Stage;
 use super::log::read_metrics;
 use super::messages::Event;
-pub use super::messages::{Command, Preview, PreviewData, Update};
+pub use super::messages::{Command, Link, Preview, PreviewData, Update};
 use super::outputs::ModelKind;
 use super::session::Session;
 use crate::data::Point;
@@ -40,6 +40,15 @@ pub struct TrainerHandle {
 }
 
 impl TrainerHandle {
+    /// The front end's ends, and the thread (whose result is the session).
+    pub fn split(self) -> (Link, JoinHandle<Result<Session>>) {
+        let link = Link {
+            commands: self.commands,
+            updates: self.updates,
+        };
+        (link, self.thread)
+    }
+
     /// Waits for the thread to end and returns its session.
     pub fn join(self) -> Result<Session> {
         self.thread
@@ -112,6 +121,8 @@ struct Trainer {
     commands: Receiver<Command>,
     updates: UnboundedSender<Update>,
     paused: bool,
+    /// Whether a front end watches (previews are computed only then).
+    watched: bool,
     preview: Preview,
     field_sigma: f32,
     rng: HostRng,
@@ -128,6 +139,7 @@ impl Trainer {
             commands,
             updates,
             paused: false,
+            watched: true,
             preview: Preview::Generator,
             field_sigma,
             rng: host_rng(0, streams::PREVIEW),
@@ -230,7 +242,11 @@ impl Trainer {
                 self.last_preview = None;
                 self.refresh(true);
             }
-            Command::Hangup => {
+            Command::Watched(on) => {
+                self.watched = on;
+                self.last_preview = None;
+            }
+            Command::Stop => {
                 let saved = self.session.save_generator(None).and_then(|p| {
                     self.session.save_state()?;
                     Ok(vec![Event::Saved(p)])
@@ -297,7 +313,7 @@ impl Trainer {
             Preview::ScoreField => FIELD_PREVIEW_EVERY,
         };
         let due = self.last_preview.is_none_or(|t| t.elapsed() >= every);
-        if now || due {
+        if self.watched && (now || due) {
             match self.preview_data() {
                 Ok(data) => self.send(Update::Preview(data)),
                 Err(e) => self.send(Update::Session(Event::Warning(format!("preview: {e:#}")))),

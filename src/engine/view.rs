@@ -5,9 +5,10 @@ use super::log::{MetricsRecord, Stage};
 use super::session::Session;
 use crate::config::{Method, SchedulePolicy};
 use crate::metrics::Evaluation;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeStatus {
     /// Not recorded yet.
     Pending,
@@ -21,7 +22,7 @@ pub enum NodeStatus {
     Passed,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub index: usize,
     pub status: NodeStatus,
@@ -31,7 +32,7 @@ pub struct NodeView {
     pub planned: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionView {
     pub method: Method,
     pub stage: Stage,

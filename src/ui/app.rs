@@ -72,7 +72,17 @@ pub enum LogKind {
 pub enum Mode {
     Normal,
     Help,
+    /// `q` while training runs: detach or stop?
     ConfirmQuit,
+}
+
+/// How the user leaves the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Close the lab; training goes on in its runner.
+    Detach,
+    /// The run is over (finished, failed or stopped): end it and close.
+    Quit,
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +110,13 @@ pub struct App {
     pub failure: Option<String>,
     /// The training thread has ended.
     pub stopped: bool,
-    pub quit: bool,
+    /// The user asked to stop the run (checkpoint, then end); the lab
+    /// closes once it has.
+    pub stopping: bool,
+    /// Whether this lab steers the run (false: another lab does, and this
+    /// one watches).
+    pub control: bool,
+    pub exit: Option<Exit>,
 }
 
 impl App {
@@ -126,7 +142,9 @@ impl App {
             log: VecDeque::new(),
             failure: None,
             stopped: false,
-            quit: false,
+            stopping: false,
+            control: true,
+            exit: None,
         }
     }
 
@@ -192,6 +210,20 @@ impl App {
                 self.note(LogKind::Error, format!("failed: {message}"));
                 self.failure = Some(message);
             }
+            Update::Control(steers) => {
+                if steers != self.control || !steers {
+                    self.note(
+                        LogKind::Info,
+                        match steers {
+                            true => "this lab steers the run",
+                            false => {
+                                "read-only: another lab steers this run (you get it when that one leaves)"
+                            }
+                        },
+                    );
+                }
+                self.control = steers;
+            }
             Update::Stopped => self.stopped = true,
         }
     }
@@ -224,7 +256,7 @@ impl App {
             Event::Checkpointed { .. } => {}
             Event::Finished => self.note(
                 LogKind::Good,
-                "finished: the generator is final (s saves a copy, q quits)",
+                "finished: the generator is final (s saves a copy, q ends the run, d detaches)",
             ),
         }
     }
@@ -248,11 +280,24 @@ impl App {
         }
     }
 
-    /// Maps a key to state changes and commands for the training thread.
+    /// Maps a key to state changes and commands for training. A lab that
+    /// only watches sends none.
     pub fn on_key(&mut self, key: KeyEvent) -> Vec<Command> {
+        let commands = self.key_commands(key);
+        if !self.control && !commands.is_empty() {
+            self.note(
+                LogKind::Warn,
+                "read-only: another lab steers this run (d detaches this one)",
+            );
+            return Vec::new();
+        }
+        commands
+    }
+
+    fn key_commands(&mut self, key: KeyEvent) -> Vec<Command> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            self.quit = true;
-            return vec![Command::Quit];
+            self.exit = Some(Exit::Detach);
+            return Vec::new();
         }
         match self.mode {
             Mode::Help => {
@@ -261,16 +306,22 @@ impl App {
                 }
                 Vec::new()
             }
-            Mode::ConfirmQuit => match key.code {
-                KeyCode::Char('y') | KeyCode::Char('q') => {
-                    self.quit = true;
-                    vec![Command::Quit]
+            Mode::ConfirmQuit => {
+                self.mode = Mode::Normal;
+                match key.code {
+                    KeyCode::Char('d') | KeyCode::Char('q') | KeyCode::Enter => {
+                        self.exit = Some(Exit::Detach);
+                        Vec::new()
+                    }
+                    KeyCode::Char('s') if self.control => {
+                        self.stopping = true;
+                        self.note(LogKind::Info, "stopping: saving a checkpoint…");
+                        vec![Command::Stop]
+                    }
+                    KeyCode::Char('s') => vec![Command::Stop], // refused as read-only
+                    _ => Vec::new(),
                 }
-                _ => {
-                    self.mode = Mode::Normal;
-                    Vec::new()
-                }
-            },
+            }
             Mode::Normal => self.normal_key(key.code),
         }
     }
@@ -322,12 +373,21 @@ impl App {
                 self.mode = Mode::Help;
                 Vec::new()
             }
+            KeyCode::Char('d') => {
+                self.exit = Some(Exit::Detach);
+                Vec::new()
+            }
             KeyCode::Char('q') | KeyCode::Esc if self.running() => {
                 self.mode = Mode::ConfirmQuit;
                 Vec::new()
             }
+            // A watching lab leaves a settled run to the lab that steers it.
+            KeyCode::Char('q') if !self.control => {
+                self.exit = Some(Exit::Detach);
+                Vec::new()
+            }
             KeyCode::Char('q') => {
-                self.quit = true;
+                self.exit = Some(Exit::Quit);
                 vec![Command::Quit]
             }
             _ => Vec::new(),

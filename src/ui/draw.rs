@@ -87,7 +87,8 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         Span::styled(" · ", t.dim()),
         Span::styled(clock(app.elapsed.as_secs()), t.label()),
     ];
-    let flags: [(bool, &str, Style); 4] = [
+    let flags: [(bool, &str, Style); 5] = [
+        (!app.control, "READ-ONLY", t.warn()),
         (app.paused, "PAUSED", t.warn()),
         (app.manual(), "MANUAL", t.warn()),
         (v.stage == Stage::Done && app.failure.is_none(), "DONE", t.good()),
@@ -309,7 +310,7 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(lines).block(block("Events", app)), area);
 }
 
-const KEYS: [(&str, &str); 8] = [
+const KEYS: [(&str, &str); 9] = [
     ("space", "pause"),
     (".", "step"),
     ("n", "next"),
@@ -317,6 +318,7 @@ const KEYS: [(&str, &str); 8] = [
     ("v", "view"),
     ("m", "manual"),
     ("?", "help"),
+    ("d", "detach"),
     ("q", "quit"),
 ];
 
@@ -340,7 +342,7 @@ fn centered(frame: &Frame, width: u16, height: u16) -> Rect {
     Rect::new(a.x + (a.width - w) / 2, a.y + (a.height - h) / 2, w, h)
 }
 
-const HELP: [(&str, &str); 11] = [
+const HELP: [(&str, &str); 14] = [
     ("space", "pause / resume training"),
     (".", "one iteration while paused"),
     ("n", "next checkpoint: next target; while recording, end the"),
@@ -352,12 +354,12 @@ const HELP: [(&str, &str); 11] = [
     ),
     ("[ ]", "score fields: halve / double σ"),
     ("m", "manual schedule: stay on each target until n"),
-    (
-        "q",
-        "quit (asks while training; saves nothing unless you pressed s)",
-    ),
-    ("Ctrl-C", "quit at once"),
-    ("", "Continue a run later: disback tui --resume RUN_DIR"),
+    ("d", "detach: close the lab, training goes on in the background"),
+    ("q", "while training: detach, or stop the run (checkpoint, then"),
+    ("", "end); once it is over: end it and close"),
+    ("Ctrl-C", "detach at once"),
+    ("", "Come back: disback attach [RUN_DIR]; list: disback ls;"),
+    ("", "stop from a script: disback stop RUN_DIR"),
 ];
 
 fn draw_help(frame: &mut Frame, app: &App) {
@@ -381,18 +383,24 @@ fn draw_help(frame: &mut Frame, app: &App) {
 
 fn draw_confirm(frame: &mut Frame, app: &App) {
     let t = &app.theme;
-    let area = centered(frame, 56, 6);
+    let area = centered(frame, 60, 6);
     let text = vec![
-        Line::from(Span::styled("Training is still running. Quit now?", t.value())),
-        Line::from(Span::styled("Nothing is saved unless you pressed s;", t.label())),
-        Line::from(Span::styled("the last checkpoint stays resumable.", t.label())),
+        Line::from(Span::styled("Training is still running.", t.value())),
         Line::from(vec![
-            Span::styled("y", t.key()),
-            Span::styled(" quit   ", t.label()),
+            Span::styled("d", t.key()),
+            Span::styled(" or ", t.label()),
+            Span::styled("Enter", t.key()),
+            Span::styled(" detach: training goes on; attach again later", t.label()),
+        ]),
+        Line::from(vec![
+            Span::styled("s", t.key()),
+            Span::styled(" stop the run: checkpoint, then end (resumable)", t.label()),
+        ]),
+        Line::from(vec![
             Span::styled("any other key", t.key()),
             Span::styled(" stay", t.label()),
         ]),
     ];
     frame.render_widget(Clear, area);
-    frame.render_widget(Paragraph::new(text).block(block("Quit?", app)), area);
+    frame.render_widget(Paragraph::new(text).block(block("Leave the lab?", app)), area);
 }

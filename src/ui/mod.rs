@@ -5,7 +5,7 @@
 //! The event loop is a tokio `select!` over key presses, messages from
 //! training, a redraw tick (12.5 frames a second at most, and only when
 //! something changed) and signals: SIGTERM and SIGHUP (a dropped SSH
-//! connection) save the generator and a resumable checkpoint, then exit.
+//! connection) close the lab and leave training running in its runner.
 //! The terminal is restored on every way out, panics included.
 
 mod app;
@@ -13,12 +13,11 @@ mod draw;
 mod plot;
 mod theme;
 
-pub use app::{App, LogKind, LogLine, Mode, Series};
+pub use app::{App, Exit, LogKind, LogLine, Mode, Series};
 pub use draw::draw;
 pub use theme::Theme;
 
-use crate::engine::trainer::{Command, Start, TrainerHandle, Update, spawn};
-use crate::runtime::Ended;
+use crate::engine::trainer::{Command, Link};
 use anyhow::Result;
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
 use futures::StreamExt;
@@ -31,20 +30,28 @@ const FRAME: Duration = Duration::from_millis(80);
 /// The name of the training thread, whose panics must not touch the screen.
 const TRAINING_THREAD: &str = "disback-training";
 
-/// Opens the lab on a run and returns when the user quits, or when a
-/// signal saved the run and stopped it.
-pub fn run(start: Start) -> Result<Ended> {
+/// How a lab session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabEnd {
+    /// The lab closed and training goes on (the `d` key, or `signal`: a
+    /// hang-up or termination of the lab, which only detaches it).
+    Detached { signal: Option<i32> },
+    /// The user stopped the run; it is checkpointed and over.
+    Stopped,
+    /// The run was over and the user closed it (or its runner ended).
+    Quit,
+}
+
+/// Opens the lab on a link to training and returns when the user leaves.
+pub fn run(link: Link) -> Result<LabEnd> {
     install_panic_hook();
-    let trainer = spawn(start);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut terminal = ratatui::try_init().map_err(|e| anyhow::anyhow!("cannot open the terminal: {e}"))?;
-    let outcome = runtime.block_on(event_loop(&mut terminal, trainer));
+    let outcome = runtime.block_on(event_loop(&mut terminal, link));
     ratatui::restore();
-    let (summary, ended) = outcome?;
-    println!("{summary}");
-    Ok(ended)
+    outcome
 }
 
 /// Refuses to start the lab without a terminal to draw on and read keys
@@ -79,10 +86,7 @@ fn install_panic_hook() {
     }));
 }
 
-async fn event_loop(
-    terminal: &mut ratatui::DefaultTerminal,
-    mut trainer: TrainerHandle,
-) -> Result<(String, Ended)> {
+async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut link: Link) -> Result<LabEnd> {
     let mut app = App::new(Theme::from_env());
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(FRAME);
@@ -92,6 +96,7 @@ async fn event_loop(
     let opened = Instant::now();
     let mut dirty = true;
     let mut last_second = 0;
+    let detached = |signal| Ok(LabEnd::Detached { signal });
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -108,35 +113,30 @@ async fn event_loop(
             key = keys.next() => match key {
                 Some(Ok(TermEvent::Key(k))) if k.kind == KeyEventKind::Press => {
                     for command in app.on_key(k) {
-                        let _ = trainer.commands.send(command);
+                        let _ = link.commands.send(command);
                     }
                     dirty = true;
                 }
                 Some(Ok(TermEvent::Resize(..))) => dirty = true,
                 Some(Ok(_)) => {}
-                // The terminal is gone: treat it as a hang-up.
-                Some(Err(_)) | None => return hang_up(trainer, "the terminal closed", SIGHUP).await,
+                // The terminal is gone: a hang-up, which only detaches.
+                Some(Err(_)) | None => return detached(Some(SIGHUP)),
             },
-            update = trainer.updates.recv() => match update {
+            update = link.updates.recv() => match update {
                 Some(u) => {
                     app.on_update(u);
                     dirty = true;
                 }
                 None => app.stopped = true,
             },
-            _ = sigterm.recv() => return hang_up(trainer, "SIGTERM", SIGTERM).await,
-            _ = sighup.recv() => return hang_up(trainer, "SIGHUP", SIGHUP).await,
+            _ = sigterm.recv() => return detached(Some(SIGTERM)),
+            _ = sighup.recv() => return detached(Some(SIGHUP)),
         }
-        if app.quit {
-            let run_dir = app.view.as_ref().map(|v| v.run_dir.display().to_string());
-            // A training failure was already shown on screen; only wait
-            // for the thread to end.
-            let _ = tokio::task::spawn_blocking(move || trainer.join()).await?;
-            let summary = match run_dir {
-                Some(dir) => format!("disback: run directory {dir}"),
-                None => "disback: no run was started".into(),
-            };
-            return Ok((summary, Ended::Finished));
+        match app.exit {
+            Some(Exit::Detach) => return detached(None),
+            Some(Exit::Quit) => return Ok(LabEnd::Quit),
+            None if app.stopping && app.stopped => return Ok(LabEnd::Stopped),
+            None => {}
         }
     }
 }
@@ -145,13 +145,12 @@ async fn event_loop(
 /// this thread does the lab's work: take in every update and draw a frame
 /// every 80 ms, into an off-screen 160×48 terminal (for `disback bench`).
 /// The earlier stages are skipped.
-pub fn backtracking_rate_with_lab(start: Start, time: Duration) -> Result<f64> {
-    let mut trainer = spawn(start);
+pub fn backtracking_rate_with_lab(mut link: Link, time: Duration) -> Result<f64> {
     let mut app = App::new(Theme { color: true });
     let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 48))?;
     let mut since: Option<(Instant, usize)> = None;
     loop {
-        while let Ok(update) = trainer.updates.try_recv() {
+        while let Ok(update) = link.updates.try_recv() {
             app.on_update(update);
         }
         if let Some(e) = &app.failure {
@@ -160,13 +159,12 @@ pub fn backtracking_rate_with_lab(start: Start, time: Duration) -> Result<f64> {
         if let Some(v) = &app.view {
             match since {
                 _ if v.stage < crate::engine::Stage::Backtrack => {
-                    let _ = trainer.commands.send(Command::Skip);
+                    let _ = link.commands.send(Command::Skip);
                 }
                 None if v.iteration > 10 => since = Some((Instant::now(), v.iteration)),
                 Some((t0, i0)) if t0.elapsed() >= time => {
                     let rate = (v.iteration - i0) as f64 / t0.elapsed().as_secs_f64();
-                    let _ = trainer.commands.send(Command::Quit);
-                    trainer.join()?;
+                    let _ = link.commands.send(Command::Quit);
                     return Ok(rate);
                 }
                 _ => {}
@@ -175,28 +173,4 @@ pub fn backtracking_rate_with_lab(start: Start, time: Duration) -> Result<f64> {
         terminal.draw(|frame| draw(frame, &app))?;
         std::thread::sleep(FRAME);
     }
-}
-
-/// Saves the generator and a checkpoint, waits for training to stop, and
-/// says what was kept.
-async fn hang_up(mut trainer: TrainerHandle, why: &str, signal: i32) -> Result<(String, Ended)> {
-    let _ = trainer.commands.send(Command::Hangup);
-    let mut saved = Vec::new();
-    while let Some(update) = trainer.updates.recv().await {
-        match update {
-            Update::Session(crate::engine::Event::Saved(p)) => saved.push(p.display().to_string()),
-            Update::Stopped => break,
-            _ => {}
-        }
-    }
-    let session = tokio::task::spawn_blocking(move || trainer.join()).await?;
-    let dir = session
-        .as_ref()
-        .map(|s| s.run_dir().root().display().to_string())
-        .unwrap_or_default();
-    let summary = format!(
-        "disback: stopped on {why}; saved {} and a checkpoint; resume with `disback tui --resume {dir}`",
-        saved.join(", ")
-    );
-    Ok((summary, Ended::Stopped { signal }))
 }
