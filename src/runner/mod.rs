@@ -27,7 +27,7 @@ use crate::engine::trainer::{Command, Start, Update, spawn};
 use crate::runtime::Ended;
 use anyhow::{Result, bail};
 use mirror::Mirror;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -161,9 +161,12 @@ impl Hub {
         let mut next_id = 0;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        // A foreground run whose terminal went away cannot print on: stop it
+        // with a checkpoint (a background runner has no terminal to lose).
+        let mut sighup = signal(SignalKind::hangup())?;
         // A second signal ends the process at once (a step that hangs).
         let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        for sig in [SIGINT, SIGTERM] {
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
             signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stopping.clone())?;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -188,6 +191,7 @@ impl Hub {
                 Some(message) = from_labs.recv() => self.on_lab(message),
                 _ = sigterm.recv() => self.stop_on_signal(SIGTERM, &stopping),
                 _ = sigint.recv() => self.stop_on_signal(SIGINT, &stopping),
+                _ = sighup.recv() => self.stop_on_signal(SIGHUP, &stopping),
                 _ = tick.tick() => self.quit_when_alone(),
             }
         }
