@@ -3,20 +3,9 @@
 
 mod common;
 
+use common::{disback, stderr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn disback(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_disback"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Writes the tiny config (with its teacher cache in `dir`) as a file.
 fn tiny_file(dir: &Path, extra: &str) -> PathBuf {

@@ -4,22 +4,10 @@
 
 mod common;
 
-use common::{start, tiny_config};
+use common::{disback, start, stderr, tiny_config};
 use disback::engine::{RunDir, Session};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn disback(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_disback"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A tiny run stopped (as by kill -9) in the middle of backtracking, with
 /// a checkpoint at iteration 100 and path nodes on disk.
@@ -240,20 +228,7 @@ fn sample_writes_into_a_fifo_instead_of_replacing_it() {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
     };
-    let o = disback(
-        &[
-            "sample",
-            "--generator",
-            "g.safetensors",
-            "--config",
-            "run/config.toml",
-            "--n",
-            "5",
-            "--out",
-            "samples.fifo",
-        ],
-        d,
-    );
+    let o = sample(d, "samples.fifo");
     assert!(o.status.success(), "{}", stderr(&o));
     let text = reader.join().unwrap();
     assert_eq!(text.lines().count(), 6, "{text}");
@@ -268,22 +243,30 @@ fn a_generator_with_flipped_bytes_is_refused_by_sample() {
     drop(start(tiny_config(&d.join("teachers")), &root));
     save_a_generator(&root, &d.join("g.safetensors"));
     flip(&d.join("g.safetensors"), 40);
-    let o = disback(
+    let o = sample(d, "s.csv");
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("g.safetensors") && e.contains("checksum"), "{e}");
+    assert!(!d.join("s.csv").exists());
+}
+
+/// `disback sample` of five points from `g.safetensors` into `out`.
+fn sample(d: &Path, out: &str) -> Output {
+    let config = "run/config.toml";
+    disback(
         &[
             "sample",
             "--generator",
             "g.safetensors",
             "--config",
-            "run/config.toml",
+            config,
+            "--n",
+            "5",
             "--out",
-            "s.csv",
+            out,
         ],
         d,
-    );
-    let e = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{e}");
-    assert!(e.contains("g.safetensors") && e.contains("checksum"), "{e}");
-    assert!(!d.join("s.csv").exists());
+    )
 }
 
 /// Saves an untrained generator of the run's config, as `sample` reads it.

@@ -142,11 +142,13 @@ pub struct RunArgs {
     pub detach: bool,
     /// Seconds a finished background run stays viewable with no lab
     /// attached.
-    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    #[arg(long, default_value_t = RunArgs::LINGER, value_name = "SECONDS")]
     pub linger: u64,
 }
 
 impl RunArgs {
+    const LINGER: u64 = 600;
+
     /// The arguments of `disback serve` for this run, in `dir`.
     fn serve_args(&self, dir: &Path) -> Vec<String> {
         let mut args = Vec::new();
@@ -217,7 +219,10 @@ pub fn main() -> Result<Ended> {
         Some(Command::Plot { dir }) => finished(plot(&dir)),
         Some(Command::Sample(args)) => finished(sample(args)),
         Some(Command::Bench(args)) => finished(bench::bench(args)),
-        None => tui(RunArgs::default()),
+        None => tui(RunArgs {
+            linger: RunArgs::LINGER,
+            ..RunArgs::default()
+        }),
     }
 }
 

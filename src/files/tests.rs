@@ -85,15 +85,21 @@ struct Doc {
     values: Vec<f64>,
 }
 
-#[test]
-fn json_round_trips_and_stays_plain_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("d.json");
+/// A document written as `d.json` in `dir`.
+fn json_file(dir: &Path) -> (PathBuf, Doc) {
+    let path = dir.join("d.json");
     let doc = Doc {
         name: "x".into(),
         values: vec![0.1, 2.5],
     };
     write_json(&path, &doc).unwrap();
+    (path, doc)
+}
+
+#[test]
+fn json_round_trips_and_stays_plain_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, doc) = json_file(dir.path());
     assert_eq!(read_json::<Doc>(&path).unwrap(), doc);
     let plain: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(plain["name"], "x");
@@ -103,12 +109,7 @@ fn json_round_trips_and_stays_plain_json() {
 #[test]
 fn changed_json_is_refused_with_the_file_named() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("d.json");
-    let doc = Doc {
-        name: "x".into(),
-        values: vec![0.1, 2.5],
-    };
-    write_json(&path, &doc).unwrap();
+    let (path, _) = json_file(dir.path());
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("2.5", "3.5")).unwrap();
     let err = format!("{:#}", read_json::<Doc>(&path).unwrap_err());

@@ -10,6 +10,19 @@ use disback::config::Config;
 use disback::engine::{Event, ModelKind, RunDir, Session};
 use std::path::Path;
 
+/// Runs the binary with `args` in `cwd`.
+pub fn disback(args: &[&str], cwd: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_disback"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the binary runs")
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// A config small enough to run in a second or two: every stage, every
 /// file, a few steps each.
 pub fn tiny_config(cache: &Path) -> Config {
