@@ -100,12 +100,7 @@ impl Backtracker {
     ) -> Result<BacktrackStep> {
         let d = &self.settings;
         let x0 = student.generate(d.batch, rng)?;
-        let sigmas = match d.sigma {
-            SigmaDistribution::Karras => {
-                karras_index_sigmas(rng, d.batch, &self.karras, d.karras_min_index, d.karras_max_index)
-            }
-            SigmaDistribution::LogNormal => noise.training(rng, d.batch),
-        };
+        let sigmas = self.loss_sigmas(noise, rng);
         let eps = normal_tensor(rng, (d.batch, crate::data::DIM), x0.device())?;
         let levels = self.target.levels(sigmas, x0.device())?;
         let g = generator_loss(&x0, &self.target, &self.fake_score, &levels, &eps, d.weighting)?;
@@ -113,8 +108,11 @@ impl Backtracker {
         student.update(&g.loss)?;
         let loss_fake = (0..d.fake_steps_per_generator_step)
             .map(|_| {
+                // s_φ is trained at the noise levels the generator loss
+                // queries it at (as DMD2 does), where its accuracy counts.
+                let sigmas = self.loss_sigmas(noise, rng);
                 let (model, opt) = (&self.fake_score, &mut self.fake_opt);
-                fit_to_generator(model, opt, &student.generator, d.batch, noise, rng, "fake-score")
+                fit_to_generator(model, opt, &student.generator, sigmas, rng, "fake-score")
             })
             .collect::<Result<Vec<_>>>()?;
         let decision = self.schedule.record_step(g.gap);
@@ -127,6 +125,17 @@ impl Backtracker {
             loss_fake,
             decision,
         })
+    }
+
+    /// Noise levels of one batch of the generator loss.
+    fn loss_sigmas(&self, noise: &NoiseSchedule, rng: &mut impl Rng) -> Vec<f32> {
+        let d = &self.settings;
+        match d.sigma {
+            SigmaDistribution::Karras => {
+                karras_index_sigmas(rng, d.batch, &self.karras, d.karras_min_index, d.karras_max_index)
+            }
+            SigmaDistribution::LogNormal => noise.training(rng, d.batch),
+        }
     }
 
     /// Moves to the next target now (the lab's skip); `None` on the teacher.

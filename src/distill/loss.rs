@@ -12,7 +12,7 @@
 //!   Diff-Instruct.
 
 use crate::config::Weighting;
-use crate::diffusion::{NoiseSchedule, denoising_loss};
+use crate::diffusion::denoising_loss;
 use crate::model::{Denoiser, Generator, NoiseLevels};
 use crate::optim::Adam;
 use anyhow::{Result, bail};
@@ -67,20 +67,21 @@ pub fn generator_loss(
 }
 
 /// One denoising-score-matching update of `model` on a fresh batch of
-/// `generator`'s samples, which get no gradient: how the teacher's copy
-/// degrades toward G⁰ in stage 1 and how s_φ tracks G in stage 2. Returns
-/// the loss; a non-finite loss is an error raised before the update.
+/// `generator`'s samples (one per noise level in `sigmas`), which get no
+/// gradient: how the teacher's copy degrades toward G⁰ in stage 1 and how
+/// s_φ tracks G in stage 2. Returns the loss; a non-finite loss is an error
+/// raised before the update.
 pub fn fit_to_generator(
     model: &Denoiser,
     opt: &mut Adam,
     generator: &Generator,
-    batch: usize,
-    noise: &NoiseSchedule,
+    sigmas: Vec<f32>,
     rng: &mut impl Rng,
     what: &str,
 ) -> Result<f64> {
-    let x0 = generator.forward(&generator.latents(batch, rng)?)?.detach();
-    let sigmas = noise.training(rng, batch);
+    let x0 = generator
+        .forward(&generator.latents(sigmas.len(), rng)?)?
+        .detach();
     let loss = denoising_loss(model, &x0, sigmas, rng)?;
     let value = finite(&loss, what)?;
     opt.step(&loss.backward()?)?;

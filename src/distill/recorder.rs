@@ -81,7 +81,14 @@ impl DegradationRecorder {
         nodes: bool,
     ) -> Result<RecordStep> {
         let batch = self.settings.batch;
-        let loss = fit_to_generator(&self.degrading, &mut self.opt, g0, batch, noise, rng, "recording")?;
+        let loss = fit_to_generator(
+            &self.degrading,
+            &mut self.opt,
+            g0,
+            noise.training(rng, batch),
+            rng,
+            "recording",
+        )?;
         let p = &mut self.progress;
         p.iteration += 1;
         p.loss_sum += loss;
