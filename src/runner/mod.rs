@@ -20,7 +20,7 @@ mod peer;
 mod wire;
 
 pub use client::{LiveRun, attach_target, connect, live_runs, spawn_detached, stop};
-pub use peer::{check_same_user, leave_terminal, redirect_output};
+pub use peer::{check_same_user, redirect_output};
 pub use wire::{ClientMessage, Purpose, RunnerMessage, VERSION};
 
 use crate::engine::trainer::{Command, Start, Update, spawn};

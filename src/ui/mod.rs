@@ -141,10 +141,11 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut link: Link) -> 
     }
 }
 
-/// Backtracking iterations per second of a run on the training thread while
-/// this thread does the lab's work: take in every update and draw a frame
-/// every 80 ms, into an off-screen 160×48 terminal (for `disback bench`).
-/// The earlier stages are skipped.
+/// Backtracking iterations per second of the run at the other end of
+/// `link` while this thread does the lab's work: take in every update and
+/// draw a frame every 80 ms, into an off-screen 160×48 terminal (for
+/// `disback bench`, which links it over a runner's socket). The earlier
+/// stages are skipped; the run is ended at the end.
 pub fn backtracking_rate_with_lab(mut link: Link, time: Duration) -> Result<f64> {
     let mut app = App::new(Theme { color: true });
     let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 48))?;
