@@ -62,7 +62,9 @@ pub fn serve(start: Start, run_dir: &Path, options: Options, show: impl FnMut(&U
         .build()?;
     runtime.block_on(async {
         let listener = bind(&socket_path(run_dir))?;
-        let result = Hub::new(start, options).run(listener, show).await;
+        let result = Hub::new(start, options)
+            .run(listener, &socket_path(run_dir), show)
+            .await;
         let _ = std::fs::remove_file(socket_path(run_dir));
         result
     })
@@ -150,7 +152,12 @@ impl Hub {
         }
     }
 
-    async fn run(mut self, listener: UnixListener, mut show: impl FnMut(&Update)) -> Result<Ended> {
+    async fn run(
+        mut self,
+        listener: UnixListener,
+        socket: &Path,
+        mut show: impl FnMut(&Update),
+    ) -> Result<Ended> {
         let trainer = spawn(self.start.take().expect("started once"));
         let (link, thread) = trainer.split();
         let (commands, mut updates) = (link.commands, link.updates);
@@ -195,6 +202,9 @@ impl Hub {
                 _ = tick.tick() => self.quit_when_alone(),
             }
         }
+        // Gone before the labs hear the end, so none finds it after.
+        drop(listener);
+        let _ = std::fs::remove_file(socket);
         // Let every lab receive the last lines (the stop, the saves).
         let writers = std::mem::take(&mut self.labs).into_values().map(|lab| lab.writer);
         let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(writers)).await;
