@@ -62,8 +62,9 @@ pub fn serve(start: Start, run_dir: &Path, options: Options, show: impl FnMut(&U
         .build()?;
     runtime.block_on(async {
         let listener = bind(&socket_path(run_dir))?;
-        let result = Hub::new(start, options)
-            .run(listener, &socket_path(run_dir), show)
+        let (link, thread) = spawn(start).split();
+        let result = Hub::new(link.commands, options)
+            .run(listener, link.updates, thread, &socket_path(run_dir), show)
             .await;
         let _ = std::fs::remove_file(socket_path(run_dir));
         result
@@ -119,8 +120,8 @@ struct Lab {
 }
 
 struct Hub {
-    start: Option<Start>,
-    commands: Option<Sender<Command>>,
+    /// To the training thread.
+    commands: Sender<Command>,
     labs: BTreeMap<u64, Lab>,
     /// The lab that steers: the earliest attached one still there.
     controller: Option<u64>,
@@ -138,10 +139,11 @@ impl Hub {
     /// Lines a slow lab may fall behind before it is let go.
     const BACKLOG: usize = 4096;
 
-    fn new(start: Start, options: Options) -> Self {
+    fn new(commands: Sender<Command>, options: Options) -> Self {
+        // Nobody watches yet: no previews until a lab attaches.
+        let _ = commands.send(Command::Watched(false));
         Self {
-            start: Some(start),
-            commands: None,
+            commands,
             labs: BTreeMap::new(),
             controller: None,
             mirror: Mirror::default(),
@@ -155,15 +157,11 @@ impl Hub {
     async fn run(
         mut self,
         listener: UnixListener,
+        mut updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
+        thread: std::thread::JoinHandle<Result<crate::engine::Session>>,
         socket: &Path,
         mut show: impl FnMut(&Update),
     ) -> Result<Ended> {
-        let trainer = spawn(self.start.take().expect("started once"));
-        let (link, thread) = trainer.split();
-        let (commands, mut updates) = (link.commands, link.updates);
-        // Nobody watches yet: no previews until a lab attaches.
-        let _ = commands.send(Command::Watched(false));
-        self.commands = Some(commands);
         let (to_hub, mut from_labs) = unbounded_channel();
         let mut next_id = 0;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -219,9 +217,7 @@ impl Hub {
     }
 
     fn send(&self, command: Command) {
-        if let Some(c) = &self.commands {
-            let _ = c.send(command);
-        }
+        let _ = self.commands.send(command);
     }
 
     fn stop_on_signal(&mut self, signal: i32, stopping: &std::sync::atomic::AtomicBool) {
