@@ -45,10 +45,15 @@ pub fn normal_vec(rng: &mut impl Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
 }
 
-/// A (rows, cols) tensor of standard normal draws.
-pub fn normal_tensor(rng: &mut impl Rng, shape: (usize, usize), device: &Device) -> Result<Tensor> {
+/// A tensor of standard normal draws, of any shape.
+pub fn normal_tensor(
+    rng: &mut impl Rng,
+    shape: impl Into<candle_core::Shape>,
+    device: &Device,
+) -> Result<Tensor> {
+    let shape = shape.into();
     Ok(Tensor::from_vec(
-        normal_vec(rng, shape.0 * shape.1),
+        normal_vec(rng, shape.elem_count()),
         shape,
         device,
     )?)

@@ -91,10 +91,28 @@ fn cuda(n: usize) -> Result<(Device, String)> {
 /// otherwise grow until the machine kills the process), not a prediction.
 pub fn memory_estimate(config: &Config) -> f64 {
     let net = |width: usize, layers: usize, emb: usize| 16.0 * ((layers + 2) * width + emb) as f64;
-    let s = &config.score_net;
-    let score = net(s.width, s.blocks, s.emb_dim);
-    let g = &config.generator;
-    let generator = net(g.width, g.depth, g.latent_dim).max(score);
+    let (score, generator) = match config.data.image_shape() {
+        // Per level, its down and up blocks (and the middle ones at the
+        // bottom), each keeping about ten feature maps for its backward.
+        Some(image) => {
+            let u = &config.unet;
+            let levels = u.multipliers.len();
+            let floats: f64 = (u.multipliers.iter().enumerate())
+                .map(|(l, m)| {
+                    let area = (image.height * image.width) as f64 / 4f64.powi(l as i32);
+                    let blocks = (2 * u.blocks + 1 + 2 * usize::from(l + 1 == levels)) as f64;
+                    10.0 * blocks * (u.channels * m) as f64 * area
+                })
+                .sum();
+            (4.0 * floats, 4.0 * floats)
+        }
+        None => {
+            let s = &config.score_net;
+            let score = net(s.width, s.blocks, s.emb_dim);
+            let g = &config.generator;
+            (score, net(g.width, g.depth, g.latent_dim).max(score))
+        }
+    };
     let m = &config.metrics;
     let rows = [
         config.teacher.batch as f64 * score,

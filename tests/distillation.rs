@@ -6,7 +6,7 @@ mod common;
 
 use common::{Observed, run_checked, start};
 use disback::config::Config;
-use disback::data::{Dataset, Point};
+use disback::data::{Dataset, Point, Samples};
 use disback::diffusion::{NoiseSchedule, heun_sample, model_denoise_fn};
 use disback::engine::{ModelKind, Session, read_metrics, read_points_csv};
 use disback::metrics::{ModeStats, energy_distance, model_scores, noised};
@@ -47,11 +47,14 @@ fn default_run() -> &'static Finished {
 fn judge(run: &Finished) -> (ModeStats, f64) {
     let samples = read_points_csv(&run.session.run_dir().samples()).unwrap();
     assert_eq!(samples.len(), 10_000);
-    let data = Dataset::new(&run.session.config().data);
+    let data = Dataset::load(&run.session.config().data).unwrap();
     let gmm = data.mixture().unwrap();
     let stats = ModeStats::new(gmm, &samples);
     let fresh = data.sample(2000, &mut host_rng(1234, 0));
-    (stats, energy_distance(&samples[..2000], &fresh))
+    (
+        stats,
+        energy_distance(&Samples::from_points(&samples[..2000]), &fresh),
+    )
 }
 
 #[test]
@@ -63,10 +66,14 @@ fn the_default_teacher_matches_the_exact_score() {
     // Relative L2 error of the score on noised data, σ ≥ 0.1. Measured
     // 0.15 at σ = 0.1 falling to 0.01 at σ = 5; allowed: 0.25.
     for sigma in [0.1, 0.2, 0.5, 1.0, 2.0, 5.0] {
-        let x = noised(&gmm.sample(4000, &mut rng), sigma, &mut rng);
+        let x = noised(
+            &Samples::from_points(&gmm.sample(4000, &mut rng)),
+            sigma,
+            &mut rng,
+        );
         let s = model_scores(teacher, &x, sigma).unwrap();
         let (mut err, mut norm) = (0.0, 0.0);
-        for (p, m) in x.iter().zip(&s) {
+        for (p, m) in x.rows().zip(s.rows()) {
             let t = gmm.score([p[0] as f64, p[1] as f64], sigma);
             err += (m[0] as f64 - t[0]).powi(2) + (m[1] as f64 - t[1]).powi(2);
             norm += t[0].powi(2) + t[1].powi(2);

@@ -6,7 +6,7 @@ use disback::config::{Config, GeneratorConfig, ScoreNetConfig};
 use disback::data::{GaussianMixture, Point};
 use disback::diffusion::{NoiseSchedule, denoising_loss, heun_sample};
 use disback::metrics::ModeStats;
-use disback::model::{Denoiser, Generator, Precond, loss_weight, points_to_tensor};
+use disback::model::{Denoiser, Generator, NetSpec, Precond, loss_weight, points_to_tensor};
 use disback::optim::Adam;
 use disback::rng::{host_rng, normal_vec};
 
@@ -54,7 +54,7 @@ fn train(model: &Denoiser, steps: usize) {
 
 #[test]
 fn a_deep_copy_does_not_move_when_its_source_trains() {
-    let model = Denoiser::new(&small_net(), 1.4, &Device::Cpu, &mut host_rng(0, 0)).unwrap();
+    let model = Denoiser::new(&NetSpec::Mlp(small_net()), 1.4, &Device::Cpu, &mut host_rng(0, 0)).unwrap();
     let copy = model.deep_clone().unwrap();
     assert_eq!(copy.params().max_abs_diff(model.params()).unwrap(), 0.0);
     let before = copy.params().tensors();
@@ -87,7 +87,7 @@ fn a_deep_copy_does_not_move_when_its_source_trains() {
 fn every_parameter_receives_a_gradient() {
     // Adam refuses a parameter without gradient, so a step proves it; the
     // output layer starts at zero, so train twice to reach the inner ones.
-    let model = Denoiser::new(&small_net(), 1.0, &Device::Cpu, &mut host_rng(0, 0)).unwrap();
+    let model = Denoiser::new(&NetSpec::Mlp(small_net()), 1.0, &Device::Cpu, &mut host_rng(0, 0)).unwrap();
     let noise = NoiseSchedule::new(&Config::default().diffusion, 1.0);
     let mut rng = host_rng(0, 2);
     let x0 = data_tensor(32, 3);
@@ -115,7 +115,7 @@ fn every_parameter_receives_a_gradient() {
 fn the_denoising_loss_matches_a_hand_computation() {
     // An untrained denoiser has a zero output layer: D(x; σ) = c_skip x.
     let sd = 1.3;
-    let model = Denoiser::new(&small_net(), sd, &Device::Cpu, &mut host_rng(0, 0)).unwrap();
+    let model = Denoiser::new(&NetSpec::Mlp(small_net()), sd, &Device::Cpu, &mut host_rng(0, 0)).unwrap();
     let x0: Vec<Point> = vec![[1.0, -2.0], [0.5, 0.25], [-1.5, 3.0]];
     let sigmas = vec![0.1f32, 1.0, 7.0];
     let mut rng = host_rng(9, 9);
@@ -191,20 +191,20 @@ fn heun_with_the_exact_denoiser_reproduces_the_mixture() {
 #[test]
 fn model_files_round_trip_and_bad_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let model = Denoiser::new(&small_net(), 1.0, &Device::Cpu, &mut host_rng(0, 0)).unwrap();
+    let model = Denoiser::new(&NetSpec::Mlp(small_net()), 1.0, &Device::Cpu, &mut host_rng(0, 0)).unwrap();
     train(&model, 3);
     let file = dir.path().join("m.safetensors");
     model.save(&file).unwrap();
-    let other = Denoiser::new(&small_net(), 1.0, &Device::Cpu, &mut host_rng(5, 5)).unwrap();
+    let other = Denoiser::new(&NetSpec::Mlp(small_net()), 1.0, &Device::Cpu, &mut host_rng(5, 5)).unwrap();
     other.load(&file).unwrap();
     assert_eq!(other.params().max_abs_diff(model.params()).unwrap(), 0.0);
 
     // Another shape: refused, and the model is left as it was.
     let wide = Denoiser::new(
-        &ScoreNetConfig {
+        &NetSpec::Mlp(ScoreNetConfig {
             width: 48,
             ..small_net()
-        },
+        }),
         1.0,
         &Device::Cpu,
         &mut host_rng(1, 1),
@@ -218,7 +218,7 @@ fn model_files_round_trip_and_bad_files_are_refused() {
     // Another σ_data: refused with the fix.
     let e = format!(
         "{:#}",
-        Denoiser::new(&small_net(), 2.0, &Device::Cpu, &mut host_rng(0, 0))
+        Denoiser::new(&NetSpec::Mlp(small_net()), 2.0, &Device::Cpu, &mut host_rng(0, 0))
             .unwrap()
             .load(&file)
             .unwrap_err()

@@ -223,7 +223,7 @@ fn any_model_can_be_saved_and_loaded_back() {
     ] {
         let file = dir.path().join(format!("{kind:?}.safetensors"));
         s.save_model(kind, &file).unwrap();
-        let back = Denoiser::new(&c.score_net, c.sigma_data(), &device, &mut host_rng(1, 1)).unwrap();
+        let back = Denoiser::new(&c.net_spec(), c.sigma_data(), &device, &mut host_rng(1, 1)).unwrap();
         back.load(&file).unwrap();
         assert_eq!(
             back.params().max_abs_diff(model.params()).unwrap(),

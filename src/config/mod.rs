@@ -75,9 +75,8 @@ impl Config {
     /// and a ring preset's explicit components. A run writes this form, so
     /// its `config.toml` alone reproduces it.
     pub fn resolved(mut self) -> Config {
-        let data = crate::data::Dataset::new(&self.data);
         if self.diffusion.sigma_data.is_none() {
-            self.diffusion.sigma_data = Some(data.std());
+            self.diffusion.sigma_data = Some(self.default_sigma_data());
         }
         use crate::data::GaussianMixture;
         let components = match self.data {
@@ -97,7 +96,28 @@ impl Config {
     pub fn sigma_data(&self) -> f64 {
         self.diffusion
             .sigma_data
-            .unwrap_or_else(|| crate::data::Dataset::new(&self.data).std())
+            .unwrap_or_else(|| self.default_sigma_data())
+    }
+
+    /// The 2-D data's own standard deviation per coordinate; for images
+    /// EDM's 0.5 (pixels in [−1, 1]), so that no file is read to know it.
+    fn default_sigma_data(&self) -> f64 {
+        match crate::data::PlaneData::new(&self.data) {
+            Some(plane) => plane.std(),
+            None => crate::diffusion::EDM_SIGMA_DATA,
+        }
+    }
+
+    /// The score network this config's data calls for: the ResNet-MLP of
+    /// `score_net` on 2-D data, the U-Net of `unet` on images.
+    pub fn net_spec(&self) -> crate::model::NetSpec {
+        match self.data.image_shape() {
+            Some(image) => crate::model::NetSpec::UNet {
+                image,
+                config: self.unet.clone(),
+            },
+            None => crate::model::NetSpec::Mlp(self.score_net.clone()),
+        }
     }
 
     /// The name of this config's pretrained teacher in the cache: a hash of
@@ -109,10 +129,10 @@ impl Config {
         let resolved = self.clone().resolved();
         let (t, d) = (&resolved.teacher, &resolved.diffusion);
         let shape = serde_json::json!({
-            "format": 3,
+            "format": 4,
             "data": resolved.data,
             "diffusion": [d.sigma_data, d.p_mean, d.p_std],
-            "score_net": resolved.score_net,
+            "net": resolved.net_spec(),
             "teacher": [t.steps, t.batch, t.lr, t.seed],
         });
         let digest = Sha256::digest(shape.to_string().as_bytes());

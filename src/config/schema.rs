@@ -30,6 +30,7 @@ pub struct Config {
     pub data: DataConfig,
     pub diffusion: DiffusionConfig,
     pub score_net: ScoreNetConfig,
+    pub unet: UNetConfig,
     pub teacher: TeacherConfig,
     pub generator: GeneratorConfig,
     pub record: RecordConfig,
@@ -50,6 +51,7 @@ impl Default for Config {
             data: DataConfig::default(),
             diffusion: DiffusionConfig::default(),
             score_net: ScoreNetConfig::default(),
+            unet: UNetConfig::default(),
             teacher: TeacherConfig::default(),
             generator: GeneratorConfig::default(),
             record: RecordConfig::default(),
@@ -125,7 +127,7 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-/// The 2-D data distribution `q_0`.
+/// The data distribution `q_0`: a 2-D toy or images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DataConfig {
@@ -169,6 +171,72 @@ pub enum DataConfig {
         #[serde(default = "defaults::roll_noise")]
         noise: f64,
     },
+    /// The UCI 8×8 handwritten digits (1,797 images, 10 classes), shipped
+    /// inside the binary; resized to `size`×`size` (default 8).
+    Digits {
+        #[serde(default = "defaults::digits_size")]
+        size: usize,
+    },
+    /// Procedural shapes (disc, square, triangle, ring, cross) of random
+    /// place, size and grey level (`channels = 1`) or colour (3), drawn
+    /// fresh for every batch from the run's seed. Default 16×16, grey.
+    Shapes {
+        #[serde(default = "defaults::shapes_size")]
+        size: usize,
+        #[serde(default = "defaults::one_channel")]
+        channels: usize,
+    },
+    /// MNIST-format IDX files, plain or gzipped (MNIST, Fashion-MNIST):
+    /// `path` the images, `labels` the optional labels. Paths are relative
+    /// to the working directory. Images are centre cropped to a square and
+    /// resized to `size`×`size` (default 28, MNIST's own).
+    Idx {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        labels: Option<PathBuf>,
+        #[serde(default = "defaults::idx_size")]
+        size: usize,
+    },
+    /// CIFAR-10's binary version: `path` is the folder holding
+    /// `data_batch_1.bin` … `data_batch_5.bin`, or one batch file.
+    /// `size` resizes (default 32).
+    Cifar10 {
+        path: PathBuf,
+        #[serde(default = "defaults::cifar_size")]
+        size: usize,
+    },
+    /// A folder of PNG/JPEG images, centre cropped and resized to
+    /// `size`×`size` (default 32), grey (`channels = 1`) or colour (3,
+    /// the default). Sub-folder names are class labels when images are in
+    /// sub-folders.
+    Folder {
+        path: PathBuf,
+        #[serde(default = "defaults::folder_size")]
+        size: usize,
+        #[serde(default = "defaults::three_channels")]
+        channels: usize,
+    },
+}
+
+impl DataConfig {
+    /// The shape of one image, known from the config alone (files are not
+    /// read); `None` for the 2-D toys.
+    pub fn image_shape(&self) -> Option<crate::data::ImageShape> {
+        use crate::data::ImageShape;
+        match self {
+            DataConfig::Digits { size } | DataConfig::Idx { size, .. } => Some(ImageShape::square(1, *size)),
+            DataConfig::Cifar10 { size, .. } => Some(ImageShape::square(3, *size)),
+            DataConfig::Shapes { size, channels } | DataConfig::Folder { size, channels, .. } => {
+                Some(ImageShape::square(*channels, *size))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this is image data (else a 2-D toy).
+    pub fn is_image(&self) -> bool {
+        self.image_shape().is_some()
+    }
 }
 
 impl Default for DataConfig {
@@ -241,7 +309,8 @@ impl Default for DiffusionConfig {
     }
 }
 
-/// The ResNet-MLP shared by the teacher, the path nodes and the fake score.
+/// The ResNet-MLP shared by the teacher, the path nodes and the fake score
+/// on 2-D data (images use [`UNetConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScoreNetConfig {
@@ -259,6 +328,48 @@ impl Default for ScoreNetConfig {
             width: 128,
             blocks: 3,
             emb_dim: 16,
+        }
+    }
+}
+
+/// The U-Net shared by the teacher, the path nodes and the fake score on
+/// image data (DDPM++/EDM style: residual blocks with GroupNorm and SiLU,
+/// the noise embedding as a per-channel scale and shift in every block,
+/// stride-2 convolutions down, nearest-neighbour upsampling and a
+/// convolution up, skip connections between the two halves).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UNetConfig {
+    /// Channels at full resolution. Default 32.
+    pub channels: usize,
+    /// Channel multiplier of each level; every level after the first
+    /// halves the resolution, so the image side must divide by
+    /// 2^(levels − 1). Default [1, 2] (32 channels at 8×8, 64 at 4×4 on
+    /// the digits).
+    pub multipliers: Vec<usize>,
+    /// Residual blocks per level on the way down (one more on the way up,
+    /// as in DDPM++). Default 1.
+    pub blocks: usize,
+    /// Self-attention at the lowest resolution. Default false: at 8×8 and
+    /// 16×16 the convolutions already see the whole image.
+    pub attention: bool,
+    /// Size of the Fourier embedding of the noise level (even); an MLP maps
+    /// it to 4 × `channels`. Default 32.
+    pub emb_dim: usize,
+    /// GroupNorm groups; every level's channels must divide by it.
+    /// Default 8.
+    pub groups: usize,
+}
+
+impl Default for UNetConfig {
+    fn default() -> Self {
+        Self {
+            channels: 32,
+            multipliers: vec![1, 2],
+            blocks: 1,
+            attention: false,
+            emb_dim: 32,
+            groups: 8,
         }
     }
 }
@@ -588,5 +699,26 @@ mod defaults {
     }
     pub fn roll_noise() -> f64 {
         0.05
+    }
+    pub fn digits_size() -> usize {
+        8
+    }
+    pub fn shapes_size() -> usize {
+        16
+    }
+    pub fn idx_size() -> usize {
+        28
+    }
+    pub fn cifar_size() -> usize {
+        32
+    }
+    pub fn folder_size() -> usize {
+        32
+    }
+    pub fn one_channel() -> usize {
+        1
+    }
+    pub fn three_channels() -> usize {
+        3
     }
 }

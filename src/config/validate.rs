@@ -75,6 +75,9 @@ impl Config {
                 )
             },
         );
+        if let Some(image) = self.data.image_shape() {
+            self.check_unet(image, p);
+        }
         let g = &self.generator;
         p.at_least(g.latent_dim, 1, "generator.latent_dim");
         p.at_least(g.width, 1, "generator.width");
@@ -82,6 +85,49 @@ impl Config {
         p.positive(g.sigma_init, "generator.sigma_init");
         p.positive(g.lr, "generator.lr");
         p.positive(g.sigma_g, "generator.sigma_g");
+    }
+
+    fn check_unet(&self, image: crate::data::ImageShape, p: &mut Problems) {
+        let u = &self.unet;
+        p.at_least(u.channels, 1, "unet.channels");
+        p.at_least(u.blocks, 1, "unet.blocks");
+        p.require(!u.multipliers.is_empty(), "unet.multipliers", || {
+            "the U-Net needs at least one level".into()
+        });
+        p.require(u.multipliers.iter().all(|&m| m >= 1), "unet.multipliers", || {
+            format!("{:?}: every multiplier must be at least 1", u.multipliers)
+        });
+        p.at_least(u.groups, 1, "unet.groups");
+        let bad_group = u
+            .multipliers
+            .iter()
+            .find(|&&m| u.groups == 0 || !(u.channels * m).is_multiple_of(u.groups));
+        p.require(bad_group.is_none(), "unet.groups", || {
+            format!(
+                "{}: every level's channels (unet.channels × multiplier: {:?}) must divide by it",
+                u.groups,
+                u.multipliers.iter().map(|m| u.channels * m).collect::<Vec<_>>()
+            )
+        });
+        p.require(
+            u.emb_dim >= 2 && u.emb_dim.is_multiple_of(2),
+            "unet.emb_dim",
+            || {
+                format!(
+                    "{} must be an even number of at least 2 (sin/cos pairs)",
+                    u.emb_dim
+                )
+            },
+        );
+        let halvings = u.multipliers.len().saturating_sub(1).min(16);
+        p.require(image.height.is_multiple_of(1 << halvings), "data.size", || {
+            format!(
+                "{}: a U-Net of {} levels halves the image {halvings} times, so the side must divide by {}",
+                image.height,
+                u.multipliers.len(),
+                1 << halvings
+            )
+        });
     }
 
     fn check_training(&self, p: &mut Problems) {
@@ -247,6 +293,21 @@ impl DataConfig {
                     format!("{noise} must be a number ≥ 0")
                 });
             }
+            DataConfig::Digits { size } | DataConfig::Idx { size, .. } | DataConfig::Cifar10 { size, .. } => {
+                check_image_size(*size, p);
+            }
+            DataConfig::Shapes { size, channels } | DataConfig::Folder { size, channels, .. } => {
+                check_image_size(*size, p);
+                p.require(*channels == 1 || *channels == 3, "data.channels", || {
+                    format!("{channels} must be 1 (grey) or 3 (colour)")
+                });
+            }
         }
     }
+}
+
+fn check_image_size(size: usize, p: &mut Problems) {
+    p.require((4..=256).contains(&size), "data.size", || {
+        format!("{size} must be from 4 to 256 pixels")
+    });
 }

@@ -1,11 +1,17 @@
-//! The 2-D data distributions `q_0`: Gaussian mixtures (with exact
-//! densities and scores) and a few shapes without one, for variety.
+//! The data distributions `q_0`: 2-D toys (Gaussian mixtures, with exact
+//! densities and scores, and a few shapes without one) and images. Both
+//! reach the models the same way, as a batch tensor from [`Dataset::batch`]:
+//! (B, 2) for points, (B, C, H, W) for images.
 
 mod gmm;
+mod images;
 
 pub use gmm::{Component, GaussianMixture, log_sum_exp};
+pub use images::{ImageBatch, ImageSet, ImageShape, Images, SHAPE_CLASSES, Shapes};
 
 use crate::config::DataConfig;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
@@ -14,6 +20,69 @@ pub type Point = [f32; 2];
 
 /// The dimension of the data (and of a teacher-initialised generator's latent).
 pub const DIM: usize = 2;
+
+/// Samples on the host, one after another: `len()` samples of `shape`
+/// (`[2]` for points, `[C, H, W]` for images). What metrics, files and
+/// previews work on; the models see the same values as a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl Samples {
+    /// A (B, …) tensor's rows.
+    pub fn from_tensor(t: &Tensor) -> Result<Self> {
+        Ok(Self {
+            shape: t.dims()[1..].to_vec(),
+            values: t.flatten_all()?.to_vec1()?,
+        })
+    }
+
+    pub fn from_points(points: &[Point]) -> Self {
+        Self {
+            shape: vec![DIM],
+            values: points.as_flattened().to_vec(),
+        }
+    }
+
+    /// Values per sample.
+    pub fn dim(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len() / self.dim().max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub fn rows(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.values.chunks_exact(self.dim().max(1))
+    }
+
+    /// The first `n` samples (all of them if there are fewer).
+    pub fn head(&self, n: usize) -> Samples {
+        Samples {
+            shape: self.shape.clone(),
+            values: self.values[..n.min(self.len()) * self.dim()].to_vec(),
+        }
+    }
+
+    /// The samples as points, when they are 2-D.
+    pub fn points(&self) -> Option<Vec<Point>> {
+        (self.shape == [DIM]).then(|| self.rows().map(|r| [r[0], r[1]]).collect())
+    }
+
+    /// A (B, …) tensor on `device`.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        let mut shape = vec![self.len()];
+        shape.extend(&self.shape);
+        Ok(Tensor::from_slice(&self.values, shape, device)?)
+    }
+}
 
 /// A rectangle of the plane: what previews and plots show.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -73,44 +142,121 @@ impl Bounds {
 /// A data distribution to distil.
 #[derive(Debug, Clone)]
 pub enum Dataset {
-    Mixture(GaussianMixture),
-    Checkerboard { cells: usize, size: f64 },
-    SwissRoll { scale: f64, noise: f64 },
+    Plane(PlaneData),
+    Images(Images),
 }
 
 impl Dataset {
-    pub fn new(config: &DataConfig) -> Self {
-        match config {
-            DataConfig::Gmm { components } => Dataset::Mixture(GaussianMixture::new(components)),
-            DataConfig::Ring { modes, radius, std } => Dataset::Mixture(GaussianMixture::new(
-                &GaussianMixture::ring_components(*modes, *radius, *std),
+    /// The data `config` names; image files are read and checked here, and
+    /// an error names the file and what is wrong with it.
+    pub fn load(config: &DataConfig) -> Result<Self> {
+        match PlaneData::new(config) {
+            Some(plane) => Ok(Dataset::Plane(plane)),
+            None => Ok(Dataset::Images(
+                Images::load(config).expect("a data kind is 2-D or images")?,
             )),
-            DataConfig::Random { modes, seed } => Dataset::Mixture(GaussianMixture::new(
-                &GaussianMixture::random_components(*modes, *seed),
-            )),
-            DataConfig::Checkerboard { cells, size } => Dataset::Checkerboard {
-                cells: *cells,
-                size: *size,
-            },
-            DataConfig::SwissRoll { scale, noise } => Dataset::SwissRoll {
-                scale: *scale,
-                noise: *noise,
-            },
+        }
+    }
+
+    pub fn plane(&self) -> Option<&PlaneData> {
+        match self {
+            Dataset::Plane(p) => Some(p),
+            Dataset::Images(_) => None,
+        }
+    }
+
+    pub fn images(&self) -> Option<&Images> {
+        match self {
+            Dataset::Images(i) => Some(i),
+            Dataset::Plane(_) => None,
         }
     }
 
     /// The exact mixture, when the data is one.
     pub fn mixture(&self) -> Option<&GaussianMixture> {
+        self.plane().and_then(PlaneData::mixture)
+    }
+
+    /// The shape of one sample: `[2]` or `[C, H, W]`.
+    pub fn sample_shape(&self) -> Vec<usize> {
         match self {
-            Dataset::Mixture(m) => Some(m),
+            Dataset::Plane(_) => vec![DIM],
+            Dataset::Images(i) => {
+                let s = i.shape();
+                vec![s.channels, s.height, s.width]
+            }
+        }
+    }
+
+    /// `n` samples on the host.
+    pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Samples {
+        let values = match self {
+            Dataset::Plane(p) => p.sample(n, rng).into_flattened(),
+            Dataset::Images(i) => i.sample(n, rng).pixels,
+        };
+        Samples {
+            shape: self.sample_shape(),
+            values,
+        }
+    }
+
+    /// `n` samples as a (n, 2) or (n, C, H, W) tensor on `device`.
+    pub fn batch(&self, n: usize, rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
+        self.sample(n, rng).to_tensor(device)
+    }
+
+    /// A short human description for headers and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Dataset::Plane(p) => p.describe(),
+            Dataset::Images(i) => i.describe(),
+        }
+    }
+}
+
+/// A 2-D data distribution.
+#[derive(Debug, Clone)]
+pub enum PlaneData {
+    Mixture(GaussianMixture),
+    Checkerboard { cells: usize, size: f64 },
+    SwissRoll { scale: f64, noise: f64 },
+}
+
+impl PlaneData {
+    /// The 2-D data `config` names; `None` for images.
+    pub fn new(config: &DataConfig) -> Option<Self> {
+        Some(match config {
+            DataConfig::Gmm { components } => PlaneData::Mixture(GaussianMixture::new(components)),
+            DataConfig::Ring { modes, radius, std } => PlaneData::Mixture(GaussianMixture::new(
+                &GaussianMixture::ring_components(*modes, *radius, *std),
+            )),
+            DataConfig::Random { modes, seed } => PlaneData::Mixture(GaussianMixture::new(
+                &GaussianMixture::random_components(*modes, *seed),
+            )),
+            DataConfig::Checkerboard { cells, size } => PlaneData::Checkerboard {
+                cells: *cells,
+                size: *size,
+            },
+            DataConfig::SwissRoll { scale, noise } => PlaneData::SwissRoll {
+                scale: *scale,
+                noise: *noise,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The exact mixture, when the data is one.
+    pub fn mixture(&self) -> Option<&GaussianMixture> {
+        match self {
+            PlaneData::Mixture(m) => Some(m),
             _ => None,
         }
     }
 
     pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Vec<Point> {
         match self {
-            Dataset::Mixture(m) => m.sample(n, rng),
-            Dataset::Checkerboard { cells, size } => {
+            PlaneData::Mixture(m) => m.sample(n, rng),
+            PlaneData::Checkerboard { cells, size } => {
                 let cell = size / *cells as f64;
                 (0..n)
                     .map(|_| {
@@ -127,7 +273,7 @@ impl Dataset {
                     })
                     .collect()
             }
-            Dataset::SwissRoll { scale, noise } => {
+            PlaneData::SwissRoll { scale, noise } => {
                 let turns = 4.5 * std::f64::consts::PI;
                 (0..n)
                     .map(|_| {
@@ -167,9 +313,9 @@ impl Dataset {
     /// A short human description for headers and logs.
     pub fn describe(&self) -> String {
         match self {
-            Dataset::Mixture(m) => format!("Gaussian mixture, {} modes", m.components().len()),
-            Dataset::Checkerboard { cells, .. } => format!("checkerboard {cells}×{cells}"),
-            Dataset::SwissRoll { .. } => "swiss roll".to_string(),
+            PlaneData::Mixture(m) => format!("Gaussian mixture, {} modes", m.components().len()),
+            PlaneData::Checkerboard { cells, .. } => format!("checkerboard {cells}×{cells}"),
+            PlaneData::SwissRoll { .. } => "swiss roll".to_string(),
         }
     }
 }
@@ -180,7 +326,7 @@ mod tests {
 
     #[test]
     fn checkerboard_samples_only_dark_squares() {
-        let data = Dataset::Checkerboard { cells: 4, size: 4.0 };
+        let data = PlaneData::Checkerboard { cells: 4, size: 4.0 };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let xs = data.sample(5000, &mut rng);
         let mut seen = [[0usize; 4]; 4];
@@ -203,7 +349,7 @@ mod tests {
 
     #[test]
     fn swiss_roll_stays_within_its_scale() {
-        let data = Dataset::SwissRoll {
+        let data = PlaneData::SwissRoll {
             scale: 2.5,
             noise: 0.0,
         };

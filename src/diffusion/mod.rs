@@ -14,19 +14,20 @@ use candle_core::Tensor;
 use rand::Rng;
 
 /// The EDM denoising loss `λ(σ) ‖D(x_0 + σ ε; σ) − x_0‖²`, averaged over
-/// the batch and both coordinates, at the given σ per sample (ε is drawn
+/// the batch and every coordinate, at the given σ per sample (ε is drawn
 /// here). `x_0` must carry no gradient (data, or detached generator samples).
 pub fn denoising_loss(model: &Denoiser, x0: &Tensor, sigmas: Vec<f32>, rng: &mut impl Rng) -> Result<Tensor> {
-    let b = x0.dim(0)?;
     let device = x0.device();
-    let noise = normal_tensor(rng, (b, 2), device)?;
+    let noise = normal_tensor(rng, x0.dims(), device)?;
     let weights: Vec<f32> = sigmas
         .iter()
         .map(|&s| loss_weight(s as f64, model.sigma_data) as f32)
         .collect();
-    let weights = Tensor::from_vec(weights, (b, 1), device)?;
+    let mut column = vec![1; x0.rank()];
+    column[0] = weights.len();
+    let weights = Tensor::from_vec(weights, column, device)?;
     let levels = model.levels(sigmas, device)?;
-    let xt = (x0 + noise.broadcast_mul(&levels.sigma)?)?;
+    let xt = (x0 + noise.broadcast_mul(&levels.sigma_for(x0)?)?)?;
     let d = model.denoise(&xt, &levels)?;
     Ok((d - x0)?.sqr()?.broadcast_mul(&weights)?.mean_all()?)
 }

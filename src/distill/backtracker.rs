@@ -101,7 +101,7 @@ impl Backtracker {
         let d = &self.settings;
         let x0 = student.generate(d.batch, rng)?;
         let sigmas = self.loss_sigmas(noise, rng);
-        let eps = normal_tensor(rng, (d.batch, crate::data::DIM), x0.device())?;
+        let eps = normal_tensor(rng, x0.dims(), x0.device())?;
         let levels = self.target.levels(sigmas, x0.device())?;
         let g = generator_loss(&x0, &self.target, &self.fake_score, &levels, &eps, d.weighting)?;
         let loss_generator = finite(&g.loss, "generator")?;

@@ -39,11 +39,14 @@ pub fn generator_loss(
     weighting: Weighting,
 ) -> Result<GeneratorLoss> {
     let x0_fixed = x0.detach();
-    let xt = (&x0_fixed + noise.broadcast_mul(&levels.sigma)?)?;
+    let xt = (&x0_fixed + noise.broadcast_mul(&levels.sigma_for(x0)?)?)?;
     let d_target = target.denoise(&xt, levels)?.detach();
     let d_fake = fake.denoise(&xt, levels)?.detach();
+    // Per-sample norms and means run over every coordinate of a sample
+    // (both of a point, every pixel of an image): work on (B, n) rows.
+    let rows = |t: &Tensor| t.flatten_from(1);
     let diff = (d_fake - &d_target)?;
-    let gap = diff
+    let gap = rows(&diff)?
         .sqr()?
         .sum_keepdim(D::Minus1)?
         .sqrt()?
@@ -53,11 +56,11 @@ pub fn generator_loss(
         Weighting::Dmd => {
             // The floor keeps a sample that sits exactly on the target's
             // denoised point from dividing by zero.
-            let scale = (&x0_fixed - &d_target)?
+            let scale = rows(&(&x0_fixed - &d_target)?)?
                 .abs()?
                 .mean_keepdim(D::Minus1)?
                 .clamp(1e-6, f64::MAX)?;
-            diff.broadcast_div(&scale)?
+            rows(&diff)?.broadcast_div(&scale)?.reshape(diff.shape())?
         }
         Weighting::Raw => diff,
     };

@@ -7,7 +7,7 @@ use crate::model::Denoiser;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::data::Point;
+use crate::data::{Point, Samples};
 
 /// Grid size of a score field: 25 × 13 points over the data's bounds.
 pub const FIELD_GRID: (usize, usize) = (25, 13);
@@ -30,10 +30,15 @@ impl Session {
     /// `model`'s field (named `label`) against s_φ's, at σ.
     pub fn score_field(&self, label: String, model: &Denoiser, sigma: f32) -> Result<ScoreField> {
         let points = self.bounds().grid(FIELD_GRID.0, FIELD_GRID.1);
+        let grid = Samples::from_points(&points);
+        let scores = |model: &Denoiser| -> Result<Vec<Point>> {
+            let s = model_scores(model, &grid, sigma as f64)?;
+            Ok(s.points().expect("a score field is 2-D"))
+        };
         Ok(ScoreField {
             sigma,
-            target: model_scores(model, &points, sigma as f64)?,
-            fake: model_scores(self.tracking_model(), &points, sigma as f64)?,
+            target: scores(model)?,
+            fake: scores(self.tracking_model())?,
             target_label: label,
             columns: FIELD_GRID.0,
             points,

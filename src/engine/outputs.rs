@@ -5,17 +5,20 @@ use super::log::Stage;
 use super::rundir::write_points_csv;
 use super::session::{Event, Session};
 use crate::config::Config;
-use crate::data::{Bounds, Dataset, Point};
+use crate::data::{Bounds, Dataset, Point, Samples};
 use crate::diffusion::NoiseSchedule;
 use crate::distill::BacktrackSchedule;
 use crate::engine::path::DegradationPath;
 use crate::engine::rundir::RunDir;
-use crate::files::write_json;
+use crate::files::{write_json, write_tensors};
 use crate::metrics::Evaluation;
 use crate::model::{Denoiser, Generator};
 use crate::rng::{HostRng, host_rng, streams};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
+
+/// Images in a snapshot grid (8 × 8).
+const SNAPSHOT_IMAGES: usize = 64;
 
 /// The models of a session, for [`Session::save_model`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +65,8 @@ impl Session {
     pub(super) fn finish(&mut self) -> Result<()> {
         let n = self.config.log.final_samples;
         let mut rng = host_rng(self.config.seed, streams::FINAL_SAMPLES);
-        let samples = self.student.average.sample(n, &mut rng)?;
-        write_points_csv(&self.run.samples(), &samples)?;
+        let samples = Samples::from_tensor(&self.student.average.generate(n, &mut rng)?)?;
+        self.write_final_samples(&samples)?;
         // The final measurement uses those samples: mode shares from all of
         // them, so the numbers a user reads at the end are not noisy.
         let mut eval = self.measure(&samples, &mut self.eval_rng())?;
@@ -85,12 +88,34 @@ impl Session {
         Ok(())
     }
 
-    /// Generator samples at a moment of the run (`samples/<name>.csv`), for
-    /// the snapshot plots.
+    /// Generator samples at a moment of the run, from the same latents
+    /// every time: `samples/<name>.csv` (2-D, for the snapshot plots) or a
+    /// grid of 64 images, `samples/<name>.png`.
     fn write_snapshot(&self, name: &str) -> Result<()> {
         let mut rng = host_rng(self.config.seed, streams::SNAPSHOTS);
+        if self.data.images().is_some() {
+            let samples = Samples::from_tensor(&self.student.average.generate(SNAPSHOT_IMAGES, &mut rng)?)?;
+            return crate::report::write_image_grid(&self.run.snapshot_grid(name), &samples);
+        }
         let samples = self.student.average.sample(self.evaluator.samples(), &mut rng)?;
         write_points_csv(&self.run.snapshot(name), &samples)
+    }
+
+    /// The final samples: `samples.csv` for points; for images the tensor
+    /// `samples.safetensors` and a grid of the first 64, `samples/final.png`.
+    fn write_final_samples(&self, samples: &Samples) -> Result<()> {
+        match samples.points() {
+            Some(points) => write_points_csv(&self.run.samples(), &points),
+            None => {
+                let tensor = samples.to_tensor(&candle_core::Device::Cpu)?;
+                let meta = std::collections::HashMap::from([("format".into(), "disback-samples".into())]);
+                write_tensors(&self.run.samples_tensor(), &[("samples".into(), tensor)], meta)?;
+                crate::report::write_image_grid(
+                    &self.run.snapshot_grid("final"),
+                    &samples.head(SNAPSHOT_IMAGES),
+                )
+            }
+        }
     }
 
     /// The teacher's and s_φ's score fields (`fields/<name>.json`).
@@ -102,8 +127,11 @@ impl Session {
     /// Measures the generator now, on `metrics.samples` fresh samples.
     pub fn evaluate(&self) -> Result<Evaluation> {
         let mut rng = self.eval_rng();
-        let samples = self.student.average.sample(self.evaluator.samples(), &mut rng)?;
-        self.measure(&samples, &mut rng)
+        let samples = self
+            .student
+            .average
+            .generate(self.evaluator.samples(), &mut rng)?;
+        self.measure(&Samples::from_tensor(&samples)?, &mut rng)
     }
 
     /// Measurements draw from their own stream, seeded by the run's seed
@@ -117,9 +145,9 @@ impl Session {
 
     /// Distances and mode statistics of `samples`, and the mismatch degree
     /// of the target and the teacher at (at most `metrics.samples` of) them.
-    fn measure(&self, samples: &[Point], rng: &mut HostRng) -> Result<Evaluation> {
+    fn measure(&self, samples: &Samples, rng: &mut HostRng) -> Result<Evaluation> {
         let mut eval = self.evaluator.distribution(samples, rng);
-        let samples = &samples[..samples.len().min(self.evaluator.samples())];
+        let samples = &samples.head(self.evaluator.samples());
         if let Some(b) = &self.backtracker {
             let models: Vec<&Denoiser> = if b.schedule.target() == 0 {
                 vec![&self.teacher]

@@ -5,7 +5,6 @@ use super::log::{LossKind, Stage};
 use super::session::{Event, Session};
 use crate::diffusion::denoising_loss;
 use crate::distill::finite;
-use crate::model::points_to_tensor;
 use crate::optim::Adam;
 use crate::rng::{HostRng, host_rng, streams};
 use anyhow::{Context, Result};
@@ -53,7 +52,7 @@ impl Session {
             .pretrain
             .as_mut()
             .expect("pretraining state exists in its stage");
-        let x0 = points_to_tensor(&self.data.sample(t.batch, &mut p.rng), &self.device)?;
+        let x0 = self.data.batch(t.batch, &mut p.rng, &self.device)?;
         let sigmas = self.noise.training(&mut p.rng, t.batch);
         let loss = denoising_loss(&self.teacher, &x0, sigmas, &mut p.rng)?;
         let value = finite(&loss, "teacher")?;

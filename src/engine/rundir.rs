@@ -131,15 +131,25 @@ impl RunDir {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
+    /// The final samples of a 2-D run.
     pub fn samples(&self) -> PathBuf {
         self.root.join("samples.csv")
+    }
+    /// The final samples of an image run: one (N, C, H, W) tensor `samples`.
+    pub fn samples_tensor(&self) -> PathBuf {
+        self.root.join("samples.safetensors")
     }
     pub fn plots_dir(&self) -> PathBuf {
         self.root.join("plots")
     }
-    /// `samples/<name>.csv`: generator samples at a moment of the run.
+    /// `samples/<name>.csv`: generator samples at a moment of a 2-D run.
     pub fn snapshot(&self, name: &str) -> PathBuf {
         self.root.join("samples").join(format!("{name}.csv"))
+    }
+    /// `samples/<name>.png`: a grid of generator samples at a moment of an
+    /// image run.
+    pub fn snapshot_grid(&self, name: &str) -> PathBuf {
+        self.root.join("samples").join(format!("{name}.png"))
     }
     /// `fields/<name>.json`: the teacher's and s_φ's score fields.
     pub fn field(&self, name: &str) -> PathBuf {

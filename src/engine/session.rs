@@ -90,7 +90,7 @@ impl Session {
     /// stage-specific state is set by the caller.
     pub(super) fn build(config: Config, run: RunDir, log: MetricsLog) -> Result<Self> {
         let (device, device_name) = select_device(config.device)?;
-        let data = Dataset::new(&config.data);
+        let data = Dataset::load(&config.data).context("loading the data")?;
         let sigma_data = config.sigma_data();
         let generator = Generator::new(
             &config,
@@ -98,7 +98,7 @@ impl Session {
             &mut host_rng(config.seed, streams::GENERATOR_INIT),
         )?;
         let teacher_rng = &mut host_rng(config.teacher.seed, streams::TEACHER_INIT);
-        let teacher = Denoiser::new(&config.score_net, sigma_data, &device, teacher_rng)?;
+        let teacher = Denoiser::new(&config.net_spec(), sigma_data, &device, teacher_rng)?;
         let m = &config.metrics;
         let evaluator = Evaluator::new(&data, &m.mismatch_sigmas, m.samples, || {
             data.sample(
@@ -106,7 +106,10 @@ impl Session {
                 &mut host_rng(config.seed, streams::STF_REFERENCE),
             )
         });
-        let bounds = Bounds::around(&data.sample(2000, &mut host_rng(config.seed, streams::BOUNDS)));
+        let bounds = match data.plane() {
+            Some(plane) => Bounds::around(&plane.sample(2000, &mut host_rng(config.seed, streams::BOUNDS))),
+            None => Bounds::default(),
+        };
         Ok(Self {
             bounds,
             student: Student::new(generator, config.generator.lr, config.distill.generator_ema)?,

@@ -156,10 +156,11 @@ impl Trainer {
     }
 
     fn run(mut self) -> Result<Session> {
-        let data = self
-            .session
-            .data()
-            .sample(PREVIEW_SAMPLES, &mut host_rng(0, streams::BACKGROUND));
+        // Data points drawn behind 2-D previews (none for images).
+        let data = match self.session.data().plane() {
+            Some(plane) => plane.sample(PREVIEW_SAMPLES, &mut host_rng(0, streams::BACKGROUND)),
+            None => Vec::new(),
+        };
         self.send(Update::Started {
             view: Box::new(self.session.view()),
             data,

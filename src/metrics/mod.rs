@@ -1,5 +1,6 @@
-//! Measurements of a generator against the data: sample distances, mode
-//! statistics for mixtures, and the mismatch degree of score models.
+//! Measurements of a generator against the data: sample distances (in any
+//! dimension), mode statistics for mixtures, and the mismatch degree of
+//! score models.
 
 mod distance;
 mod mismatch;
@@ -9,7 +10,7 @@ pub use distance::{energy_distance, sliced_wasserstein};
 pub use mismatch::{TrueScore, mismatch_at, model_scores, noised};
 pub use modes::ModeStats;
 
-use crate::data::{Dataset, Point};
+use crate::data::{Dataset, Samples};
 use crate::model::Denoiser;
 use anyhow::Result;
 use rand::Rng;
@@ -63,12 +64,7 @@ pub struct Evaluator {
 impl Evaluator {
     /// `reference` is the Stable Target Field batch for data without an
     /// exact score (drawn once per run, so every measurement uses the same).
-    pub fn new(
-        data: &Dataset,
-        sigmas: &[f64],
-        samples: usize,
-        reference: impl FnOnce() -> Vec<Point>,
-    ) -> Self {
+    pub fn new(data: &Dataset, sigmas: &[f64], samples: usize, reference: impl FnOnce() -> Samples) -> Self {
         let truth = match data.mixture() {
             Some(gmm) => TrueScore::Exact(gmm.clone()),
             None => TrueScore::StableTargetField(reference()),
@@ -89,13 +85,14 @@ impl Evaluator {
     /// Distances (on at most `samples` of the points, against as many fresh
     /// data samples: the energy distance is quadratic) and mode statistics
     /// (on all of them) of `generated`.
-    pub fn distribution(&self, generated: &[Point], rng: &mut impl Rng) -> Evaluation {
-        let head = &generated[..generated.len().min(self.samples)];
+    pub fn distribution(&self, generated: &Samples, rng: &mut impl Rng) -> Evaluation {
+        let head = generated.head(self.samples);
         let data = self.data.sample(head.len(), rng);
+        let modes = self.data.mixture().zip(generated.points());
         Evaluation {
-            energy: energy_distance(head, &data),
-            sliced_w: sliced_wasserstein(head, &data, 64, rng),
-            modes: self.data.mixture().map(|m| ModeStats::new(m, generated)),
+            energy: energy_distance(&head, &data),
+            sliced_w: sliced_wasserstein(&head, &data, 64, rng),
+            modes: modes.map(|(m, points)| ModeStats::new(m, &points)),
             mismatch_target: Vec::new(),
             mismatch_teacher: Vec::new(),
             mismatch_data: Vec::new(),
@@ -112,7 +109,7 @@ impl Evaluator {
     /// points for every model.
     pub fn mismatch(
         &self,
-        generated: &[Point],
+        generated: &Samples,
         models: &[&Denoiser],
         rng: &mut impl Rng,
     ) -> Result<Vec<Vec<f64>>> {

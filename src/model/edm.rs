@@ -50,8 +50,8 @@ fn embedding_frequency(k: usize, half: usize) -> f64 {
 #[derive(Debug)]
 pub struct NoiseLevels {
     pub sigma_data: f64,
-    /// (B, 1) columns.
-    pub sigma: Tensor,
+    /// (B, 1) columns, reshaped to a batch's rank where they are used.
+    sigma: Tensor,
     c_skip: Tensor,
     c_out: Tensor,
     c_in: Tensor,
@@ -88,6 +88,21 @@ impl NoiseLevels {
     }
 }
 
+impl NoiseLevels {
+    /// σ per sample, shaped to scale a batch like `x`: (B, 1) for points,
+    /// (B, 1, 1, 1) for images.
+    pub fn sigma_for(&self, x: &Tensor) -> Result<Tensor> {
+        per_sample(&self.sigma, x)
+    }
+}
+
+/// A (B, 1) column reshaped to broadcast over the rest of `x`'s dimensions.
+fn per_sample(column: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![1; x.rank()];
+    shape[0] = column.dim(0)?;
+    Ok(column.reshape(shape)?)
+}
+
 /// A score model in EDM form.
 #[derive(Debug)]
 pub struct Denoiser {
@@ -96,25 +111,27 @@ pub struct Denoiser {
 }
 
 impl Denoiser {
-    /// `D(x; σ)` for a (B, 2) batch.
+    /// `D(x; σ)` for a batch of points (B, 2) or images (B, C, H, W).
     pub fn denoise(&self, x: &Tensor, levels: &NoiseLevels) -> Result<Tensor> {
         debug_assert_eq!(
             levels.sigma_data, self.sigma_data,
             "noise levels for another σ_data"
         );
-        let f = self.net.forward(&x.broadcast_mul(&levels.c_in)?, &levels.emb)?;
-        Ok((x.broadcast_mul(&levels.c_skip)? + f.broadcast_mul(&levels.c_out)?)?)
+        let c_in = per_sample(&levels.c_in, x)?;
+        let f = self.net.forward(&x.broadcast_mul(&c_in)?, &levels.emb)?;
+        let (c_skip, c_out) = (per_sample(&levels.c_skip, x)?, per_sample(&levels.c_out, x)?);
+        Ok((x.broadcast_mul(&c_skip)? + f.broadcast_mul(&c_out)?)?)
     }
 
     /// The score `(D(x; σ) − x) / σ²`.
     pub fn score(&self, x: &Tensor, levels: &NoiseLevels) -> Result<Tensor> {
         let d = self.denoise(x, levels)?;
-        Ok((d - x)?.broadcast_div(&levels.sigma.sqr()?)?)
+        Ok((d - x)?.broadcast_div(&levels.sigma_for(x)?.sqr()?)?)
     }
 
     /// Noise levels matching this denoiser's σ_data and embedding.
     pub fn levels(&self, sigmas: Vec<f32>, device: &Device) -> Result<NoiseLevels> {
-        NoiseLevels::new(sigmas, self.sigma_data, self.net.config.emb_dim, device)
+        NoiseLevels::new(sigmas, self.sigma_data, self.net.emb_dim(), device)
     }
 }
 

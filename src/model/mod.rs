@@ -2,14 +2,17 @@
 //! one-step generator, with deep copies and checked save/load.
 
 mod edm;
+mod layers;
 mod nets;
 mod params;
+mod unet;
 
 pub use edm::{Denoiser, NoiseLevels, Precond, loss_weight};
-pub use nets::{GeneratorNet, ScoreNet};
+pub use nets::{GeneratorNet, MlpNet, NetSpec, ScoreNet};
 pub use params::{Init, ParamBuilder, Params};
+pub use unet::UNet;
 
-use crate::config::{Config, GeneratorInit, ScoreNetConfig};
+use crate::config::{Config, GeneratorInit};
 use crate::data::Point;
 use crate::rng::{HostRng, normal_tensor};
 use anyhow::{Context, Result, bail};
@@ -61,14 +64,9 @@ fn scratch_rng() -> HostRng {
 }
 
 impl Denoiser {
-    pub fn new(
-        config: &ScoreNetConfig,
-        sigma_data: f64,
-        device: &Device,
-        rng: &mut impl Rng,
-    ) -> Result<Self> {
+    pub fn new(spec: &NetSpec, sigma_data: f64, device: &Device, rng: &mut impl Rng) -> Result<Self> {
         Ok(Self {
-            net: ScoreNet::new(config, ParamBuilder::new(device, rng))?,
+            net: ScoreNet::new(spec, ParamBuilder::new(device, rng))?,
             sigma_data,
         })
     }
@@ -81,7 +79,7 @@ impl Denoiser {
     /// would share it, so training one would move the other).
     pub fn deep_clone(&self) -> Result<Self> {
         let device = self.device();
-        let copy = Self::new(&self.net.config, self.sigma_data, &device, &mut scratch_rng())?;
+        let copy = Self::new(&self.net.spec(), self.sigma_data, &device, &mut scratch_rng())?;
         copy.params().copy_from(self.params())?;
         Ok(copy)
     }
@@ -91,7 +89,7 @@ impl Denoiser {
     }
 
     fn config_json(&self) -> String {
-        serde_json::to_string(&self.net.config).expect("config serialises")
+        serde_json::to_string(&self.net.spec()).expect("a net spec serialises")
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -136,11 +134,16 @@ pub struct Generator {
 /// The two generator parametrisations (`generator.init`).
 #[derive(Debug)]
 enum GeneratorNetwork {
-    /// An MLP on `σ_init · z`.
-    Mlp(GeneratorNet),
+    /// An MLP on `σ_init · z` (boxed like the denoiser, for a small enum).
+    Mlp(Box<GeneratorNet>),
     /// The teacher's architecture at one noise level: `D(σ_g z; σ_g)`,
-    /// with `z` of the data's dimension.
-    Denoiser { model: Denoiser, sigma_g: f64 },
+    /// with `z` of the data's shape; `from_teacher` when its weights are
+    /// the teacher's (else they stay randomly initialised).
+    Denoiser {
+        model: Denoiser,
+        sigma_g: f64,
+        from_teacher: bool,
+    },
 }
 
 impl Generator {
@@ -149,19 +152,29 @@ impl Generator {
     /// [`Generator::copy_teacher`].
     pub fn new(config: &Config, device: &Device, rng: &mut impl Rng) -> Result<Self> {
         let g = &config.generator;
-        let (net, settings) = match g.init {
-            GeneratorInit::Random => (
-                GeneratorNetwork::Mlp(GeneratorNet::new(g, ParamBuilder::new(device, rng))?),
+        let spec = config.net_spec();
+        let (net, settings) = match (g.init, &spec) {
+            (GeneratorInit::Random, NetSpec::Mlp(_)) => (
+                GeneratorNetwork::Mlp(Box::new(GeneratorNet::new(g, ParamBuilder::new(device, rng))?)),
                 serde_json::json!({ "init": "random", "latent_dim": g.latent_dim,
                     "width": g.width, "depth": g.depth, "sigma_init": g.sigma_init }),
             ),
-            GeneratorInit::Teacher => {
+            // On images a `random` generator is the denoiser architecture
+            // with fresh weights: an MLP from a latent to pixels is no
+            // image model.
+            (init, spec) => {
                 let sigma_data = config.sigma_data();
                 let sigma_g = g.sigma_g * sigma_data / crate::diffusion::EDM_SIGMA_DATA;
-                let model = Denoiser::new(&config.score_net, sigma_data, device, rng)?;
-                let settings = serde_json::json!({ "init": "teacher", "sigma_g": sigma_g,
-                    "sigma_data": sigma_data, "score_net": config.score_net });
-                (GeneratorNetwork::Denoiser { model, sigma_g }, settings)
+                let model = Denoiser::new(spec, sigma_data, device, rng)?;
+                let from_teacher = init == GeneratorInit::Teacher;
+                let settings = serde_json::json!({ "init": init, "sigma_g": sigma_g,
+                    "sigma_data": sigma_data, "net": spec });
+                let net = GeneratorNetwork::Denoiser {
+                    model,
+                    sigma_g,
+                    from_teacher,
+                };
+                (net, settings)
             }
         };
         Ok(Self {
@@ -181,20 +194,29 @@ impl Generator {
         self.params().device()
     }
 
-    pub fn latent_dim(&self) -> usize {
+    /// The shape of one latent `z`: `latent_dim` for the MLP, the data's
+    /// own shape for a denoiser.
+    pub fn latent_shape(&self) -> Vec<usize> {
         match &self.net {
-            GeneratorNetwork::Mlp(net) => net.config.latent_dim,
-            GeneratorNetwork::Denoiser { .. } => crate::data::DIM,
+            GeneratorNetwork::Mlp(net) => vec![net.config.latent_dim],
+            GeneratorNetwork::Denoiser { model, .. } => match model.net.spec() {
+                NetSpec::Mlp(_) => vec![crate::data::DIM],
+                NetSpec::UNet { image, .. } => vec![image.channels, image.height, image.width],
+            },
         }
     }
 
     /// For a teacher-initialised generator, sets every weight to the
-    /// teacher's, so that `G(z) = D_θ(σ_g z; σ_g)`; a random MLP is left
+    /// teacher's, so that `G(z) = D_θ(σ_g z; σ_g)`; a random one is left
     /// as it is.
     pub fn copy_teacher(&self, teacher: &Denoiser) -> Result<()> {
         match &self.net {
-            GeneratorNetwork::Mlp(_) => Ok(()),
-            GeneratorNetwork::Denoiser { model, .. } => model.params().copy_from(teacher.params()),
+            GeneratorNetwork::Denoiser {
+                model,
+                from_teacher: true,
+                ..
+            } => model.params().copy_from(teacher.params()),
+            _ => Ok(()),
         }
     }
 
@@ -202,41 +224,55 @@ impl Generator {
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         match &self.net {
             GeneratorNetwork::Mlp(net) => net.forward(z),
-            GeneratorNetwork::Denoiser { model, sigma_g } => {
+            GeneratorNetwork::Denoiser { model, sigma_g, .. } => {
                 let levels = model.levels(vec![*sigma_g as f32; z.dim(0)?], &z.device().clone())?;
                 model.denoise(&z.affine(*sigma_g, 0.0)?, &levels)
             }
         }
     }
 
-    /// Draws a (n, latent_dim) latent batch from the host RNG.
+    /// Draws a (n, latent shape…) latent batch from the host RNG.
     pub fn latents(&self, n: usize, rng: &mut impl Rng) -> Result<Tensor> {
-        normal_tensor(rng, (n, self.latent_dim()), &self.device())
+        let mut shape = vec![n];
+        shape.extend(self.latent_shape());
+        normal_tensor(rng, shape, &self.device())
     }
 
-    /// `n` samples as plain points, drawn in chunks to bound memory.
-    pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Result<Vec<Point>> {
-        let mut out = Vec::with_capacity(n);
+    /// `n` samples without gradient, drawn in chunks to bound memory
+    /// (8,192 points, or 64 to 256 images, at a time).
+    pub fn generate(&self, n: usize, rng: &mut impl Rng) -> Result<Tensor> {
+        let per_sample: usize = self.latent_shape().iter().product();
+        let chunk = (16_384 / per_sample.max(1)).clamp(64, 8192);
+        let mut parts = Vec::new();
         let mut left = n;
         while left > 0 {
-            let b = left.min(8192);
-            let x = self.forward(&self.latents(b, rng)?)?.detach();
-            out.extend(tensor_to_points(&x)?);
+            let b = left.min(chunk);
+            parts.push(self.forward(&self.latents(b, rng)?)?.detach());
             left -= b;
         }
-        Ok(out)
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// `n` samples of a 2-D generator as plain points.
+    pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Result<Vec<Point>> {
+        tensor_to_points(&self.generate(n, rng)?)
     }
 
     /// A copy that shares no storage with `self`.
     pub fn deep_clone(&self) -> Result<Self> {
         let net = match &self.net {
-            GeneratorNetwork::Mlp(net) => GeneratorNetwork::Mlp(GeneratorNet::new(
+            GeneratorNetwork::Mlp(net) => GeneratorNetwork::Mlp(Box::new(GeneratorNet::new(
                 &net.config,
                 ParamBuilder::new(&self.device(), &mut scratch_rng()),
-            )?),
-            GeneratorNetwork::Denoiser { model, sigma_g } => GeneratorNetwork::Denoiser {
+            )?)),
+            GeneratorNetwork::Denoiser {
+                model,
+                sigma_g,
+                from_teacher,
+            } => GeneratorNetwork::Denoiser {
                 model: model.deep_clone()?,
                 sigma_g: *sigma_g,
+                from_teacher: *from_teacher,
             },
         };
         let copy = Self {

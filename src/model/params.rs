@@ -20,6 +20,7 @@ pub enum Init {
     /// U(−bound, bound), drawn from the host RNG.
     Uniform(f64),
     Zeros,
+    Ones,
 }
 
 /// Creates parameters, recording each under a name.
@@ -38,13 +39,15 @@ impl<'a, R: Rng> ParamBuilder<'a, R> {
         }
     }
 
-    pub fn param(&mut self, name: &str, shape: (usize, usize), init: Init) -> Result<Var> {
-        let n = shape.0 * shape.1;
+    pub fn param(&mut self, name: &str, shape: impl Into<candle_core::Shape>, init: Init) -> Result<Var> {
+        let shape = shape.into();
+        let n = shape.elem_count();
         let values: Vec<f32> = match init {
             Init::Uniform(bound) => (0..n)
                 .map(|_| self.rng.random_range(-bound..bound) as f32)
                 .collect(),
             Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
         };
         let var = Var::from_tensor(&Tensor::from_vec(values, shape, self.device)?)?;
         self.entries.push((name.to_string(), var.clone()));

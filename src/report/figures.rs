@@ -4,7 +4,7 @@
 
 use super::{COLORS, Figure, log_range, plot_err, save};
 use crate::config::Config;
-use crate::data::{Bounds, Dataset, Point};
+use crate::data::{Bounds, PlaneData, Point};
 use crate::engine::{MetricsRecord, RunDir, ScoreField, Stage, read_metrics, read_points_csv};
 use crate::files::read_json;
 use crate::metrics::Evaluation;
@@ -324,7 +324,12 @@ pub fn plot_run(root: &Path) -> Result<Vec<PathBuf>> {
         written.extend(save(&by_sigma, &dir)?);
     }
 
-    let background = Dataset::new(&config.data).sample(2000, &mut host_rng(0, streams::BACKGROUND));
+    // Scatter snapshots and score fields are 2-D figures; an image run's
+    // snapshots are already pictures (`samples/*.png`).
+    let Some(plane) = PlaneData::new(&config.data) else {
+        return Ok(written);
+    };
+    let background = plane.sample(2000, &mut host_rng(0, streams::BACKGROUND));
     let bounds = Bounds::around(&background);
     let snapshots = Snapshots::read(&run, background.clone(), bounds)?;
     if !snapshots.panels.is_empty() {

@@ -1,0 +1,118 @@
+//! The layers the networks are built from, each owning its named
+//! parameters (so models save, load, copy and average by name).
+
+use super::params::{Init, ParamBuilder};
+use anyhow::Result;
+use candle_core::{Module, Tensor, Var};
+use rand::Rng;
+
+/// `y = x W + b`, with `W` stored as (in, out) so no transpose is needed.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Var,
+    bias: Var,
+}
+
+impl Linear {
+    /// PyTorch's default initialisation, U(±1/√in), scaled by `gain`
+    /// (0 gives a zero layer).
+    pub fn new<R: Rng>(
+        b: &mut ParamBuilder<'_, R>,
+        name: &str,
+        (input, output): (usize, usize),
+        gain: f64,
+    ) -> Result<Self> {
+        let init = uniform(gain, input);
+        Ok(Self {
+            weight: b.param(&format!("{name}.weight"), (input, output), init)?,
+            bias: b.param(&format!("{name}.bias"), (1, output), init)?,
+        })
+    }
+
+    /// The bias is added as `ones(B, 1) · b` rather than broadcast: its
+    /// gradient is then a matrix product instead of candle's slow batch sum
+    /// (measured: DSM steps 123 → 150 per second on this project's CPU).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
+        Ok((x.matmul(self.weight.as_tensor())? + ones.matmul(self.bias.as_tensor())?)?)
+    }
+}
+
+/// U(±gain/√fan_in), PyTorch's default bound; 0 gives zeros.
+fn uniform(gain: f64, fan_in: usize) -> Init {
+    if gain == 0.0 {
+        Init::Zeros
+    } else {
+        Init::Uniform(gain / (fan_in as f64).sqrt())
+    }
+}
+
+/// A square 2-D convolution with "same" padding, stride 1 or 2.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Var,
+    bias: Var,
+    stride: usize,
+}
+
+impl Conv2d {
+    pub fn new<R: Rng>(
+        b: &mut ParamBuilder<'_, R>,
+        name: &str,
+        (input, output): (usize, usize),
+        kernel: usize,
+        stride: usize,
+        gain: f64,
+    ) -> Result<Self> {
+        let init = uniform(gain, input * kernel * kernel);
+        Ok(Self {
+            weight: b.param(&format!("{name}.weight"), (output, input, kernel, kernel), init)?,
+            bias: b.param(&format!("{name}.bias"), (1, output, 1, 1), init)?,
+            stride,
+        })
+    }
+
+    /// (B, in, H, W) → (B, out, H / stride, W / stride).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let kernel = self.weight.dim(2)?;
+        let y = x.conv2d(self.weight.as_tensor(), kernel / 2, self.stride, 1, 1)?;
+        Ok(y.broadcast_add(self.bias.as_tensor())?)
+    }
+}
+
+/// Group normalisation with a learned per-channel scale and shift, through
+/// candle-nn's `GroupNorm`, which is built from differentiable tensor ops
+/// (unlike its fused LayerNorm, which has no backward pass).
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Var,
+    bias: Var,
+    groups: usize,
+}
+
+impl GroupNorm {
+    pub fn new<R: Rng>(
+        b: &mut ParamBuilder<'_, R>,
+        name: &str,
+        channels: usize,
+        groups: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: b.param(&format!("{name}.weight"), channels, Init::Ones)?,
+            bias: b.param(&format!("{name}.bias"), channels, Init::Zeros)?,
+            groups,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let channels = self.weight.dim(0)?;
+        let norm = candle_nn::GroupNorm::new(
+            self.weight.as_tensor().clone(),
+            self.bias.as_tensor().clone(),
+            channels,
+            self.groups,
+            1e-5,
+        )?;
+        Ok(norm.forward(x)?)
+    }
+}
