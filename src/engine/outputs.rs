@@ -118,8 +118,12 @@ impl Session {
         }
     }
 
-    /// The teacher's and s_φ's score fields (`fields/<name>.json`).
+    /// The teacher's and s_φ's score fields (`fields/<name>.json`): a 2-D
+    /// figure (paper Fig. 13), so image runs have none.
     fn write_fields(&self, name: &str) -> Result<()> {
+        if self.data.images().is_some() {
+            return Ok(());
+        }
         let field = self.score_field("teacher".into(), &self.teacher, self.default_field_sigma())?;
         write_json(&self.run.field(name), &field)
     }
