@@ -7,12 +7,13 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::start;
 use disback::config::{Config, UNetConfig};
-use disback::data::{Dataset, ImageShape};
+use disback::data::{Dataset, ImageShape, Samples};
 use disback::diffusion::denoising_loss;
 use disback::engine::{ModelKind, Stage};
 use disback::files::read_tensors;
 use disback::model::{Denoiser, Generator, NetSpec};
 use disback::optim::Adam;
+use disback::report::write_image_samples;
 use disback::rng::{host_rng, normal_tensor};
 
 fn small_unet(attention: bool) -> NetSpec {
@@ -198,6 +199,21 @@ fn a_tiny_digits_run_trains_every_stage_and_writes_image_files() {
     back.load(&saved).unwrap();
     assert_eq!(back.params().len(), session.teacher().params().len());
     assert!(session.score_model(ModelKind::FakeScore).is_some());
+    // `disback sample`'s outputs: a folder of PNGs at the images' own size,
+    // a grid, a tensor.
+    let generated = Samples::from_tensor(&back.generate(5, &mut host_rng(2, 2)).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    write_image_samples(&out.join("pngs"), &generated).unwrap();
+    for i in 0..5 {
+        let png = image::open(out.join("pngs").join(format!("sample-{i:05}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (8, 8));
+    }
+    assert!(out.join("pngs/sample-00005.png").metadata().is_err());
+    write_image_samples(&out.join("grid.png"), &generated).unwrap();
+    assert_eq!(image::open(out.join("grid.png")).unwrap().width(), 3 * 50 + 2);
+    write_image_samples(&out.join("all.safetensors"), &generated).unwrap();
+    let back_in = read_tensors(&out.join("all.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(back_in.tensors["samples"].dims(), &[5, 1, 8, 8]);
     // A data batch has the images' shape.
     let data = Dataset::load(&session.config().data).unwrap();
     assert_eq!(

@@ -6,6 +6,7 @@ mod compare;
 mod run;
 
 use crate::config::Config;
+use crate::data::Samples;
 use crate::engine::{RunDir, write_points_csv};
 use crate::model::Generator;
 use crate::rng::host_rng;
@@ -195,7 +196,8 @@ pub struct SampleArgs {
     /// How many samples.
     #[arg(long, default_value_t = 10_000)]
     pub n: usize,
-    /// Output CSV file.
+    /// Where to write: a CSV file for 2-D data; for images a `.png` grid,
+    /// a `.safetensors` tensor, or a folder of PNGs (any other path).
     #[arg(long)]
     pub out: PathBuf,
     /// Seed of the latent draws.
@@ -237,7 +239,10 @@ fn tui(args: RunArgs) -> Result<Ended> {
 /// The lab on a run that trains in the background.
 fn attach(dir: Option<PathBuf>) -> Result<Ended> {
     crate::ui::check_terminal()?;
-    lab(&crate::runner::attach_target(dir, Path::new("runs"))?)
+    let dir = crate::runner::attach_target(dir, Path::new("runs"))?;
+    let config = crate::config::Config::load_run(&crate::engine::RunDir::open(&dir)?.config())?;
+    run::refuse_images_in_lab(&config)?;
+    lab(&dir)
 }
 
 fn lab(dir: &Path) -> Result<Ended> {
@@ -307,8 +312,14 @@ fn sample(args: SampleArgs) -> Result<()> {
     let (device, _) = select_device(config.device)?;
     let generator = Generator::new(&config, &device, &mut host_rng(0, 0))?;
     generator.load(&args.generator)?;
-    let points = generator.sample(args.n, &mut host_rng(args.seed, 0))?;
-    write_points_csv(&args.out, &points)?;
-    eprintln!("wrote {} samples to {}", points.len(), args.out.display());
+    let samples = Samples::from_tensor(&generator.generate(args.n, &mut host_rng(args.seed, 0))?)?;
+    let what = match samples.points() {
+        Some(points) => {
+            write_points_csv(&args.out, &points)?;
+            format!("{} samples", points.len())
+        }
+        None => crate::report::write_image_samples(&args.out, &samples)?,
+    };
+    eprintln!("wrote {what} to {}", args.out.display());
     Ok(())
 }

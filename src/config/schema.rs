@@ -507,8 +507,13 @@ pub struct DistillConfig {
     pub batch: usize,
     /// Adam learning rate of the fake score s_φ. Default 1e-3.
     pub fake_lr: f64,
-    /// Fake-score (DSM) updates per generator update. Default 1 (the paper's
-    /// EDM runs).
+    /// Fake-score (DSM) updates per generator update. Default 2 (the
+    /// paper's EDM runs use 1; DMD2 uses 5): s_φ must track the generator,
+    /// or a lagging s_φ starves light modes. Measured on the random 8-mode
+    /// mixture (seeds 1 and 2, where one light mode held 0.44 and 0.46 of
+    /// its weight at 1): 0.51 and 0.86 at 2, with energy 0.0023 vs 0.0099;
+    /// each iteration costs 1.26× as much, paid for by fewer generator
+    /// steps (`schedule.steps`).
     pub fake_steps_per_generator_step: usize,
     /// Generator-loss weighting: `dmd` (score difference in x_0 space,
     /// divided per sample by mean |x_0 − D_target|, DMD's normaliser) or
@@ -540,7 +545,7 @@ impl Default for DistillConfig {
         Self {
             batch: 256,
             fake_lr: 1e-3,
-            fake_steps_per_generator_step: 1,
+            fake_steps_per_generator_step: 2,
             weighting: Weighting::Dmd,
             sigma: SigmaDistribution::Karras,
             karras_min_index: 20,
@@ -584,7 +589,11 @@ pub struct ScheduleConfig {
     /// Generator steps per target, from the most degraded target (node N−1)
     /// to the teacher (node 0), which is always last and always runs its
     /// full count. DisBack needs one entry per recorded node (N);
-    /// Diff-Instruct exactly one. Default `[250, 250, 250, 1250]`.
+    /// Diff-Instruct exactly one. Default `[200, 200, 200, 1000]`: with
+    /// two s_φ updates per generator step, the same time as 2,000 steps
+    /// with one (66 s vs 67 s on the default ring), and better: on the
+    /// random mixture's seeds 1 and 2 the light mode keeps 0.56 and 0.69 of
+    /// its weight (0.44 and 0.46 before), energy 0.0018 and 0.0007.
     pub steps: Vec<usize>,
     /// `auto`: the gap (mean |D_fake − D_target| over the batch) is averaged
     /// over windows of this many steps. Default 50.
@@ -603,7 +612,7 @@ impl Default for ScheduleConfig {
     fn default() -> Self {
         Self {
             policy: SchedulePolicy::Fixed,
-            steps: vec![250, 250, 250, 1250],
+            steps: vec![200, 200, 200, 1000],
             window: 50,
             min_improvement: 0.02,
             patience: 2,

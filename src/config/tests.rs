@@ -195,3 +195,23 @@ fn a_bad_override_is_blamed_on_the_override_not_the_file() {
         .expect("the file's problem too");
     assert!(!steps.contains("--set"), "{e}");
 }
+
+#[test]
+fn image_configs_are_checked_against_the_unet() {
+    let e = err("[data]\nkind = \"digits\"\n[unet]\ngroups = 7\n", &[]);
+    assert!(e.contains("unet.groups") && e.contains("[32, 64]"), "{e}");
+    let e = err(
+        "[data]\nkind = \"shapes\"\nsize = 18\nchannels = 2\n[unet]\nmultipliers = [1, 2, 2]\n",
+        &[],
+    );
+    assert!(e.contains("data.size: 18") && e.contains("divide by 4"), "{e}");
+    assert!(e.contains("data.channels: 2 must be 1 (grey) or 3"), "{e}");
+    let e = err("[data]\nkind = \"idx\"\n", &[]);
+    assert!(e.contains("path"), "{e}");
+    // Images use the U-Net and EDM's σ_data.
+    let c = Config::parse("[data]\nkind = \"digits\"\n", &[])
+        .unwrap()
+        .resolved();
+    assert_eq!(c.sigma_data(), 0.5);
+    assert!(matches!(c.net_spec(), crate::model::NetSpec::UNet { .. }));
+}

@@ -75,3 +75,50 @@ pub fn write_image_grid(path: &Path, samples: &Samples) -> Result<()> {
     picture.write_to(&mut bytes, image::ImageFormat::Png)?;
     atomic_write(path, bytes.get_ref())
 }
+
+/// Writes image samples where `out` says: a `.png` file gets a grid, a
+/// `.safetensors` file the (N, C, H, W) tensor `samples`, anything else is
+/// a folder that gets one PNG per image at its own size
+/// (`sample-00000.png`, …). Returns what was written, for the message.
+pub fn write_image_samples(out: &Path, samples: &Samples) -> Result<String> {
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("png") => {
+            write_image_grid(out, samples)?;
+            Ok(format!("a grid of {} images", samples.len()))
+        }
+        Some("safetensors") => {
+            let tensor = samples.to_tensor(&candle_core::Device::Cpu)?;
+            let meta = std::collections::HashMap::from([("format".into(), "disback-samples".into())]);
+            crate::files::write_tensors(out, &[("samples".into(), tensor)], meta)?;
+            Ok(format!("{} images as one tensor", samples.len()))
+        }
+        _ => {
+            std::fs::create_dir_all(out)
+                .map_err(|e| anyhow::anyhow!("cannot create the folder {}: {e}", out.display()))?;
+            for (i, sample) in samples.rows().enumerate() {
+                let one = Samples {
+                    shape: samples.shape.clone(),
+                    values: sample.to_vec(),
+                };
+                let picture = image_grid(&one, 1, 1)?;
+                // Without the grid's border: the image at its own size.
+                let inner = image::imageops::crop_imm(
+                    &picture,
+                    GAP,
+                    GAP,
+                    picture.width() - 2 * GAP,
+                    picture.height() - 2 * GAP,
+                )
+                .to_image();
+                let mut bytes = std::io::Cursor::new(Vec::new());
+                inner.write_to(&mut bytes, image::ImageFormat::Png)?;
+                atomic_write(&out.join(format!("sample-{i:05}.png")), bytes.get_ref())?;
+            }
+            Ok(format!("{} PNG images", samples.len()))
+        }
+    }
+}

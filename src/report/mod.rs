@@ -9,7 +9,7 @@ mod grid;
 
 pub use compare::{ArmSummary, Comparison, RunOutcome, Speedup, Spread, compare_runs, plot_comparison};
 pub use figures::plot_run;
-pub use grid::{grid_scale, image_grid, write_image_grid};
+pub use grid::{grid_scale, image_grid, write_image_grid, write_image_samples};
 
 use crate::files::atomic_write;
 use anyhow::{Context, Result, anyhow};
