@@ -25,6 +25,8 @@ pub mod streams {
     pub const PREVIEW: u64 = 11;
     /// Data points drawn behind previews and plots.
     pub const BACKGROUND: u64 = 12;
+    /// The image classifier's weights, training batches and split.
+    pub const CLASSIFIER: u64 = 13;
 }
 
 /// The RNG used everywhere; its state is serialisable, so resumed runs

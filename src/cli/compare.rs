@@ -57,9 +57,11 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     let (out, jobs) = (&plan.out, &plan.jobs);
     eprintln!("running {} runs into {}", jobs.len(), out.display());
     run_jobs(jobs, workers, |job: &CompareJob, session| {
-        let energy = session.latest_eval().map_or(f64::NAN, |e| e.energy);
+        let (value, measure) = session
+            .latest_eval()
+            .map_or((f64::NAN, "quality"), |e| e.quality());
         eprintln!(
-            "  {} seed {}: done at {:.0} s, final energy distance {energy:.4}",
+            "  {} seed {}: done at {:.0} s, final {measure} {value:.4}",
             job.arm,
             job.seed,
             started.elapsed().as_secs_f64()

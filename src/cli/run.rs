@@ -269,6 +269,12 @@ fn print_event(event: &Event) {
     match event {
         Event::StageStarted(stage) => eprintln!("== {stage}"),
         Event::TeacherReady { source } => eprintln!("teacher {source}"),
+        Event::ClassifierReady { accuracy } => {
+            eprintln!(
+                "image classifier ready: {:.1}% accurate on held-out images",
+                100.0 * accuracy
+            )
+        }
         Event::NodeRecorded {
             index,
             iteration,
@@ -310,6 +316,16 @@ pub fn describe_eval(e: &Evaluation) -> String {
             m.nll,
             m.precision
         );
+    }
+    if let Some(c) = &e.classes {
+        let least = c.shares.iter().copied().fold(f64::INFINITY, f64::min);
+        s += &format!("  classes {:.0}%  min class share {least:.2}", c.coverage * 100.0);
+    }
+    if let Some(fd) = e.classifier_fd {
+        s += &format!("  classifier FD {fd:.3}");
+    }
+    if let Some(fd) = e.pixel_fd {
+        s += &format!("  pixel FD {fd:.3}");
     }
     if let (Some(t), Some(th)) = (e.mismatch_target_mean(), e.mismatch_teacher_mean()) {
         s += &format!("  mismatch target {t:.3} teacher {th:.3}");

@@ -124,6 +124,15 @@ impl Config {
     /// everything that shapes it (data, diffusion, network, pretraining
     /// settings and seed) and nothing that does not (the run's own seed,
     /// paths, distillation settings), so runs of any seed share one teacher.
+    /// The name of this config's image classifier in the cache (beside
+    /// the teachers): a hash of the data alone.
+    pub fn classifier_cache_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let shape = serde_json::json!({ "format": 1, "data": self.clone().resolved().data });
+        let digest = Sha256::digest(shape.to_string().as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn teacher_cache_key(&self) -> String {
         use sha2::{Digest, Sha256};
         let resolved = self.clone().resolved();

@@ -510,10 +510,11 @@ pub struct DistillConfig {
     /// Fake-score (DSM) updates per generator update. Default 2 (the
     /// paper's EDM runs use 1; DMD2 uses 5): s_φ must track the generator,
     /// or a lagging s_φ starves light modes. Measured on the random 8-mode
-    /// mixture (seeds 1 and 2, where one light mode held 0.44 and 0.46 of
-    /// its weight at 1): 0.51 and 0.86 at 2, with energy 0.0023 vs 0.0099;
-    /// each iteration costs 1.26× as much, paid for by fewer generator
-    /// steps (`schedule.steps`).
+    /// mixture, seeds 0–4: the smallest mode share 0.56, 0.51, 0.86, 0.82,
+    /// 0.84 at 2 against 0.73, 0.44, 0.46, 0.56, 0.86 at 1, median energy
+    /// 0.0023 against 0.0099. Each iteration costs 1.26× as much. Keeping
+    /// the time of one update with fewer generator steps ([200, 200, 200,
+    /// 1000]) starved a mode again on 2 of 10 seeds (ring and random).
     pub fake_steps_per_generator_step: usize,
     /// Generator-loss weighting: `dmd` (score difference in x_0 space,
     /// divided per sample by mean |x_0 − D_target|, DMD's normaliser) or
@@ -589,11 +590,7 @@ pub struct ScheduleConfig {
     /// Generator steps per target, from the most degraded target (node N−1)
     /// to the teacher (node 0), which is always last and always runs its
     /// full count. DisBack needs one entry per recorded node (N);
-    /// Diff-Instruct exactly one. Default `[200, 200, 200, 1000]`: with
-    /// two s_φ updates per generator step, the same time as 2,000 steps
-    /// with one (66 s vs 67 s on the default ring), and better: on the
-    /// random mixture's seeds 1 and 2 the light mode keeps 0.56 and 0.69 of
-    /// its weight (0.44 and 0.46 before), energy 0.0018 and 0.0007.
+    /// Diff-Instruct exactly one. Default `[250, 250, 250, 1250]`.
     pub steps: Vec<usize>,
     /// `auto`: the gap (mean |D_fake − D_target| over the batch) is averaged
     /// over windows of this many steps. Default 50.
@@ -612,7 +609,7 @@ impl Default for ScheduleConfig {
     fn default() -> Self {
         Self {
             policy: SchedulePolicy::Fixed,
-            steps: vec![200, 200, 200, 1000],
+            steps: vec![250, 250, 250, 1250],
             window: 50,
             min_improvement: 0.02,
             patience: 2,

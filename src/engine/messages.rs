@@ -28,6 +28,11 @@ pub enum Event {
     TeacherReady {
         source: String,
     },
+    /// Labelled images: the classifier behind class coverage and the
+    /// classifier Fréchet distance is ready, with its held-out accuracy.
+    ClassifierReady {
+        accuracy: f64,
+    },
     /// Node `index` of the path, after `iteration` recording iterations.
     NodeRecorded {
         index: usize,

@@ -150,7 +150,7 @@ impl Session {
     /// Distances and mode statistics of `samples`, and the mismatch degree
     /// of the target and the teacher at (at most `metrics.samples` of) them.
     fn measure(&self, samples: &Samples, rng: &mut HostRng) -> Result<Evaluation> {
-        let mut eval = self.evaluator.distribution(samples, rng);
+        let mut eval = self.evaluator.distribution(samples, rng)?;
         let samples = &samples.head(self.evaluator.samples());
         if let Some(b) = &self.backtracker {
             let models: Vec<&Denoiser> = if b.schedule.target() == 0 {

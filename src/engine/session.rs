@@ -19,7 +19,7 @@ use crate::distill::{
     BacktrackSchedule, Backtracker, Decision, DegradationRecorder, NodeDue, NodeSource, Student,
 };
 use crate::files::write_toml;
-use crate::metrics::{Evaluation, Evaluator};
+use crate::metrics::{Classifier, Evaluation, Evaluator};
 use crate::model::{Denoiser, Generator};
 use crate::rng::{HostRng, host_rng, streams};
 use crate::runtime::select_device;
@@ -82,6 +82,9 @@ impl Session {
         write_toml(&run.config(), &config.to_toml()?)?;
         let log = MetricsLog::create(&run.metrics())?;
         let mut session = Self::build(config, run, log)?;
+        if let Some(accuracy) = session.evaluator.classifier_accuracy() {
+            session.pending.push(Event::ClassifierReady { accuracy });
+        }
         session.prepare_teacher()?;
         Ok(session)
     }
@@ -100,12 +103,18 @@ impl Session {
         let teacher_rng = &mut host_rng(config.teacher.seed, streams::TEACHER_INIT);
         let teacher = Denoiser::new(&config.net_spec(), sigma_data, &device, teacher_rng)?;
         let m = &config.metrics;
-        let evaluator = Evaluator::new(&data, &m.mismatch_sigmas, m.samples, || {
+        let mut evaluator = Evaluator::new(&data, &m.mismatch_sigmas, m.samples, || {
             data.sample(
                 m.stf_reference,
                 &mut host_rng(config.seed, streams::STF_REFERENCE),
             )
         });
+        // Labelled images are also measured by a classifier, trained once
+        // per data set and cached beside the teachers.
+        let (cache, key) = (&config.teacher.cache_dir, config.classifier_cache_key());
+        if let Some(classifier) = Classifier::for_data(&data, cache, &key, &device)? {
+            evaluator = evaluator.with_classifier(classifier);
+        }
         let bounds = match data.plane() {
             Some(plane) => Bounds::around(&plane.sample(2000, &mut host_rng(config.seed, streams::BOUNDS))),
             None => Bounds::default(),

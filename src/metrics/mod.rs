@@ -2,10 +2,12 @@
 //! dimension), mode statistics for mixtures, and the mismatch degree of
 //! score models.
 
+mod classifier;
 mod distance;
 mod mismatch;
 mod modes;
 
+pub use classifier::{ClassStats, Classifier, classifier_file, frechet_distance, pooled_pixels};
 pub use distance::{energy_distance, sliced_wasserstein};
 pub use mismatch::{TrueScore, mismatch_at, model_scores, noised};
 pub use modes::ModeStats;
@@ -26,6 +28,17 @@ pub struct Evaluation {
     /// Mixtures only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modes: Option<ModeStats>,
+    /// Labelled images only: the generated images' classes (by the data's
+    /// classifier) against the data's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<ClassStats>,
+    /// Labelled images only: Fréchet distance on the classifier's features
+    /// to as many data images (not Inception FID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_fd: Option<f64>,
+    /// Images only: Fréchet distance on pixels pooled to at most 8 × 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_fd: Option<f64>,
     /// Mismatch degree of the current target, one value per σ of
     /// `metrics.mismatch_sigmas` (empty before backtracking).
     pub mismatch_target: Vec<f64>,
@@ -38,6 +51,17 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// The one number a comparison's threshold is set on, with its name:
+    /// the classifier Fréchet distance for labelled images, the pixel
+    /// Fréchet distance for other images, the energy distance for 2-D data.
+    pub fn quality(&self) -> (f64, &'static str) {
+        match (self.classifier_fd, self.pixel_fd) {
+            (Some(fd), _) => (fd, "classifier Fréchet distance"),
+            (None, Some(fd)) => (fd, "pixel Fréchet distance"),
+            (None, None) => (self.energy, "energy distance"),
+        }
+    }
+
     /// Mean mismatch of the target over the σ grid (the sparkline value).
     pub fn mismatch_target_mean(&self) -> Option<f64> {
         mean(&self.mismatch_target)
@@ -53,12 +77,13 @@ fn mean(v: &[f64]) -> Option<f64> {
 }
 
 /// Everything needed to measure a generator on one problem.
-#[derive(Debug, Clone)]
 pub struct Evaluator {
     data: Dataset,
     truth: TrueScore,
     sigmas: Vec<f64>,
     samples: usize,
+    /// Labelled images: the classifier and each class's share of the data.
+    classifier: Option<(Classifier, Vec<f64>)>,
 }
 
 impl Evaluator {
@@ -74,7 +99,21 @@ impl Evaluator {
             truth,
             sigmas: sigmas.to_vec(),
             samples,
+            classifier: None,
         }
+    }
+
+    /// Adds class coverage and the classifier Fréchet distance to every
+    /// measurement (labelled images).
+    pub fn with_classifier(mut self, classifier: Classifier) -> Self {
+        let shares = self.data.images().and_then(|i| i.class_shares());
+        self.classifier = shares.map(|s| (classifier, s));
+        self
+    }
+
+    /// The classifier's held-out accuracy, when there is one.
+    pub fn classifier_accuracy(&self) -> Option<f64> {
+        self.classifier.as_ref().map(|(c, _)| c.accuracy)
     }
 
     /// How many generator samples one measurement uses.
@@ -85,18 +124,33 @@ impl Evaluator {
     /// Distances (on at most `samples` of the points, against as many fresh
     /// data samples: the energy distance is quadratic) and mode statistics
     /// (on all of them) of `generated`.
-    pub fn distribution(&self, generated: &Samples, rng: &mut impl Rng) -> Evaluation {
+    /// Class statistics (labelled images) use all of `generated`.
+    pub fn distribution(&self, generated: &Samples, rng: &mut impl Rng) -> Result<Evaluation> {
         let head = generated.head(self.samples);
         let data = self.data.sample(head.len(), rng);
         let modes = self.data.mixture().zip(generated.points());
-        Evaluation {
+        let (classes, classifier_fd) = match &self.classifier {
+            Some((classifier, shares)) => (
+                Some(classifier.class_stats(generated, shares)?),
+                Some(classifier.frechet(&head, &data)?),
+            ),
+            None => (None, None),
+        };
+        let pixel_fd = self
+            .data
+            .images()
+            .map(|_| frechet_distance(&pooled_pixels(&head), &pooled_pixels(&data)));
+        Ok(Evaluation {
             energy: energy_distance(&head, &data),
             sliced_w: sliced_wasserstein(&head, &data, 64, rng),
             modes: modes.map(|(m, points)| ModeStats::new(m, &points)),
+            classes,
+            classifier_fd,
+            pixel_fd,
             mismatch_target: Vec::new(),
             mismatch_teacher: Vec::new(),
             mismatch_data: Vec::new(),
-        }
+        })
     }
 
     /// A model's mismatch degree over the σ grid at fresh data samples.

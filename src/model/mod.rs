@@ -8,6 +8,7 @@ mod params;
 mod unet;
 
 pub use edm::{Denoiser, NoiseLevels, Precond, loss_weight};
+pub use layers::{Conv2d, GroupNorm, Linear};
 pub use nets::{GeneratorNet, MlpNet, NetSpec, ScoreNet};
 pub use params::{Init, ParamBuilder, Params};
 pub use unet::UNet;

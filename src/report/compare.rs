@@ -27,8 +27,10 @@ pub struct RunOutcome {
     pub arm: Arm,
     pub seed: u64,
     pub run_dir: PathBuf,
-    /// (cost, energy distance) at each measurement.
-    pub energy: Vec<(usize, f64)>,
+    /// (cost, quality measure) at each measurement: the energy distance
+    /// on 2-D data, a Fréchet distance on images ([`Evaluation::quality`]).
+    #[serde(alias = "energy")]
+    pub quality: Vec<(usize, f64)>,
     /// (cost, the teacher's mean mismatch degree) at each measurement.
     pub mismatch: Vec<(usize, f64)>,
     pub final_eval: Evaluation,
@@ -49,7 +51,7 @@ impl RunOutcome {
             arm,
             seed,
             run_dir: run_dir.to_path_buf(),
-            energy: evals.iter().map(|(c, e)| (*c, e.energy)).collect(),
+            quality: evals.iter().map(|(c, e)| (*c, e.quality().0)).collect(),
             mismatch: evals
                 .iter()
                 .map(|(c, e)| (*c, mean(&e.mismatch_teacher)))
@@ -60,16 +62,16 @@ impl RunOutcome {
     }
 
     fn budget(&self) -> usize {
-        self.energy.last().map_or(0, |(c, _)| *c)
+        self.quality.last().map_or(0, |(c, _)| *c)
     }
 
-    /// The energy curve smoothed by a trailing mean over 3 measurements.
+    /// The quality curve smoothed by a trailing mean over 3 measurements.
     fn smoothed(&self) -> Vec<(usize, f64)> {
-        (0..self.energy.len())
+        (0..self.quality.len())
             .map(|i| {
-                let window = &self.energy[i.saturating_sub(2)..=i];
+                let window = &self.quality[i.saturating_sub(2)..=i];
                 (
-                    self.energy[i].0,
+                    self.quality[i].0,
                     window.iter().map(|(_, e)| e).sum::<f64>() / window.len() as f64,
                 )
             })
@@ -121,6 +123,14 @@ pub struct ArmSummary {
     pub arm: Arm,
     pub energy: Spread,
     pub sliced_w: Spread,
+    /// Labelled images only.
+    #[serde(default)]
+    pub classifier_fd: Option<Spread>,
+    #[serde(default)]
+    pub min_class_share: Option<Spread>,
+    /// Images only.
+    #[serde(default)]
+    pub pixel_fd: Option<Spread>,
     /// Mixtures only.
     pub coverage: Option<Spread>,
     pub min_share: Option<Spread>,
@@ -141,12 +151,19 @@ pub struct Comparison {
     pub generator_updates: usize,
     pub record_iterations: usize,
     pub threshold: f64,
+    /// What the threshold is on ([`Evaluation::quality`]).
+    #[serde(default = "energy_distance_name")]
+    pub quality_measure: String,
     pub threshold_rule: String,
     pub arms: Vec<ArmSummary>,
     /// DisBack's speed-up against each baseline arm.
     pub speedups: Vec<Speedup>,
     pub verdict: String,
     pub runs: Vec<RunOutcome>,
+}
+
+fn energy_distance_name() -> String {
+    "energy distance".into()
 }
 
 /// DisBack against one baseline arm.
@@ -161,7 +178,7 @@ pub struct Speedup {
 }
 
 const RULE: &str = "95% of the way from the initial generator's distance to the best arm's \
-                    final one (medians over seeds); a run reaches it when its energy distance, \
+                    final one (medians over seeds); a run reaches it when its distance, \
                     averaged over its last 3 measurements, is at or below it";
 
 /// How far down from the start to the best final distance the threshold
@@ -202,7 +219,7 @@ pub fn compare_runs(
         .expect("at least two arms");
     let start: Vec<f64> = best
         .iter()
-        .filter_map(|r| r.energy.first().map(|e| e.1))
+        .filter_map(|r| r.quality.first().map(|e| e.1))
         .collect();
     let start = Spread::of(&start).context("no runs")?.median;
     let end = final_median(&best);
@@ -236,6 +253,7 @@ pub fn compare_runs(
         generator_updates,
         record_iterations,
         threshold,
+        quality_measure: runs[0].final_eval.quality().1.into(),
         threshold_rule: RULE.into(),
         arms: summaries,
         speedups,
@@ -274,6 +292,9 @@ fn summarise(arm: Arm, runs: &[RunOutcome]) -> Result<ArmSummary> {
     let spread = |f: &dyn Fn(&Evaluation) -> f64| {
         Spread::of(&runs.iter().map(|r| f(&r.final_eval)).collect::<Vec<_>>())
     };
+    let optional = |f: &dyn Fn(&Evaluation) -> Option<f64>| {
+        Spread::of(&runs.iter().filter_map(|r| f(&r.final_eval)).collect::<Vec<_>>())
+    };
     let modes = |f: &dyn Fn(&crate::metrics::ModeStats) -> f64| {
         let v: Vec<f64> = runs
             .iter()
@@ -290,6 +311,11 @@ fn summarise(arm: Arm, runs: &[RunOutcome]) -> Result<ArmSummary> {
         arm,
         energy: spread(&|e| e.energy).context("no runs")?,
         sliced_w: spread(&|e| e.sliced_w).context("no runs")?,
+        classifier_fd: optional(&|e| e.classifier_fd),
+        min_class_share: optional(&|e| {
+            (e.classes.as_ref()).map(|c| c.shares.iter().copied().fold(f64::INFINITY, f64::min))
+        }),
+        pixel_fd: optional(&|e| e.pixel_fd),
         coverage: modes(&|m| m.coverage),
         min_share: modes(&|m| m.min_share()),
         max_weight_error: modes(&|m| m.max_weight_error),
@@ -347,8 +373,8 @@ impl Comparison {
         );
         let _ = writeln!(
             t,
-            "quality threshold: energy distance ≤ {:.4}; {}",
-            self.threshold, self.threshold_rule
+            "quality threshold: {} ≤ {:.4}; {}",
+            self.quality_measure, self.threshold, self.threshold_rule
         );
         let _ = writeln!(t, "values: median [min–max] over seeds, at the end of each run\n");
         let header: String = self
@@ -367,6 +393,15 @@ impl Comparison {
         };
         row(&mut t, "energy distance", &|m| Some(m.energy.show(4)));
         row(&mut t, "sliced Wasserstein", &|m| Some(m.sliced_w.show(4)));
+        row(&mut t, "classifier Fréchet dist.", &|m| {
+            m.classifier_fd.map(|s| s.show(3))
+        });
+        row(&mut t, "smallest class share", &|m| {
+            m.min_class_share.map(|s| s.show(2))
+        });
+        row(&mut t, "pixel Fréchet distance", &|m| {
+            m.pixel_fd.map(|s| s.show(3))
+        });
         row(&mut t, "mode coverage", &|m| m.coverage.map(|s| s.show(2)));
         row(&mut t, "smallest mode share", &|m| m.min_share.map(|s| s.show(2)));
         row(&mut t, "largest weight error", &|m| {
@@ -434,8 +469,8 @@ pub fn plot_comparison(dir: &Path, c: &Comparison) -> Result<Vec<PathBuf>> {
         name: "compare-convergence".into(),
         title: format!("{}: DisBack vs Diff-Instruct", c.config),
         x_label: "cost (recording iterations + generator updates)".into(),
-        y_label: "energy distance to the data".into(),
-        lines: methods.iter().map(|&m| band(m, &|r| &r.energy)).collect(),
+        y_label: format!("{} to the data", c.quality_measure),
+        lines: methods.iter().map(|&m| band(m, &|r| &r.quality)).collect(),
         log_x: false,
         log_y: true,
         marks: Vec::new(),
@@ -467,6 +502,9 @@ mod tests {
             energy: *energies.last().unwrap(),
             sliced_w: 0.1,
             modes: None,
+            classes: None,
+            classifier_fd: None,
+            pixel_fd: None,
             mismatch_target: vec![1.0],
             mismatch_teacher: vec![1.0],
             mismatch_data: Vec::new(),
@@ -475,7 +513,7 @@ mod tests {
             arm,
             seed,
             run_dir: PathBuf::new(),
-            energy: energies
+            quality: energies
                 .iter()
                 .enumerate()
                 .map(|(i, e)| (offset + 100 * i, *e))

@@ -232,6 +232,10 @@ impl App {
         match event {
             Event::StageStarted(stage) => self.note(LogKind::Info, format!("stage: {stage}")),
             Event::TeacherReady { source } => self.note(LogKind::Good, format!("teacher {source}")),
+            Event::ClassifierReady { accuracy } => self.note(
+                LogKind::Info,
+                format!("image classifier: {:.1}% held-out accuracy", 100.0 * accuracy),
+            ),
             Event::NodeRecorded {
                 index,
                 iteration,

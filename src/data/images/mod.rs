@@ -199,10 +199,7 @@ impl Images {
         let labels = match self {
             Images::Stored { set, .. } => {
                 let picks: Vec<usize> = (0..n).map(|_| rng.random_range(0..set.len())).collect();
-                for &i in &picks {
-                    set.push_image(i, &mut pixels);
-                }
-                set.labels.as_ref().map(|l| picks.iter().map(|&i| l[i]).collect())
+                return set.pick(&picks);
             }
             Images::Shapes(s) => Some((0..n).map(|_| s.draw(rng, &mut pixels)).collect()),
         };
@@ -234,14 +231,22 @@ impl Images {
 impl ImageSet {
     /// Images `range` in [−1, 1] with their labels.
     pub fn batch(&self, range: std::ops::Range<usize>) -> ImageBatch {
-        let mut pixels = Vec::with_capacity(range.len() * self.shape.len());
-        for i in range.clone() {
+        self.pick(&range.collect::<Vec<_>>())
+    }
+
+    /// The images at `indices` in [−1, 1], with their labels.
+    pub fn pick(&self, indices: &[usize]) -> ImageBatch {
+        let mut pixels = Vec::with_capacity(indices.len() * self.shape.len());
+        for &i in indices {
             self.push_image(i, &mut pixels);
         }
         ImageBatch {
             shape: self.shape,
             pixels,
-            labels: self.labels.as_ref().map(|l| l[range].to_vec()),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| indices.iter().map(|&i| l[i]).collect()),
         }
     }
 }
