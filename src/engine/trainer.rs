@@ -314,7 +314,10 @@ impl Trainer {
             Preview::ScoreField => FIELD_PREVIEW_EVERY,
         };
         let due = self.last_preview.is_none_or(|t| t.elapsed() >= every);
-        if self.watched && (now || due) {
+        // Previews are 2-D scatters and fields; an image run (headless, as
+        // the lab refuses it) would only pay for samples nobody draws.
+        let drawable = self.session.data().plane().is_some();
+        if self.watched && drawable && (now || due) {
             match self.preview_data() {
                 Ok(data) => self.send(Update::Preview(data)),
                 Err(e) => self.send(Update::Session(Event::Warning(format!("preview: {e:#}")))),
