@@ -383,7 +383,12 @@ impl Comparison {
             .map(|a| format!(" {:>26}", a.arm.to_string()))
             .collect();
         let _ = writeln!(t, "{:<28}{header}", "");
+        // A row no arm has a value for (mode rows on images, image rows on
+        // 2-D data) is left out.
         let row = |t: &mut String, name: &str, f: &dyn Fn(&ArmSummary) -> Option<String>| {
+            if self.arms.iter().all(|m| f(m).is_none()) {
+                return;
+            }
             let cells: String = self
                 .arms
                 .iter()
