@@ -116,16 +116,6 @@ pub struct ImageBatch {
     pub labels: Option<Vec<u16>>,
 }
 
-impl ImageBatch {
-    pub fn len(&self) -> usize {
-        self.pixels.len() / self.shape.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pixels.is_empty()
-    }
-}
-
 /// An image distribution to distil.
 #[derive(Debug, Clone)]
 pub enum Images {
@@ -210,7 +200,8 @@ impl Images {
         }
     }
 
-    /// Every stored image in order (a stored set), for held-out splits.
+    /// The stored set behind the data, for held-out splits (`None` for
+    /// procedural images).
     pub fn stored(&self) -> Option<&ImageSet> {
         match self {
             Images::Stored { set, .. } => Some(set),
