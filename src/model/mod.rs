@@ -1,12 +1,14 @@
 //! Models: the EDM denoiser (teacher, path nodes, fake score) and the
 //! one-step generator, with deep copies and checked save/load.
 
+mod cpu_conv;
 mod edm;
 mod layers;
 mod nets;
 mod params;
 mod unet;
 
+pub use cpu_conv::conv2d as conv2d_cpu;
 pub use edm::{Denoiser, NoiseLevels, Precond, loss_weight};
 pub use layers::{Conv2d, GroupNorm, Linear};
 pub use nets::{GeneratorNet, MlpNet, NetSpec, ScoreNet};
