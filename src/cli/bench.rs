@@ -61,13 +61,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let config = args.config.load()?;
     println!(
-        "disback bench — {} ({}), teacher batch {}, distillation batch {}, score net {}×{}, {:.0} s per cell",
+        "disback bench — {} ({}), teacher batch {}, distillation batch {}, {}, {:.0} s per cell",
         config.run_name(),
         config.method,
         config.teacher.batch,
         config.distill.batch,
-        config.score_net.width,
-        config.score_net.blocks,
+        config.net_spec(),
         args.seconds
     );
     println!(

@@ -24,6 +24,28 @@ pub enum NetSpec {
     UNet { image: ImageShape, config: UNetConfig },
 }
 
+/// In words, for headers: "ResNet-MLP 128 wide × 3 blocks" or
+/// "U-Net 32·[1, 2] channels × 1 block on 1×8×8".
+impl std::fmt::Display for NetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetSpec::Mlp(c) => write!(f, "ResNet-MLP {} wide × {} blocks", c.width, c.blocks),
+            NetSpec::UNet { image, config: c } => write!(
+                f,
+                "U-Net {}·{:?} channels × {} block{}{} on {}×{}×{}",
+                c.channels,
+                c.multipliers,
+                c.blocks,
+                if c.blocks == 1 { "" } else { "s" },
+                if c.attention { ", attention" } else { "" },
+                image.channels,
+                image.height,
+                image.width
+            ),
+        }
+    }
+}
+
 /// The raw network `F(c_in x, emb(c_noise))` of a denoiser.
 #[derive(Debug)]
 pub enum ScoreNet {

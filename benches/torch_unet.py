@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""PyTorch mirror of disback's image work, for side-by-side timing.
+
+Same U-Net as src/model/unet.rs (conv_in, GroupNorm + SiLU residual blocks
+with the noise embedding as per-channel scale and shift, stride-2 conv down,
+nearest-neighbour up + conv, skip concatenation, zero-initialised last
+convs), the same EDM preconditioning, and the same two workloads that
+`disback bench` times:
+
+  teacher step:   one denoising-score-matching update (Adam) at the
+                  teacher batch;
+  distill iter:   one DisBack/Diff-Instruct generator update (G(z) =
+                  D(σ_g z; σ_g), target and fake score evaluated without
+                  gradient, DMD-normalised surrogate loss, Adam) followed by
+                  `fake_steps` DSM updates of the fake score on fresh
+                  generator samples.
+
+Run beside `disback bench --config configs/digits.toml` on the same machine
+in the same sitting:
+
+    python3 benches/torch_unet.py --threads 1 --device cpu
+    python3 benches/torch_unet.py --device cuda
+
+Prints one JSON line per measurement. Not needed by the build or tests.
+"""
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def parse():
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--multipliers", default="1,2")
+    p.add_argument("--blocks", type=int, default=1)
+    p.add_argument("--groups", type=int, default=8)
+    p.add_argument("--emb-dim", type=int, default=32)
+    p.add_argument("--image", default="1,8,8")
+    p.add_argument("--teacher-batch", type=int, default=128)
+    p.add_argument("--distill-batch", type=int, default=64)
+    p.add_argument("--fake-steps", type=int, default=1)
+    return p.parse_args()
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin, cout, emb, groups):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb, 2 * cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = h * (1 + scale) + shift
+        h = self.conv2(F.silu(self.norm2(h)))
+        skip = self.skip(x) if self.skip is not None else x
+        return (skip + h) / math.sqrt(2)
+
+
+class UNet(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        mult = [int(m) for m in a.multipliers.split(",")]
+        c_img = int(a.image.split(",")[0])
+        e = 4 * a.channels
+        width = [a.channels * m for m in mult]
+        self.emb_dim = a.emb_dim
+        self.emb1 = nn.Linear(a.emb_dim, e)
+        self.emb2 = nn.Linear(e, e)
+        self.conv_in = nn.Conv2d(c_img, width[0], 3, padding=1)
+        skips, cur = [width[0]], width[0]
+        self.down = nn.ModuleList()
+        for l, w in enumerate(mult):
+            blocks = nn.ModuleList()
+            for _ in range(a.blocks):
+                blocks.append(ResBlock(cur, width[l], e, a.groups))
+                cur = width[l]
+                skips.append(cur)
+            sample = None
+            if l + 1 < len(mult):
+                sample = nn.Conv2d(cur, cur, 3, stride=2, padding=1)
+                skips.append(cur)
+            self.down.append(nn.ModuleList([blocks, sample]) if sample else nn.ModuleList([blocks]))
+        self.mid = nn.ModuleList([ResBlock(cur, cur, e, a.groups), ResBlock(cur, cur, e, a.groups)])
+        self.up = nn.ModuleList()
+        for l in reversed(range(len(mult))):
+            blocks = nn.ModuleList()
+            for _ in range(a.blocks + 1):
+                blocks.append(ResBlock(cur + skips.pop(), width[l], e, a.groups))
+                cur = width[l]
+            sample = nn.Conv2d(cur, cur, 3, padding=1) if l > 0 else None
+            self.up.append(nn.ModuleList([blocks, sample]) if sample else nn.ModuleList([blocks]))
+        self.norm_out = nn.GroupNorm(a.groups, cur)
+        self.conv_out = nn.Conv2d(cur, c_img, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x, emb):
+        emb = F.silu(self.emb2(F.silu(self.emb1(emb))))
+        h = self.conv_in(x)
+        skips = [h]
+        for level in self.down:
+            for block in level[0]:
+                h = block(h, emb)
+                skips.append(h)
+            if len(level) > 1:
+                h = level[1](h)
+                skips.append(h)
+        h = self.mid[1](self.mid[0](h, emb), emb)
+        for level in self.up:
+            for block in level[0]:
+                h = block(torch.cat([h, skips.pop()], 1), emb)
+            if len(level) > 1:
+                h = level[1](F.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+SIGMA_DATA = 0.5
+
+
+def denoise(net, x, sigma):
+    """EDM preconditioning, σ per sample, broadcast over (C, H, W)."""
+    s = sigma.view(-1, 1, 1, 1)
+    c_skip = SIGMA_DATA**2 / (s**2 + SIGMA_DATA**2)
+    c_out = s * SIGMA_DATA / (s**2 + SIGMA_DATA**2).sqrt()
+    c_in = 1 / (s**2 + SIGMA_DATA**2).sqrt()
+    c_noise = sigma.log() / 4
+    half = net.emb_dim // 2
+    freqs = 32 ** (torch.arange(half, device=x.device) / max(half - 1, 1))
+    angle = c_noise[:, None] * freqs[None]
+    emb = torch.cat([angle.sin(), angle.cos()], 1)
+    return c_skip * x + c_out * net(c_in * x, emb)
+
+
+def dsm_loss(net, x0):
+    sigma = (torch.randn(x0.shape[0], device=x0.device) * 1.2 - 1.2).exp()
+    s = sigma.view(-1, 1, 1, 1)
+    weight = (s**2 + SIGMA_DATA**2) / (s * SIGMA_DATA) ** 2
+    d = denoise(net, x0 + s * torch.randn_like(x0), sigma)
+    return (weight * (d - x0) ** 2).mean()
+
+
+def rate(step, seconds, device):
+    for _ in range(3):
+        step()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    sync()
+    return n / (time.perf_counter() - start)
+
+
+def main():
+    a = parse()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    dev = a.device
+    shape = [int(v) for v in a.image.split(",")]
+
+    teacher = UNet(a).to(dev)
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
+    data = torch.rand(a.teacher_batch, *shape, device=dev) * 2 - 1
+
+    def teacher_step():
+        opt.zero_grad(set_to_none=True)
+        dsm_loss(teacher, data).backward()
+        opt.step()
+
+    teacher_rate = rate(teacher_step, a.seconds, dev)
+
+    generator, fake = UNet(a).to(dev), UNet(a).to(dev)
+    generator.load_state_dict(teacher.state_dict())
+    fake.load_state_dict(teacher.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    g_opt = torch.optim.Adam(generator.parameters(), lr=5e-5)
+    f_opt = torch.optim.Adam(fake.parameters(), lr=3e-4)
+    sigma_g = 2.5
+    b = a.distill_batch
+
+    def generate():
+        z = torch.randn(b, *shape, device=dev)
+        return denoise(generator, sigma_g * z, torch.full((b,), sigma_g, device=dev))
+
+    def distill_iteration():
+        x0 = generate()
+        sigma = (torch.rand(b, device=dev) * 4 - 2).exp()
+        with torch.no_grad():
+            xt = x0.detach() + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
+            d_real = denoise(teacher, xt, sigma)
+            d_fake = denoise(fake, xt, sigma)
+            scale = (x0.detach() - d_real).abs().flatten(1).mean(1).clamp_min(1e-6)
+            goal = x0.detach() - (d_fake - d_real) / scale.view(-1, 1, 1, 1)
+        g_opt.zero_grad(set_to_none=True)
+        (0.5 * ((x0 - goal) ** 2).mean()).backward()
+        g_opt.step()
+        for _ in range(a.fake_steps):
+            with torch.no_grad():
+                x = generate()
+            f_opt.zero_grad(set_to_none=True)
+            dsm_loss(fake, x).backward()
+            f_opt.step()
+
+    distill_rate = rate(distill_iteration, a.seconds, dev)
+    print(
+        json.dumps(
+            {
+                "framework": f"torch {torch.__version__}",
+                "device": dev,
+                "threads": a.threads,
+                "teacher_steps": teacher_rate,
+                "distill_iterations": distill_rate,
+                "params": sum(p.numel() for p in teacher.parameters()),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
