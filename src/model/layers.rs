@@ -86,9 +86,10 @@ impl Conv2d {
     }
 }
 
-/// Group normalisation with a learned per-channel scale and shift, through
-/// candle-nn's `GroupNorm`, which is built from differentiable tensor ops
-/// (unlike its fused LayerNorm, which has no backward pass).
+/// Group normalisation with a learned per-channel scale and shift: on the
+/// CPU one fused op ([`super::cpu_norm`]), elsewhere candle-nn's
+/// `GroupNorm`, which is built from differentiable tensor ops (unlike its
+/// fused LayerNorm, which has no backward pass).
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
     weight: Var,
@@ -111,14 +112,13 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        const EPS: f64 = 1e-5;
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        if x.device().is_cpu() {
+            return Ok(super::cpu_norm::group_norm(x, weight, bias, self.groups, EPS)?);
+        }
         let channels = self.weight.dim(0)?;
-        let norm = candle_nn::GroupNorm::new(
-            self.weight.as_tensor().clone(),
-            self.bias.as_tensor().clone(),
-            channels,
-            self.groups,
-            1e-5,
-        )?;
+        let norm = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, self.groups, EPS)?;
         Ok(norm.forward(x)?)
     }
 }

@@ -2,6 +2,7 @@
 //! one-step generator, with deep copies and checked save/load.
 
 mod cpu_conv;
+mod cpu_norm;
 mod edm;
 mod layers;
 mod nets;
