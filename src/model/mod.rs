@@ -10,6 +10,7 @@ mod params;
 mod unet;
 
 pub use cpu_conv::conv2d as conv2d_cpu;
+pub use cpu_norm::group_norm as group_norm_cpu;
 pub use edm::{Denoiser, NoiseLevels, Precond, loss_weight};
 pub use layers::{Conv2d, GroupNorm, Linear};
 pub use nets::{GeneratorNet, MlpNet, NetSpec, ScoreNet};

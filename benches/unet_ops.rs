@@ -1,12 +1,13 @@
-//! The U-Net's convolutions, forward and forward + backward, at the digits
-//! config's sizes: candle's own `conv2d` beside the project's fused CPU op
-//! (`src/model/cpu_conv.rs`), measured side by side in one process.
+//! The U-Net's convolutions and group norms, forward and forward +
+//! backward, at the digits config's sizes: candle's own ops beside the
+//! project's fused CPU ops (`src/model/cpu_conv.rs`, `cpu_norm.rs`),
+//! measured side by side in one process.
 //!
-//!     RAYON_NUM_THREADS=1 cargo bench --bench conv
+//!     RAYON_NUM_THREADS=1 cargo bench --bench unet_ops
 //!
 //! (Threads follow RAYON_NUM_THREADS, as in the app.)
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Module, Tensor, Var};
 use std::time::Instant;
 
 const REPEATS: usize = 20;
@@ -15,7 +16,7 @@ fn main() -> candle_core::Result<()> {
     let device = Device::Cpu;
     println!(
         "{:<34} {:>12} {:>12} {:>16} {:>16}",
-        "convolution (batch 128)", "candle fwd", "fused fwd", "candle fwd+bwd", "fused fwd+bwd"
+        "op (batch 128)", "candle fwd", "fused fwd", "candle fwd+bwd", "fused fwd+bwd"
     );
     // (in, out, side, kernel, stride): the digits U-Net's shapes.
     for (input, output, side, kernel, stride) in [
@@ -39,7 +40,24 @@ fn main() -> candle_core::Result<()> {
         let (fused_fwd, fused_both) = time(fused)?;
         println!(
             "{:<34} {:>9.2} ms {:>9.2} ms {:>13.2} ms {:>13.2} ms",
-            format!("{input}→{output}, {side}×{side}, {kernel}×{kernel}, stride {stride}"),
+            format!("conv {input}→{output}, {side}×{side}, {kernel}×{kernel}, /{stride}"),
+            candle_fwd,
+            fused_fwd,
+            candle_both,
+            fused_both
+        );
+    }
+    for (channels, side) in [(32, 8), (64, 4), (96, 8)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (128, channels, side, side), &device)?)?;
+        let w = Var::from_tensor(&Tensor::ones(channels, candle_core::DType::F32, &device)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(channels, candle_core::DType::F32, &device)?)?;
+        let reference =
+            candle_nn::GroupNorm::new(w.as_tensor().clone(), b.as_tensor().clone(), channels, 8, 1e-5)?;
+        let (candle_fwd, candle_both) = time(|| reference.forward(&x))?;
+        let (fused_fwd, fused_both) = time(|| disback::model::group_norm_cpu(&x, &w, &b, 8, 1e-5))?;
+        println!(
+            "{:<34} {:>9.2} ms {:>9.2} ms {:>13.2} ms {:>13.2} ms",
+            format!("group norm {channels} ch / 8, {side}×{side}"),
             candle_fwd,
             fused_fwd,
             candle_both,
