@@ -269,3 +269,30 @@ fn the_digit_classifier_is_accurate_and_the_data_covers_its_own_classes() {
     let far = classifier.frechet(&real, &noise).unwrap();
     assert!(same < 0.1 * far, "data vs data {same}, data vs noise {far}");
 }
+
+#[test]
+fn a_damaged_classifier_cache_is_named_and_replaced() {
+    let config = Config::parse("[data]\nkind = \"digits\"\n", &[])
+        .unwrap()
+        .resolved();
+    let data = Dataset::load(&config.data).unwrap();
+    let key = config.classifier_cache_key();
+    let dir = tempfile::tempdir().unwrap();
+    let file = disback::metrics::classifier_file(dir.path(), &key);
+    std::fs::write(&file, b"not a safetensors file").unwrap();
+    let classifier = Classifier::for_data(&data, dir.path(), &key, &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    let problem = classifier.cache_problem.expect("the damaged file is reported");
+    assert!(
+        problem.contains("classifier cache") && problem.contains(&key),
+        "{problem}"
+    );
+    assert!(classifier.accuracy > 0.9);
+    // Replaced by a good file: the next load uses it and reports nothing.
+    let again = Classifier::for_data(&data, dir.path(), &key, &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    assert!(again.cache_problem.is_none());
+    assert_eq!(again.accuracy, classifier.accuracy);
+}

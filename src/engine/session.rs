@@ -82,6 +82,9 @@ impl Session {
         write_toml(&run.config(), &config.to_toml()?)?;
         let log = MetricsLog::create(&run.metrics())?;
         let mut session = Self::build(config, run, log)?;
+        if let Some(problem) = session.evaluator.classifier_cache_problem() {
+            session.pending.push(Event::Warning(problem.to_string()));
+        }
         if let Some(accuracy) = session.evaluator.classifier_accuracy() {
             session.pending.push(Event::ClassifierReady { accuracy });
         }

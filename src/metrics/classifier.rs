@@ -38,6 +38,9 @@ pub struct Classifier {
     classes: usize,
     /// Accuracy on held-out images, measured when it was trained.
     pub accuracy: f64,
+    /// Why a cached classifier was not used (a damaged or mismatched file),
+    /// for the run to say so; `None` when the cache was fine or absent.
+    pub cache_problem: Option<String>,
 }
 
 /// How one measurement's generated images split over the classes.
@@ -72,6 +75,7 @@ impl Classifier {
             image,
             classes,
             accuracy: 0.0,
+            cache_problem: None,
         })
     }
 
@@ -99,11 +103,20 @@ impl Classifier {
         };
         let mut model = Self::new(images.shape(), classes.len(), device)?;
         let file = classifier_file(cache_dir, key);
-        if file.exists() && model.load(&file).is_ok() {
-            return Ok(Some(model));
+        let mut problem = None;
+        if file.exists() {
+            match model.load(&file) {
+                Ok(()) => return Ok(Some(model)),
+                Err(e) => {
+                    problem = Some(format!(
+                        "ignoring the classifier cache: {e:#}; training a new one"
+                    ))
+                }
+            }
         }
         model.train(data, device)?;
         model.save(&file)?;
+        model.cache_problem = problem;
         Ok(Some(model))
     }
 

@@ -116,6 +116,13 @@ impl Evaluator {
         self.classifier.as_ref().map(|(c, _)| c.accuracy)
     }
 
+    /// Why the classifier cache was not used, when it was damaged.
+    pub fn classifier_cache_problem(&self) -> Option<&str> {
+        self.classifier
+            .as_ref()
+            .and_then(|(c, _)| c.cache_problem.as_deref())
+    }
+
     /// How many generator samples one measurement uses.
     pub fn samples(&self) -> usize {
         self.samples
