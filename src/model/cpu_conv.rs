@@ -419,43 +419,13 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding
 
 #[cfg(test)]
 mod tests {
+    use super::super::op_checks::{max_difference, random};
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn random(shape: &[usize], seed: u64) -> Tensor {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// Values and all three gradients against candle's own convolution, for
     /// the kernels, strides and paddings the U-Net uses and odd sizes.
     #[test]
-    fn im2col_convolution_equals_candles_in_values_and_gradients() {
+    fn fused_convolution_equals_candles_in_values_and_gradients() {
         let cases = [
             // (batch, in, out, height, width, kernel, stride, padding)
             (3, 4, 5, 8, 8, 3, 1, 1),
@@ -466,9 +436,9 @@ mod tests {
             (2, 2, 2, 5, 5, 3, 1, 0),
         ];
         for (i, &(b, c, o, h, w, k, s, p)) in cases.iter().enumerate() {
-            let x = Var::from_tensor(&random(&[b, c, h, w], 10 + i as u64)).unwrap();
-            let weight = Var::from_tensor(&random(&[o, c, k, k], 20 + i as u64)).unwrap();
-            let bias = Var::from_tensor(&random(&[1, o, 1, 1], 30 + i as u64)).unwrap();
+            let x = random(&[b, c, h, w], 10 + i as u64, 0.0);
+            let weight = random(&[o, c, k, k], 20 + i as u64, 0.0);
+            let bias = random(&[1, o, 1, 1], 30 + i as u64, 0.0);
             let ours = conv2d(&x, &weight, &bias, s, p).unwrap();
             let theirs = x
                 .conv2d(&weight, p, s, 1, 1)
@@ -478,9 +448,19 @@ mod tests {
             assert!(max_difference(&ours, &theirs) < 1e-5, "case {i}: values differ");
             // A loss that weighs every output differently, so a misplaced
             // gradient entry shows.
-            let probe = random(ours.dims(), 40 + i as u64);
-            let ours_grads = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let theirs_grads = (&theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let probe = random(ours.dims(), 40 + i as u64, 0.0);
+            let ours_grads = (&ours * probe.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let theirs_grads = (&theirs * probe.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for (name, var) in [("input", &x), ("weight", &weight), ("bias", &bias)] {
                 let a = ours_grads.get(var).unwrap();
                 let b = theirs_grads.get(var).unwrap();
@@ -502,12 +482,12 @@ mod tests {
             stride: 2,
             padding: 1,
         };
-        let x = random(&[2, 3, 6, 5], 1)
+        let x = random(&[2, 3, 6, 5], 1, 0.0)
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let y = random(&[g.patches(), g.patch_len()], 2)
+        let y = random(&[g.patches(), g.patch_len()], 2, 0.0)
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -542,9 +522,9 @@ mod tests {
 
     #[test]
     fn mismatched_shapes_are_refused_with_the_sizes() {
-        let x = random(&[1, 3, 8, 8], 1);
-        let weight = random(&[4, 2, 3, 3], 2);
-        let bias = random(&[4], 3);
+        let x = random(&[1, 3, 8, 8], 1, 0.0);
+        let weight = random(&[4, 2, 3, 3], 2, 0.0);
+        let bias = random(&[4], 3, 0.0);
         let error = conv2d(&x, &weight, &bias, 1, 1).unwrap_err().to_string();
         assert!(
             error.contains("[1, 3, 8, 8]") && error.contains("[4, 2, 3, 3]"),

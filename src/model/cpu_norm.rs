@@ -217,37 +217,9 @@ pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps
 
 #[cfg(test)]
 mod tests {
+    use super::super::op_checks::{max_difference, random};
     use super::*;
-    use candle_core::{Device, Module, Var};
-
-    fn random(shape: &[usize], seed: u64, offset: f32) -> Var {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 + offset
-            })
-            .collect();
-        Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use candle_core::Module;
 
     /// Values and the three gradients against candle-nn's GroupNorm, with
     /// an offset in the input (so the mean matters) and uneven scales.

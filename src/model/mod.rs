@@ -6,6 +6,8 @@ mod cpu_norm;
 mod edm;
 mod layers;
 mod nets;
+#[cfg(test)]
+mod op_checks;
 mod params;
 mod unet;
 
