@@ -419,7 +419,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding
 
 #[cfg(test)]
 mod tests {
-    use super::super::op_checks::{max_difference, random};
+    use super::super::op_checks::{assert_same_op, random};
     use super::*;
 
     /// Values and all three gradients against candle's own convolution, for
@@ -445,27 +445,8 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&bias)
                 .unwrap();
-            assert!(max_difference(&ours, &theirs) < 1e-5, "case {i}: values differ");
-            // A loss that weighs every output differently, so a misplaced
-            // gradient entry shows.
-            let probe = random(ours.dims(), 40 + i as u64, 0.0);
-            let ours_grads = (&ours * probe.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let theirs_grads = (&theirs * probe.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, var) in [("input", &x), ("weight", &weight), ("bias", &bias)] {
-                let a = ours_grads.get(var).unwrap();
-                let b = theirs_grads.get(var).unwrap();
-                assert!(max_difference(a, b) < 1e-4, "case {i}: {name} gradients differ");
-            }
+            let inputs = [("input", &x), ("weight", &weight), ("bias", &bias)];
+            assert_same_op(&ours, &theirs, inputs, 1e-5, &format!("case {i}"));
         }
     }
 

@@ -15,3 +15,26 @@ pub fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
     let difference = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
     difference.max(0).unwrap().to_scalar().unwrap()
 }
+
+/// Asserts that `ours` and `theirs`, outputs of two implementations of
+/// one op on the same `inputs`, agree in value (within `tolerance`) and in
+/// every input's gradient (within 10 × `tolerance`). The loss weighs each
+/// output differently, so a misplaced gradient entry shows.
+pub fn assert_same_op(ours: &Tensor, theirs: &Tensor, inputs: [(&str, &Var); 3], tolerance: f32, case: &str) {
+    assert!(max_difference(ours, theirs) < tolerance, "{case}: values differ");
+    let probe = random(ours.dims(), 1_000, 0.0);
+    let gradients = |output: &Tensor| {
+        (output * probe.as_tensor())
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .unwrap()
+    };
+    let (ours_grads, theirs_grads) = (gradients(ours), gradients(theirs));
+    for (name, var) in inputs {
+        let (a, b) = (ours_grads.get(var).unwrap(), theirs_grads.get(var).unwrap());
+        assert!(
+            max_difference(a, b) < 10.0 * tolerance,
+            "{case}: {name} gradients differ"
+        );
+    }
+}
