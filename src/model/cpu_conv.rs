@@ -24,7 +24,7 @@
 //! runs 3.6× faster than the other orientation at these sizes (measured).
 //! Other devices keep candle's own convolution.
 
-use candle_core::backend::BackendStorage;
+use super::host::{f32_values, host_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -133,9 +133,15 @@ impl CustomOp3 for CpuConv2d {
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let x = f32_values(x, x_layout, &g.input_shape(), "input")?;
-        let weight = f32_values(weight, weight_layout, &g.weight_shape(), "weight")?;
-        let bias = f32_values(bias, bias_layout, &Shape::from(g.out_channels), "bias")?;
+        let x = f32_values(x, x_layout, g.input_shape().elem_count(), "conv2d", "input")?;
+        let weight = f32_values(
+            weight,
+            weight_layout,
+            g.weight_shape().elem_count(),
+            "conv2d",
+            "weight",
+        )?;
+        let bias = f32_values(bias, bias_layout, g.out_channels, "conv2d", "bias")?;
         let rows = matmul(
             Matrix::rows(&im2col(x, &g), g.patches(), g.patch_len()),
             Matrix::rows(&kernel_matrix(weight, &g), g.patch_len(), g.out_channels),
@@ -176,27 +182,6 @@ impl CustomOp3 for CpuConv2d {
             Some(Tensor::from_vec(grad_bias, bias.shape(), device)?),
         ))
     }
-}
-
-/// The f32 values of a contiguous CPU tensor of the expected shape.
-fn f32_values<'a>(storage: &'a CpuStorage, layout: &Layout, shape: &Shape, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        bail!("conv2d: the {what} must be f32, got {:?}", storage.dtype())
-    };
-    if layout.shape().elem_count() != shape.elem_count() {
-        bail!(
-            "conv2d: expected the {what} as {shape:?}, got {:?}",
-            layout.shape()
-        )
-    }
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => bail!("conv2d: the {what} must be contiguous"),
-    }
-}
-
-fn host_values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
 }
 
 /// (B, C, H, W) → (B·H'·W', k·k·C): row (b, y, x) holds the patch that

@@ -17,7 +17,7 @@
 //!
 //! Other devices keep candle-nn's `GroupNorm`.
 
-use candle_core::backend::BackendStorage;
+use super::host::{f32_values, host_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -69,9 +69,15 @@ impl CustomOp3 for CpuGroupNorm {
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let values = f32_values(x, x_layout, g.batch * g.channels * g.pixels, "input")?;
-        let weight = f32_values(weight, weight_layout, g.channels, "weight")?;
-        let bias = f32_values(bias, bias_layout, g.channels, "bias")?;
+        let values = f32_values(
+            x,
+            x_layout,
+            g.batch * g.channels * g.pixels,
+            "group norm",
+            "input",
+        )?;
+        let weight = f32_values(weight, weight_layout, g.channels, "group norm", "weight")?;
+        let bias = f32_values(bias, bias_layout, g.channels, "group norm", "bias")?;
         let cg = g.channels_per_group();
         let mut out = vec![0f32; values.len()];
         out.par_chunks_mut(g.block())
@@ -164,24 +170,6 @@ impl CustomOp3 for CpuGroupNorm {
             Some(Tensor::from_vec(d_bias, bias.shape(), device)?),
         ))
     }
-}
-
-fn f32_values<'a>(storage: &'a CpuStorage, layout: &Layout, len: usize, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        bail!("group norm: the {what} must be f32, got {:?}", storage.dtype())
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) if end - start == len => Ok(&values[start..end]),
-        Some((start, end)) => bail!(
-            "group norm: expected {len} values for the {what}, got {}",
-            end - start
-        ),
-        None => bail!("group norm: the {what} must be contiguous"),
-    }
-}
-
-fn host_values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
 }
 
 /// `x` (B, C, …) normalised over each of `groups` groups of channels, then

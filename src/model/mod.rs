@@ -4,6 +4,7 @@
 mod cpu_conv;
 mod cpu_norm;
 mod edm;
+mod host;
 mod layers;
 mod nets;
 #[cfg(test)]

@@ -1,0 +1,28 @@
+//! Reading tensors' values on the host, for the fused CPU ops.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout, Result, Tensor, bail};
+
+/// The f32 values of a contiguous CPU tensor that should hold `len` of
+/// them; `op` and `what` name it in the error otherwise.
+pub fn f32_values<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    len: usize,
+    op: &str,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else {
+        bail!("{op}: the {what} must be f32, got {:?}", storage.dtype())
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) if end - start == len => Ok(&values[start..end]),
+        Some((start, end)) => bail!("{op}: expected {len} values for the {what}, got {}", end - start),
+        None => bail!("{op}: the {what} must be contiguous"),
+    }
+}
+
+/// A tensor's values, flattened, copied to the host.
+pub fn host_values(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
