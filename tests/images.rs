@@ -232,13 +232,20 @@ fn a_tiny_digits_run_trains_every_stage_and_writes_image_files() {
     );
 }
 
-#[test]
-fn the_digit_classifier_is_accurate_and_the_data_covers_its_own_classes() {
+/// The shipped digits, and the name their classifier is cached under.
+fn digits_and_classifier_key() -> (Dataset, String) {
     let config = Config::parse("[data]\nkind = \"digits\"\n", &[])
         .unwrap()
         .resolved();
-    let data = Dataset::load(&config.data).unwrap();
-    let key = config.classifier_cache_key();
+    (
+        Dataset::load(&config.data).unwrap(),
+        config.classifier_cache_key(),
+    )
+}
+
+#[test]
+fn the_digit_classifier_is_accurate_and_the_data_covers_its_own_classes() {
+    let (data, key) = digits_and_classifier_key();
     let cache = shared_cache();
     let classifier = Classifier::for_data(&data, cache, &key, &Device::Cpu)
         .unwrap()
@@ -272,11 +279,7 @@ fn the_digit_classifier_is_accurate_and_the_data_covers_its_own_classes() {
 
 #[test]
 fn a_damaged_classifier_cache_is_named_and_replaced() {
-    let config = Config::parse("[data]\nkind = \"digits\"\n", &[])
-        .unwrap()
-        .resolved();
-    let data = Dataset::load(&config.data).unwrap();
-    let key = config.classifier_cache_key();
+    let (data, key) = digits_and_classifier_key();
     let dir = tempfile::tempdir().unwrap();
     let file = disback::metrics::classifier_file(dir.path(), &key);
     std::fs::write(&file, b"not a safetensors file").unwrap();
