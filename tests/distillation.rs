@@ -4,12 +4,14 @@
 
 mod common;
 
+use candle_core::Device;
 use common::{Observed, run_checked, start};
 use disback::config::Config;
 use disback::data::{Dataset, Point, Samples};
 use disback::diffusion::{NoiseSchedule, heun_sample, model_denoise_fn};
 use disback::engine::{ModelKind, Session, read_metrics, read_points_csv};
 use disback::metrics::{ModeStats, energy_distance, model_scores, noised};
+use disback::model::{points_to_tensor, tensor_to_points};
 use disback::rng::{host_rng, normal_vec};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -88,7 +90,8 @@ fn the_default_teacher_matches_the_exact_score() {
         .chunks(2)
         .map(|e| [e[0] * grid[0] as f32, e[1] * grid[0] as f32])
         .collect();
-    let samples = heun_sample(model_denoise_fn(teacher), start, &grid).unwrap();
+    let start = points_to_tensor(&start, &Device::Cpu).unwrap();
+    let samples = tensor_to_points(&heun_sample(model_denoise_fn(teacher), start, &grid).unwrap()).unwrap();
     let stats = ModeStats::new(gmm, &samples);
     for (k, share) in stats.shares.iter().enumerate() {
         assert!(

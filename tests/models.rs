@@ -6,7 +6,9 @@ use disback::config::{Config, GeneratorConfig, ScoreNetConfig};
 use disback::data::{GaussianMixture, Point};
 use disback::diffusion::{NoiseSchedule, denoising_loss, heun_sample};
 use disback::metrics::ModeStats;
-use disback::model::{Denoiser, Generator, NetSpec, Precond, loss_weight, points_to_tensor};
+use disback::model::{
+    Denoiser, Generator, NetSpec, Precond, loss_weight, points_to_tensor, tensor_to_points,
+};
 use disback::optim::Adam;
 use disback::rng::{host_rng, normal_vec};
 
@@ -172,15 +174,18 @@ fn heun_with_the_exact_denoiser_reproduces_the_mixture() {
         .chunks(2)
         .map(|e| [e[0] * grid[0] as f32, e[1] * grid[0] as f32])
         .collect();
-    let exact = |x: &[Point], sigma: f32| -> anyhow::Result<Vec<Point>> {
-        Ok(x.iter()
+    let exact = |x: &Tensor, sigma: f32| -> anyhow::Result<Tensor> {
+        let denoised: Vec<Point> = tensor_to_points(x)?
+            .iter()
             .map(|p| {
                 let d = gmm.denoise([p[0] as f64, p[1] as f64], sigma as f64);
                 [d[0] as f32, d[1] as f32]
             })
-            .collect())
+            .collect();
+        points_to_tensor(&denoised, &Device::Cpu)
     };
-    let samples = heun_sample(exact, x, &grid).unwrap();
+    let start = points_to_tensor(&x, &Device::Cpu).unwrap();
+    let samples = tensor_to_points(&heun_sample(exact, start, &grid).unwrap()).unwrap();
     let stats = ModeStats::new(&gmm, &samples);
     for (k, share) in stats.shares.iter().enumerate() {
         assert!((share - 1.0).abs() < 0.05, "mode {k}: share {share} ({stats:?})");

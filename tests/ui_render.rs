@@ -6,7 +6,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use disback::config::{Method, SchedulePolicy};
 use disback::data::{Bounds, GaussianMixture, Point};
 use disback::engine::ScoreField;
-use disback::engine::trainer::{Command, Preview, PreviewData, Update};
+use disback::engine::trainer::{Command, DataInfo, Preview, PreviewData, Shown, Update};
 use disback::engine::{Event, MetricsRecord, NodeStatus, NodeView, SessionView, Stage};
 use disback::rng::host_rng;
 use disback::ui::{App, Exit, Mode, Theme, draw};
@@ -62,8 +62,10 @@ fn app(v: SessionView) -> App {
     let mut app = App::new(Theme { color: true });
     app.on_update(Update::Started {
         view: Box::new(v.clone()),
-        data: ring_points(800, 1),
-        bounds: Bounds::around(&ring_points(800, 1)),
+        data: DataInfo::Plane {
+            points: ring_points(800, 1),
+            bounds: Bounds::around(&ring_points(800, 1)),
+        },
     });
     app.on_update(Update::View {
         view: Box::new(v),
@@ -86,7 +88,9 @@ fn app(v: SessionView) -> App {
         app.mismatch.push(3.0 * x);
     }
     app.on_update(Update::Session(Event::TargetSwitched { from: Some(3), to: 2 }));
-    app.on_update(Update::Preview(PreviewData::Generator(ring_points(1500, 2))));
+    app.on_update(Update::Preview(PreviewData::Generator(Shown::Points(
+        ring_points(1500, 2),
+    ))));
     app
 }
 
@@ -301,7 +305,7 @@ fn each_preview_view_draws() {
     assert_eq!(a.on_key(key('v')), vec![Command::SetPreview(Preview::Model)]);
     a.on_update(Update::Preview(PreviewData::Model {
         label: "target s'θ2".into(),
-        samples: ring_points(600, 3),
+        samples: Shown::Points(ring_points(600, 3)),
     }));
     let buf = render(&a, 80, 24);
     assert!(
@@ -339,9 +343,9 @@ fn without_colour_data_and_samples_still_differ() {
     let mut a = app(backtracking());
     a.theme = Theme { color: false };
     // Samples only on the left half: the right half shows the data as dots.
-    a.on_update(Update::Preview(PreviewData::Generator(
+    a.on_update(Update::Preview(PreviewData::Generator(Shown::Points(
         ring_points(1500, 2).into_iter().filter(|p| p[0] < 0.0).collect(),
-    )));
+    ))));
     let buf = render(&a, 80, 24);
     let screen = text(&buf);
     assert!(screen.contains('·') && braille_cells(&buf) > 20, "{screen}");

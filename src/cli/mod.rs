@@ -240,14 +240,13 @@ fn tui(args: RunArgs) -> Result<Ended> {
 fn attach(dir: Option<PathBuf>) -> Result<Ended> {
     crate::ui::check_terminal()?;
     let dir = crate::runner::attach_target(dir, Path::new("runs"))?;
-    let config = crate::config::Config::load_run(&crate::engine::RunDir::open(&dir)?.config())?;
-    run::refuse_images_in_lab(&config)?;
     lab(&dir)
 }
 
 fn lab(dir: &Path) -> Result<Ended> {
+    let config = crate::config::Config::load_run(&crate::engine::RunDir::open(dir)?.config())?;
     let (link, pid) = crate::runner::connect(dir)?;
-    let end = crate::ui::run(link)?;
+    let end = crate::ui::run(link, config.data.is_image())?;
     let dir = dir.display();
     Ok(match end {
         LabEnd::Detached { signal } => {

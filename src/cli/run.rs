@@ -73,17 +73,12 @@ pub fn start_in_background(args: &RunArgs, lab: bool) -> Result<PathBuf> {
     let dir = match &args.resume {
         Some(dir) => {
             let config = Config::load_run(&RunDir::open(dir)?.config())?;
-            if lab {
-                refuse_images_in_lab(&config)?;
-            }
             args.check_memory(&config)?;
             dir.clone()
         }
         None => {
             let config = args.config.load()?;
-            if lab {
-                refuse_images_in_lab(&config)?;
-            } else {
+            if !lab {
                 refuse_manual(config.schedule.policy)?;
             }
             args.check_memory(&config)?;
@@ -131,18 +126,6 @@ fn prepare(args: &RunArgs, headless: bool) -> Result<(Start, PathBuf)> {
             Ok((start, dir))
         }
     }
-}
-
-/// The lab's previews draw 2-D samples; until they draw image grids, an
-/// image run is refused here with the way to run it, rather than shown as
-/// a scatter of meaningless pixel pairs.
-pub fn refuse_images_in_lab(config: &Config) -> Result<()> {
-    if config.data.is_image() {
-        bail!(
-            "the terminal lab previews 2-D data only for now; run image data headless with              `disback run --config …` (its sample grids are written to RUN_DIR/samples/*.png)"
-        );
-    }
-    Ok(())
 }
 
 /// A manual schedule waits for key presses, which a headless run has none of.

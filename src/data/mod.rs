@@ -5,9 +5,11 @@
 
 mod gmm;
 mod images;
+mod pixels;
 
 pub use gmm::{Component, GaussianMixture, log_sum_exp};
 pub use images::{ImageBatch, ImageSet, ImageShape, Images, SHAPE_CLASSES, Shapes};
+pub use pixels::{PixelImages, to_byte};
 
 use crate::config::DataConfig;
 use anyhow::Result;

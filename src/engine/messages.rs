@@ -6,7 +6,7 @@
 //!  keys ──▶ Command ──────── channel ──────▶ Session::step / skip / save …
 //!                                                     │
 //!  panels ◀── Update ◀────── channel ─────── Event (from the session), and
-//!             Started / View (SessionView)            SessionView, PreviewData,
+//!             Started / View (SessionView)            SessionView, DataInfo, PreviewData,
 //!             Session(Event), Preview(PreviewData)    Paused, Failed, Stopped
 //! ```
 //!
@@ -16,7 +16,7 @@
 use super::field::ScoreField;
 use super::log::{MetricsRecord, Stage};
 use super::view::SessionView;
-use crate::data::{Bounds, Point};
+use crate::data::{Bounds, PixelImages, Point};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -68,7 +68,7 @@ pub enum Command {
     SetManual(bool),
     /// Save the generator into the run directory.
     SaveGenerator,
-    /// Which preview to compute.
+    /// Which preview to compute (a node's: once, as nodes do not change).
     SetPreview(Preview),
     /// Noise level of the score-field preview (data units).
     SetFieldSigma(f32),
@@ -92,37 +92,75 @@ pub struct Link {
 /// The preview views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Preview {
-    /// Generator samples over the data.
+    /// Generator samples (over the data for points; from fixed latents for
+    /// images, so that frames compare over time).
     #[default]
     Generator,
     /// Heun samples of the model being trained or targeted: the teacher
     /// while pretraining, the degrading copy while recording, the current
     /// target while backtracking.
     Model,
-    /// The target's score field against s_φ's, on a grid.
+    /// Data samples, for reference (images only: points have the data
+    /// behind every scatter).
+    Data,
+    /// The target's score field against s_φ's, on a grid (points only).
     ScoreField,
+    /// Heun samples of one recorded node of the degradation path (0 is the
+    /// teacher), to see the path before stepping onto it.
+    Node(usize),
 }
 
 impl Preview {
-    pub fn next(self) -> Self {
+    /// The view `v` moves to: generator → model → score field for points,
+    /// generator → model → data for images. A node preview goes back to the
+    /// generator.
+    pub fn next(self, images: bool) -> Self {
         match self {
             Preview::Generator => Preview::Model,
+            Preview::Model if images => Preview::Data,
             Preview::Model => Preview::ScoreField,
-            Preview::ScoreField => Preview::Generator,
+            Preview::Data | Preview::ScoreField | Preview::Node(_) => Preview::Generator,
         }
     }
 }
 
-/// Preview data, as plain vectors.
+/// Samples as a preview carries them: points, or images as bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Shown {
+    Points(Vec<Point>),
+    Images(PixelImages),
+}
+
+impl Shown {
+    /// How many samples.
+    pub fn len(&self) -> usize {
+        match self {
+            Shown::Points(p) => p.len(),
+            Shown::Images(i) => i.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Preview data, as plain values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PreviewData {
-    Generator(Vec<Point>),
+    Generator(Shown),
     /// Heun samples of a model, under a label naming it (`s'θ2`, `teacher`).
     Model {
         label: String,
-        samples: Vec<Point>,
+        samples: Shown,
     },
+    Data(Shown),
     ScoreField(ScoreField),
+    /// Heun samples of node `index` of the path.
+    Node {
+        index: usize,
+        samples: Shown,
+    },
 }
 
 impl PreviewData {
@@ -131,20 +169,38 @@ impl PreviewData {
         match self {
             PreviewData::Generator(_) => Preview::Generator,
             PreviewData::Model { .. } => Preview::Model,
+            PreviewData::Data(_) => Preview::Data,
             PreviewData::ScoreField(_) => Preview::ScoreField,
+            PreviewData::Node { index, .. } => Preview::Node(*index),
         }
     }
+
+    /// The samples shown, unless this is a score field.
+    pub fn samples(&self) -> Option<&Shown> {
+        match self {
+            PreviewData::Generator(s) | PreviewData::Data(s) => Some(s),
+            PreviewData::Model { samples, .. } | PreviewData::Node { samples, .. } => Some(samples),
+            PreviewData::ScoreField(_) => None,
+        }
+    }
+}
+
+/// What a front end needs to know about the data once: points to draw
+/// behind previews and the region they cover (2-D), or the classes and
+/// their shares (labelled images).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DataInfo {
+    Plane { points: Vec<Point>, bounds: Bounds },
+    Images { classes: Option<Vec<String>> },
 }
 
 /// What training tells the front end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Update {
-    /// Sent once: the first view, data samples to draw behind previews, and
-    /// the region previews cover.
+    /// Sent once: the first view and what the lab draws the data with.
     Started {
         view: Box<SessionView>,
-        data: Vec<Point>,
-        bounds: Bounds,
+        data: DataInfo,
     },
     /// The session's state, a few times a second, with the iteration rate.
     View {

@@ -11,6 +11,7 @@ mod messages;
 mod outputs;
 mod path;
 mod pretrain;
+mod previews;
 mod rundir;
 mod session;
 pub mod trainer;

@@ -5,16 +5,12 @@
 //! end never waits on training.
 
 use super::RunDir;
-use super::log::Stage;
 use super::log::read_metrics;
 use super::messages::Event;
-pub use super::messages::{Command, Link, Preview, PreviewData, Update};
-use super::outputs::ModelKind;
+pub use super::messages::{Command, DataInfo, Link, Preview, PreviewData, Shown, Update};
+use super::previews::Previewer;
 use super::session::Session;
-use crate::data::Point;
-use crate::diffusion::{heun_sample, model_denoise_fn};
-use crate::model::Denoiser;
-use crate::rng::{HostRng, host_rng, normal_vec, streams};
+use crate::rng::{host_rng, streams};
 use anyhow::Result;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
@@ -106,15 +102,19 @@ fn train(start: Start, commands: Receiver<Command>, updates: UnboundedSender<Upd
     }
 }
 
-/// How often each kind of update goes out while training runs.
+/// How often each kind of update goes out while training runs (at least:
+/// see [`Trainer::preview_due`]).
 const VIEW_EVERY: Duration = Duration::from_millis(100);
 const GENERATOR_PREVIEW_EVERY: Duration = Duration::from_millis(250);
 const FIELD_PREVIEW_EVERY: Duration = Duration::from_millis(500);
 /// Heun sampling costs dozens of forward passes: rarely, unless the model
 /// changed (a switch or a step while paused).
 const MODEL_PREVIEW_EVERY: Duration = Duration::from_secs(3);
-const PREVIEW_SAMPLES: usize = 1500;
-const MODEL_PREVIEW_SAMPLES: usize = 600;
+/// Previews take at most this share of the training thread's time: the
+/// gap after a preview is at least its cost times (1 − share) / share.
+const PREVIEW_SHARE: f64 = 0.04;
+/// Data points drawn behind 2-D previews.
+const BACKGROUND_POINTS: usize = 1500;
 
 struct Trainer {
     session: Session,
@@ -125,9 +125,10 @@ struct Trainer {
     watched: bool,
     preview: Preview,
     field_sigma: f32,
-    rng: HostRng,
+    previewer: Option<Previewer>,
     last_view: Instant,
-    last_preview: Option<Instant>,
+    /// When the last preview was made and what it cost.
+    last_preview: Option<(Instant, Duration)>,
     rate: RateMeter,
 }
 
@@ -142,7 +143,7 @@ impl Trainer {
             watched: true,
             preview: Preview::Generator,
             field_sigma,
-            rng: host_rng(0, streams::PREVIEW),
+            previewer: None,
             last_view: Instant::now(),
             last_preview: None,
             rate: RateMeter::new(),
@@ -156,16 +157,23 @@ impl Trainer {
     }
 
     fn run(mut self) -> Result<Session> {
-        // Data points drawn behind 2-D previews (none for images).
-        let data = match self.session.data().plane() {
-            Some(plane) => plane.sample(PREVIEW_SAMPLES, &mut host_rng(0, streams::BACKGROUND)),
-            None => Vec::new(),
+        let data = match (self.session.data().plane(), self.session.data().images()) {
+            (Some(plane), _) => DataInfo::Plane {
+                points: plane.sample(BACKGROUND_POINTS, &mut host_rng(0, streams::BACKGROUND)),
+                bounds: self.session.bounds(),
+            },
+            (None, images) => DataInfo::Images {
+                classes: images.and_then(|i| i.classes()),
+            },
         };
         self.send(Update::Started {
             view: Box::new(self.session.view()),
             data,
-            bounds: self.session.bounds(),
         });
+        match Previewer::new(&self.session) {
+            Ok(p) => self.previewer = Some(p),
+            Err(e) => self.send(Update::Session(Event::Warning(format!("previews: {e:#}")))),
+        }
         // A resumed run's history, so its sparklines continue where they were.
         if self.session.iteration() > 0 {
             for record in read_metrics(&self.session.run_dir().metrics()).unwrap_or_default() {
@@ -308,60 +316,35 @@ impl Trainer {
         } else {
             self.send_view_when_due();
         }
+        if !self.watched || !(now || self.preview_due()) {
+            return;
+        }
+        let Some(previewer) = self.previewer.as_mut() else {
+            return;
+        };
+        let started = Instant::now();
+        match previewer.compute(&self.session, self.preview, self.field_sigma) {
+            Ok(data) => self.send(Update::Preview(data)),
+            Err(e) => self.send(Update::Session(Event::Warning(format!("preview: {e:#}")))),
+        }
+        self.last_preview = Some((Instant::now(), started.elapsed()));
+    }
+
+    /// Whether the shown preview should be made again: never for what does
+    /// not change (data, a recorded node), otherwise after its view's
+    /// interval, stretched so that previews cost at most [`PREVIEW_SHARE`]
+    /// of the time (an image model's Heun samples on a CPU take seconds).
+    fn preview_due(&self) -> bool {
         let every = match self.preview {
             Preview::Generator => GENERATOR_PREVIEW_EVERY,
             Preview::Model => MODEL_PREVIEW_EVERY,
             Preview::ScoreField => FIELD_PREVIEW_EVERY,
+            Preview::Data | Preview::Node(_) => return self.last_preview.is_none(),
         };
-        let due = self.last_preview.is_none_or(|t| t.elapsed() >= every);
-        // Previews are 2-D scatters and fields; an image run (headless, as
-        // the lab refuses it) would only pay for samples nobody draws.
-        let drawable = self.session.data().plane().is_some();
-        if self.watched && drawable && (now || due) {
-            match self.preview_data() {
-                Ok(data) => self.send(Update::Preview(data)),
-                Err(e) => self.send(Update::Session(Event::Warning(format!("preview: {e:#}")))),
-            }
-            self.last_preview = Some(Instant::now());
-        }
-    }
-
-    fn preview_data(&mut self) -> Result<PreviewData> {
-        let s = &self.session;
-        Ok(match self.preview {
-            Preview::Generator => {
-                PreviewData::Generator(s.generator_samples(PREVIEW_SAMPLES, &mut self.rng)?)
-            }
-            Preview::Model => {
-                let (label, model) = previewed_model(s);
-                let grid = s.noise().karras(s.config().diffusion.sampler_steps);
-                let start: Vec<Point> = normal_vec(&mut self.rng, 2 * MODEL_PREVIEW_SAMPLES)
-                    .chunks(2)
-                    .map(|e| [e[0] * grid[0] as f32, e[1] * grid[0] as f32])
-                    .collect();
-                PreviewData::Model {
-                    label,
-                    samples: heun_sample(model_denoise_fn(model), start, &grid)?,
-                }
-            }
-            Preview::ScoreField => {
-                let (label, model) = previewed_model(s);
-                PreviewData::ScoreField(s.score_field(label, model, self.field_sigma)?)
-            }
+        self.last_preview.is_none_or(|(at, cost)| {
+            let gap = cost.mul_f64((1.0 - PREVIEW_SHARE) / PREVIEW_SHARE);
+            at.elapsed() >= every.max(gap)
         })
-    }
-}
-
-/// The model the previews show, with its name.
-fn previewed_model(s: &Session) -> (String, &Denoiser) {
-    match s.stage() {
-        Stage::Pretrain => ("teacher (training)".into(), s.teacher()),
-        Stage::Record => ("s'θ (degrading)".into(), s.tracking_model()),
-        Stage::Backtrack | Stage::Done => (
-            format!("target s'θ{}", s.schedule().target()),
-            s.score_model(ModelKind::Target)
-                .expect("a target from backtracking on"),
-        ),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Image samples as one PNG grid: what `samples/*.png`, `disback sample`
 //! and the snapshot strip show.
 
-use crate::data::Samples;
+use crate::data::{Samples, to_byte};
 use crate::files::atomic_write;
 use anyhow::{Result, bail};
 use std::path::Path;
@@ -36,10 +36,7 @@ pub fn image_grid(samples: &Samples, columns: usize, scale: u32) -> Result<image
         );
         for y in 0..height {
             for x in 0..width {
-                let value = |c: usize| {
-                    let v = sample[c * plane + y * width + x];
-                    ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
-                };
+                let value = |c: usize| to_byte(sample[c * plane + y * width + x]);
                 let rgb = if channels == 1 {
                     [value(0); 3]
                 } else {

@@ -2,11 +2,12 @@
 //! histories behind the sparklines, the event log, and the key map. Plain
 //! data only, so every state can be built in a test and drawn.
 
+use super::pictures::Palette;
 use super::theme::Theme;
 use crate::config::SchedulePolicy;
 use crate::data::{Bounds, Point};
-use crate::engine::trainer::{Command, Preview, PreviewData, Update};
-use crate::engine::{Event, MetricsRecord, SessionView, Stage};
+use crate::engine::trainer::{Command, DataInfo, Preview, PreviewData, Update};
+use crate::engine::{Event, MetricsRecord, NodeStatus, SessionView, Stage};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -88,14 +89,25 @@ pub enum Exit {
 #[derive(Debug, Clone)]
 pub struct App {
     pub theme: Theme,
+    /// How image previews become cells (without a graphics protocol).
+    pub palette: Palette,
     pub view: Option<SessionView>,
     pub rate: f64,
     /// Time since the lab opened (set by the event loop).
     pub elapsed: Duration,
+    /// 2-D data: points drawn behind previews, and the region shown.
     pub data: Vec<Point>,
     pub bounds: Bounds,
+    /// Image data: previews are image grids.
+    pub images: bool,
+    /// Labelled images: the class names, for the coverage chart.
+    pub classes: Option<Vec<String>>,
     pub preview: Preview,
     pub preview_data: Option<PreviewData>,
+    /// Counts preview frames, so that a drawing can tell a new one.
+    pub preview_frame: u64,
+    /// The node the path's cursor is on (↑ ↓), for a node preview.
+    pub node_cursor: Option<usize>,
     pub field_sigma: Option<f32>,
     pub paused: bool,
     pub mode: Mode,
@@ -104,6 +116,9 @@ pub struct App {
     pub fake_loss: Series,
     /// Mean mismatch degree of the current target over the σ grid.
     pub mismatch: Series,
+    /// Images: the Fréchet distance a comparison is judged on (classifier
+    /// features, or pixels for unlabelled images).
+    pub quality: Series,
     /// The stage the loss series belong to.
     series_stage: Option<Stage>,
     pub log: VecDeque<LogLine>,
@@ -125,19 +140,29 @@ impl App {
     pub fn new(theme: Theme) -> Self {
         Self {
             theme,
+            palette: if theme.color {
+                Palette::TrueColour
+            } else {
+                Palette::Ramp
+            },
             view: None,
             rate: 0.0,
             elapsed: Duration::ZERO,
             data: Vec::new(),
             bounds: Bounds::default(),
+            images: false,
+            classes: None,
             preview: Preview::Generator,
             preview_data: None,
+            preview_frame: 0,
+            node_cursor: None,
             field_sigma: None,
             paused: false,
             mode: Mode::Normal,
             main_loss: Series::default(),
             fake_loss: Series::default(),
             mismatch: Series::default(),
+            quality: Series::default(),
             series_stage: None,
             log: VecDeque::new(),
             failure: None,
@@ -177,7 +202,7 @@ impl App {
     /// Takes in one message from the training thread.
     pub fn on_update(&mut self, update: Update) {
         match update {
-            Update::Started { view, data, bounds } => {
+            Update::Started { view, data } => {
                 self.note(LogKind::Info, format!("run directory {}", view.run_dir.display()));
                 if view.iteration > 0 {
                     self.note(
@@ -186,8 +211,16 @@ impl App {
                     );
                 }
                 self.view = Some(*view);
-                self.data = data;
-                self.bounds = bounds;
+                match data {
+                    DataInfo::Plane { points, bounds } => {
+                        self.data = points;
+                        self.bounds = bounds;
+                    }
+                    DataInfo::Images { classes } => {
+                        self.images = true;
+                        self.classes = classes;
+                    }
+                }
             }
             Update::View { view, rate } => {
                 self.view = Some(*view);
@@ -200,6 +233,7 @@ impl App {
                     self.field_sigma = Some(f.sigma);
                 }
                 self.preview_data = Some(data);
+                self.preview_frame += 1;
             }
             Update::Preview(_) => {}
             Update::Paused(p) => {
@@ -282,6 +316,9 @@ impl App {
         if let Some(m) = r.eval.as_ref().and_then(|e| e.mismatch_target_mean()) {
             self.mismatch.push(m);
         }
+        if let Some(fd) = r.eval.as_ref().and_then(|e| e.classifier_fd.or(e.pixel_fd)) {
+            self.quality.push(fd);
+        }
     }
 
     /// Maps a key to state changes and commands for training. A lab that
@@ -296,6 +333,47 @@ impl App {
             return Vec::new();
         }
         commands
+    }
+
+    /// Switches the preview to `preview`; its data comes with the next update.
+    fn show(&mut self, preview: Preview) -> Vec<Command> {
+        self.preview = preview;
+        self.preview_data = None;
+        vec![Command::SetPreview(preview)]
+    }
+
+    /// A node's Heun samples, when the node is on the path and recorded.
+    fn show_node(&mut self, index: usize) -> Vec<Command> {
+        let status = self
+            .view
+            .as_ref()
+            .and_then(|v| v.nodes.iter().find(|n| n.index == index))
+            .map(|n| n.status);
+        match status {
+            None => {
+                self.note(LogKind::Warn, format!("the path has no node s'θ{index}"));
+                Vec::new()
+            }
+            Some(NodeStatus::Pending | NodeStatus::Recording) => {
+                self.note(LogKind::Warn, format!("node s'θ{index} is not recorded yet"));
+                Vec::new()
+            }
+            Some(_) => self.show(Preview::Node(index)),
+        }
+    }
+
+    /// Moves the path's cursor up (towards the last node, drawn on top) or
+    /// down (towards the teacher).
+    fn move_node_cursor(&mut self, up: bool) {
+        let Some(count) = self.view.as_ref().map(|v| v.nodes.len()).filter(|&n| n > 0) else {
+            return;
+        };
+        let last = count - 1;
+        self.node_cursor = Some(match (self.node_cursor, up) {
+            (None, _) => self.view.as_ref().and_then(|v| v.target).unwrap_or(0).min(last),
+            (Some(i), true) => (i + 1).min(last),
+            (Some(i), false) => i.saturating_sub(1),
+        });
     }
 
     fn key_commands(&mut self, key: KeyEvent) -> Vec<Command> {
@@ -347,11 +425,24 @@ impl App {
             }
             KeyCode::Char('n') => vec![Command::Skip],
             KeyCode::Char('s') => vec![Command::SaveGenerator],
-            KeyCode::Char('v') => {
-                self.preview = self.preview.next();
-                self.preview_data = None;
-                vec![Command::SetPreview(self.preview)]
+            KeyCode::Char('v') => self.show(self.preview.next(self.images)),
+            KeyCode::Up | KeyCode::Down => {
+                self.move_node_cursor(code == KeyCode::Up);
+                Vec::new()
             }
+            KeyCode::Enter => match self.node_cursor {
+                Some(index) => self.show_node(index),
+                None => {
+                    self.note(LogKind::Info, "↑ ↓ pick a node of the path first, then enter");
+                    Vec::new()
+                }
+            },
+            KeyCode::Char(c @ '0'..='9') => {
+                let index = c as usize - '0' as usize;
+                self.node_cursor = Some(index);
+                self.show_node(index)
+            }
+            KeyCode::Esc if matches!(self.preview, Preview::Node(_)) => self.show(Preview::Generator),
             KeyCode::Char('m') => {
                 let on = !self.manual();
                 self.note(

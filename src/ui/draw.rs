@@ -2,19 +2,29 @@
 //! preview, the event log and the keys, laid out for 80×24 and up.
 
 use super::app::{App, LogKind, Mode, Series};
+use super::graphics::Graphics;
+use super::pictures::{CellPicture, compose_for};
 use super::plot::{FieldGlyphs, Scatter};
-use crate::engine::trainer::{Preview, PreviewData};
+use crate::data::PixelImages;
+use crate::engine::trainer::{Preview, PreviewData, Shown};
 use crate::engine::{NodeStatus, NodeView, SessionView, Stage};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Clear, Paragraph, Sparkline};
+use ratatui::widgets::{Bar, BarChart, BarGroup, Block, Borders, Clear, Paragraph, Sparkline};
 
 /// Below this size the panels cannot show anything useful.
 pub const MIN_SIZE: (u16, u16) = (40, 12);
 
+/// Draws the lab with image previews in cells (half-blocks or the ramp).
 pub fn draw(frame: &mut Frame, app: &App) {
+    draw_with(frame, app, None);
+}
+
+/// Draws the lab; `graphics`, when the terminal has a protocol, draws image
+/// previews in real pixels.
+pub fn draw_with(frame: &mut Frame, app: &App, graphics: Option<&mut Graphics>) {
     let area = frame.area();
     if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
         let note = format!(
@@ -42,7 +52,16 @@ pub fn draw(frame: &mut Frame, app: &App) {
     let [path, charts] = Layout::vertical([Constraint::Length(path_height), Constraint::Min(6)]).areas(left);
     draw_path(frame, path, app);
     draw_charts(frame, charts, app);
-    draw_preview(frame, preview, app);
+    let coverage_height = 8;
+    match &app.classes {
+        Some(classes) if preview.height >= coverage_height + 8 => {
+            let [preview, coverage] =
+                Layout::vertical([Constraint::Min(8), Constraint::Length(coverage_height)]).areas(preview);
+            draw_preview(frame, preview, app, graphics);
+            draw_coverage(frame, coverage, app, classes);
+        }
+        _ => draw_preview(frame, preview, app, graphics),
+    }
     draw_log(frame, log, app);
     draw_footer(frame, footer, app);
     match app.mode {
@@ -143,7 +162,11 @@ fn draw_path(frame: &mut Frame, area: Rect, app: &App) {
         .as_ref()
         .map(|v| v.nodes.iter().rev().map(|n| node_line(n, v, app)).collect())
         .unwrap_or_default();
-    frame.render_widget(Paragraph::new(lines).block(block(title, app)), area);
+    let hint = Span::styled(" ↑↓ ⏎ preview a node ", app.theme.dim());
+    frame.render_widget(
+        Paragraph::new(lines).block(block(title, app).title_bottom(Line::from(hint).right_aligned())),
+        area,
+    );
 }
 
 fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App) -> Line<'a> {
@@ -163,6 +186,11 @@ fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App) -> Line<'a> {
         _ => String::new(),
     };
     let text = format!("{glyph} s'θ{:<2} {status:<9} {steps}", n.index);
+    // The cursor of ↑ ↓ is underlined (the row keeps its meaning's style).
+    let style = match app.node_cursor {
+        Some(i) if i == n.index => style.add_modifier(Modifier::UNDERLINED),
+        _ => style,
+    };
     Line::from(Span::styled(text, style))
 }
 
@@ -180,12 +208,21 @@ fn draw_charts(frame: &mut Frame, area: Rect, app: &App) {
     } else {
         "fake-score loss"
     };
-    let series = [
+    let mut series = vec![
         (main_name, &app.main_loss),
         (fake_name, &app.fake_loss),
         ("mismatch (target)", &app.mismatch),
     ];
-    let rows = Layout::vertical([Constraint::Ratio(1, 3); 3]).split(inner);
+    if app.images {
+        let name = if app.classes.is_some() {
+            "classifier FD"
+        } else {
+            "pixel FD"
+        };
+        series.push((name, &app.quality));
+    }
+    let n = series.len() as u32;
+    let rows = Layout::vertical(vec![Constraint::Ratio(1, n); n as usize]).split(inner);
     for (i, ((name, s), row)) in series.iter().zip(rows.iter()).enumerate() {
         draw_series(frame, *row, name, s, i, app);
     }
@@ -224,67 +261,176 @@ fn draw_series(frame: &mut Frame, area: Rect, name: &str, series: &Series, i: us
     );
 }
 
-fn draw_preview(frame: &mut Frame, area: Rect, app: &App) {
-    let (title, hint) = match (app.preview, &app.preview_data) {
-        (Preview::Generator, _) => ("generator samples over the data".to_string(), "1/3"),
-        (Preview::Model, Some(PreviewData::Model { label, .. })) => {
-            (format!("Heun samples of {label}"), "2/3")
-        }
-        (Preview::Model, _) => ("Heun samples of the target (sampling…)".to_string(), "2/3"),
-        (Preview::ScoreField, Some(PreviewData::ScoreField(f))) => {
-            (format!("score fields at σ = {:.3}", f.sigma), "3/3")
-        }
-        (Preview::ScoreField, _) => ("score fields (computing…)".to_string(), "3/3"),
+fn draw_preview(frame: &mut Frame, area: Rect, app: &App, graphics: Option<&mut Graphics>) {
+    let views = if app.images {
+        "generator · model · data"
+    } else {
+        "generator · model · field"
     };
-    let outer = block(format!("Preview {hint}: {title} — v: next view"), app);
+    let position = match app.preview {
+        Preview::Generator => "1/3",
+        Preview::Model => "2/3",
+        Preview::Data | Preview::ScoreField => "3/3",
+        Preview::Node(_) => "node",
+    };
+    let outer = block(format!("Preview {position}: {}", preview_title(app)), app)
+        .title_bottom(Line::from(Span::styled(format!(" v: {views} "), app.theme.dim())).right_aligned());
     let inner = outer.inner(area);
     frame.render_widget(outer, area);
-    match &app.preview_data {
-        Some(PreviewData::Generator(samples)) | Some(PreviewData::Model { samples, .. }) => {
-            let scatter = Scatter {
-                data: &app.data,
-                samples,
-                bounds: app.bounds,
-                theme: app.theme,
-            };
-            frame.render_widget(scatter, inner);
-        }
-        Some(PreviewData::ScoreField(f)) => {
-            let [labels, grids] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
-            let halves = Layout::horizontal([Constraint::Ratio(1, 2); 2]).split(grids);
-            let label_halves = Layout::horizontal([Constraint::Ratio(1, 2); 2]).split(labels);
-            let target_style = app.theme.warn().remove_modifier(Modifier::BOLD);
-            for (k, (name, vectors, style)) in [
-                (f.target_label.as_str(), &f.target, target_style),
-                ("fake score s_φ", &f.fake, app.theme.fake()),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                frame.render_widget(
-                    Paragraph::new(Span::styled(format!(" {name}"), style)),
-                    label_halves[k],
-                );
-                let glyphs = FieldGlyphs {
-                    points: &f.points,
-                    vectors,
-                    columns: f.columns,
-                    style,
+    match app.preview_data.as_ref() {
+        Some(PreviewData::ScoreField(f)) => draw_fields(frame, inner, f, app),
+        Some(data) => match data.samples() {
+            Some(Shown::Points(samples)) => {
+                let scatter = Scatter {
+                    data: &app.data,
+                    samples,
+                    bounds: app.bounds,
+                    theme: app.theme,
                 };
-                frame.render_widget(glyphs, halves[k]);
+                frame.render_widget(scatter, inner);
             }
-        }
+            Some(Shown::Images(images)) => draw_images(frame, inner, images, app, graphics),
+            None => {}
+        },
         None => {}
     }
     if app.preview == Preview::ScoreField && inner.height > 2 {
         let hint = Line::from(Span::styled(" [ ] halve / double σ ", app.theme.dim()));
-        let bottom = Rect {
-            y: area.bottom().saturating_sub(1),
+        let top = Rect {
+            y: area.y,
             height: 1,
             ..area
         };
-        frame.render_widget(Paragraph::new(hint).right_aligned(), bottom);
+        frame.render_widget(Paragraph::new(hint).right_aligned(), top);
     }
+}
+
+/// What the preview shows, in words (with "…" while its data is on the way).
+fn preview_title(app: &App) -> String {
+    let waiting = app.preview_data.is_none();
+    let what = match (app.preview, &app.preview_data) {
+        (Preview::Generator, _) if app.images => "generator samples (fixed latents)".to_string(),
+        (Preview::Generator, _) => "generator samples over the data".to_string(),
+        (Preview::Model, Some(PreviewData::Model { label, .. })) => format!("Heun samples of {label}"),
+        (Preview::Model, _) => "Heun samples of the target".to_string(),
+        (Preview::Data, _) => "data samples, for reference".to_string(),
+        (Preview::ScoreField, Some(PreviewData::ScoreField(f))) => {
+            format!("score fields at σ = {:.3}", f.sigma)
+        }
+        (Preview::ScoreField, _) => "score fields".to_string(),
+        (Preview::Node(0), _) => "Heun samples of node s'θ0, the teacher (esc: back)".to_string(),
+        (Preview::Node(i), _) => format!("Heun samples of node s'θ{i} (esc: back)"),
+    };
+    if waiting {
+        format!("{what} (sampling…)")
+    } else {
+        what
+    }
+}
+
+fn draw_images(
+    frame: &mut Frame,
+    area: Rect,
+    images: &PixelImages,
+    app: &App,
+    graphics: Option<&mut Graphics>,
+) {
+    if area.is_empty() {
+        return;
+    }
+    match graphics {
+        Some(g) => g.draw(frame, area, images, app.preview_frame),
+        None => {
+            let picture = compose_for(images, area, app.palette);
+            let cells = CellPicture {
+                picture: &picture,
+                palette: app.palette,
+            };
+            frame.render_widget(cells, area);
+        }
+    }
+}
+
+fn draw_fields(frame: &mut Frame, inner: Rect, f: &crate::engine::ScoreField, app: &App) {
+    let [labels, grids] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
+    let halves = Layout::horizontal([Constraint::Ratio(1, 2); 2]).split(grids);
+    let label_halves = Layout::horizontal([Constraint::Ratio(1, 2); 2]).split(labels);
+    let target_style = app.theme.warn().remove_modifier(Modifier::BOLD);
+    for (k, (name, vectors, style)) in [
+        (f.target_label.as_str(), &f.target, target_style),
+        ("fake score s_φ", &f.fake, app.theme.fake()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        frame.render_widget(
+            Paragraph::new(Span::styled(format!(" {name}"), style)),
+            label_halves[k],
+        );
+        let glyphs = FieldGlyphs {
+            points: &f.points,
+            vectors,
+            columns: f.columns,
+            style,
+        };
+        frame.render_widget(glyphs, halves[k]);
+    }
+}
+
+/// Each class's share of the generated images against its share of the
+/// data (100 = the same), from the latest measurement: a dropped class is
+/// an empty bar, the image analogue of a dropped mode.
+fn draw_coverage(frame: &mut Frame, area: Rect, app: &App, classes: &[String]) {
+    let t = &app.theme;
+    let stats = app
+        .view
+        .as_ref()
+        .and_then(|v| v.latest_eval.as_ref())
+        .and_then(|e| e.classes.as_ref());
+    let title = match stats {
+        Some(s) => format!(
+            "Class coverage {:.0}% · worst off by {:.0}% · 100 = data's share",
+            100.0 * s.coverage,
+            100.0 * s.max_share_error
+        ),
+        None => "Class coverage (after the first measurement)".to_string(),
+    };
+    let outer = block(title, app);
+    let inner = outer.inner(area);
+    frame.render_widget(outer, area);
+    let Some(stats) = stats else {
+        return;
+    };
+    let n = stats.shares.len().max(1) as u16;
+    // Bars as wide as the panel allows, one column apart.
+    let width = ((inner.width + 1) / n).saturating_sub(1).clamp(1, 6);
+    let bars: Vec<Bar> = stats
+        .shares
+        .iter()
+        .enumerate()
+        .map(|(k, &share)| {
+            let percent = (100.0 * share).round() as u64;
+            let style = match share {
+                s if s < 0.5 => t.bad(),
+                s if (s - 1.0).abs() > 0.25 => t.warn(),
+                _ => t.good(),
+            };
+            let name = classes.get(k).map_or(k.to_string(), |c| c.clone());
+            Bar::default()
+                .value(percent)
+                .text_value(percent.to_string())
+                .label(Line::from(name.chars().take(width as usize).collect::<String>()))
+                .style(style)
+                .value_style(style.add_modifier(Modifier::REVERSED))
+        })
+        .collect();
+    let top = stats.shares.iter().fold(1.0f64, |a, &b| a.max(b));
+    let chart = BarChart::default()
+        .data(BarGroup::default().bars(&bars))
+        .bar_width(width)
+        .bar_gap(1)
+        .max((100.0 * top).ceil() as u64);
+    frame.render_widget(chart, inner);
 }
 
 fn draw_log(frame: &mut Frame, area: Rect, app: &App) {

@@ -10,20 +10,25 @@
 
 mod app;
 mod draw;
+mod graphics;
+mod pictures;
 mod plot;
 mod theme;
 
 pub use app::{App, Exit, LogKind, LogLine, Mode, Series};
-pub use draw::draw;
+pub use draw::{draw, draw_with};
+pub use pictures::{CellPicture, Palette, Tiling, compose, compose_for};
 pub use theme::Theme;
 
 use crate::engine::trainer::{Command, Link};
 use anyhow::Result;
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
 use futures::StreamExt;
+use graphics::{Encoded, Graphics};
 use signal_hook::consts::{SIGHUP, SIGTERM};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// At most this many frames a second.
 const FRAME: Duration = Duration::from_millis(80);
@@ -43,13 +48,19 @@ pub enum LabEnd {
 }
 
 /// Opens the lab on a link to training and returns when the user leaves.
-pub fn run(link: Link) -> Result<LabEnd> {
+/// For image data (`images`), the terminal is first asked for a graphics
+/// protocol, so that previews can be real pixels.
+pub fn run(link: Link, images: bool) -> Result<LabEnd> {
     install_panic_hook();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut terminal = ratatui::try_init().map_err(|e| anyhow::anyhow!("cannot open the terminal: {e}"))?;
-    let outcome = runtime.block_on(event_loop(&mut terminal, link));
+    let theme = Theme::from_env();
+    // Only with colour: the ramp is for terminals that want none. The query
+    // must come before anything else reads the terminal's input.
+    let graphics = (images && theme.color).then(Graphics::detect).flatten();
+    let outcome = runtime.block_on(event_loop(&mut terminal, link, theme, graphics));
     ratatui::restore();
     outcome
 }
@@ -86,8 +97,21 @@ fn install_panic_hook() {
     }));
 }
 
-async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut link: Link) -> Result<LabEnd> {
-    let mut app = App::new(Theme::from_env());
+async fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    mut link: Link,
+    theme: Theme,
+    graphics: Option<(Graphics, UnboundedReceiver<Encoded>)>,
+) -> Result<LabEnd> {
+    let mut app = App::new(theme);
+    app.palette = Palette::from_env(theme.color);
+    let (mut graphics, mut encoded) = match graphics {
+        Some((g, rx)) => {
+            app.note(LogKind::Info, g.describe());
+            (Some(g), Some(rx))
+        }
+        None => (None, None),
+    };
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -106,7 +130,7 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut link: Link) -> 
                     dirty = true;
                 }
                 if dirty {
-                    terminal.draw(|frame| draw(frame, &app))?;
+                    terminal.draw(|frame| draw_with(frame, &app, graphics.as_mut()))?;
                     dirty = false;
                 }
             }
@@ -129,6 +153,12 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut link: Link) -> 
                 }
                 None => app.stopped = true,
             },
+            Some(done) = next_encoding(&mut encoded) => {
+                if let Some(g) = graphics.as_mut() {
+                    g.receive(done);
+                }
+                dirty = true;
+            }
             _ = sigterm.recv() => return detached(Some(SIGTERM)),
             _ = sighup.recv() => return detached(Some(SIGHUP)),
         }
@@ -138,6 +168,14 @@ async fn event_loop(terminal: &mut ratatui::DefaultTerminal, mut link: Link) -> 
             None if app.stopping && app.stopped => return Ok(LabEnd::Stopped),
             None => {}
         }
+    }
+}
+
+/// The next finished picture encoding; never, without graphics.
+async fn next_encoding(rx: &mut Option<UnboundedReceiver<Encoded>>) -> Option<Encoded> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
