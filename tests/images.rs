@@ -39,43 +39,7 @@ fn small_unet(attention: bool) -> NetSpec {
 }
 
 fn digits_config(cache: &std::path::Path) -> Config {
-    let text = format!(
-        r#"
-name = "tiny-digits"
-seed = 1
-device = "cpu"
-[data]
-kind = "digits"
-[unet]
-channels = 8
-multipliers = [1, 2]
-emb_dim = 8
-groups = 4
-[teacher]
-steps = 60
-batch = 32
-cache_dir = {cache:?}
-[record]
-iterations = 8
-node_every = 4
-batch = 16
-[distill]
-batch = 16
-[schedule]
-steps = [6, 12]
-[log]
-every = 4
-checkpoint_every = 10
-final_samples = 20
-[metrics]
-every = 10
-samples = 32
-stf_reference = 64
-mismatch_sigmas = [0.5, 2.0]
-"#,
-        cache = cache.display().to_string()
-    );
-    Config::parse(&text, &[]).expect("the tiny digits config is valid")
+    common::tiny_digits_config(cache)
 }
 
 #[test]

@@ -48,6 +48,16 @@ impl Lab {
         Self::spawn(&["tui", "--config", "tiny.toml", "--out", "run"], dir)
     }
 
+    /// The same on the tiny digits config.
+    fn start_digits() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = common::tiny_digits_config(&dir.path().join("teachers"));
+        config.schedule.steps = vec![1_000_000; config.schedule.steps.len()];
+        let config_file = dir.path().join("digits.toml");
+        std::fs::write(&config_file, config.to_toml().unwrap()).unwrap();
+        Self::spawn(&["tui", "--config", "digits.toml", "--out", "run"], dir)
+    }
+
     /// Runs `disback ARGS` in a new pseudo-terminal, in `dir`.
     fn spawn(args: &[&str], dir: tempfile::TempDir) -> Self {
         let pty = native_pty_system()
@@ -131,6 +141,12 @@ impl Lab {
 
     fn pump(&mut self) {
         while let Ok(chunk) = self.bytes.recv_timeout(Duration::from_millis(20)) {
+            // Answer a status report request as every terminal does: the
+            // lab on image data asks for graphics support, and a query
+            // left unanswered would keep reading the keys.
+            if chunk.windows(4).any(|w| w == b"\x1b[5n") {
+                self.press("\x1b[0n");
+            }
             self.parser.process(&chunk);
         }
     }
@@ -224,6 +240,57 @@ fn the_lab_runs_in_a_terminal_and_restores_it() {
     // cost, so into the same file.
     assert_eq!(lab.saved_generators().len(), 1, "{:?}", lab.saved_generators());
     assert!(lab.run_file("state/latest.json").is_file());
+}
+
+#[test]
+fn an_image_run_shows_sample_grids_views_and_nodes() {
+    let mut lab = Lab::start_digits();
+    lab.wait_for("TARGET");
+    lab.wait_for("generator (fixed latents)");
+    // The grid: half-blocks in colour (xterm-256color: the 256-colour
+    // palette), many of them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while half_blocks(&lab) < 40 {
+        assert!(Instant::now() < deadline, "no image grid:\n{}", lab.text());
+        lab.pump();
+    }
+    lab.wait_for("% covered");
+    lab.press("v");
+    lab.wait_for("Preview 2/3: Heun samples of target s'θ");
+    lab.press("v");
+    lab.wait_for("data (reference)");
+    lab.press("v");
+    lab.wait_for("generator (fixed latents)");
+    // A node of the path: the teacher, by its number.
+    lab.press("0");
+    lab.wait_for("Preview: node s'θ0 (teacher)");
+    lab.press(" ");
+    lab.wait_for("[PAUSED]");
+    lab.press("s");
+    lab.wait_for("saved run/generator/saved-");
+    lab.press("q");
+    lab.wait_for("Leave the lab?");
+    lab.press("s");
+    lab.wait_exit(0);
+    lab.wait_runner_gone();
+    assert_eq!(lab.saved_generators().len(), 1, "{:?}", lab.saved_generators());
+}
+
+/// Cells of the screen drawn as half-blocks with two colours.
+fn half_blocks(lab: &Lab) -> usize {
+    let screen = lab.parser.screen();
+    let mut n = 0;
+    for row in 0..24 {
+        for col in 0..80 {
+            if let Some(cell) = screen.cell(row, col)
+                && cell.contents() == "▀"
+                && cell.fgcolor() != cell.bgcolor()
+            {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 #[test]

@@ -232,21 +232,22 @@ pub fn main() -> Result<Ended> {
 /// background, then attaches.
 fn tui(args: RunArgs) -> Result<Ended> {
     crate::ui::check_terminal()?;
-    let dir = run::start_in_background(&args, true)?;
-    lab(&dir)
+    let (dir, config) = run::start_in_background(&args, true)?;
+    lab(&dir, config.data.is_image())
 }
 
 /// The lab on a run that trains in the background.
 fn attach(dir: Option<PathBuf>) -> Result<Ended> {
     crate::ui::check_terminal()?;
     let dir = crate::runner::attach_target(dir, Path::new("runs"))?;
-    lab(&dir)
+    let config = crate::config::Config::load_run(&crate::engine::RunDir::open(&dir)?.config())?;
+    lab(&dir, config.data.is_image())
 }
 
-fn lab(dir: &Path) -> Result<Ended> {
-    let config = crate::config::Config::load_run(&crate::engine::RunDir::open(dir)?.config())?;
+/// The lab on the run in `dir`; `images` when its data is images.
+fn lab(dir: &Path, images: bool) -> Result<Ended> {
     let (link, pid) = crate::runner::connect(dir)?;
-    let end = crate::ui::run(link, config.data.is_image())?;
+    let end = crate::ui::run(link, images)?;
     let dir = dir.display();
     Ok(match end {
         LabEnd::Detached { signal } => {

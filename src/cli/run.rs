@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 pub fn run(args: RunArgs) -> Result<Ended> {
     if args.detach {
-        let dir = start_in_background(&args, false)?;
+        let (dir, _) = start_in_background(&args, false)?;
         println!(
             "running in the background; its output goes to {}\n  watch and steer: disback attach {}\n  \
              stop (checkpoint, then end): disback stop {}",
@@ -67,14 +67,15 @@ pub fn serve(args: RunArgs) -> Result<Ended> {
 }
 
 /// Starts `disback serve` for these arguments in the background and
-/// returns the run directory once its runner answers.
-pub fn start_in_background(args: &RunArgs, lab: bool) -> Result<PathBuf> {
+/// returns the run directory, once its runner answers, with the run's
+/// config.
+pub fn start_in_background(args: &RunArgs, lab: bool) -> Result<(PathBuf, Config)> {
     // Check what can be checked here, where the user sees the answer.
-    let dir = match &args.resume {
+    let (dir, config) = match &args.resume {
         Some(dir) => {
             let config = Config::load_run(&RunDir::open(dir)?.config())?;
             args.check_memory(&config)?;
-            dir.clone()
+            (dir.clone(), config)
         }
         None => {
             let config = args.config.load()?;
@@ -91,11 +92,11 @@ pub fn start_in_background(args: &RunArgs, lab: bool) -> Result<PathBuf> {
                 };
                 RunDir::check_free(&dir, Some(again))?;
             }
-            dir
+            (dir, config)
         }
     };
     runner::spawn_detached(&args.serve_args(&dir), &dir)?;
-    Ok(dir)
+    Ok((dir, config))
 }
 
 /// Takes the run directory (created, or opened to resume) and what to

@@ -268,12 +268,12 @@ fn draw_preview(frame: &mut Frame, area: Rect, app: &App, graphics: Option<&mut 
         "generator · model · field"
     };
     let position = match app.preview {
-        Preview::Generator => "1/3",
-        Preview::Model => "2/3",
-        Preview::Data | Preview::ScoreField => "3/3",
-        Preview::Node(_) => "node",
+        Preview::Generator => " 1/3",
+        Preview::Model => " 2/3",
+        Preview::Data | Preview::ScoreField => " 3/3",
+        Preview::Node(_) => "",
     };
-    let outer = block(format!("Preview {position}: {}", preview_title(app)), app)
+    let outer = block(format!("Preview{position}: {}", preview_title(app)), app)
         .title_bottom(Line::from(Span::styled(format!(" v: {views} "), app.theme.dim())).right_aligned());
     let inner = outer.inner(area);
     frame.render_widget(outer, area);
@@ -305,27 +305,25 @@ fn draw_preview(frame: &mut Frame, area: Rect, app: &App, graphics: Option<&mut 
     }
 }
 
-/// What the preview shows, in words (with "…" while its data is on the way).
+/// What the preview shows, in words (after "…" while its data is on the
+/// way).
 fn preview_title(app: &App) -> String {
     let waiting = app.preview_data.is_none();
     let what = match (app.preview, &app.preview_data) {
-        (Preview::Generator, _) if app.images => "generator samples (fixed latents)".to_string(),
+        (Preview::Generator, _) if app.images => "generator (fixed latents)".to_string(),
         (Preview::Generator, _) => "generator samples over the data".to_string(),
         (Preview::Model, Some(PreviewData::Model { label, .. })) => format!("Heun samples of {label}"),
         (Preview::Model, _) => "Heun samples of the target".to_string(),
-        (Preview::Data, _) => "data samples, for reference".to_string(),
+        (Preview::Data, _) => "data (reference)".to_string(),
         (Preview::ScoreField, Some(PreviewData::ScoreField(f))) => {
             format!("score fields at σ = {:.3}", f.sigma)
         }
         (Preview::ScoreField, _) => "score fields".to_string(),
-        (Preview::Node(0), _) => "Heun samples of node s'θ0, the teacher (esc: back)".to_string(),
-        (Preview::Node(i), _) => format!("Heun samples of node s'θ{i} (esc: back)"),
+        (Preview::Node(0), _) => "node s'θ0 (teacher), Heun · esc".to_string(),
+        (Preview::Node(i), _) => format!("node s'θ{i}, Heun · esc"),
     };
-    if waiting {
-        format!("{what} (sampling…)")
-    } else {
-        what
-    }
+    // The mark goes in front, where a narrow panel does not cut it off.
+    if waiting { format!("… {what}") } else { what }
 }
 
 fn draw_images(
@@ -389,11 +387,11 @@ fn draw_coverage(frame: &mut Frame, area: Rect, app: &App, classes: &[String]) {
         .and_then(|e| e.classes.as_ref());
     let title = match stats {
         Some(s) => format!(
-            "Class coverage {:.0}% · worst off by {:.0}% · 100 = data's share",
+            "Classes: {:.0}% covered · worst ±{:.0}% · 100 = data",
             100.0 * s.coverage,
             100.0 * s.max_share_error
         ),
-        None => "Class coverage (after the first measurement)".to_string(),
+        None => "Classes (after the first measurement)".to_string(),
     };
     let outer = block(title, app);
     let inner = outer.inner(area);

@@ -193,7 +193,10 @@ impl Widget for CellPicture<'_> {
                             Palette::TrueColour => Color::Rgb(rgb[0], rgb[1], rgb[2]),
                             _ => Color::Indexed(indexed(rgb)),
                         };
-                        cell.set_char('▀').set_fg(colour(top)).set_bg(colour(bottom));
+                        // A plain cell where both halves agree: the same
+                        // look in fewer bytes, and a readable text capture.
+                        let symbol = if top == bottom { ' ' } else { '▀' };
+                        cell.set_char(symbol).set_fg(colour(top)).set_bg(colour(bottom));
                     }
                 }
             }

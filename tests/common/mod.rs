@@ -68,6 +68,48 @@ samples = 200
     Config::parse(&text, &[]).expect("the tiny config is valid")
 }
 
+/// The smallest digits run that goes through every stage: an 8-channel
+/// U-Net, a few iterations of each stage, the classifier's metrics.
+pub fn tiny_digits_config(cache: &Path) -> Config {
+    let text = format!(
+        r#"
+name = "tiny-digits"
+seed = 1
+device = "cpu"
+[data]
+kind = "digits"
+[unet]
+channels = 8
+multipliers = [1, 2]
+emb_dim = 8
+groups = 4
+[teacher]
+steps = 60
+batch = 32
+cache_dir = {cache:?}
+[record]
+iterations = 8
+node_every = 4
+batch = 16
+[distill]
+batch = 16
+[schedule]
+steps = [6, 12]
+[log]
+every = 4
+checkpoint_every = 10
+final_samples = 20
+[metrics]
+every = 10
+samples = 32
+stf_reference = 64
+mismatch_sigmas = [0.5, 2.0]
+"#,
+        cache = cache.display().to_string()
+    );
+    Config::parse(&text, &[]).expect("the tiny digits config is valid")
+}
+
 /// What a checked run saw.
 #[derive(Debug, Default)]
 pub struct Observed {
