@@ -4,15 +4,19 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use disback::config::{Method, SchedulePolicy};
+use disback::data::PixelImages;
 use disback::data::{Bounds, GaussianMixture, Point};
 use disback::engine::ScoreField;
 use disback::engine::trainer::{Command, DataInfo, Preview, PreviewData, Shown, Update};
 use disback::engine::{Event, MetricsRecord, NodeStatus, NodeView, SessionView, Stage};
+use disback::metrics::{ClassStats, Evaluation};
 use disback::rng::host_rng;
-use disback::ui::{App, Exit, Mode, Theme, draw};
+use disback::ui::{App, Exit, Mode, Palette, Theme, Tiling, draw};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::Color;
 use ratatui::style::Modifier;
 use std::path::PathBuf;
 
@@ -437,4 +441,193 @@ fn the_loss_sparklines_restart_with_each_stage() {
         "teacher losses are gone"
     );
     assert_eq!(a.fake_loss.tail(10).count(), 1);
+}
+
+/// The lab on labelled 8 × 8 images: classes "0"–"9", and a generator
+/// preview of one image per value, each all of that grey.
+fn image_app(values: &[u8], theme: Theme) -> App {
+    let mut a = App::new(theme);
+    a.palette = if theme.color {
+        Palette::TrueColour
+    } else {
+        Palette::Ramp
+    };
+    let mut v = backtracking();
+    v.data = "UCI digits (1797 images), 1×8×8".into();
+    a.on_update(Update::Started {
+        view: Box::new(v),
+        data: DataInfo::Images {
+            classes: Some((0..10).map(|k| k.to_string()).collect()),
+        },
+    });
+    let pixels = values.iter().flat_map(|&v| std::iter::repeat_n(v, 64)).collect();
+    let images = PixelImages {
+        channels: 1,
+        height: 8,
+        width: 8,
+        pixels,
+    };
+    a.on_update(Update::Preview(PreviewData::Generator(Shown::Images(images))));
+    a
+}
+
+/// Image pixels of grey `v` on the screen: half-block halves of it.
+fn grey_pixels(buf: &Buffer, v: u8) -> usize {
+    let grey = Color::Rgb(v, v, v);
+    let halves = |c: &ratatui::buffer::Cell| (c.fg == grey) as usize + (c.bg == grey) as usize;
+    buf.content().iter().map(halves).sum()
+}
+
+/// Twelve greys, none the frame's (110) or the background's (24).
+fn twelve_greys() -> Vec<u8> {
+    (0..12).map(|i| 20 * i as u8 + (i >= 6) as u8).collect()
+}
+
+#[test]
+fn image_previews_are_grids_of_half_blocks_in_their_colours() {
+    let greys = twelve_greys();
+    let a = image_app(&greys, Theme { color: true });
+    let buf = render(&a, 100, 40);
+    let screen = text(&buf);
+    assert!(
+        screen.contains("Preview 1/3: generator (fixed latents)"),
+        "{screen}"
+    );
+    // Each image shows whole, at one scale s: 64 s² pixels of its grey.
+    let pixels: Vec<usize> = greys.iter().map(|&v| grey_pixels(&buf, v)).collect();
+    let s = (1..8)
+        .find(|s| 64 * s * s == pixels[1])
+        .unwrap_or_else(|| panic!("{pixels:?}"));
+    assert!(pixels[1..].iter().all(|&c| c == pixels[1]), "{pixels:?}");
+    // The panel's inner area fits 12 of them at this scale and no larger
+    // one shows 12: that is the composer's rule, checked on the screen.
+    let (x, y) = find(&buf, "Preview 1/3").unwrap();
+    let area = Rect::new(x, y + 1, 100 - x - 1, 40 - 2 - 10 - 1 - 8 - 2);
+    let fit = Tiling::fit(12, (8, 8), (area.width as u32, 2 * area.height as u32), 1).unwrap();
+    assert_eq!(
+        (fit.scale_x as usize, fit.shown(12)),
+        (s, 12),
+        "{fit:?} in {area:?}"
+    );
+    // The first image is black, which nothing else on screen is.
+    assert_eq!(grey_pixels(&buf, 0), 64 * s * s);
+}
+
+#[test]
+fn the_class_coverage_chart_shows_the_given_shares() {
+    let mut a = image_app(&[0, 50, 100, 150], Theme { color: true });
+    let shares = vec![1.0, 0.0, 0.5, 1.2, 1.0, 1.0, 0.9, 1.1, 1.0, 1.3];
+    let mut v = a.view.clone().unwrap();
+    v.latest_eval = Some(Evaluation {
+        energy: 0.1,
+        sliced_w: 0.1,
+        modes: None,
+        classes: Some(ClassStats {
+            shares: shares.clone(),
+            coverage: 0.9,
+            max_share_error: 1.0,
+        }),
+        classifier_fd: Some(12.5),
+        pixel_fd: Some(0.8),
+        mismatch_target: vec![],
+        mismatch_teacher: vec![],
+        mismatch_data: vec![],
+    });
+    a.on_update(Update::View {
+        view: Box::new(v),
+        rate: 3.0,
+    });
+    let buf = render(&a, 100, 40);
+    let screen = text(&buf);
+    assert!(screen.contains("Classes: 90% covered · worst ±100%"), "{screen}");
+    // The bars' values, in class order along one row, and the labels below.
+    let (_, values_row) = find(&buf, "130").expect("the 1.3 share's value");
+    let values = screen.lines().nth(values_row as usize).unwrap();
+    let order: Vec<usize> = ["100", "50", "120", "90", "110", "130"]
+        .iter()
+        .map(|v| values.find(v).unwrap_or_else(|| panic!("{v} in {values:?}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{values}");
+    let labels = screen.lines().nth(values_row as usize + 1).unwrap();
+    let at: Vec<usize> = (0..10)
+        .map(|k| {
+            labels
+                .find(&format!(" {k} "))
+                .unwrap_or_else(|| panic!("{k}: {labels}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{labels}");
+    // The dropped class is an empty column; the half-share one is flagged.
+    let column = labels.find(" 1 ").unwrap() + 1;
+    let column = labels[..column].chars().count() as u16;
+    for row in values_row - 3..=values_row {
+        assert_eq!(
+            buf[(column, row)].symbol(),
+            " ",
+            "class 1's bar is empty:\n{screen}"
+        );
+    }
+    let at = |v: &str| values[..values.find(v).unwrap()].chars().count() as u16;
+    assert_eq!(
+        buf[(at("50"), values_row)].fg,
+        Color::Yellow,
+        "a half share is a warning"
+    );
+    assert_eq!(buf[(at("90"), values_row)].fg, Color::Green);
+}
+
+#[test]
+fn without_colour_images_use_the_character_ramp() {
+    let a = image_app(&[255, 200, 150, 100, 50, 0], Theme { color: false });
+    let buf = render(&a, 100, 40);
+    let screen = text(&buf);
+    // Each pixel two characters wide, in even brightness bins.
+    for run in [
+        "@@@@@@@@@@@@@@@@",
+        "################",
+        "++++++++++++++++",
+        "----------------",
+        "................",
+    ] {
+        assert!(screen.contains(run), "{run}\n{screen}");
+    }
+    assert!(!screen.contains('▀'), "no half-blocks without colour");
+    assert!(
+        buf.content()
+            .iter()
+            .all(|c| c.fg == Color::Reset && c.bg == Color::Reset),
+        "no colour anywhere"
+    );
+}
+
+#[test]
+fn v_cycles_image_views_and_nodes_open_by_number_or_cursor() {
+    let mut a = image_app(&[0, 50, 100, 150], Theme { color: true });
+    assert_eq!(a.on_key(key('v')), vec![Command::SetPreview(Preview::Model)]);
+    assert_eq!(a.on_key(key('v')), vec![Command::SetPreview(Preview::Data)]);
+    assert_eq!(a.on_key(key('v')), vec![Command::SetPreview(Preview::Generator)]);
+    // Node 1 is recorded; node 7 does not exist.
+    assert_eq!(a.on_key(key('1')), vec![Command::SetPreview(Preview::Node(1))]);
+    let screen = text(&render(&a, 100, 40));
+    assert!(screen.contains("Preview: … node s'θ1, Heun"), "{screen}");
+    assert!(a.on_key(key('7')).is_empty());
+    assert!(a.log.back().unwrap().text.contains("no node s'θ7"));
+    // The cursor appears on the target (2), then moves; enter opens it.
+    a.node_cursor = None;
+    let arrow = |code| KeyEvent::new(code, KeyModifiers::NONE);
+    assert!(a.on_key(arrow(KeyCode::Down)).is_empty());
+    assert_eq!(a.node_cursor, Some(2));
+    a.on_key(arrow(KeyCode::Down));
+    a.on_key(arrow(KeyCode::Up));
+    a.on_key(arrow(KeyCode::Up));
+    assert_eq!(a.node_cursor, Some(3));
+    assert_eq!(
+        a.on_key(arrow(KeyCode::Enter)),
+        vec![Command::SetPreview(Preview::Node(3))]
+    );
+    // Esc goes back to the generator; so does v.
+    assert_eq!(
+        a.on_key(arrow(KeyCode::Esc)),
+        vec![Command::SetPreview(Preview::Generator)]
+    );
 }

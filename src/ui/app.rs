@@ -358,7 +358,10 @@ impl App {
                 self.note(LogKind::Warn, format!("node s'θ{index} is not recorded yet"));
                 Vec::new()
             }
-            Some(_) => self.show(Preview::Node(index)),
+            Some(_) => {
+                self.node_cursor = Some(index);
+                self.show(Preview::Node(index))
+            }
         }
     }
 
@@ -369,6 +372,7 @@ impl App {
             return;
         };
         let last = count - 1;
+        // The first press shows the cursor where it starts: on the target.
         self.node_cursor = Some(match (self.node_cursor, up) {
             (None, _) => self.view.as_ref().and_then(|v| v.target).unwrap_or(0).min(last),
             (Some(i), true) => (i + 1).min(last),
@@ -437,11 +441,7 @@ impl App {
                     Vec::new()
                 }
             },
-            KeyCode::Char(c @ '0'..='9') => {
-                let index = c as usize - '0' as usize;
-                self.node_cursor = Some(index);
-                self.show_node(index)
-            }
+            KeyCode::Char(c @ '0'..='9') => self.show_node(c as usize - '0' as usize),
             KeyCode::Esc if matches!(self.preview, Preview::Node(_)) => self.show(Preview::Generator),
             KeyCode::Char('m') => {
                 let on = !self.manual();

@@ -9,7 +9,7 @@
 //! the previous encoding until the new one comes back. Neither the UI nor
 //! training ever waits for it.
 
-use super::pictures::compose;
+use super::pictures::{FRAME, compose};
 use crate::data::PixelImages;
 use ratatui::Frame;
 use ratatui::layout::{Rect, Size};
@@ -93,7 +93,7 @@ impl Graphics {
                 area.width as u32 * font.width as u32,
                 area.height as u32 * font.height as u32,
             );
-            let picture = compose(images, size, 1);
+            let picture = compose(images, size, 1, FRAME);
             if self.jobs.send(Job { key, picture }).is_ok() {
                 self.asked = Some(key);
             }

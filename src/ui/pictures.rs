@@ -119,12 +119,20 @@ impl Tiling {
     }
 }
 
+/// Around and between images in colour: a mid grey, so that black and
+/// white images both stand out, on a dark background.
+pub const FRAME: image::Rgb<u8> = image::Rgb([110, 110, 110]);
+const BACKGROUND: image::Rgb<u8> = image::Rgb([24, 24, 24]);
+
 /// The picture of `images` filling exactly `px_w` × `px_h` pixels: the
-/// grid centred on a dark background, images on a mid-grey frame (so black
-/// and white images both stand out). Empty when not one image fits.
-pub fn compose(images: &PixelImages, (px_w, px_h): (u32, u32), aspect: u32) -> image::RgbImage {
-    const BACKGROUND: image::Rgb<u8> = image::Rgb([24, 24, 24]);
-    const FRAME: image::Rgb<u8> = image::Rgb([110, 110, 110]);
+/// grid centred, images on a `frame` of that colour. Only the background
+/// when not one image fits.
+pub fn compose(
+    images: &PixelImages,
+    (px_w, px_h): (u32, u32),
+    aspect: u32,
+    frame: image::Rgb<u8>,
+) -> image::RgbImage {
     let mut picture = image::RgbImage::from_pixel(px_w, px_h, BACKGROUND);
     let (w, h) = (images.width, images.height);
     let Some(t) = Tiling::fit(images.len(), (w, h), (px_w, px_h), aspect) else {
@@ -137,7 +145,7 @@ pub fn compose(images: &PixelImages, (px_w, px_h): (u32, u32), aspect: u32) -> i
     let (x0, y0) = ((px_w - grid_w) / 2, (px_h - grid_h) / 2);
     for y in y0..y0 + grid_h {
         for x in x0..x0 + grid_w {
-            picture.put_pixel(x, y, FRAME);
+            picture.put_pixel(x, y, frame);
         }
     }
     for i in 0..shown {
@@ -153,11 +161,17 @@ pub fn compose(images: &PixelImages, (px_w, px_h): (u32, u32), aspect: u32) -> i
     picture
 }
 
-/// The picture of `images` for a panel of `area` cells in `palette`.
+/// The picture of `images` for a panel of `area` cells in `palette`. The
+/// ramp has no frame: any grey would read as some image's brightness, so
+/// blank gaps (the background's level) part the images.
 pub fn compose_for(images: &PixelImages, area: Rect, palette: Palette) -> image::RgbImage {
     let (per_x, per_y) = palette.pixels_per_cell();
     let size = (area.width as u32 * per_x, area.height as u32 * per_y);
-    compose(images, size, palette.aspect())
+    let frame = match palette {
+        Palette::Ramp => BACKGROUND,
+        _ => FRAME,
+    };
+    compose(images, size, palette.aspect(), frame)
 }
 
 /// A composed picture drawn cell by cell in `palette` (see
@@ -183,8 +197,9 @@ impl Widget for CellPicture<'_> {
                 let top = self.picture.get_pixel(x, y).0;
                 match self.palette {
                     Palette::Ramp => {
-                        let level = luminance(top) * (RAMP.len() - 1) as f32 / 255.0;
-                        cell.set_char(RAMP[level.round() as usize])
+                        // Even bins over 0–255: the background is blank.
+                        let level = (luminance(top) * RAMP.len() as f32 / 256.0) as usize;
+                        cell.set_char(RAMP[level.min(RAMP.len() - 1)])
                             .set_style(Style::reset().remove_modifier(Modifier::all()));
                     }
                     _ => {
@@ -279,7 +294,7 @@ mod tests {
         let images = greys(3, 2);
         // 3 images of 2 × 2 at scale 1 in 10 × 5: cells of 3 px, a grid of
         // 3·3 + 1 = 10 by 3 + 1 = 4, centred (x0 = 0, y0 = 0).
-        let p = compose(&images, (10, 5), 1);
+        let p = compose(&images, (10, 5), 1, FRAME);
         assert_eq!(p.dimensions(), (10, 5));
         assert_eq!(p.get_pixel(0, 0).0, [110; 3], "frame");
         assert_eq!(p.get_pixel(1, 1).0, [0; 3], "image 0");
@@ -354,6 +369,6 @@ mod tests {
         }
         .render(area, &mut buf);
         let row: String = (0..6).map(|x| buf[(x, 1)].symbol().to_string()).collect();
-        assert_eq!(row, "=@@  =", "frame, white ×2, black ×2, frame");
+        assert_eq!(row, " @@   ", "gap, white ×2, black ×2, gap");
     }
 }
