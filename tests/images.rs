@@ -155,6 +155,18 @@ fn a_tiny_digits_run_trains_every_stage_and_writes_image_files() {
             "{name}"
         );
     }
+    // `plots/snapshots.png` holds every grid side by side, 10 px apart,
+    // under a 30 px caption band.
+    let grids: Vec<u32> = std::fs::read_dir(run.root().join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .map(|p| image::open(p).unwrap().width())
+        .collect();
+    assert!(grids.len() >= 3, "{grids:?}");
+    let strip = image::open(run.root().join("plots/snapshots.png")).unwrap();
+    let width = grids.iter().map(|w| w + 10).sum::<u32>() + 10;
+    assert_eq!((strip.width(), strip.height()), (width, 30 + 10 + 402));
     let samples = read_tensors(&run.samples_tensor(), &Device::Cpu).unwrap();
     let t: &Tensor = samples.tensors.get("samples").unwrap();
     assert_eq!(t.dims(), &[20, 1, 8, 8]);

@@ -2,7 +2,9 @@
 //! Figs. 1 and 4), mismatch against σ (Fig. 11), generator snapshots
 //! (Fig. 12) and score fields (Fig. 13).
 
-use super::{COLORS, Figure, log_range, plot_err, save};
+use super::{COLORS, Figure, log_range, plot_err, register_font, save};
+use crate::files::atomic_write;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use crate::config::Config;
 use crate::data::{Bounds, PlaneData, Point};
 use crate::engine::{MetricsRecord, RunDir, ScoreField, Stage, read_metrics, read_points_csv};
@@ -324,9 +326,9 @@ pub fn plot_run(root: &Path) -> Result<Vec<PathBuf>> {
         written.extend(save(&by_sigma, &dir)?);
     }
 
-    // Scatter snapshots and score fields are 2-D figures; an image run's
-    // snapshots are already pictures (`samples/*.png`).
+    // An image run's snapshots are sample grids: one strip of them.
     let Some(plane) = PlaneData::new(&config.data) else {
+        written.extend(image_snapshots(&run, &dir)?);
         return Ok(written);
     };
     let background = plane.sample(2000, &mut host_rng(0, streams::BACKGROUND));
@@ -342,6 +344,65 @@ pub fn plot_run(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// The moments a run keeps generator snapshots of, in order, with their
+/// captions: the initial generator, leaving each target (most degraded
+/// first), the end.
+fn snapshot_moments() -> impl Iterator<Item = (String, String)> {
+    let nodes = (0..32)
+        .rev()
+        .map(|node| (format!("at-node-{node}"), format!("after target s'θ{node}")));
+    std::iter::once(("initial".to_string(), "initial generator G⁰".to_string()))
+        .chain(nodes)
+        .chain(std::iter::once(("final".to_string(), "final generator".to_string())))
+}
+
+/// The image analogue of Fig. 12: the run's sample grids (`samples/*.png`,
+/// all from the same latents) side by side under captions, as
+/// `plots/snapshots.png`. A PNG only: an SVG of every pixel as a
+/// rectangle would be megabytes.
+fn image_snapshots(run: &RunDir, dir: &Path) -> Result<Option<PathBuf>> {
+    const CAPTION: u32 = 30;
+    const MARGIN: u32 = 10;
+    let mut panels = Vec::new();
+    for (name, caption) in snapshot_moments() {
+        let file = run.snapshot_grid(&name);
+        if file.exists() {
+            let grid = image::open(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read the snapshot {}: {e}", file.display()))?
+                .to_rgb8();
+            panels.push((caption, grid));
+        }
+    }
+    if panels.is_empty() {
+        return Ok(None);
+    }
+    let width = panels.iter().map(|(_, g)| g.width() + MARGIN).sum::<u32>() + MARGIN;
+    let height = CAPTION + MARGIN + panels.iter().map(|(_, g)| g.height()).max().unwrap_or(0);
+    let mut strip = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let mut x = MARGIN;
+    let mut captions = Vec::new();
+    for (caption, grid) in &panels {
+        image::imageops::replace(&mut strip, grid, x as i64, CAPTION as i64);
+        captions.push((caption.clone(), x + grid.width() / 2));
+        x += grid.width() + MARGIN;
+    }
+    register_font();
+    {
+        let (w, h) = strip.dimensions();
+        let root = BitMapBackend::with_buffer(strip.as_mut(), (w, h)).into_drawing_area();
+        let style = TextStyle::from(("sans-serif", 16).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+        for (caption, centre) in captions {
+            root.draw_text(&caption, &style, (centre as i32, 8)).map_err(plot_err)?;
+        }
+        root.present().map_err(plot_err)?;
+    }
+    let path = dir.join("snapshots.png");
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    strip.write_to(&mut bytes, image::ImageFormat::Png)?;
+    atomic_write(&path, bytes.get_ref())?;
+    Ok(Some(path))
+}
+
 /// Generator samples over the data at moments of the run (Fig. 12).
 struct Snapshots {
     panels: Vec<(String, Vec<Point>)>,
@@ -352,15 +413,10 @@ struct Snapshots {
 impl Snapshots {
     fn read(run: &RunDir, data: Vec<Point>, bounds: Bounds) -> Result<Self> {
         let mut panels = Vec::new();
-        let initial = run.snapshot("initial");
-        if initial.exists() {
-            panels.push(("initial generator G⁰".to_string(), read_points_csv(&initial)?));
-        }
-        // Snapshots when leaving each target, most degraded first.
-        for node in (0..32).rev() {
-            let file = run.snapshot(&format!("at-node-{node}"));
+        for (name, caption) in snapshot_moments().filter(|(name, _)| name != "final") {
+            let file = run.snapshot(&name);
             if file.exists() {
-                panels.push((format!("after target s'θ{node}"), read_points_csv(&file)?));
+                panels.push((caption, read_points_csv(&file)?));
             }
         }
         if run.samples().exists() {

@@ -18,7 +18,7 @@ use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// The font every figure uses, registered once.
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
