@@ -361,3 +361,62 @@ fn the_lab_without_a_terminal_says_so_and_writes_no_escape_codes() {
     assert!(stderr(&o).contains("needs a terminal") && stderr(&o).contains("disback run"));
     assert!(!dir.path().join("r").exists());
 }
+
+#[test]
+fn show_prints_pictures_of_a_file_a_run_and_a_comparison_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |p: &str| dir.path().join(p);
+    let png = |path: &std::path::Path, w: u32, h: u32| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 90]))
+            .save(path)
+            .unwrap();
+    };
+    // Pictures come out as coloured blocks (no terminal: no graphics), in
+    // order, each under its file name.
+    png(&at("one.png"), 8, 6);
+    let o = disback(&["show", "one.png", "--width", "8"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("one.png\n") && out.contains('▄'), "{out:?}");
+    // A run: its newest sample grid, then its plots by name.
+    png(&at("run/samples/initial.png"), 4, 4);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    png(&at("run/samples/at-node-2.png"), 4, 4);
+    png(&at("run/plots/b.png"), 4, 4);
+    png(&at("run/plots/a.png"), 4, 4);
+    std::fs::write(at("run/plots/a.svg"), "<svg/>").unwrap();
+    let o = disback(&["show", "run", "--width", "4"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.ends_with(".png"))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        names,
+        ["run/samples/at-node-2.png", "run/plots/a.png", "run/plots/b.png"]
+    );
+    // A comparison: its plots only.
+    png(&at("cmp/plots/distance.png"), 4, 4);
+    std::fs::write(at("cmp/compare.json"), "{}").unwrap();
+    let o = disback(&["show", "cmp"], dir.path());
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("cmp/plots/distance.png"));
+    // Missing, not an image, nothing to show: clear errors.
+    let o = disback(&["show", "nothing.png"], dir.path());
+    assert!(
+        !o.status.success() && stderr(&o).contains("nothing.png does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(at("text.png"), "not a picture").unwrap();
+    let o = disback(&["show", "text.png"], dir.path());
+    assert!(
+        stderr(&o).contains("text.png is not an image that can be read"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::create_dir(at("empty")).unwrap();
+    let o = disback(&["show", "empty"], dir.path());
+    assert!(stderr(&o).contains("empty holds no pictures"), "{}", stderr(&o));
+}

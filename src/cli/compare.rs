@@ -85,6 +85,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         out.display()
     );
+    eprintln!("{}", super::show::hint(out));
     Ok(())
 }
 

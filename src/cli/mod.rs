@@ -4,6 +4,7 @@
 mod bench;
 mod compare;
 mod run;
+mod show;
 
 use crate::config::Config;
 use crate::data::Samples;
@@ -69,6 +70,17 @@ pub enum Command {
     },
     /// Draw samples from a saved generator into a CSV file (header x,y).
     Sample(SampleArgs),
+    /// Show pictures in the terminal: a PNG, a run directory's latest
+    /// sample grid and plots, or a comparison's plots (kitty, iTerm2 or
+    /// sixel graphics where the terminal has them, coloured blocks
+    /// elsewhere).
+    Show {
+        /// A PNG or JPEG file, a run directory or a comparison directory.
+        path: PathBuf,
+        /// Width in terminal columns (default: fit the terminal).
+        #[arg(long)]
+        width: Option<u32>,
+    },
     /// Measure training speed (steps per second) and print a table.
     Bench(bench::BenchArgs),
 }
@@ -220,6 +232,7 @@ pub fn main() -> Result<Ended> {
         Some(Command::Compare(args)) => finished(compare::compare(args)),
         Some(Command::Plot { dir }) => finished(plot(&dir)),
         Some(Command::Sample(args)) => finished(sample(args)),
+        Some(Command::Show { path, width }) => finished(show::show(&path, width)),
         Some(Command::Bench(args)) => finished(bench::bench(args)),
         None => tui(RunArgs {
             linger: RunArgs::LINGER,
@@ -303,6 +316,7 @@ fn plot(dir: &Path) -> Result<()> {
     for file in written {
         eprintln!("wrote {}", file.display());
     }
+    eprintln!("{}", show::hint(dir));
     Ok(())
 }
 

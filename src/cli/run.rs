@@ -219,6 +219,7 @@ impl Printer {
                 if let Some(e) = &self.last_eval {
                     eprintln!("final: {}", describe_eval(e));
                 }
+                eprintln!("{}", super::show::hint(dir));
             }
             Ended::Stopped { .. } => eprintln!(
                 "stopped at iteration {}; continue with: disback run --resume {}",

@@ -3,11 +3,10 @@
 //! (Fig. 12) and score fields (Fig. 13).
 
 use super::{COLORS, Figure, log_range, plot_err, register_font, save};
-use crate::files::atomic_write;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use crate::config::Config;
 use crate::data::{Bounds, PlaneData, Point};
 use crate::engine::{MetricsRecord, RunDir, ScoreField, Stage, read_metrics, read_points_csv};
+use crate::files::atomic_write;
 use crate::files::read_json;
 use crate::metrics::Evaluation;
 use crate::rng::{host_rng, streams};
@@ -16,6 +15,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::types::RangedCoordf32;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
 
 /// A line with an optional band (low, high) around it.
@@ -353,7 +353,10 @@ fn snapshot_moments() -> impl Iterator<Item = (String, String)> {
         .map(|node| (format!("at-node-{node}"), format!("after target s'θ{node}")));
     std::iter::once(("initial".to_string(), "initial generator G⁰".to_string()))
         .chain(nodes)
-        .chain(std::iter::once(("final".to_string(), "final generator".to_string())))
+        .chain(std::iter::once((
+            "final".to_string(),
+            "final generator".to_string(),
+        )))
 }
 
 /// The image analogue of Fig. 12: the run's sample grids (`samples/*.png`,
@@ -392,7 +395,8 @@ fn image_snapshots(run: &RunDir, dir: &Path) -> Result<Option<PathBuf>> {
         let root = BitMapBackend::with_buffer(strip.as_mut(), (w, h)).into_drawing_area();
         let style = TextStyle::from(("sans-serif", 16).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
         for (caption, centre) in captions {
-            root.draw_text(&caption, &style, (centre as i32, 8)).map_err(plot_err)?;
+            root.draw_text(&caption, &style, (centre as i32, 8))
+                .map_err(plot_err)?;
         }
         root.present().map_err(plot_err)?;
     }
