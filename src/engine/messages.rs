@@ -87,6 +87,24 @@ pub enum Command {
 pub struct Link {
     pub commands: std::sync::mpsc::Sender<Command>,
     pub updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
+    /// The thread that carries commands to a runner, if one does: see
+    /// [`Link::close`].
+    pub carrier: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Link {
+    /// Lets go of training, after every command sent so far is delivered:
+    /// a key pressed just before leaving (resume, then detach) is not lost
+    /// when the process ends.
+    pub fn close(self) {
+        let Link {
+            commands, carrier, ..
+        } = self;
+        drop(commands);
+        if let Some(carrier) = carrier {
+            let _ = carrier.join();
+        }
+    }
 }
 
 /// The preview views.

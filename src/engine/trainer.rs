@@ -41,6 +41,7 @@ impl TrainerHandle {
         let link = Link {
             commands: self.commands,
             updates: self.updates,
+            carrier: None,
         };
         (link, self.thread)
     }

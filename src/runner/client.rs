@@ -21,7 +21,7 @@ pub fn connect(run_dir: &Path) -> Result<(Link, u32)> {
     let (commands, command_rx) = std::sync::mpsc::channel::<Command>();
     let (update_tx, updates) = tokio::sync::mpsc::unbounded_channel();
     let mut writer = reader.get_ref().try_clone()?;
-    std::thread::spawn(move || {
+    let carrier = std::thread::spawn(move || {
         for command in command_rx {
             if writer
                 .write_all(wire::encode(&ClientMessage::Command(command)).as_bytes())
@@ -47,7 +47,14 @@ pub fn connect(run_dir: &Path) -> Result<(Link, u32)> {
             }
         }
     });
-    Ok((Link { commands, updates }, pid))
+    Ok((
+        Link {
+            commands,
+            updates,
+            carrier: Some(carrier),
+        },
+        pid,
+    ))
 }
 
 /// Opens the socket and exchanges hellos; returns the reader (which may

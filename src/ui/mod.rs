@@ -50,7 +50,7 @@ pub enum LabEnd {
 /// Opens the lab on a link to training and returns when the user leaves.
 /// For image data (`images`), the terminal is first asked for a graphics
 /// protocol, so that previews can be real pixels.
-pub fn run(link: Link, images: bool) -> Result<LabEnd> {
+pub fn run(mut link: Link, images: bool) -> Result<LabEnd> {
     install_panic_hook();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -60,7 +60,8 @@ pub fn run(link: Link, images: bool) -> Result<LabEnd> {
     // Only with colour: the ramp is for terminals that want none. The query
     // must come before anything else reads the terminal's input.
     let graphics = (images && theme.color).then(Graphics::detect).flatten();
-    let outcome = runtime.block_on(event_loop(&mut terminal, link, theme, graphics));
+    let outcome = runtime.block_on(event_loop(&mut terminal, &mut link, theme, graphics));
+    link.close();
     ratatui::restore();
     outcome
 }
@@ -99,7 +100,7 @@ fn install_panic_hook() {
 
 async fn event_loop(
     terminal: &mut ratatui::DefaultTerminal,
-    mut link: Link,
+    link: &mut Link,
     theme: Theme,
     graphics: Option<(Graphics, UnboundedReceiver<Encoded>)>,
 ) -> Result<LabEnd> {
