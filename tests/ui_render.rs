@@ -503,9 +503,9 @@ fn image_previews_are_grids_of_half_blocks_in_their_colours() {
     // one shows 12: that is the composer's rule, checked on the screen.
     let (x, y) = find(&buf, "Preview 1/3").unwrap();
     let area = Rect::new(x, y + 1, 100 - x - 1, 40 - 2 - 10 - 1 - 8 - 2);
-    let fit = Tiling::fit(12, (8, 8), (area.width as u32, 2 * area.height as u32), 1).unwrap();
+    let fit = Tiling::fit(12, (8, 8), (area.width as u32, 2 * area.height as u32)).unwrap();
     assert_eq!(
-        (fit.scale_x as usize, fit.shown(12)),
+        (fit.scale as usize, fit.shown(12)),
         (s, 12),
         "{fit:?} in {area:?}"
     );
@@ -581,7 +581,7 @@ fn without_colour_images_use_the_character_ramp() {
     let a = image_app(&[255, 200, 150, 100, 50, 0], Theme { color: false });
     let buf = render(&a, 100, 40);
     let screen = text(&buf);
-    // Each pixel two characters wide, in even brightness bins.
+    // In even brightness bins.
     for run in [
         "@@@@@@@@@@@@@@@@",
         "################",

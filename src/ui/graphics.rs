@@ -93,7 +93,7 @@ impl Graphics {
                 area.width as u32 * font.width as u32,
                 area.height as u32 * font.height as u32,
             );
-            let picture = compose(images, size, 1, FRAME);
+            let picture = compose(images, size, FRAME);
             if self.jobs.send(Job { key, picture }).is_ok() {
                 self.asked = Some(key);
             }

@@ -21,8 +21,8 @@ pub enum Palette {
     TrueColour,
     /// Half-blocks in the 256-colour palette (its grey ramp and colour cube).
     Indexed,
-    /// One character per pixel from a brightness ramp: `NO_COLOR` and
-    /// 16-colour terminals.
+    /// A character from a brightness ramp per cell, for the mean of its
+    /// two pixels: `NO_COLOR` and 16-colour terminals.
     Ramp,
 }
 
@@ -47,22 +47,11 @@ impl Palette {
         }
     }
 
-    /// Image pixels per cell, across and down.
+    /// Picture pixels per cell, across and down: two, one over the other,
+    /// which keeps pixels square (a cell is about twice as tall as wide)
+    /// and fits an 8 × 8 digit in four rows.
     pub fn pixels_per_cell(self) -> (u32, u32) {
-        match self {
-            Palette::TrueColour | Palette::Indexed => (1, 2),
-            // A cell is about twice as tall as wide: two cells per pixel
-            // across keep images square.
-            Palette::Ramp => (1, 1),
-        }
-    }
-
-    /// How many cells across one image pixel takes for every cell down.
-    fn aspect(self) -> u32 {
-        match self {
-            Palette::Ramp => 2,
-            _ => 1,
-        }
+        (1, 2)
     }
 }
 
@@ -72,32 +61,25 @@ const GAP: u32 = 1;
 const ENOUGH: usize = 16;
 
 /// How images are laid out in a picture: `columns` × `rows` of them, each
-/// pixel drawn `scale_x` × `scale_y`.
+/// pixel drawn `scale` × `scale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
     pub columns: usize,
     pub rows: usize,
-    pub scale_x: u32,
-    pub scale_y: u32,
+    pub scale: u32,
 }
 
 impl Tiling {
     /// The layout of up to `n` images of `w` × `h` in `px_w` × `px_h`
-    /// picture pixels, where a picture pixel is `aspect` times as narrow as
-    /// tall: the largest scale that still shows [`ENOUGH`] images (or all
-    /// of them), then as many images as fit. None if not even one fits.
-    pub fn fit(n: usize, (w, h): (usize, usize), (px_w, px_h): (u32, u32), aspect: u32) -> Option<Self> {
+    /// picture pixels: the largest scale that still shows [`ENOUGH`]
+    /// images (or all of them), then as many images as fit. None if not
+    /// even one fits.
+    pub fn fit(n: usize, (w, h): (usize, usize), (px_w, px_h): (u32, u32)) -> Option<Self> {
         let at = |scale: u32| {
-            let (sx, sy) = (scale * aspect, scale);
-            let columns = ((px_w.saturating_sub(GAP)) / (w as u32 * sx + GAP)) as usize;
-            let rows = ((px_h.saturating_sub(GAP)) / (h as u32 * sy + GAP)) as usize;
+            let columns = ((px_w.saturating_sub(GAP)) / (w as u32 * scale + GAP)) as usize;
+            let rows = ((px_h.saturating_sub(GAP)) / (h as u32 * scale + GAP)) as usize;
             let rows = rows.min(n.div_ceil(columns.max(1)));
-            Tiling {
-                columns,
-                rows,
-                scale_x: sx,
-                scale_y: sy,
-            }
+            Tiling { columns, rows, scale }
         };
         let shown = |t: &Tiling| (t.columns * t.rows).min(n);
         let mut best = at(1);
@@ -127,20 +109,15 @@ const BACKGROUND: image::Rgb<u8> = image::Rgb([24, 24, 24]);
 /// The picture of `images` filling exactly `px_w` × `px_h` pixels: the
 /// grid centred, images on a `frame` of that colour. Only the background
 /// when not one image fits.
-pub fn compose(
-    images: &PixelImages,
-    (px_w, px_h): (u32, u32),
-    aspect: u32,
-    frame: image::Rgb<u8>,
-) -> image::RgbImage {
+pub fn compose(images: &PixelImages, (px_w, px_h): (u32, u32), frame: image::Rgb<u8>) -> image::RgbImage {
     let mut picture = image::RgbImage::from_pixel(px_w, px_h, BACKGROUND);
     let (w, h) = (images.width, images.height);
-    let Some(t) = Tiling::fit(images.len(), (w, h), (px_w, px_h), aspect) else {
+    let Some(t) = Tiling::fit(images.len(), (w, h), (px_w, px_h)) else {
         return picture;
     };
     let shown = t.shown(images.len());
     let rows = shown.div_ceil(t.columns);
-    let (cell_w, cell_h) = (w as u32 * t.scale_x + GAP, h as u32 * t.scale_y + GAP);
+    let (cell_w, cell_h) = (w as u32 * t.scale + GAP, h as u32 * t.scale + GAP);
     let (grid_w, grid_h) = (t.columns as u32 * cell_w + GAP, rows as u32 * cell_h + GAP);
     let (x0, y0) = ((px_w - grid_w) / 2, (px_h - grid_h) / 2);
     for y in y0..y0 + grid_h {
@@ -151,9 +128,9 @@ pub fn compose(
     for i in 0..shown {
         let left = x0 + GAP + (i % t.columns) as u32 * cell_w;
         let top = y0 + GAP + (i / t.columns) as u32 * cell_h;
-        for y in 0..h as u32 * t.scale_y {
-            for x in 0..w as u32 * t.scale_x {
-                let rgb = images.rgb(i, (x / t.scale_x) as usize, (y / t.scale_y) as usize);
+        for y in 0..h as u32 * t.scale {
+            for x in 0..w as u32 * t.scale {
+                let rgb = images.rgb(i, (x / t.scale) as usize, (y / t.scale) as usize);
                 picture.put_pixel(left + x, top + y, image::Rgb(rgb));
             }
         }
@@ -171,7 +148,7 @@ pub fn compose_for(images: &PixelImages, area: Rect, palette: Palette) -> image:
         Palette::Ramp => BACKGROUND,
         _ => FRAME,
     };
-    compose(images, size, palette.aspect(), frame)
+    compose(images, size, frame)
 }
 
 /// A composed picture drawn cell by cell in `palette` (see
@@ -197,8 +174,10 @@ impl Widget for CellPicture<'_> {
                 let top = self.picture.get_pixel(x, y).0;
                 match self.palette {
                     Palette::Ramp => {
+                        let bottom = self.picture.get_pixel(x, y + 1).0;
+                        let light = (luminance(top) + luminance(bottom)) / 2.0;
                         // Even bins over 0–255: the background is blank.
-                        let level = (luminance(top) * RAMP.len() as f32 / 256.0) as usize;
+                        let level = (light * RAMP.len() as f32 / 256.0) as usize;
                         cell.set_char(RAMP[level.min(RAMP.len() - 1)])
                             .set_style(Style::reset().remove_modifier(Modifier::all()));
                     }
@@ -273,20 +252,17 @@ mod tests {
     fn tiling_prefers_enough_images_then_the_largest_scale() {
         // 64 digits of 8 × 8 in 80 × 40 pixels: tiles of 9 px, 8 across
         // and 4 down at scale 1; scale 2 would show 4 × 2 = 8 < 16.
-        let t = Tiling::fit(64, (8, 8), (80, 40), 1).unwrap();
-        assert_eq!((t.columns, t.rows, t.scale_x, t.scale_y), (8, 4, 1, 1));
+        let t = Tiling::fit(64, (8, 8), (80, 40)).unwrap();
+        assert_eq!((t.columns, t.rows, t.scale), (8, 4, 1));
         // Plenty of room: 16 still fit at scale 3 (25 px a tile), while
         // scale 4 (33 px) would show 9.
-        let t = Tiling::fit(64, (8, 8), (110, 110), 1).unwrap();
-        assert_eq!((t.scale_x, t.columns, t.rows), (3, 4, 4));
+        let t = Tiling::fit(64, (8, 8), (110, 110)).unwrap();
+        assert_eq!((t.scale, t.columns, t.rows), (3, 4, 4));
         // Rows stop where the images do.
-        let t = Tiling::fit(5, (8, 8), (200, 200), 1).unwrap();
+        let t = Tiling::fit(5, (8, 8), (200, 200)).unwrap();
         assert_eq!(t.shown(5), 5);
         assert!(t.rows * t.columns >= 5 && (t.rows - 1) * t.columns < 5);
-        // The ramp doubles every pixel across.
-        let t = Tiling::fit(64, (8, 8), (40, 20), 2).unwrap();
-        assert_eq!((t.scale_x, t.scale_y, t.columns, t.rows), (2, 1, 2, 2));
-        assert!(Tiling::fit(64, (8, 8), (8, 8), 1).is_none());
+        assert!(Tiling::fit(64, (8, 8), (8, 8)).is_none());
     }
 
     #[test]
@@ -294,7 +270,7 @@ mod tests {
         let images = greys(3, 2);
         // 3 images of 2 × 2 at scale 1 in 10 × 5: cells of 3 px, a grid of
         // 3·3 + 1 = 10 by 3 + 1 = 4, centred (x0 = 0, y0 = 0).
-        let p = compose(&images, (10, 5), 1, FRAME);
+        let p = compose(&images, (10, 5), FRAME);
         assert_eq!(p.dimensions(), (10, 5));
         assert_eq!(p.get_pixel(0, 0).0, [110; 3], "frame");
         assert_eq!(p.get_pixel(1, 1).0, [0; 3], "image 0");
