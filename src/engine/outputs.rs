@@ -102,7 +102,8 @@ impl Session {
     }
 
     /// The final samples: `samples.csv` for points; for images the tensor
-    /// `samples.safetensors` and a grid of the first 64, `samples/final.png`.
+    /// `samples.safetensors` and the last snapshot grid, `samples/final.png`
+    /// (from the snapshots' latents, so that it compares with them).
     fn write_final_samples(&self, samples: &Samples) -> Result<()> {
         match samples.points() {
             Some(points) => write_points_csv(&self.run.samples(), &points),
@@ -110,10 +111,7 @@ impl Session {
                 let tensor = samples.to_tensor(&candle_core::Device::Cpu)?;
                 let meta = std::collections::HashMap::from([("format".into(), "disback-samples".into())]);
                 write_tensors(&self.run.samples_tensor(), &[("samples".into(), tensor)], meta)?;
-                crate::report::write_image_grid(
-                    &self.run.snapshot_grid("final"),
-                    &samples.head(SNAPSHOT_IMAGES),
-                )
+                self.write_snapshot("final")
             }
         }
     }

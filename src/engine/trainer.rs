@@ -113,7 +113,7 @@ const FIELD_PREVIEW_EVERY: Duration = Duration::from_millis(500);
 const MODEL_PREVIEW_EVERY: Duration = Duration::from_secs(3);
 /// Previews take at most this share of the training thread's time: the
 /// gap after a preview is at least its cost times (1 − share) / share.
-const PREVIEW_SHARE: f64 = 0.04;
+const PREVIEW_SHARE: f64 = 0.025;
 /// Data points drawn behind 2-D previews.
 const BACKGROUND_POINTS: usize = 1500;
 
