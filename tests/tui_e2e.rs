@@ -189,6 +189,21 @@ impl Lab {
         assert!(!screen.hide_cursor(), "the cursor is still hidden");
     }
 
+    /// While paused: saves the generator (`s`), then stops the run (`q`,
+    /// then `s`: leaving while training runs asks detach or stop). The lab
+    /// exits with the terminal restored and the runner ends; stopping saves
+    /// the generator too, at the same cost, so into the same one file.
+    fn save_then_stop(&mut self) {
+        self.press("s");
+        self.wait_for("saved run/generator/saved-");
+        self.press("q");
+        self.wait_for("Leave the lab?");
+        self.press("s");
+        self.wait_exit(0);
+        self.wait_runner_gone();
+        assert_eq!(self.saved_generators().len(), 1, "{:?}", self.saved_generators());
+    }
+
     fn run_file(&self, path: &str) -> std::path::PathBuf {
         self.path().join("run").join(path)
     }
@@ -223,22 +238,12 @@ fn the_lab_runs_in_a_terminal_and_restores_it() {
     lab.press("n");
     lab.wait_for("target switched: s'θ3 → s'θ2");
     lab.wait_for("▶ s'θ2  TARGET");
-    lab.press("s");
-    lab.wait_for("saved run/generator/saved-");
-    // Leaving while training runs asks: detach, or stop the run.
-    lab.press("q");
-    lab.wait_for("Leave the lab?");
-    lab.press("s");
-    lab.wait_exit(0);
+    lab.save_then_stop();
     assert!(
         lab.text().contains("disback: stopped and checkpointed"),
         "{}",
         lab.text()
     );
-    lab.wait_runner_gone();
-    // Stopping saves the generator too: paused since the s key, at the same
-    // cost, so into the same file.
-    assert_eq!(lab.saved_generators().len(), 1, "{:?}", lab.saved_generators());
     assert!(lab.run_file("state/latest.json").is_file());
 }
 
@@ -266,14 +271,7 @@ fn an_image_run_shows_sample_grids_views_and_nodes() {
     lab.wait_for("Preview: node s'θ0 (teacher)");
     lab.press(" ");
     lab.wait_for("[PAUSED]");
-    lab.press("s");
-    lab.wait_for("saved run/generator/saved-");
-    lab.press("q");
-    lab.wait_for("Leave the lab?");
-    lab.press("s");
-    lab.wait_exit(0);
-    lab.wait_runner_gone();
-    assert_eq!(lab.saved_generators().len(), 1, "{:?}", lab.saved_generators());
+    lab.save_then_stop();
 }
 
 /// Cells of the screen drawn as half-blocks with two colours.
