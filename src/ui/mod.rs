@@ -17,7 +17,7 @@ mod theme;
 
 pub use app::{App, Exit, LogKind, LogLine, Mode, Series};
 pub use draw::{draw, draw_with};
-pub use pictures::{CellPicture, Palette, Tiling, compose, compose_for};
+pub use pictures::{Palette, Tiling};
 pub use theme::Theme;
 
 use crate::engine::trainer::{Command, Link};
