@@ -4,6 +4,10 @@
 //! candle reads its thread counts once per process, so each setting runs in
 //! a child process (`bench --worker`); "under load" runs a busy-looping
 //! child beside it, as another user's job on a shared machine would.
+//! `--against-torch` times a grid of sizes beside a PyTorch mirror
+//! ([`torch`]).
+
+mod torch;
 
 use super::ConfigArgs;
 use crate::config::Config;
@@ -31,8 +35,22 @@ pub struct BenchArgs {
     /// Skip the runs under load.
     #[arg(long)]
     pub no_load: bool,
+    /// Time a grid of sizes (`--batches` × `--widths` × `--threads`) beside
+    /// the PyTorch mirror in benches/torch_mirror.py (2-D configs; without
+    /// PyTorch, disback alone).
+    #[arg(long)]
+    pub against_torch: bool,
+    /// Batch sizes of the grid (teacher and distillation batch alike).
+    #[arg(long, value_delimiter = ',', default_value = "256,1024,4096")]
+    pub batches: Vec<usize>,
+    /// Score-net widths of the grid.
+    #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
+    pub widths: Vec<usize>,
     #[arg(long, hide = true)]
     pub worker: bool,
+    /// Worker only: skip the measurement with a lab attached.
+    #[arg(long, hide = true)]
+    pub plain: bool,
     #[arg(long, hide = true)]
     pub burn: bool,
 }
@@ -44,8 +62,10 @@ struct Rates {
     distill_iterations: f64,
     /// Distillation iterations per second on the training thread while the
     /// terminal lab's drawing code renders every frame (into an off-screen
-    /// 160×48 buffer).
-    with_ui: f64,
+    /// 160×48 buffer); not measured with `--plain`.
+    with_ui: Option<f64>,
+    /// The worker process's peak resident memory.
+    peak_rss_mb: f64,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -58,6 +78,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let rates = measure(&args)?;
         println!("{}", serde_json::to_string(&rates)?);
         return Ok(());
+    }
+    if args.against_torch {
+        return torch::grid(&args);
     }
     let config = args.config.load()?;
     println!(
@@ -76,22 +99,32 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let loads: &[bool] = if args.no_load { &[false] } else { &[false, true] };
     for &threads in &args.threads {
         for &loaded in loads {
-            let rates = run_worker(&args, threads, loaded)?;
+            let rates = run_worker(&args, threads, loaded, false, &[])?;
+            let with_ui = rates.with_ui.unwrap_or(f64::NAN);
             println!(
                 "{:<9} {:<8} {:>16.1} {:>20.1} {:>18.1} {:>10.2}",
                 threads,
                 if loaded { "1 busy" } else { "idle" },
                 rates.teacher_steps,
                 rates.distill_iterations,
-                rates.with_ui,
-                rates.with_ui / rates.distill_iterations
+                with_ui,
+                with_ui / rates.distill_iterations
             );
         }
     }
     Ok(())
 }
 
-fn run_worker(args: &BenchArgs, threads: usize, loaded: bool) -> Result<Rates> {
+/// One worker process at `threads`, with the config's overrides and then
+/// `extra` ones; `loaded` runs a busy core beside it.
+/// `plain` skips the measurement with a lab attached.
+fn run_worker(
+    args: &BenchArgs,
+    threads: usize,
+    loaded: bool,
+    plain: bool,
+    extra: &[String],
+) -> Result<Rates> {
     let exe = std::env::current_exe()?;
     let burner = if loaded {
         Some(
@@ -109,8 +142,11 @@ fn run_worker(args: &BenchArgs, threads: usize, loaded: bool) -> Result<Rates> {
     if let Some(c) = &args.config.config {
         cmd.arg("--config").arg(c);
     }
-    for o in &args.config.overrides {
+    for o in args.config.overrides.iter().chain(extra) {
         cmd.args(["--set", o]);
+    }
+    if plain {
+        cmd.arg("--plain");
     }
     let output = cmd.stderr(Stdio::inherit()).output();
     if let Some(mut b) = burner {
@@ -155,13 +191,28 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
     }
     let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
     drop(session);
-    let with_ui = rate_with_attached_lab(config, &tmp.join("run-lab"), seconds)?;
+    let with_ui = if args.plain {
+        None
+    } else {
+        Some(rate_with_attached_lab(config, &tmp.join("run-lab"), seconds)?)
+    };
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(Rates {
         teacher_steps,
         distill_iterations,
         with_ui,
+        peak_rss_mb: peak_rss_mb(),
     })
+}
+
+/// This process's peak resident memory (Linux's VmHWM), 0 where unknown.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Backtracking iterations per second with a lab attached the way `disback

@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch mirror of disback's image work, for side-by-side timing.
+"""PyTorch mirror of disback's training work, for side-by-side timing.
 
-Same U-Net as src/model/unet.rs (conv_in, GroupNorm + SiLU residual blocks
-with the noise embedding as per-channel scale and shift, stride-2 conv down,
-nearest-neighbour up + conv, skip concatenation, zero-initialised last
-convs), the same EDM preconditioning, and the same two workloads that
+The same networks as src/model/nets.rs and src/model/unet.rs:
+  --net mlp:   the ResNet-MLP on 2-D points (input layer on [x, emb];
+               blocks h += W2 silu(W1 silu(h) + E emb); zero-initialised
+               output layer);
+  --net unet:  the U-Net (conv_in, GroupNorm + SiLU residual blocks with the
+               noise embedding as per-channel scale and shift, stride-2 conv
+               down, nearest-neighbour up + conv, skip concatenation,
+               zero-initialised last convs);
+the same EDM preconditioning, and the same two workloads that
 `disback bench` times:
 
   teacher step:   one denoising-score-matching update (Adam) at the
@@ -13,20 +18,21 @@ convs), the same EDM preconditioning, and the same two workloads that
                   D(σ_g z; σ_g), target and fake score evaluated without
                   gradient, DMD-normalised surrogate loss, Adam) followed by
                   `fake_steps` DSM updates of the fake score on fresh
-                  generator samples.
+                  generator samples, and the moving average of the
+                  generator's weights.
 
-Run beside `disback bench --config configs/digits.toml` on the same machine
-in the same sitting:
+`disback bench --against-torch` runs it beside disback over a grid of
+sizes; by hand, beside `disback bench --config configs/digits.toml`:
 
-    python3 benches/torch_unet.py --threads 1 --device cpu
-    python3 benches/torch_unet.py --device cuda
+    python3 benches/torch_mirror.py --net unet --threads 1 --device cpu
 
-Prints one JSON line per measurement. Not needed by the build or tests.
+Prints one JSON line. Not needed by the build or tests.
 """
 
 import argparse
 import json
 import math
+import resource
 import time
 
 import torch
@@ -36,19 +42,49 @@ import torch.nn.functional as F
 
 def parse():
     p = argparse.ArgumentParser()
+    p.add_argument("--net", choices=["mlp", "unet"], default="mlp")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--width", type=int, default=128, help="MLP hidden width")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--multipliers", default="1,2")
-    p.add_argument("--blocks", type=int, default=1)
+    p.add_argument("--blocks", type=int, default=None, help="default: 3 (MLP), 1 (U-Net)")
     p.add_argument("--groups", type=int, default=8)
-    p.add_argument("--emb-dim", type=int, default=32)
+    p.add_argument("--emb-dim", type=int, default=None, help="default: 16 (MLP), 32 (U-Net)")
     p.add_argument("--image", default="1,8,8")
     p.add_argument("--teacher-batch", type=int, default=128)
     p.add_argument("--distill-batch", type=int, default=64)
     p.add_argument("--fake-steps", type=int, default=1)
-    return p.parse_args()
+    p.add_argument("--ema", type=float, default=0.99)
+    p.add_argument("--sigma-g", type=float, default=None, help="default: 0.5 (MLP), 2.5 (U-Net)")
+    a = p.parse_args()
+    mlp = a.net == "mlp"
+    a.blocks = a.blocks if a.blocks is not None else (3 if mlp else 1)
+    a.emb_dim = a.emb_dim if a.emb_dim is not None else (16 if mlp else 32)
+    if mlp:
+        a.image = "2"
+    return a
+
+
+class ResMLP(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        w, e = a.width, a.emb_dim
+        self.emb_dim = e
+        self.input = nn.Linear(2 + e, w)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([nn.Linear(w, w), nn.Linear(e, w), nn.Linear(w, w)]) for _ in range(a.blocks)
+        )
+        self.output = nn.Linear(w, 2)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, x, emb):
+        h = self.input(torch.cat([x, emb], 1))
+        for fc1, proj, fc2 in self.blocks:
+            h = h + fc2(F.silu(fc1(F.silu(h)) + proj(emb)))
+        return self.output(F.silu(h))
 
 
 class ResBlock(nn.Module):
@@ -133,9 +169,14 @@ class UNet(nn.Module):
 SIGMA_DATA = 0.5
 
 
+def column(v, like):
+    """(B,) → (B, 1, …) of `like`'s rank."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
 def denoise(net, x, sigma):
-    """EDM preconditioning, σ per sample, broadcast over (C, H, W)."""
-    s = sigma.view(-1, 1, 1, 1)
+    """EDM preconditioning, σ per sample, broadcast over a sample."""
+    s = column(sigma, x)
     c_skip = SIGMA_DATA**2 / (s**2 + SIGMA_DATA**2)
     c_out = s * SIGMA_DATA / (s**2 + SIGMA_DATA**2).sqrt()
     c_in = 1 / (s**2 + SIGMA_DATA**2).sqrt()
@@ -148,11 +189,15 @@ def denoise(net, x, sigma):
 
 
 def dsm_loss(net, x0):
-    sigma = (torch.randn(x0.shape[0], device=x0.device) * 1.2 - 1.2).exp()
-    s = sigma.view(-1, 1, 1, 1)
+    sigma = (torch.randn(x0.shape[0], device=x0.device) * 1.6 - 2.0).exp()
+    s = column(sigma, x0)
     weight = (s**2 + SIGMA_DATA**2) / (s * SIGMA_DATA) ** 2
     d = denoise(net, x0 + s * torch.randn_like(x0), sigma)
     return (weight * (d - x0) ** 2).mean()
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rate(step, seconds, device):
@@ -175,7 +220,8 @@ def main():
     dev = a.device
     shape = [int(v) for v in a.image.split(",")]
 
-    teacher = UNet(a).to(dev)
+    Net = ResMLP if a.net == "mlp" else UNet
+    teacher = Net(a).to(dev)
     opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
     data = torch.rand(a.teacher_batch, *shape, device=dev) * 2 - 1
 
@@ -186,14 +232,16 @@ def main():
 
     teacher_rate = rate(teacher_step, a.seconds, dev)
 
-    generator, fake = UNet(a).to(dev), UNet(a).to(dev)
+    generator, fake, average = Net(a).to(dev), Net(a).to(dev), Net(a).to(dev)
     generator.load_state_dict(teacher.state_dict())
     fake.load_state_dict(teacher.state_dict())
-    for p in teacher.parameters():
+    average.load_state_dict(teacher.state_dict())
+    for p in list(teacher.parameters()) + list(average.parameters()):
         p.requires_grad_(False)
+    g_params, a_params = list(generator.parameters()), list(average.parameters())
     g_opt = torch.optim.Adam(generator.parameters(), lr=5e-5)
     f_opt = torch.optim.Adam(fake.parameters(), lr=3e-4)
-    sigma_g = 2.5
+    sigma_g = a.sigma_g if a.sigma_g is not None else (2.5 if a.net == "unet" else 0.5)
     b = a.distill_batch
 
     def generate():
@@ -204,14 +252,17 @@ def main():
         x0 = generate()
         sigma = (torch.rand(b, device=dev) * 4 - 2).exp()
         with torch.no_grad():
-            xt = x0.detach() + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
+            xt = x0.detach() + column(sigma, x0) * torch.randn_like(x0)
             d_real = denoise(teacher, xt, sigma)
             d_fake = denoise(fake, xt, sigma)
+            gaps.append((d_fake - d_real).flatten(1).norm(dim=1).mean())
             scale = (x0.detach() - d_real).abs().flatten(1).mean(1).clamp_min(1e-6)
-            goal = x0.detach() - (d_fake - d_real) / scale.view(-1, 1, 1, 1)
+            goal = x0.detach() - (d_fake - d_real) / column(scale, x0)
         g_opt.zero_grad(set_to_none=True)
         (0.5 * ((x0 - goal) ** 2).mean()).backward()
         g_opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(a_params, g_params, 1 - a.ema)
         for _ in range(a.fake_steps):
             with torch.no_grad():
                 x = generate()
@@ -219,7 +270,9 @@ def main():
             dsm_loss(fake, x).backward()
             f_opt.step()
 
+    gaps = []  # read as numbers once at the end, as a log interval would
     distill_rate = rate(distill_iteration, a.seconds, dev)
+    float(torch.stack(gaps).mean())
     print(
         json.dumps(
             {
@@ -229,6 +282,7 @@ def main():
                 "teacher_steps": teacher_rate,
                 "distill_iterations": distill_rate,
                 "params": sum(p.numel() for p in teacher.parameters()),
+                "peak_rss_mb": peak_rss_mb(),
             }
         )
     )
