@@ -21,4 +21,5 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod runtime;
+pub mod transfer;
 pub mod ui;

@@ -1,9 +1,13 @@
-//! All randomness comes from one seeded host RNG per purpose and is uploaded
-//! to the device: candle's CPU random numbers cannot be seeded, and host
-//! draws make a run identical on every device for the same seed.
+//! Randomness. On the CPU everything comes from one seeded host RNG per
+//! purpose (candle's CPU random numbers cannot be seeded), so a seed gives
+//! byte-identical runs and a resumed run continues the exact stream. On a
+//! GPU the training loops draw on the device instead ([`Draws::Device`],
+//! candle's generator, seeded per run and stage by [`seed_device`]): an
+//! upload per iteration would make every iteration wait for the host.
+//! Measurements, previews and initialisation keep host streams everywhere.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Shape, Tensor};
 use rand::{Rng, RngExt};
 use rand_distr::StandardNormal;
 
@@ -47,18 +51,51 @@ pub fn normal_vec(rng: &mut impl Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
 }
 
-/// A tensor of standard normal draws, of any shape.
-pub fn normal_tensor(
-    rng: &mut impl Rng,
-    shape: impl Into<candle_core::Shape>,
-    device: &Device,
-) -> Result<Tensor> {
+/// A tensor of standard normal draws, of any shape, drawn on the host.
+pub fn normal_tensor(rng: &mut impl Rng, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
     let shape = shape.into();
-    Ok(Tensor::from_vec(
-        normal_vec(rng, shape.elem_count()),
-        shape,
-        device,
-    )?)
+    crate::transfer::upload(normal_vec(rng, shape.elem_count()), shape, device)
+}
+
+/// Where a training step draws its random numbers.
+pub enum Draws<'a> {
+    /// From a seeded host stream, uploaded: the CPU path.
+    Host(&'a mut HostRng),
+    /// On the tensors' device by candle's generator: the GPU path, where
+    /// nothing is uploaded.
+    Device,
+}
+
+impl Draws<'_> {
+    /// On the device, or from the host stream `rng`.
+    pub fn new(on_device: bool, rng: &mut HostRng) -> Draws<'_> {
+        if on_device {
+            Draws::Device
+        } else {
+            Draws::Host(rng)
+        }
+    }
+
+    /// Standard normal draws of `shape` on `device`.
+    pub fn normal(&mut self, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        match self {
+            Draws::Host(rng) => normal_tensor(*rng, shape, device),
+            Draws::Device => Ok(Tensor::randn(0f32, 1f32, shape, device)?),
+        }
+    }
+}
+
+/// Seeds `device`'s generator for one stage of one run, from the run's
+/// seed, the stream's purpose and where the run is (its iteration), so a
+/// resumed run draws the same numbers from there on as before the stop.
+/// The CPU's generator cannot be seeded and is not used by runs.
+pub fn seed_device(device: &Device, seed: u64, stream: u64, iteration: usize) -> Result<()> {
+    if device.is_cpu() {
+        return Ok(());
+    }
+    let mut rng = host_rng(seed, stream);
+    rng.set_word_pos(iteration as u128 * 16);
+    Ok(device.set_seed(rng.random())?)
 }
 
 /// A uniform index in `lo..=hi`.

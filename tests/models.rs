@@ -10,7 +10,7 @@ use disback::model::{
     Denoiser, Generator, NetSpec, Precond, loss_weight, points_to_tensor, tensor_to_points,
 };
 use disback::optim::Adam;
-use disback::rng::{host_rng, normal_vec};
+use disback::rng::{Draws, host_rng, normal_vec};
 
 fn small_net() -> ScoreNetConfig {
     ScoreNetConfig {
@@ -49,7 +49,8 @@ fn train(model: &Denoiser, steps: usize) {
     let mut rng = host_rng(1, 1);
     for _ in 0..steps {
         let x0 = data_tensor(64, 2);
-        let loss = denoising_loss(model, &x0, noise.training(&mut rng, 64), &mut rng).unwrap();
+        let sigmas = noise.training(&mut rng, 64);
+        let loss = denoising_loss(model, &x0, sigmas, &mut Draws::Host(&mut rng)).unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
     }
 }
@@ -93,7 +94,8 @@ fn every_parameter_receives_a_gradient() {
     let noise = NoiseSchedule::new(&Config::default().diffusion, 1.0);
     let mut rng = host_rng(0, 2);
     let x0 = data_tensor(32, 3);
-    let loss = denoising_loss(&model, &x0, noise.training(&mut rng, 32), &mut rng).unwrap();
+    let sigmas = noise.training(&mut rng, 32);
+    let loss = denoising_loss(&model, &x0, sigmas, &mut Draws::Host(&mut rng)).unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in model.params().iter() {
         let g = grads
@@ -102,7 +104,8 @@ fn every_parameter_receives_a_gradient() {
         assert_eq!(g.dims(), var.dims(), "{name}");
     }
     train(&model, 2);
-    let loss = denoising_loss(&model, &x0, noise.training(&mut rng, 32), &mut rng).unwrap();
+    let sigmas = noise.training(&mut rng, 32);
+    let loss = denoising_loss(&model, &x0, sigmas, &mut Draws::Host(&mut rng)).unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in model.params().iter() {
         let norm = abs_sum(grads.get(var.as_tensor()).unwrap());
@@ -125,7 +128,7 @@ fn the_denoising_loss_matches_a_hand_computation() {
         &model,
         &points_to_tensor(&x0, &Device::Cpu).unwrap(),
         sigmas.clone(),
-        &mut rng,
+        &mut Draws::Host(&mut rng),
     )
     .unwrap()
     .to_scalar()

@@ -207,6 +207,129 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     assert!(resumed.sampled_generator().params().all_finite().unwrap());
 }
 
+/// The GPU path's draws (here on the CPU, unseeded) leave nothing for an
+/// iteration to copy between host and device: losses and gaps stay on the
+/// device until the log line, which reads them back in one transfer.
+#[test]
+fn the_device_path_copies_nothing_between_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("teachers"));
+    config.log.every = 8;
+    config.log.checkpoint_every = 1000;
+    config.metrics.every = 0;
+    config.record.node_every = 40;
+    config.record.iterations = 40;
+    config.schedule.steps = vec![200];
+    let mut s = start(config, &dir.path().join("run"));
+    s.draw_on_device_for_tests();
+    // Teacher pretraining draws its data batches on the host (one upload
+    // each), so only recording and backtracking are counted.
+    while s.stage() == Stage::Pretrain {
+        s.step().unwrap();
+    }
+    let mut seen = std::collections::BTreeMap::<(Stage, bool), Vec<u64>>::new();
+    while s.stage() != Stage::Done && s.cost() < 120 {
+        let (stage, step) = (s.stage(), s.stage_step() + 1);
+        let before = disback::transfer::count();
+        s.step().unwrap();
+        // A stage's first steps build its models (one upload each, once).
+        if step > 2 && s.stage() == stage {
+            let copies = disback::transfer::count() - before;
+            seen.entry((stage, step % 8 == 0)).or_default().push(copies);
+        }
+    }
+    for stage in [Stage::Record, Stage::Backtrack] {
+        let plain = &seen[&(stage, false)];
+        assert!(
+            plain.len() > 20 && plain.iter().all(|&c| c == 0),
+            "{stage}: {plain:?}"
+        );
+        let logged = &seen[&(stage, true)];
+        assert!(
+            !logged.is_empty() && logged.iter().all(|&c| c == 1),
+            "{stage}: {logged:?}"
+        );
+    }
+}
+
+/// On the CPU path the same iteration uploads its host draws, and nothing
+/// more: the count above is of the device path, not of an idle counter.
+#[test]
+fn the_host_path_uploads_its_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("teachers"));
+    config.metrics.every = 0;
+    let mut s = start(config, &dir.path().join("run"));
+    while s.stage() != Stage::Backtrack || s.stage_step() < 3 {
+        s.step().unwrap();
+    }
+    let before = disback::transfer::count();
+    s.step().unwrap();
+    // Latents, σ (with its five derived columns and embedding), ε for the
+    // generator loss, and latents, σ and ε for each of the two s_φ steps.
+    let copies = disback::transfer::count() - before;
+    assert!((10..40).contains(&copies), "{copies}");
+}
+
+/// A NaN that appears between log lines is caught at the next line or
+/// checkpoint, whichever comes first: the run stops with an error that
+/// names the loss and its iteration, the checkpoint written before it is
+/// the one kept, and it resumes with finite weights.
+#[test]
+fn a_nan_between_log_lines_stops_before_the_next_save_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("teachers"));
+    config.log.every = 10;
+    config.log.checkpoint_every = 10;
+    config.schedule.steps = vec![10, 10, 10, 100];
+    let mut s = start(config, &dir.path().join("run"));
+    let mut checkpointed = None;
+    let mut note = |events: Vec<Event>| {
+        for e in events {
+            if let Event::Checkpointed { iteration, .. } = e {
+                checkpointed = Some(iteration);
+            }
+        }
+    };
+    while s.stage() != Stage::Backtrack || s.stage_step() < 25 || s.iteration() % 10 != 3 {
+        note(s.step().unwrap());
+    }
+    let checkpointed = checkpointed.expect("a checkpoint before the poisoning");
+    assert_eq!(checkpointed, s.iteration() - 3);
+    // Poison s_φ: every later fake-score loss is NaN.
+    for (_, var) in s.tracking_model().params().iter() {
+        let nan = (var.as_tensor().ones_like().unwrap() * f64::NAN).unwrap();
+        var.set(&nan).unwrap();
+    }
+    let poisoned_at = s.iteration() + 1;
+    let error = loop {
+        match s.step() {
+            Ok(_) => assert!(
+                s.iteration() < checkpointed + 10,
+                "no error by the next checkpoint"
+            ),
+            Err(e) => break format!("{e:#}"),
+        }
+    };
+    assert!(
+        s.iteration() <= checkpointed + 10,
+        "caught by the next log line or checkpoint"
+    );
+    assert!(
+        error.contains(&format!("loss is NaN at iteration {poisoned_at}")),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("checkpoint of iteration {checkpointed}")),
+        "{error}"
+    );
+    let root = s.run_dir().root().to_path_buf();
+    drop(s);
+    let resumed = Session::resume(RunDir::open(&root).unwrap()).unwrap();
+    assert_eq!(resumed.iteration(), checkpointed);
+    assert!(resumed.tracking_model().params().all_finite().unwrap());
+}
+
 #[test]
 fn any_model_can_be_saved_and_loaded_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,13 +339,10 @@ fn any_model_can_be_saved_and_loaded_back() {
     }
     let c = s.config().clone();
     let device = candle_core::Device::Cpu;
-    for (kind, model) in [
-        (ModelKind::FakeScore, s.score_model(ModelKind::FakeScore).unwrap()),
-        (ModelKind::Target, s.score_model(ModelKind::Target).unwrap()),
-        (ModelKind::Teacher, s.teacher()),
-    ] {
+    for kind in [ModelKind::FakeScore, ModelKind::Target, ModelKind::Teacher] {
         let file = dir.path().join(format!("{kind:?}.safetensors"));
         s.save_model(kind, &file).unwrap();
+        let model = s.score_model(kind).unwrap_or(s.teacher());
         let back = Denoiser::new(&c.net_spec(), c.sigma_data(), &device, &mut host_rng(1, 1)).unwrap();
         back.load(&file).unwrap();
         assert_eq!(

@@ -1,9 +1,84 @@
 //! Noise-level distributions.
 
 use crate::config::DiffusionConfig;
-use crate::rng::index_in;
+use crate::model::Sigmas;
+use crate::rng::{Draws, index_in};
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, RngExt};
 use rand_distr::StandardNormal;
+
+/// How a training batch's σ are drawn.
+#[derive(Debug, Clone, Copy)]
+pub enum SigmaLaw<'a> {
+    /// ln σ ~ N(mean, std²): EDM's denoising loss.
+    LogNormal { mean: f64, std: f64 },
+    /// σ at uniformly drawn indices `min_index..=max_index` of a Karras
+    /// grid: DMD2's generator-loss noise.
+    KarrasIndex {
+        grid: &'a KarrasGrid,
+        min_index: usize,
+        max_index: usize,
+    },
+}
+
+/// A Karras grid's σ, with a copy on the device for device draws (made
+/// once, so no draw uploads it).
+#[derive(Debug, Clone)]
+pub struct KarrasGrid {
+    pub values: Vec<f64>,
+    on_device: Tensor,
+}
+
+impl KarrasGrid {
+    pub fn new(values: Vec<f64>, device: &Device) -> Result<Self> {
+        let f32s = values.iter().map(|&v| v as f32).collect::<Vec<_>>();
+        let on_device = crate::transfer::upload(f32s, values.len(), device)?;
+        Ok(Self { values, on_device })
+    }
+}
+
+impl Draws<'_> {
+    /// `n` noise levels from `law`: on the host (then uploaded with the
+    /// levels) or as a (n, 1) column drawn on `device`.
+    pub fn sigmas(&mut self, law: SigmaLaw<'_>, n: usize, device: &Device) -> Result<Sigmas> {
+        let rng = match self {
+            Draws::Host(rng) => rng,
+            Draws::Device => return Ok(Sigmas::Device(device_sigmas(law, n, device)?)),
+        };
+        Ok(Sigmas::Host(match law {
+            SigmaLaw::LogNormal { mean, std } => log_normal_sigmas(*rng, n, mean, std),
+            SigmaLaw::KarrasIndex {
+                grid,
+                min_index,
+                max_index,
+            } => karras_index_sigmas(*rng, n, &grid.values, min_index, max_index),
+        }))
+    }
+}
+
+fn device_sigmas(law: SigmaLaw<'_>, n: usize, device: &Device) -> Result<Tensor> {
+    Ok(match law {
+        SigmaLaw::LogNormal { mean, std } => Tensor::randn(0f32, 1f32, (n, 1), device)?
+            .affine(std, mean)?
+            .exp()?,
+        SigmaLaw::KarrasIndex {
+            grid,
+            min_index,
+            max_index,
+        } => {
+            // min + ⌊u (max − min + 1)⌋ for u ~ U[0, 1): u < 1 − 2⁻²⁴, so
+            // the product stays below the count for any grid under 2²⁴.
+            let count = (max_index - min_index + 1) as f64;
+            let index = Tensor::rand(0f32, 1f32, n, device)?
+                .affine(count, 0.0)?
+                .floor()?
+                .affine(1.0, min_index as f64)?
+                .to_dtype(DType::U32)?;
+            grid.on_device.index_select(&index, 0)?.reshape((n, 1))?
+        }
+    })
+}
 
 /// The σ_data that EDM's noise settings were tuned for (images in [−1, 1]).
 pub const EDM_SIGMA_DATA: f64 = 0.5;
@@ -38,8 +113,18 @@ impl NoiseSchedule {
 
     /// `n` training noise levels (log-normal), in data units.
     pub fn training(&self, rng: &mut impl Rng, n: usize) -> Vec<f32> {
-        let shift = self.scale.ln();
-        log_normal_sigmas(rng, n, self.p_mean + shift, self.p_std)
+        match self.training_law() {
+            SigmaLaw::LogNormal { mean, std } => log_normal_sigmas(rng, n, mean, std),
+            SigmaLaw::KarrasIndex { .. } => unreachable!("the training law is log-normal"),
+        }
+    }
+
+    /// The denoising loss's law of σ.
+    pub fn training_law(&self) -> SigmaLaw<'static> {
+        SigmaLaw::LogNormal {
+            mean: self.p_mean + self.scale.ln(),
+            std: self.p_std,
+        }
     }
 
     /// The n-step Karras grid from σ_max down to σ_min, in data units.

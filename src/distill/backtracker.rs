@@ -14,16 +14,17 @@
 //! teacher. The backtracker does the maths and the switches; the engine
 //! keeps the clock, the files and the measurements.
 
-use super::loss::{finite, fit_to_generator, generator_loss};
+use super::loss::{fit_to_generator, generator_loss};
 use super::schedule::{BacktrackSchedule, Decision};
 use super::student::Student;
 use crate::config::{DistillConfig, SigmaDistribution};
-use crate::diffusion::{NoiseSchedule, karras_index_sigmas};
-use crate::model::Denoiser;
+use crate::diffusion::{KarrasGrid, NoiseSchedule, SigmaLaw};
+use crate::model::{Denoiser, Sigmas};
 use crate::optim::Adam;
-use crate::rng::normal_tensor;
+use crate::rng::Draws;
+use crate::transfer::Pending;
 use anyhow::{Context, Result, ensure};
-use rand::Rng;
+use candle_core::Tensor;
 
 /// Where the path's nodes come from. `load_node` puts every weight of node
 /// `index` into `model`, strictly (all names, all shapes), or changes
@@ -52,17 +53,21 @@ pub struct Backtracker {
     pub schedule: BacktrackSchedule,
     settings: DistillConfig,
     /// The 1000-step Karras grid of the generator loss's σ.
-    karras: Vec<f64>,
+    karras: KarrasGrid,
+    /// Gaps of the steps since the `auto` rule last read them, on the
+    /// device until its window needs them.
+    gaps: Pending,
 }
 
-/// What one backtracking iteration did.
-#[derive(Debug, Clone, PartialEq)]
+/// What one backtracking iteration did. The numbers are scalar tensors on
+/// the device, for the engine to read back once per log interval.
+#[derive(Debug, Clone)]
 pub struct BacktrackStep {
-    pub loss_generator: f64,
+    pub loss_generator: Tensor,
     /// Mean ‖D_φ − D_target‖ over the batch (drives the `auto` schedule).
-    pub gap: f64,
+    pub gap: Tensor,
     /// The denoising loss of each s_φ update.
-    pub loss_fake: Vec<f64>,
+    pub loss_fake: Vec<Tensor>,
     /// Stay, a switch already made, or the end of the budget.
     pub decision: Decision,
 }
@@ -78,70 +83,114 @@ impl Backtracker {
     ) -> Result<Self> {
         let target = fake_start.deep_clone()?;
         load(nodes, schedule.target(), &target)?;
+        let device = fake_start.params().device();
         Ok(Self {
             fake_opt: Adam::new(fake_start.params(), settings.fake_lr)?,
             fake_score: fake_start,
             target,
             schedule,
             settings: settings.clone(),
-            karras: noise.karras(1000),
+            karras: KarrasGrid::new(noise.karras(1000), &device)?,
+            gaps: Pending::default(),
         })
     }
 
     /// One generator update toward the target, then
     /// `fake_steps_per_generator_step` updates of s_φ; moves to the next
-    /// target when the schedule says so.
+    /// target when the schedule says so. Nothing is read back from the
+    /// device unless the `auto` rule's window closes.
     pub fn step(
         &mut self,
         student: &mut Student,
         noise: &NoiseSchedule,
-        rng: &mut impl Rng,
+        draws: &mut Draws<'_>,
         nodes: &dyn NodeSource,
     ) -> Result<BacktrackStep> {
         let d = &self.settings;
-        let x0 = student.generate(d.batch, rng)?;
-        let sigmas = self.loss_sigmas(noise, rng);
-        let eps = normal_tensor(rng, x0.dims(), x0.device())?;
-        let levels = self.target.levels(sigmas, x0.device())?;
+        let x0 = student.generate(d.batch, draws)?;
+        let device = x0.device().clone();
+        let sigmas = self.loss_sigmas(noise, draws, &device)?;
+        let eps = draws.normal(x0.dims(), &device)?;
+        let levels = self.target.levels(sigmas, &device)?;
         let g = generator_loss(&x0, &self.target, &self.fake_score, &levels, &eps, d.weighting)?;
-        let loss_generator = finite(&g.loss, "generator")?;
         student.update(&g.loss)?;
         let loss_fake = (0..d.fake_steps_per_generator_step)
             .map(|_| {
                 // s_φ is trained at the noise levels the generator loss
                 // queries it at (as DMD2 does), where its accuracy counts.
-                let sigmas = self.loss_sigmas(noise, rng);
-                let (model, opt) = (&self.fake_score, &mut self.fake_opt);
-                fit_to_generator(model, opt, &student.generator, sigmas, rng, "fake-score")
+                let sigmas = self.loss_sigmas(noise, draws, &device)?;
+                fit_to_generator(
+                    &self.fake_score,
+                    &mut self.fake_opt,
+                    &student.generator,
+                    sigmas,
+                    draws,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
-        let decision = self.schedule.record_step(g.gap);
+        self.hand_over_gap(&g.gap)?;
+        let decision = self.schedule.record_step();
         if let Decision::Switch { to, .. } = decision {
+            self.gaps.clear();
             load(nodes, to, &self.target)?;
         }
         Ok(BacktrackStep {
-            loss_generator,
+            loss_generator: g.loss.detach(),
             gap: g.gap,
             loss_fake,
             decision,
         })
     }
 
-    /// Noise levels of one batch of the generator loss.
-    fn loss_sigmas(&self, noise: &NoiseSchedule, rng: &mut impl Rng) -> Vec<f32> {
-        let d = &self.settings;
-        match d.sigma {
-            SigmaDistribution::Karras => {
-                karras_index_sigmas(rng, d.batch, &self.karras, d.karras_min_index, d.karras_max_index)
+    /// Holds this step's gap for the `auto` rule, and reads the held gaps
+    /// back (one transfer) when its window needs them.
+    fn hand_over_gap(&mut self, gap: &Tensor) -> Result<()> {
+        match self.schedule.gaps_needed() {
+            Some(needed) => {
+                self.gaps.push(gap)?;
+                if self.gaps.len() >= needed {
+                    self.flush_gaps()?;
+                }
             }
-            SigmaDistribution::LogNormal => noise.training(rng, d.batch),
+            // Manual mode turned on mid-window: the held gaps still count.
+            None if !self.gaps.is_empty() => self.flush_gaps()?,
+            None => {}
         }
+        Ok(())
+    }
+
+    /// Gives the held gaps to the schedule (before a checkpoint saves it,
+    /// so a resumed run decides as an uninterrupted one).
+    pub fn flush_gaps(&mut self) -> Result<()> {
+        let gaps = self.gaps.take()?;
+        self.schedule.observe_gaps(&gaps);
+        Ok(())
+    }
+
+    /// Noise levels of one batch of the generator loss.
+    fn loss_sigmas(
+        &self,
+        noise: &NoiseSchedule,
+        draws: &mut Draws<'_>,
+        device: &candle_core::Device,
+    ) -> Result<Sigmas> {
+        let d = &self.settings;
+        let law = match d.sigma {
+            SigmaDistribution::Karras => SigmaLaw::KarrasIndex {
+                grid: &self.karras,
+                min_index: d.karras_min_index,
+                max_index: d.karras_max_index,
+            },
+            SigmaDistribution::LogNormal => noise.training_law(),
+        };
+        draws.sigmas(law, d.batch, device)
     }
 
     /// Moves to the next target now (the lab's skip); `None` on the teacher.
     pub fn skip(&mut self, nodes: &dyn NodeSource) -> Result<Option<Decision>> {
         let decision = self.schedule.skip();
         if let Some(Decision::Switch { to, .. }) = decision {
+            self.gaps.clear();
             load(nodes, to, &self.target)?;
         }
         Ok(decision)

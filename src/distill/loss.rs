@@ -10,22 +10,26 @@
 //!   would move it);
 //! - `raw`: `g = D_fake − D_target`, the σ²-weighted score difference of
 //!   Diff-Instruct.
+//!
+//! Losses stay on the device as tensors: the engine reads them back once
+//! per log interval (and stops on a non-finite one), so no step waits for
+//! the host.
 
 use crate::config::Weighting;
 use crate::diffusion::denoising_loss;
-use crate::model::{Denoiser, Generator, NoiseLevels};
+use crate::model::{Denoiser, Generator, NoiseLevels, Sigmas};
 use crate::optim::Adam;
-use anyhow::{Result, bail};
+use crate::rng::Draws;
+use anyhow::Result;
 use candle_core::{D, Tensor};
-use rand::Rng;
 
 pub struct GeneratorLoss {
     /// The surrogate loss, differentiable in the generator's parameters.
     pub loss: Tensor,
-    /// Mean over the batch of ‖D_fake − D_target‖: how far the generator's
-    /// distribution still is from the target's, as the two score models
-    /// see it. Drives the `auto` schedule.
-    pub gap: f64,
+    /// Mean over the batch of ‖D_fake − D_target‖ (a scalar tensor): how
+    /// far the generator's distribution still is from the target's, as the
+    /// two score models see it. Drives the `auto` schedule.
+    pub gap: Tensor,
 }
 
 /// `x0`: generator output with gradient; `noise`: ε of the same shape;
@@ -46,20 +50,15 @@ pub fn generator_loss(
     // (both of a point, every pixel of an image): work on (B, n) rows.
     let rows = |t: &Tensor| t.flatten_from(1);
     let diff = (d_fake - &d_target)?;
-    let gap = rows(&diff)?
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .mean_all()?
-        .to_scalar::<f32>()? as f64;
+    let gap = rows(&diff)?.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.mean_all()?;
     let g = match weighting {
         Weighting::Dmd => {
             // The floor keeps a sample that sits exactly on the target's
-            // denoised point from dividing by zero.
-            let scale = rows(&(&x0_fixed - &d_target)?)?
-                .abs()?
-                .mean_keepdim(D::Minus1)?
-                .clamp(1e-6, f64::MAX)?;
+            // denoised point from dividing by zero. (A tensor made on the
+            // device: candle's `clamp` with a number uploads it.)
+            let mean = rows(&(&x0_fixed - &d_target)?)?.abs()?.mean_keepdim(D::Minus1)?;
+            let floor = Tensor::full(1e-6f32, mean.shape(), mean.device())?.to_dtype(mean.dtype())?;
+            let scale = mean.maximum(&floor)?;
             rows(&diff)?.broadcast_div(&scale)?.reshape(diff.shape())?
         }
         Weighting::Raw => diff,
@@ -72,34 +71,22 @@ pub fn generator_loss(
 /// One denoising-score-matching update of `model` on a fresh batch of
 /// `generator`'s samples (one per noise level in `sigmas`), which get no
 /// gradient: how the teacher's copy degrades toward G⁰ in stage 1 and how
-/// s_φ tracks G in stage 2. Returns the loss; a non-finite loss is an error
-/// raised before the update.
+/// s_φ tracks G in stage 2. Returns the loss, detached, on the device.
 pub fn fit_to_generator(
     model: &Denoiser,
     opt: &mut Adam,
     generator: &Generator,
-    sigmas: Vec<f32>,
-    rng: &mut impl Rng,
-    what: &str,
-) -> Result<f64> {
+    sigmas: Sigmas,
+    draws: &mut Draws<'_>,
+) -> Result<Tensor> {
+    let batch = match &sigmas {
+        Sigmas::Host(values) => values.len(),
+        Sigmas::Device(column) => column.dim(0)?,
+    };
     let x0 = generator
-        .forward(&generator.latents(sigmas.len(), rng)?)?
+        .forward(&generator.draw_latents(batch, draws)?)?
         .detach();
-    let loss = denoising_loss(model, &x0, sigmas, rng)?;
-    let value = finite(&loss, what)?;
+    let loss = denoising_loss(model, &x0, sigmas, draws)?;
     opt.step(&loss.backward()?)?;
-    Ok(value)
-}
-
-/// A loss as a number; NaN or infinity is an error, so that training stops
-/// before the update that loss would drive.
-pub fn finite(loss: &Tensor, what: &str) -> Result<f64> {
-    let v = loss.to_scalar::<f32>()? as f64;
-    if !v.is_finite() {
-        bail!(
-            "the {what} loss is {v}: training stopped before applying this update, so the \
-             weights are those of the last good step"
-        );
-    }
-    Ok(v)
+    Ok(loss.detach())
 }

@@ -13,7 +13,7 @@ mod schedule;
 mod student;
 
 pub use backtracker::{BacktrackStep, Backtracker, NodeSource};
-pub use loss::{GeneratorLoss, finite, fit_to_generator, generator_loss};
+pub use loss::{GeneratorLoss, fit_to_generator, generator_loss};
 pub use recorder::{DegradationRecorder, NodeDue, RecordProgress, RecordStep};
 pub use schedule::{BacktrackSchedule, Decision};
 pub use student::Student;

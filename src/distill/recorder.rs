@@ -16,8 +16,10 @@ use crate::config::RecordConfig;
 use crate::diffusion::NoiseSchedule;
 use crate::model::{Denoiser, Generator};
 use crate::optim::Adam;
+use crate::rng::Draws;
+use crate::transfer::Pending;
 use anyhow::Result;
-use rand::Rng;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub struct DegradationRecorder {
@@ -26,6 +28,8 @@ pub struct DegradationRecorder {
     pub opt: Adam,
     pub progress: RecordProgress,
     settings: RecordConfig,
+    /// Losses since they were last added to `progress`, on the device.
+    losses: Pending,
 }
 
 /// The recorder's counters, saved in checkpoints.
@@ -41,9 +45,10 @@ pub struct RecordProgress {
 }
 
 /// What one recording iteration did.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RecordStep {
-    pub loss: f64,
+    /// The denoising loss, a scalar on the device.
+    pub loss: Tensor,
     /// A node is due now: save `degrading` as the next one.
     pub node: Option<NodeDue>,
     /// Recording is over: backtracking starts next.
@@ -67,6 +72,7 @@ impl DegradationRecorder {
             degrading,
             progress: RecordProgress::default(),
             settings: settings.clone(),
+            losses: Pending::default(),
         })
     }
 
@@ -77,46 +83,54 @@ impl DegradationRecorder {
         &mut self,
         g0: &Generator,
         noise: &NoiseSchedule,
-        rng: &mut impl Rng,
+        draws: &mut Draws<'_>,
         nodes: bool,
     ) -> Result<RecordStep> {
         let batch = self.settings.batch;
-        let loss = fit_to_generator(
-            &self.degrading,
-            &mut self.opt,
-            g0,
-            noise.training(rng, batch),
-            rng,
-            "recording",
-        )?;
-        let p = &mut self.progress;
-        p.iteration += 1;
-        p.loss_sum += loss;
-        p.loss_count += 1;
-        let node_due = nodes && p.iteration.is_multiple_of(self.settings.node_every);
+        let sigmas = draws.sigmas(noise.training_law(), batch, &g0.device())?;
+        let loss = fit_to_generator(&self.degrading, &mut self.opt, g0, sigmas, draws)?;
+        self.losses.push(&loss)?;
+        self.progress.iteration += 1;
+        let node_due = nodes && self.progress.iteration.is_multiple_of(self.settings.node_every);
         Ok(RecordStep {
             loss,
-            node: node_due.then(|| self.take_node()),
+            node: if node_due { Some(self.take_node()?) } else { None },
             done: self.progress.iteration >= self.settings.iterations,
         })
+    }
+
+    /// Adds the losses held on the device to `progress` (one read): before
+    /// a node's mean is taken and before a checkpoint saves `progress`.
+    pub fn flush(&mut self) -> Result<()> {
+        let p = &mut self.progress;
+        for loss in self.losses.take()? {
+            p.loss_sum += loss;
+            p.loss_count += 1;
+        }
+        Ok(())
     }
 
     /// Ends recording early (the lab's skip): the current s'_θ becomes the
     /// last node, unless it was just saved or nothing was trained since the
     /// teacher (a copy of the teacher is no degraded node).
-    pub fn finish_early(&mut self) -> Option<NodeDue> {
-        (self.progress.iteration > self.progress.last_node).then(|| self.take_node())
+    pub fn finish_early(&mut self) -> Result<Option<NodeDue>> {
+        if self.progress.iteration > self.progress.last_node {
+            Ok(Some(self.take_node()?))
+        } else {
+            Ok(None)
+        }
     }
 
-    fn take_node(&mut self) -> NodeDue {
+    fn take_node(&mut self) -> Result<NodeDue> {
+        self.flush()?;
         let p = &mut self.progress;
         let mean_loss = (p.loss_count > 0).then(|| p.loss_sum / p.loss_count as f64);
         p.last_node = p.iteration;
         p.loss_sum = 0.0;
         p.loss_count = 0;
-        NodeDue {
+        Ok(NodeDue {
             iteration: p.iteration,
             mean_loss,
-        }
+        })
     }
 }

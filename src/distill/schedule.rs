@@ -169,8 +169,27 @@ impl BacktrackSchedule {
         };
     }
 
-    /// Accounts one generator step with its gap, and says what comes next.
-    pub fn record_step(&mut self, gap: f64) -> Decision {
+    /// How many more per-step gaps the `auto` rule needs before its window
+    /// closes; `None` when no rule reads them (other policies, the
+    /// teacher). The caller keeps gaps on the device until then and hands
+    /// them over together ([`Self::observe_gaps`]): one read per window.
+    pub fn gaps_needed(&self) -> Option<usize> {
+        (self.policy == SchedulePolicy::Auto && !self.on_teacher())
+            .then(|| self.rule.window - self.stall.count)
+    }
+
+    /// Feeds per-step gaps, in step order, to the `auto` rule. Partial
+    /// windows are kept (and saved with the schedule), so feeding a window
+    /// in pieces, as a checkpoint does, decides the same as feeding it whole.
+    pub fn observe_gaps(&mut self, gaps: &[f64]) {
+        for &gap in gaps {
+            self.stall.observe(gap, &self.rule);
+        }
+    }
+
+    /// Accounts one generator step (its gap already observed when the
+    /// `auto` rule needed it), and says what comes next.
+    pub fn record_step(&mut self) -> Decision {
         self.total += 1;
         self.spent[self.position] += 1;
         let on_target = self.spent[self.position];
@@ -186,7 +205,6 @@ impl BacktrackSchedule {
         let switch = match self.policy {
             SchedulePolicy::Fixed => on_target >= cap,
             SchedulePolicy::Auto => {
-                self.stall.observe(gap, &self.rule);
                 on_target >= cap
                     || (self.stall.stalls >= self.rule.patience && on_target >= self.rule.min_steps)
             }
@@ -227,10 +245,23 @@ mod tests {
     }
 
     /// Runs a schedule to the end, returning the switches and total steps.
+    /// Gaps are handed over as the backtracker does: held until the rule's
+    /// window needs them.
     fn run(s: &mut BacktrackSchedule, gap: impl Fn(usize) -> f64) -> (Vec<(usize, usize)>, usize) {
         let mut switches = Vec::new();
+        let mut held = Vec::new();
         for step in 0..100_000 {
-            match s.record_step(gap(step)) {
+            if let Some(needed) = s.gaps_needed() {
+                held.push(gap(step));
+                if held.len() >= needed {
+                    s.observe_gaps(&std::mem::take(&mut held));
+                }
+            }
+            let decision = s.record_step();
+            if matches!(decision, Decision::Switch { .. }) {
+                held.clear();
+            }
+            match decision {
                 Decision::Stay => {}
                 Decision::Switch { from, to } => switches.push((from, to)),
                 Decision::Finish => return (switches, step + 1),
@@ -273,7 +304,7 @@ mod tests {
     fn manual_waits_for_skip_and_still_ends_on_the_teacher() {
         let mut s = BacktrackSchedule::new(3, &config(SchedulePolicy::Manual, vec![5, 5, 8]));
         for _ in 0..50 {
-            assert_eq!(s.record_step(1.0), Decision::Stay);
+            assert_eq!(s.record_step(), Decision::Stay);
         }
         assert_eq!(s.skip(), Some(Decision::Switch { from: 2, to: 1 }));
         assert_eq!(s.skip(), Some(Decision::Switch { from: 1, to: 0 }));
@@ -284,10 +315,36 @@ mod tests {
         let mut s = BacktrackSchedule::new(2, &config(SchedulePolicy::Fixed, vec![5, 5]));
         s.set_manual(true);
         for _ in 0..7 {
-            assert_eq!(s.record_step(1.0), Decision::Stay);
+            assert_eq!(s.record_step(), Decision::Stay);
         }
         s.set_manual(false);
-        assert_eq!(s.record_step(1.0), Decision::Switch { from: 1, to: 0 });
+        assert_eq!(s.record_step(), Decision::Switch { from: 1, to: 0 });
+    }
+
+    /// A window fed in pieces (as around a checkpoint) counts as one.
+    #[test]
+    fn gaps_fed_in_pieces_decide_as_fed_whole() {
+        let gaps = |step: usize| {
+            if step < 20 {
+                1.0 / (1 + step / 10) as f64
+            } else {
+                0.5
+            }
+        };
+        let mut whole = BacktrackSchedule::new(2, &config(SchedulePolicy::Auto, vec![500, 100]));
+        let expected = run(&mut whole, gaps);
+        let mut pieces = BacktrackSchedule::new(2, &config(SchedulePolicy::Auto, vec![500, 100]));
+        let mut switches = Vec::new();
+        for step in 0..600 {
+            if pieces.gaps_needed().is_some() {
+                pieces.observe_gaps(&[gaps(step)]);
+            }
+            if let Decision::Switch { from, to } = pieces.record_step() {
+                switches.push((from, to));
+            }
+        }
+        assert_eq!((switches, 600), expected);
+        assert_eq!(pieces.spent(), whole.spent());
     }
 
     #[test]

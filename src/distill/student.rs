@@ -3,9 +3,9 @@
 
 use crate::model::Generator;
 use crate::optim::Adam;
+use crate::rng::Draws;
 use anyhow::Result;
 use candle_core::Tensor;
-use rand::Rng;
 
 pub struct Student {
     /// G_η, the weights the optimiser moves.
@@ -28,8 +28,9 @@ impl Student {
     }
 
     /// `x_0 = G_η(z)` for a fresh latent batch, differentiable in η.
-    pub fn generate(&self, batch: usize, rng: &mut impl Rng) -> Result<Tensor> {
-        self.generator.forward(&self.generator.latents(batch, rng)?)
+    pub fn generate(&self, batch: usize, draws: &mut Draws<'_>) -> Result<Tensor> {
+        self.generator
+            .forward(&self.generator.draw_latents(batch, draws)?)
     }
 
     /// One optimiser step on `loss`, then the moving average follows.

@@ -104,6 +104,15 @@ impl Session {
     /// Writes a checkpoint of the current state. Refuses to save weights
     /// that are not finite, so a checkpoint is always a good state.
     pub(super) fn checkpoint(&mut self) -> Result<()> {
+        // Everything held on the device is read first: a non-finite loss
+        // stops here, and the counters saved below are complete.
+        self.settle()?;
+        if let Some(r) = &mut self.recorder {
+            r.flush()?;
+        }
+        if let Some(b) = &mut self.backtracker {
+            b.flush_gaps()?;
+        }
         let student = &self.student;
         let mut models = vec![
             student.generator.params(),
@@ -226,6 +235,7 @@ impl Session {
         s.latest = saved.latest;
         s.latest_eval = saved.latest_eval;
         s.last_checkpoint = Some(saved.clock.iteration);
+        s.seed_device_draws(s.clock.stage)?;
         Ok(s)
     }
 }

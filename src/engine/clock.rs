@@ -37,6 +37,8 @@ impl Session {
         let due =
             self.clock.stage == Stage::Backtrack && every > 0 && self.clock.stage_step.is_multiple_of(every);
         let eval = if may_evaluate && due {
+            // Losses first: a measurement of broken weights is no result.
+            self.settle()?;
             Some(self.evaluate()?)
         } else {
             None
@@ -55,6 +57,7 @@ impl Session {
     }
 
     fn log_line_on(&mut self, target: Option<usize>, eval: Option<Evaluation>) -> Result<()> {
+        self.settle()?;
         let w = &self.window;
         if eval.is_none() && w.mean(LossKind::Teacher).or(w.mean(LossKind::Fake)).is_none() {
             return Ok(());

@@ -97,6 +97,46 @@ impl LossWindow {
     }
 }
 
+/// Losses of the steps since the last read, still on the device, each with
+/// what it is and the iteration it came from. Read back together (one
+/// transfer) before every log line and every file a run writes, so a
+/// non-finite loss stops training before anything built on it is saved.
+#[derive(Debug, Default)]
+pub struct PendingLosses {
+    origins: Vec<(LossKind, &'static str, usize)>,
+    values: crate::transfer::Pending,
+}
+
+impl PendingLosses {
+    /// Holds `value` (a scalar tensor), the `what` loss of `iteration`.
+    pub fn push(
+        &mut self,
+        kind: LossKind,
+        what: &'static str,
+        iteration: usize,
+        value: &candle_core::Tensor,
+    ) -> Result<()> {
+        self.origins.push((kind, what, iteration));
+        self.values.push(value)
+    }
+
+    /// Adds the held losses to `window` in step order; the first one that
+    /// is NaN or infinite is an error naming it.
+    pub fn settle(&mut self, window: &mut LossWindow) -> Result<()> {
+        let values = self.values.take()?;
+        for ((kind, what, iteration), v) in std::mem::take(&mut self.origins).into_iter().zip(values) {
+            if !v.is_finite() {
+                anyhow::bail!(
+                    "the {what} loss is {v} at iteration {iteration}: training stopped there, and \
+                     nothing computed after it was saved"
+                );
+            }
+            window.add(kind, v);
+        }
+        Ok(())
+    }
+}
+
 /// Appends records to `metrics.jsonl`, one flushed line each.
 #[derive(Debug)]
 pub struct MetricsLog {

@@ -50,6 +50,7 @@ impl Session {
     /// The generator as it leaves target `from`, kept as a file and a
     /// snapshot; the backtracker has already loaded node `to`.
     pub(super) fn target_switched(&mut self, from: usize, to: usize) -> Result<()> {
+        self.settle()?;
         let file = self
             .run
             .generator_dir()
@@ -63,6 +64,7 @@ impl Session {
     /// The end: 10,000 final samples, measured in full, the final
     /// generator, a last checkpoint and the figures.
     pub(super) fn finish(&mut self) -> Result<()> {
+        self.settle()?;
         let n = self.config.log.final_samples;
         let mut rng = host_rng(self.config.seed, streams::FINAL_SAMPLES);
         let samples = Samples::from_tensor(&self.student.average.generate(n, &mut rng)?)?;
@@ -172,7 +174,7 @@ impl Session {
 
     /// Saves the generator; without a path, to
     /// `generator/saved-<cost>.safetensors` in the run directory.
-    pub fn save_generator(&self, path: Option<&Path>) -> Result<PathBuf> {
+    pub fn save_generator(&mut self, path: Option<&Path>) -> Result<PathBuf> {
         let file = match path {
             Some(p) => p.to_path_buf(),
             None => self
@@ -187,8 +189,10 @@ impl Session {
     /// Saves any of the session's models to `path` (atomically). Score
     /// models load back with `Denoiser::load`, the generator with
     /// `Generator::load` (or `disback sample`). A model the current stage
-    /// does not have is an error that says so.
-    pub fn save_model(&self, kind: ModelKind, path: &Path) -> Result<()> {
+    /// does not have is an error that says so, and so is a non-finite
+    /// loss held since the last log line (the weights may be broken).
+    pub fn save_model(&mut self, kind: ModelKind, path: &Path) -> Result<()> {
+        self.settle()?;
         if kind == ModelKind::Generator {
             return self.student.average.save(path);
         }
@@ -267,6 +271,11 @@ impl Session {
         self.latest_eval.as_ref()
     }
     /// Iterations of every stage so far (see [`super::session::Clock`]).
+    /// Steps taken in the current stage.
+    pub fn stage_step(&self) -> usize {
+        self.clock.stage_step
+    }
+
     pub fn iteration(&self) -> usize {
         self.clock.iteration
     }

@@ -4,9 +4,8 @@
 use super::log::{LossKind, Stage};
 use super::session::{Event, Session};
 use crate::diffusion::denoising_loss;
-use crate::distill::finite;
 use crate::optim::Adam;
-use crate::rng::{HostRng, host_rng, streams};
+use crate::rng::{Draws, HostRng, host_rng, streams};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -36,7 +35,7 @@ impl Session {
             opt: Adam::new(self.teacher.params(), self.config.teacher.lr)?,
             rng: host_rng(self.config.teacher.seed, streams::TEACHER_TRAIN),
         });
-        Ok(())
+        self.seed_device_draws(Stage::Pretrain)
     }
 
     pub fn teacher_cache_file(&self) -> PathBuf {
@@ -52,15 +51,18 @@ impl Session {
             .pretrain
             .as_mut()
             .expect("pretraining state exists in its stage");
+        // The data batch is drawn on the host on every path (the data live
+        // there); noise and σ where the other training draws are.
         let x0 = self.data.batch(t.batch, &mut p.rng, &self.device)?;
-        let sigmas = self.noise.training(&mut p.rng, t.batch);
-        let loss = denoising_loss(&self.teacher, &x0, sigmas, &mut p.rng)?;
-        let value = finite(&loss, "teacher")?;
+        let mut draws = Draws::new(self.device_draws, &mut p.rng);
+        let sigmas = draws.sigmas(self.noise.training_law(), t.batch, &self.device)?;
+        let loss = denoising_loss(&self.teacher, &x0, sigmas, &mut draws)?;
         // Cosine decay to 5% of the rate: a sharper teacher at the same cost.
         let progress = self.clock.stage_step as f64 / t.steps as f64;
         p.opt.lr = t.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
         p.opt.step(&loss.backward()?)?;
-        self.window.add(LossKind::Teacher, value);
+        let iteration = self.clock.iteration + 1;
+        self.losses.push(LossKind::Teacher, "teacher", iteration, &loss)?;
         self.advance_clock(false)?;
         if self.clock.stage_step >= t.steps {
             self.finish_pretraining()?;
@@ -83,6 +85,7 @@ impl Session {
             return self.teacher_ready(source);
         }
         let cached = self.teacher_cache_file();
+        self.settle()?;
         self.teacher.save(&cached)?;
         self.teacher_ready(format!("trained, cached in {}", cached.display()))
     }

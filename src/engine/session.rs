@@ -7,7 +7,7 @@
 //! nothing of terminals, and every driver leaves the same files.
 
 use super::clock::Clock;
-use super::log::{LossKind, LossWindow, MetricsLog, MetricsRecord, Stage};
+use super::log::{LossKind, LossWindow, MetricsLog, MetricsRecord, PendingLosses, Stage};
 pub use super::messages::Event;
 use super::path::DegradationPath;
 use super::pretrain::Pretraining;
@@ -21,7 +21,7 @@ use crate::distill::{
 use crate::files::write_toml;
 use crate::metrics::{Classifier, Evaluation, Evaluator};
 use crate::model::{Denoiser, Generator};
-use crate::rng::{HostRng, host_rng, streams};
+use crate::rng::{Draws, HostRng, host_rng, seed_device, streams};
 use crate::runtime::select_device;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
@@ -50,9 +50,14 @@ pub struct Session {
     pub(super) plan: BacktrackSchedule,
     pub(super) path: DegradationPath,
     pub(super) clock: Clock,
-    /// The training stream (recording and distillation).
+    /// The training stream (recording and distillation) on the CPU path.
     pub(super) rng: HostRng,
+    /// Whether training draws its random numbers on the device (the GPU
+    /// path) rather than from `rng`.
+    pub(super) device_draws: bool,
     pub(super) window: LossWindow,
+    /// Losses not yet read back from the device.
+    pub(super) losses: PendingLosses,
     pub(super) latest: Option<MetricsRecord>,
     pub(super) latest_eval: Option<Evaluation>,
     pub(super) last_checkpoint: Option<usize>,
@@ -129,6 +134,7 @@ impl Session {
             plan: BacktrackSchedule::new(config.planned_nodes(), &config.schedule),
             noise: NoiseSchedule::new(&config.diffusion, sigma_data),
             rng: host_rng(config.seed, streams::TRAIN),
+            device_draws: !device.is_cpu(),
             clock: Clock {
                 stage: Stage::Pretrain,
                 stage_step: 0,
@@ -146,6 +152,7 @@ impl Session {
             recorder: None,
             backtracker: None,
             window: LossWindow::default(),
+            losses: PendingLosses::default(),
             latest: None,
             latest_eval: None,
             last_checkpoint: None,
@@ -210,6 +217,43 @@ impl Session {
         Ok(std::mem::take(&mut self.pending))
     }
 
+    /// Reads the losses held on the device into the log window; a
+    /// non-finite one is an error (see [`PendingLosses::settle`]).
+    pub(super) fn settle(&mut self) -> Result<()> {
+        self.losses.settle(&mut self.window)
+    }
+
+    /// Seeds the device's generator for `stage` at the current position
+    /// (pretraining from the teacher's seed, so that runs which share a
+    /// teacher share its draws; later stages from the run's seed). Nothing
+    /// to do on the CPU path.
+    pub(super) fn seed_device_draws(&self, stage: Stage) -> Result<()> {
+        if !self.device_draws {
+            return Ok(());
+        }
+        match stage {
+            Stage::Pretrain => seed_device(
+                &self.device,
+                self.config.teacher.seed,
+                streams::TEACHER_TRAIN,
+                self.clock.stage_step,
+            ),
+            _ => seed_device(
+                &self.device,
+                self.config.seed,
+                streams::TRAIN,
+                self.clock.iteration,
+            ),
+        }
+    }
+
+    /// Draws the training's random numbers on the device even on the CPU
+    /// (unseeded there): how tests run the GPU path without a GPU.
+    #[doc(hidden)]
+    pub fn draw_on_device_for_tests(&mut self) {
+        self.device_draws = true;
+    }
+
     /// Manual mode: no automatic switches until it is turned off again.
     pub fn set_manual(&mut self, on: bool) {
         match &mut self.backtracker {
@@ -228,6 +272,8 @@ impl Session {
     /// The teacher is final: G⁰ is set (from the teacher when the generator
     /// is teacher-initialised), node 0 saved, and stage 1 or 2 begins.
     pub(super) fn teacher_ready(&mut self, source: String) -> Result<()> {
+        self.settle()?;
+        self.seed_device_draws(Stage::Record)?;
         self.teacher.save(&self.run.teacher())?;
         self.pending.push(Event::TeacherReady { source });
         self.student.generator.copy_teacher(&self.teacher)?;
@@ -249,8 +295,11 @@ impl Session {
     fn record_step(&mut self) -> Result<()> {
         let recorder = self.recorder.as_mut().expect("a recorder while recording");
         let nodes = self.config.method == Method::Disback;
-        let step = recorder.step(&self.student.generator, &self.noise, &mut self.rng, nodes)?;
-        self.window.add(LossKind::Fake, step.loss);
+        let mut draws = Draws::new(self.device_draws, &mut self.rng);
+        let step = recorder.step(&self.student.generator, &self.noise, &mut draws, nodes)?;
+        let iteration = self.clock.iteration + 1;
+        self.losses
+            .push(LossKind::Fake, "recording", iteration, &step.loss)?;
         self.clock.cost += 1;
         self.advance_clock(false)?;
         if let Some(node) = step.node {
@@ -263,6 +312,7 @@ impl Session {
     }
 
     fn save_node(&mut self, node: NodeDue) -> Result<()> {
+        self.settle()?;
         let recorder = self.recorder.as_ref().expect("a recorder while recording");
         let info = self
             .path
@@ -284,7 +334,7 @@ impl Session {
     fn finish_recording(&mut self) -> Result<()> {
         if self.config.method == Method::Disback {
             let recorder = self.recorder.as_mut().expect("a recorder while recording");
-            match recorder.finish_early() {
+            match recorder.finish_early()? {
                 Some(node) => self.save_node(node)?,
                 None if self.path.len() == 1 => self.pending.push(Event::Warning(
                     "recording skipped before its first iteration: the path is the teacher alone, \
@@ -342,12 +392,14 @@ impl Session {
             .expect("a backtracker while backtracking");
         let trained_on = b.schedule.target();
         let source = node_source(self.config.method, &self.path, &self.teacher);
-        let step = b.step(&mut self.student, &self.noise, &mut self.rng, source)?;
+        let mut draws = Draws::new(self.device_draws, &mut self.rng);
+        let step = b.step(&mut self.student, &self.noise, &mut draws, source)?;
+        let (losses, iteration) = (&mut self.losses, self.clock.iteration + 1);
         for loss in &step.loss_fake {
-            self.window.add(LossKind::Fake, *loss);
+            losses.push(LossKind::Fake, "fake-score", iteration, loss)?;
         }
-        self.window.add(LossKind::Generator, step.loss_generator);
-        self.window.add(LossKind::Gap, step.gap);
+        losses.push(LossKind::Generator, "generator", iteration, &step.loss_generator)?;
+        losses.push(LossKind::Gap, "score gap", iteration, &step.gap)?;
         self.clock.cost += 1;
         // The step's log line names the target it trained against; the
         // final measurement is taken by `finish`.

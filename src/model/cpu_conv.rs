@@ -24,9 +24,9 @@
 //! runs 3.6× faster than the other orientation at these sizes (measured).
 //! Other devices keep candle's own convolution.
 
+use super::cpu_gemm::{Matrix, matmul};
 use super::host::{f32_values, host_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// A square convolution's sizes: input (B, C, H, W), output channels O,
@@ -292,80 +292,6 @@ fn images_to_rows(grad: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (rows, bias)
-}
-
-/// A row-major matrix or a transposed view of one: values and strides.
-#[derive(Debug, Clone, Copy)]
-struct Matrix<'a> {
-    values: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> Matrix<'a> {
-    fn rows(values: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(values.len(), rows * cols, "matrix values do not match its size");
-        Self {
-            values,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    fn transposed(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-}
-
-/// `a · b` as a new row-major matrix, by the `gemm` crate (candle's own
-/// CPU matrix kernel) on candle's thread count.
-fn matmul(a: Matrix<'_>, b: Matrix<'_>) -> Vec<f32> {
-    assert_eq!(a.cols, b.rows, "matrix product of mismatched sizes");
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let mut out = vec![0f32; m * n];
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: `Matrix::rows` checked that each operand's values cover
-    // rows × cols at its strides (a transposed view swaps both), and `out`
-    // holds m × n; gemm reads and writes only inside those bounds.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.values.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.values.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    out
 }
 
 /// `x` (B, C, H, W) convolved with `weight` (O, C, k, k), plus `bias` (any

@@ -3,6 +3,7 @@
 //! kept apart from the network and from the loss as in EDM's own code.
 
 use super::nets::ScoreNet;
+use crate::transfer::upload;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
@@ -44,9 +45,24 @@ fn embedding_frequency(k: usize, half: usize) -> f64 {
     }
 }
 
-/// A batch of noise levels with everything the denoiser needs, computed on
-/// the host once and shared by every denoiser evaluated at the same σ
-/// (the target and the fake score in a generator step).
+/// One σ per sample: drawn on the host (the CPU path, and fixed grids), or
+/// already on the device as a (B, 1) column (the GPU path's draws).
+#[derive(Debug, Clone)]
+pub enum Sigmas {
+    Host(Vec<f32>),
+    Device(Tensor),
+}
+
+impl From<Vec<f32>> for Sigmas {
+    fn from(values: Vec<f32>) -> Self {
+        Sigmas::Host(values)
+    }
+}
+
+/// A batch of noise levels with everything the denoiser needs, computed
+/// once and shared by every denoiser evaluated at the same σ (the target
+/// and the fake score in a generator step): in f64 on the host for host
+/// σ, by tensor operations on the device for device σ.
 #[derive(Debug)]
 pub struct NoiseLevels {
     pub sigma_data: f64,
@@ -55,16 +71,37 @@ pub struct NoiseLevels {
     c_skip: Tensor,
     c_out: Tensor,
     c_in: Tensor,
+    /// The EDM loss weight λ(σ).
+    weight: Tensor,
     /// (B, emb_dim): sin and cos of c_noise at each frequency.
     emb: Tensor,
 }
 
 impl NoiseLevels {
-    pub fn new(sigmas: Vec<f32>, sigma_data: f64, emb_dim: usize, device: &Device) -> Result<Self> {
+    /// `frequencies`: the embedding's row for device σ (see
+    /// [`frequency_row`]), made once by the caller.
+    pub fn new(
+        sigmas: impl Into<Sigmas>,
+        sigma_data: f64,
+        emb_dim: usize,
+        device: &Device,
+        frequencies: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Self> {
+        match sigmas.into() {
+            Sigmas::Host(values) => Self::on_host(values, sigma_data, emb_dim, device),
+            Sigmas::Device(column) => Self::on_device(column, sigma_data, &frequencies()?),
+        }
+    }
+
+    fn on_host(sigmas: Vec<f32>, sigma_data: f64, emb_dim: usize, device: &Device) -> Result<Self> {
         let b = sigmas.len();
         let half = emb_dim / 2;
         let (mut c_skip, mut c_out, mut c_in) = (vec![0f32; b], vec![0f32; b], vec![0f32; b]);
         let mut emb = vec![0f32; b * emb_dim];
+        let weight = sigmas
+            .iter()
+            .map(|&s| loss_weight(s as f64, sigma_data) as f32)
+            .collect();
         for (i, &s) in sigmas.iter().enumerate() {
             let p = Precond::new(s as f64, sigma_data);
             c_skip[i] = p.c_skip as f32;
@@ -76,15 +113,46 @@ impl NoiseLevels {
                 emb[i * emb_dim + half + k] = angle.cos() as f32;
             }
         }
-        let column = |v: Vec<f32>| Tensor::from_vec(v, (b, 1), device);
+        let column = |v: Vec<f32>| upload(v, (b, 1), device);
         Ok(Self {
             sigma: column(sigmas)?,
             c_skip: column(c_skip)?,
             c_out: column(c_out)?,
             c_in: column(c_in)?,
-            emb: Tensor::from_vec(emb, (b, emb_dim), device)?,
+            weight: column(weight)?,
+            emb: upload(emb, (b, emb_dim), device)?,
             sigma_data,
         })
+    }
+
+    /// The same quantities from a (B, 1) column of σ on its device, with
+    /// nothing copied to or from the host.
+    fn on_device(sigma: Tensor, sigma_data: f64, frequencies: &Tensor) -> Result<Self> {
+        let d2 = sigma_data * sigma_data;
+        let s2 = sigma.sqr()?;
+        let total = (&s2 + d2)?;
+        let root = total.sqrt()?;
+        let c_skip = total.recip()?.affine(d2, 0.0)?;
+        let c_out = sigma.broadcast_div(&root)?.affine(sigma_data, 0.0)?;
+        let c_in = root.recip()?;
+        let weight = total.broadcast_div(&s2)?.affine(1.0 / d2, 0.0)?;
+        let c_noise = sigma.log()?.affine(0.25, 0.0)?;
+        let angle = c_noise.broadcast_mul(frequencies)?;
+        let emb = Tensor::cat(&[angle.sin()?, angle.cos()?], 1)?;
+        Ok(Self {
+            sigma,
+            c_skip,
+            c_out,
+            c_in,
+            weight,
+            emb,
+            sigma_data,
+        })
+    }
+
+    /// The loss weight λ(σ) per sample, shaped like [`Self::sigma_for`].
+    pub fn weight_for(&self, x: &Tensor) -> Result<Tensor> {
+        per_sample(&self.weight, x)
     }
 }
 
@@ -94,6 +162,13 @@ impl NoiseLevels {
     pub fn sigma_for(&self, x: &Tensor) -> Result<Tensor> {
         per_sample(&self.sigma, x)
     }
+}
+
+/// The embedding's frequencies as a (1, emb_dim / 2) row on `device`.
+pub fn frequency_row(emb_dim: usize, device: &Device) -> Result<Tensor> {
+    let half = emb_dim / 2;
+    let row = (0..half).map(|k| embedding_frequency(k, half) as f32).collect();
+    upload(row, (1, half), device)
 }
 
 /// A (B, 1) column reshaped to broadcast over the rest of `x`'s dimensions.
@@ -108,6 +183,9 @@ fn per_sample(column: &Tensor, x: &Tensor) -> Result<Tensor> {
 pub struct Denoiser {
     pub net: ScoreNet,
     pub sigma_data: f64,
+    /// The embedding's frequency row on the device, made on first use by
+    /// device σ and kept (so no training step uploads it).
+    pub(super) frequencies: std::sync::OnceLock<Tensor>,
 }
 
 impl Denoiser {
@@ -130,14 +208,52 @@ impl Denoiser {
     }
 
     /// Noise levels matching this denoiser's σ_data and embedding.
-    pub fn levels(&self, sigmas: Vec<f32>, device: &Device) -> Result<NoiseLevels> {
-        NoiseLevels::new(sigmas, self.sigma_data, self.net.emb_dim(), device)
+    pub fn levels(&self, sigmas: impl Into<Sigmas>, device: &Device) -> Result<NoiseLevels> {
+        let emb_dim = self.net.emb_dim();
+        NoiseLevels::new(sigmas, self.sigma_data, emb_dim, device, || {
+            if let Some(row) = self.frequencies.get() {
+                return Ok(row.clone());
+            }
+            let row = frequency_row(emb_dim, device)?;
+            Ok(self.frequencies.get_or_init(|| row).clone())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The device path's tensor arithmetic gives the host path's f64
+    /// values (to f32 rounding), over the whole σ range.
+    #[test]
+    fn levels_computed_on_the_device_equal_the_hosts() {
+        let sigmas = vec![0.002f32, 0.05, 0.5, 1.0, 3.7, 80.0];
+        let device = Device::Cpu;
+        let row = || frequency_row(16, &device);
+        let host = NoiseLevels::new(sigmas.clone(), 0.5, 16, &device, row).unwrap();
+        let column = Tensor::from_vec(sigmas, (6, 1), &device).unwrap();
+        let on_device = NoiseLevels::new(Sigmas::Device(column), 0.5, 16, &device, row).unwrap();
+        let pairs = [
+            (&host.c_skip, &on_device.c_skip),
+            (&host.c_out, &on_device.c_out),
+            (&host.c_in, &on_device.c_in),
+            (&host.weight, &on_device.weight),
+            (&host.emb, &on_device.emb),
+        ];
+        for (name, (a, b)) in ["c_skip", "c_out", "c_in", "weight", "emb"].iter().zip(pairs) {
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                a.flatten_all().unwrap().to_vec1().unwrap(),
+                b.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 2e-5 * x.abs().max(1.0),
+                    "{name}: {x} against {y}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn preconditioning_matches_hand_computed_values() {

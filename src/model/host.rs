@@ -1,7 +1,7 @@
 //! Reading tensors' values on the host, for the fused CPU ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Result, Tensor, bail};
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, bail};
 
 /// The f32 values of a contiguous CPU tensor that should hold `len` of
 /// them; `op` and `what` name it in the error otherwise.
@@ -25,4 +25,15 @@ pub fn f32_values<'a>(
 /// A tensor's values, flattened, copied to the host.
 pub fn host_values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Runs `f` on a CPU tensor's f32 values in row-major order, without a
+/// copy when the tensor is already contiguous.
+pub fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(f32_values(cpu, layout, t.elem_count(), "fused op", "tensor")?)),
+        other => bail!("fused CPU op: a tensor on {:?}", other.device().location()),
+    }
 }

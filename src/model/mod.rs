@@ -2,7 +2,10 @@
 //! one-step generator, with deep copies and checked save/load.
 
 mod cpu_conv;
+mod cpu_gemm;
+mod cpu_linear;
 mod cpu_norm;
+mod cpu_silu;
 mod edm;
 mod host;
 mod layers;
@@ -14,15 +17,15 @@ mod unet;
 
 pub use cpu_conv::conv2d as conv2d_cpu;
 pub use cpu_norm::group_norm as group_norm_cpu;
-pub use edm::{Denoiser, NoiseLevels, Precond, loss_weight};
-pub use layers::{Conv2d, GroupNorm, Linear};
+pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, loss_weight};
+pub use layers::{Conv2d, GroupNorm, Linear, silu};
 pub use nets::{GeneratorNet, MlpNet, NetSpec, ScoreNet};
 pub use params::{Init, ParamBuilder, Params};
 pub use unet::UNet;
 
 use crate::config::{Config, GeneratorInit};
 use crate::data::Point;
-use crate::rng::{HostRng, normal_tensor};
+use crate::rng::{Draws, HostRng, normal_tensor};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use rand::Rng;
@@ -76,6 +79,7 @@ impl Denoiser {
         Ok(Self {
             net: ScoreNet::new(spec, ParamBuilder::new(device, rng))?,
             sigma_data,
+            frequencies: Default::default(),
         })
     }
 
@@ -151,7 +155,33 @@ enum GeneratorNetwork {
         model: Denoiser,
         sigma_g: f64,
         from_teacher: bool,
+        levels: FixedLevels,
     },
+}
+
+/// The noise levels of σ_g at the last batch size, kept: they are the same
+/// for every batch of that size, and building them uploads six tensors.
+#[derive(Debug, Default)]
+struct FixedLevels(std::sync::Mutex<Option<(usize, std::sync::Arc<NoiseLevels>)>>);
+
+impl FixedLevels {
+    fn get(
+        &self,
+        model: &Denoiser,
+        sigma: f64,
+        batch: usize,
+        device: &Device,
+    ) -> Result<std::sync::Arc<NoiseLevels>> {
+        let mut slot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((b, levels)) = slot.as_ref()
+            && *b == batch
+        {
+            return Ok(levels.clone());
+        }
+        let levels = std::sync::Arc::new(model.levels(vec![sigma as f32; batch], device)?);
+        *slot = Some((batch, levels.clone()));
+        Ok(levels)
+    }
 }
 
 impl Generator {
@@ -181,6 +211,7 @@ impl Generator {
                     model,
                     sigma_g,
                     from_teacher,
+                    levels: FixedLevels::default(),
                 };
                 (net, settings)
             }
@@ -232,8 +263,13 @@ impl Generator {
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         match &self.net {
             GeneratorNetwork::Mlp(net) => net.forward(z),
-            GeneratorNetwork::Denoiser { model, sigma_g, .. } => {
-                let levels = model.levels(vec![*sigma_g as f32; z.dim(0)?], &z.device().clone())?;
+            GeneratorNetwork::Denoiser {
+                model,
+                sigma_g,
+                levels,
+                ..
+            } => {
+                let levels = levels.get(model, *sigma_g, z.dim(0)?, z.device())?;
                 model.denoise(&z.affine(*sigma_g, 0.0)?, &levels)
             }
         }
@@ -241,9 +277,18 @@ impl Generator {
 
     /// Draws a (n, latent shape…) latent batch from the host RNG.
     pub fn latents(&self, n: usize, rng: &mut impl Rng) -> Result<Tensor> {
+        normal_tensor(rng, self.latent_batch_shape(n), &self.device())
+    }
+
+    /// A latent batch for training, drawn where `draws` draws.
+    pub fn draw_latents(&self, n: usize, draws: &mut Draws<'_>) -> Result<Tensor> {
+        draws.normal(self.latent_batch_shape(n), &self.device())
+    }
+
+    fn latent_batch_shape(&self, n: usize) -> Vec<usize> {
         let mut shape = vec![n];
         shape.extend(self.latent_shape());
-        normal_tensor(rng, shape, &self.device())
+        shape
     }
 
     /// `n` samples without gradient, drawn in chunks to bound memory
@@ -277,10 +322,12 @@ impl Generator {
                 model,
                 sigma_g,
                 from_teacher,
+                ..
             } => GeneratorNetwork::Denoiser {
                 model: model.deep_clone()?,
                 sigma_g: *sigma_g,
                 from_teacher: *from_teacher,
+                levels: FixedLevels::default(),
             },
         };
         let copy = Self {

@@ -2,7 +2,7 @@
 //! score) a ResNet-MLP for 2-D data or a U-Net for images ([`ScoreNet`]),
 //! and the MLP one-step generator of the 2-D toy.
 
-use super::layers::Linear;
+use super::layers::{Linear, silu};
 use super::params::{ParamBuilder, Params};
 use super::unet::UNet;
 use crate::config::{GeneratorConfig, ScoreNetConfig, UNetConfig};
@@ -140,10 +140,10 @@ impl MlpNet {
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         let mut h = self.input.forward(&Tensor::cat(&[x, emb], 1)?)?;
         for (fc1, proj, fc2) in &self.blocks {
-            let inner = (fc1.forward(&h.silu()?)? + proj.forward(emb)?)?;
-            h = (h + fc2.forward(&inner.silu()?)?)?;
+            let inner = (fc1.forward(&silu(&h)?)? + proj.forward(emb)?)?;
+            h = (h + fc2.forward(&silu(&inner)?)?)?;
         }
-        self.output.forward(&h.silu()?)
+        self.output.forward(&silu(&h)?)
     }
 
     pub fn params(&self) -> &Params {
@@ -186,7 +186,7 @@ impl GeneratorNet {
         let (last, hidden) = self.layers.split_last().expect("at least one layer");
         let mut h = z.affine(self.config.sigma_init, 0.0)?;
         for layer in hidden {
-            h = layer.forward(&h)?.silu()?;
+            h = silu(&layer.forward(&h)?)?;
         }
         last.forward(&h)
     }

@@ -15,7 +15,7 @@
 //! with `(s, t)` a per-channel scale and shift from the embedding, and conv₂
 //! zero-initialised so every block starts as (a scaled) identity.
 
-use super::layers::{Conv2d, GroupNorm, Linear};
+use super::layers::{Conv2d, GroupNorm, Linear, silu};
 use super::params::{ParamBuilder, Params};
 use crate::config::UNetConfig;
 use crate::data::ImageShape;
@@ -56,13 +56,13 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
         let (batch, channels) = (h.dim(0)?, h.dim(1)?);
         let params = self.emb.forward(emb)?.reshape((batch, 2, channels, 1, 1))?;
         let scale = (params.narrow(1, 0, 1)?.squeeze(1)? + 1.0)?;
         let shift = params.narrow(1, 1, 1)?.squeeze(1)?;
         let h = h.broadcast_mul(&scale)?.broadcast_add(&shift)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&silu(&self.norm2.forward(&h)?)?)?;
         let skip = match &self.skip {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -210,7 +210,7 @@ impl UNet {
 
     /// `x`: (B, C, H, W) already scaled by c_in; `emb`: (B, emb_dim).
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let emb = self.emb2.forward(&self.emb1.forward(emb)?.silu()?)?.silu()?;
+        let emb = silu(&self.emb2.forward(&silu(&self.emb1.forward(emb)?)?)?)?;
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
         for (blocks, sample) in &self.down {
@@ -239,7 +239,7 @@ impl UNet {
                 h = conv.forward(&h.upsample_nearest2d(2 * height, 2 * width)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&silu(&self.norm_out.forward(&h)?)?)
     }
 
     pub fn params(&self) -> &Params {

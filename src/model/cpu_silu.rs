@@ -1,0 +1,205 @@
+//! SiLU, `x σ(x)`, on the CPU as one op with a one-pass backward.
+//!
+//! Why by hand: candle's SiLU backward is six tensor passes (negate,
+//! exponentiate, add one, reciprocal, the product rule's two), each into a
+//! fresh allocation; its forward and backward exponentials were an eighth
+//! of a distillation iteration at batch 4,096 (measured with `perf`). Here
+//! the forward is one pass and the backward one:
+//! `dx = dy · σ(x) (1 + x (1 − σ(x)))`.
+//!
+//! Other devices keep candle's SiLU.
+
+use super::host::f32_values;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Below this many values a pass runs on one thread: splitting it would
+/// cost more than it saves.
+const PARALLEL_FROM: usize = 1 << 15;
+
+struct CpuSilu;
+
+/// The backward pass, `(x, dy) → dx`; never differentiated itself.
+struct CpuSiluGrad;
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// `e^x`, to about one unit in the last place, in straight-line code the
+/// compiler turns into vector instructions (libm's `expf` is a call per
+/// value: it was half of SiLU's time). `x = n ln 2 + f ln 2` with `n`
+/// the nearest integer to `x log₂e`, so `|f| ≤ ½`; `2^f` by its Taylor
+/// series to degree 6 (remainder < 1.3·10⁻⁷) and `2^n` written straight
+/// into the exponent bits. Inputs are clamped to where `e^x` is a normal
+/// f32.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    // 1.5 · 2²³: adding it rounds to an integer held in the low bits.
+    const ROUND: f32 = 12_582_912.0;
+    let t = x.clamp(-87.0, 88.0) * std::f32::consts::LOG2_E;
+    let shifted = t + ROUND;
+    let n = shifted - ROUND;
+    let f = (t - n) * std::f32::consts::LN_2;
+    let p = 1.0
+        + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    p * f32::from_bits(((n_bits + 127) << 23) as u32)
+}
+
+/// `f` over the values of `x` (and `y`), over candle's thread count for
+/// long inputs.
+fn map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let chunk = |(x, y): (&[f32], &[f32])| map_chunk(x, y, &f);
+    if x.len() >= PARALLEL_FROM && candle_core::utils::get_num_threads() > 1 {
+        let parts: Vec<Vec<f32>> = x
+            .par_chunks(PARALLEL_FROM / 4)
+            .zip(y.par_chunks(PARALLEL_FROM / 4))
+            .map(chunk)
+            .collect();
+        parts.concat()
+    } else {
+        chunk((x, y))
+    }
+}
+
+/// One thread's part of [`map`], in AVX2 + FMA where the CPU has them:
+/// the default x86-64 target stops at SSE2, and 8 lanes with fused
+/// multiply-adds halve SiLU's time (measured: 1.4 → 0.7 ns a value).
+fn map_chunk(x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has both features, checked just above.
+        return unsafe { map_chunk_avx2(x, y, f) };
+    }
+    map_values(x, y, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn map_chunk_avx2(x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    map_values(x, y, f)
+}
+
+/// Inlined into its callers so that it compiles for their target features
+/// (a plain loop: `collect` would call out to code built without them).
+#[inline(always)]
+fn map_values(x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    assert_eq!(x.len(), y.len(), "silu: operands of different lengths");
+    // Written once, so not zero-filled first (a pass of its own).
+    let mut out = Vec::with_capacity(x.len());
+    for ((o, a), b) in out.spare_capacity_mut().iter_mut().zip(x).zip(y) {
+        o.write(f(*a, *b));
+    }
+    // SAFETY: `x` and `y` are both as long as the capacity (asserted
+    // above), so the loop wrote every one of those values.
+    unsafe { out.set_len(x.len()) };
+    out
+}
+
+impl CustomOp1 for CpuSilu {
+    fn name(&self) -> &'static str {
+        "cpu-silu"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_values(x, layout, layout.shape().elem_count(), "silu", "input")?;
+        let y = map(x, x, |x, _| x * sigmoid(x));
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &CpuSiluGrad)?))
+    }
+}
+
+impl CustomOp2 for CpuSiluGrad {
+    fn name(&self) -> &'static str {
+        "cpu-silu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        dy: &CpuStorage,
+        dy_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let len = x_layout.shape().elem_count();
+        let x = f32_values(x, x_layout, len, "silu backward", "input")?;
+        let dy = f32_values(dy, dy_layout, len, "silu backward", "gradient")?;
+        let dx = map(x, dy, |x, dy| {
+            let s = sigmoid(x);
+            dy * s * (1.0 + x * (1.0 - s))
+        });
+        Ok((CpuStorage::F32(dx), x_layout.shape().clone()))
+    }
+}
+
+/// `x σ(x)` elementwise, as candle's `silu`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(CpuSilu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::op_checks::{max_difference, random};
+    use super::*;
+
+    /// Values and gradient against candle's SiLU, over a wide range of
+    /// inputs (both tails of the sigmoid included).
+    #[test]
+    fn fused_silu_equals_candles_in_value_and_gradient() {
+        for (shape, seed) in [(vec![3, 5], 1), (vec![64, 600], 2), (vec![2, 3, 4, 4], 3)] {
+            let x = random(&shape, seed, 0.0);
+            let x_wide = (x.as_tensor() * 6.0).unwrap();
+            let probe = random(&shape, seed + 100, 0.0);
+            let run = |f: &dyn Fn(&Tensor) -> Tensor| {
+                let y = f(&x_wide);
+                let grads = (&y * probe.as_tensor())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                (y, grads.get(x.as_tensor()).unwrap().clone())
+            };
+            let (ours, ours_grad) = run(&|t| silu(t).unwrap());
+            let (theirs, theirs_grad) = run(&|t| t.silu().unwrap());
+            assert!(max_difference(&ours, &theirs) < 1e-5, "{shape:?}: values differ");
+            assert!(
+                max_difference(&ours_grad, &theirs_grad) < 1e-4,
+                "{shape:?}: gradients differ"
+            );
+        }
+    }
+
+    /// σ(0) = ½: silu(0) = 0 with slope ½; far out, silu(x) ≈ x for x ≫ 0
+    /// and ≈ 0 for x ≪ 0 (no NaN from the exponential overflowing).
+    /// The vectorisable exponential against the standard library's, over
+    /// the whole range it serves, in relative error.
+    #[test]
+    fn exp_matches_the_standard_library() {
+        let mut worst = 0f64;
+        for i in -87_000..=88_000 {
+            let x = i as f32 / 1000.0;
+            let (ours, std) = (exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((ours - std) / std).abs());
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1000.0) > 0.0 && exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn known_values_and_no_overflow() {
+        let x = Tensor::new(&[0f32, 100.0, -100.0], &candle_core::Device::Cpu).unwrap();
+        let y: Vec<f32> = silu(&x).unwrap().to_vec1().unwrap();
+        assert_eq!(y[0], 0.0);
+        assert!((y[1] - 100.0).abs() < 1e-4 && y[2].abs() < 1e-20 && y.iter().all(|v| v.is_finite()));
+        let dy = Tensor::ones(3, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let dx: Vec<f32> = x.apply_op2_no_bwd(&dy, &CpuSiluGrad).unwrap().to_vec1().unwrap();
+        assert!((dx[0] - 0.5).abs() < 1e-7 && (dx[1] - 1.0).abs() < 1e-6 && dx[2].abs() < 1e-20);
+    }
+}
