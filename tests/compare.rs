@@ -35,7 +35,21 @@ fn compare_prints_the_table_and_writes_json_and_figures() {
         d,
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // How the 6 runs share the machine: at most one per core.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let spread = format!(
+        "running 6 runs into {}",
+        d.join("cmp").canonicalize().unwrap().display()
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{spread}: {} at a time on the CPU, 1 thread each",
+            cores.min(6)
+        )),
+        "{stderr}"
+    );
     for needle in [
         "DisBack",
         "Diff-Instruct",

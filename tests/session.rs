@@ -221,7 +221,7 @@ fn the_device_path_copies_nothing_between_log_lines() {
     config.record.iterations = 40;
     config.schedule.steps = vec![200];
     let mut s = start(config, &dir.path().join("run"));
-    s.draw_on_device_for_tests();
+    s.draw_on_device();
     // Teacher pretraining draws its data batches on the host (one upload
     // each), so only recording and backtracking are counted.
     while s.stage() == Stage::Pretrain {

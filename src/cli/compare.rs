@@ -1,6 +1,7 @@
 //! `disback compare`: DisBack against Diff-Instruct over several seeds.
 
 use super::ConfigArgs;
+use crate::config::Config;
 use crate::engine::RunDir;
 use crate::engine::compare::{CompareJob, plan, run_jobs};
 use crate::files::{atomic_write, read_json, write_json};
@@ -55,7 +56,12 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     }
     let plan = plan(&config, args.seeds as usize, &out, args.force)?;
     let (out, jobs) = (&plan.out, &plan.jobs);
-    eprintln!("running {} runs into {}", jobs.len(), out.display());
+    eprintln!(
+        "running {} runs into {}: {}",
+        jobs.len(),
+        out.display(),
+        spread(&config, workers.min(jobs.len()))?
+    );
     run_jobs(jobs, workers, |job: &CompareJob, session| {
         let (value, measure) = session
             .latest_eval()
@@ -87,6 +93,23 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     );
     eprintln!("{}", super::show::hint(out));
     Ok(())
+}
+
+/// How the runs share the machine, in words: on a GPU every run at once has
+/// its own CUDA stream (candle's per-thread stream) on the one device, so
+/// they overlap there; on the CPU each takes its threads on its own cores.
+fn spread(config: &Config, at_once: usize) -> Result<String> {
+    let (device, name) = crate::runtime::select_device(config.device)?;
+    Ok(if device.is_cpu() {
+        let threads = match config.threads {
+            0 => "every core's threads".to_string(),
+            1 => "1 thread".to_string(),
+            n => format!("{n} threads"),
+        };
+        format!("{at_once} at a time on the {name}, {threads} each")
+    } else {
+        format!("{at_once} at a time on {name}, each on its own CUDA stream")
+    })
 }
 
 /// Redraws a comparison's figures from its result file.

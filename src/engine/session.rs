@@ -248,9 +248,9 @@ impl Session {
     }
 
     /// Draws the training's random numbers on the device even on the CPU
-    /// (unseeded there): how tests run the GPU path without a GPU.
-    #[doc(hidden)]
-    pub fn draw_on_device_for_tests(&mut self) {
+    /// (unseeded there): how tests and `bench --device-draws` run the GPU
+    /// path without a GPU.
+    pub fn draw_on_device(&mut self) {
         self.device_draws = true;
     }
 

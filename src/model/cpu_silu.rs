@@ -29,21 +29,25 @@ fn sigmoid(x: f32) -> f32 {
 
 /// `e^x`, to about one unit in the last place, in straight-line code the
 /// compiler turns into vector instructions (libm's `expf` is a call per
-/// value: it was half of SiLU's time). `x = n ln 2 + f ln 2` with `n`
-/// the nearest integer to `x log₂e`, so `|f| ≤ ½`; `2^f` by its Taylor
-/// series to degree 6 (remainder < 1.3·10⁻⁷) and `2^n` written straight
-/// into the exponent bits. Inputs are clamped to where `e^x` is a normal
-/// f32.
+/// value: it was half of SiLU's time). `x = n ln 2 + r` with `n` the
+/// nearest integer to `x log₂e`, so `|r| ≤ ½ ln 2`; `r` is taken off in two
+/// parts (ln 2's leading bits, exact in `n ·`, then the rest: Cody and
+/// Waite's reduction, which keeps `r` exact to f32 rounding even at
+/// `|x| ≈ 87`); `e^r` by its Taylor series to degree 6 (remainder
+/// < 1.3·10⁻⁷) and `2^n` written straight into the exponent bits. Inputs
+/// are clamped to where `e^x` is a normal f32.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     // 1.5 · 2²³: adding it rounds to an integer held in the low bits.
     const ROUND: f32 = 12_582_912.0;
-    let t = x.clamp(-87.0, 88.0) * std::f32::consts::LOG2_E;
-    let shifted = t + ROUND;
+    const LN2_HIGH: f32 = 0.693_359_4;
+    const LN2_LOW: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
-    let f = (t - n) * std::f32::consts::LN_2;
+    let r = x - n * LN2_HIGH - n * LN2_LOW;
     let p = 1.0
-        + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     p * f32::from_bits(((n_bits + 127) << 23) as u32)
 }

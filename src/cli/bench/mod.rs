@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// Score-net widths of the grid.
     #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
     pub widths: Vec<usize>,
+    /// Draw the training's random numbers on the device, as the GPU path
+    /// does, whatever the device (on the CPU: to measure that path's host
+    /// work and copies per iteration without a GPU).
+    #[arg(long)]
+    pub device_draws: bool,
     #[arg(long, hide = true)]
     pub worker: bool,
     /// Worker only: skip the measurement with a lab attached.
@@ -66,6 +71,9 @@ struct Rates {
     with_ui: Option<f64>,
     /// The worker process's peak resident memory.
     peak_rss_mb: f64,
+    /// Host↔device copies per distillation iteration ([`crate::transfer`]):
+    /// the host draws' uploads on the CPU path, none on the GPU path.
+    copies_per_iteration: f64,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -93,8 +101,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.seconds
     );
     println!(
-        "{:<9} {:<8} {:>16} {:>20} {:>18} {:>10}",
-        "threads", "load", "teacher steps/s", "distill it/s", "with the lab it/s", "lab/plain"
+        "{:<9} {:<8} {:>16} {:>20} {:>18} {:>10} {:>14}",
+        "threads", "load", "teacher steps/s", "distill it/s", "with the lab it/s", "lab/plain", "copies/it"
     );
     let loads: &[bool] = if args.no_load { &[false] } else { &[false, true] };
     for &threads in &args.threads {
@@ -102,13 +110,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             let rates = run_worker(&args, threads, loaded, false, &[])?;
             let with_ui = rates.with_ui.unwrap_or(f64::NAN);
             println!(
-                "{:<9} {:<8} {:>16.1} {:>20.1} {:>18.1} {:>10.2}",
+                "{:<9} {:<8} {:>16.1} {:>20.1} {:>18.1} {:>10.2} {:>14.1}",
                 threads,
                 if loaded { "1 busy" } else { "idle" },
                 rates.teacher_steps,
                 rates.distill_iterations,
                 with_ui,
-                with_ui / rates.distill_iterations
+                with_ui / rates.distill_iterations,
+                rates.copies_per_iteration
             );
         }
     }
@@ -144,6 +153,9 @@ fn run_worker(
     }
     for o in args.config.overrides.iter().chain(extra) {
         cmd.args(["--set", o]);
+    }
+    if args.device_draws {
+        cmd.arg("--device-draws");
     }
     if plain {
         cmd.arg("--plain");
@@ -184,12 +196,18 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
     config.log.checkpoint_every = 1_000_000_000;
     let run = RunDir::create(&tmp.join("run"), true)?;
     let mut session = Session::start(config.clone(), run)?;
+    if args.device_draws {
+        session.draw_on_device();
+    }
     let seconds = Duration::from_secs_f64(args.seconds);
     let teacher_steps = rate(&mut session, Stage::Pretrain, seconds)?;
     while session.stage() != Stage::Backtrack {
         session.skip()?;
     }
+    let copies = crate::transfer::count();
+    let before = session.iteration();
     let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
+    let copies_per_iteration = (crate::transfer::count() - copies) as f64 / (session.iteration() - before) as f64;
     drop(session);
     let with_ui = if args.plain {
         None
@@ -202,6 +220,7 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
         distill_iterations,
         with_ui,
         peak_rss_mb: peak_rss_mb(),
+        copies_per_iteration,
     })
 }
 
