@@ -420,3 +420,49 @@ fn show_prints_pictures_of_a_file_a_run_and_a_comparison_and_refuses_the_rest() 
     let o = disback(&["show", "empty"], dir.path());
     assert!(stderr(&o).contains("empty holds no pictures"), "{}", stderr(&o));
 }
+
+/// `bench --against-torch` without PyTorch still times disback over the
+/// grid, says PyTorch was not measured and why, and the distillation
+/// iteration's copies per step are those of the path it ran; an image
+/// config is refused with the reason.
+#[test]
+fn bench_against_torch_without_pytorch_prints_disback_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_file(dir.path(), "");
+    let o = Command::new(env!("CARGO_BIN_EXE_disback"))
+        .args(["bench", "--against-torch", "--config"])
+        .arg(&config)
+        .args([
+            "--seconds",
+            "0.2",
+            "--threads",
+            "1",
+            "--batches",
+            "32,64",
+            "--widths",
+            "16",
+        ])
+        .env("PYTHON", dir.path().join("no-python-here"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("PyTorch was not measured"), "{out}");
+    assert!(out.contains("no-python-here could not be started"), "{out}");
+    // One row per cell: batch, width, threads, then disback's numbers.
+    for batch in ["32", "64"] {
+        let row = out
+            .lines()
+            .find(|l| l.split_whitespace().take(3).eq([batch, "16", "1"]))
+            .unwrap_or_else(|| panic!("no row for batch {batch}: {out}"));
+        assert!(!row.contains('/') || row.contains("peak"), "{row}");
+    }
+    let images = dir.path().join("digits.toml");
+    std::fs::write(&images, "[data]\nkind = \"digits\"\n").unwrap();
+    let o = disback(
+        &["bench", "--against-torch", "--config", images.to_str().unwrap()],
+        dir.path(),
+    );
+    expect_failure(&o, &["2-D ResNet-MLP", "torch_mirror.py --net unet"]);
+}

@@ -207,7 +207,8 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
     let copies = crate::transfer::count();
     let before = session.iteration();
     let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
-    let copies_per_iteration = (crate::transfer::count() - copies) as f64 / (session.iteration() - before) as f64;
+    let copies_per_iteration =
+        (crate::transfer::count() - copies) as f64 / (session.iteration() - before) as f64;
     drop(session);
     let with_ui = if args.plain {
         None
