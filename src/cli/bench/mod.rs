@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// Score-net widths of the grid.
     #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
     pub widths: Vec<usize>,
+    /// Times each cell of the grid is measured, alternating disback and
+    /// PyTorch; the best of each is kept (the least disturbed by other
+    /// work on the machine).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Draw the training's random numbers on the device, as the GPU path
     /// does, whatever the device (on the CPU: to measure that path's host
     /// work and copies per iteration without a GPU).
@@ -223,6 +228,22 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
         peak_rss_mb: peak_rss_mb(),
         copies_per_iteration,
     })
+}
+
+impl Rates {
+    /// The fastest of several measurements of one setting (the largest
+    /// memory, the lab measurement of the fastest).
+    fn best(all: Vec<Rates>) -> Rates {
+        all.into_iter()
+            .reduce(|a, b| Rates {
+                teacher_steps: a.teacher_steps.max(b.teacher_steps),
+                distill_iterations: a.distill_iterations.max(b.distill_iterations),
+                with_ui: a.with_ui.into_iter().chain(b.with_ui).reduce(f64::max),
+                peak_rss_mb: a.peak_rss_mb.max(b.peak_rss_mb),
+                copies_per_iteration: a.copies_per_iteration.max(b.copies_per_iteration),
+            })
+            .expect("at least one measurement")
+    }
 }
 
 /// This process's peak resident memory (Linux's VmHWM), 0 where unknown.

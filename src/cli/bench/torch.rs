@@ -25,6 +25,19 @@ struct TorchRates {
     peak_rss_mb: f64,
 }
 
+impl TorchRates {
+    /// The fastest of several measurements of one cell (the largest memory).
+    fn best(all: Vec<TorchRates>) -> TorchRates {
+        all.into_iter()
+            .reduce(|a, b| TorchRates {
+                teacher_steps: a.teacher_steps.max(b.teacher_steps),
+                distill_iterations: a.distill_iterations.max(b.distill_iterations),
+                peak_rss_mb: a.peak_rss_mb.max(b.peak_rss_mb),
+            })
+            .expect("at least one measurement")
+    }
+}
+
 /// One cell of the grid.
 #[derive(Debug, Clone, Copy)]
 struct Cell {
@@ -77,7 +90,8 @@ fn run_grid(args: &BenchArgs, config: &Config, net: &ScoreNetConfig, mirror: Opt
     );
     println!(
         "peak = threads × {clock:.2} GHz × {per_core} FLOP/cycle (FP32 FMA); share = matrix-product FLOP/s of the \
-         distillation iteration over that peak\n"
+         distillation iteration over that peak; best of {} alternating measurements each\n",
+        args.rounds.max(1)
     );
     println!(
         "{:>6} {:>6} {:>8} | {:>26} | {:>26} | {:>13} | {:>14}",
@@ -98,10 +112,17 @@ fn run_grid(args: &BenchArgs, config: &Config, net: &ScoreNetConfig, mirror: Opt
                     width,
                     threads,
                 };
-                let ours = run_disback(args, cell)?;
-                let theirs = mirror
-                    .map(|m| run_torch(m, args, config, net, cell))
-                    .transpose()?;
+                let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+                for _ in 0..args.rounds.max(1) {
+                    ours.push(run_disback(args, cell)?);
+                    theirs.extend(
+                        mirror
+                            .map(|m| run_torch(m, args, config, net, cell))
+                            .transpose()?,
+                    );
+                }
+                let ours = Rates::best(ours);
+                let theirs = (!theirs.is_empty()).then(|| TorchRates::best(theirs));
                 let flops = distill_flops(net, width, batch, fake_steps);
                 let peak = threads as f64 * clock * 1e9 * per_core as f64;
                 let share = |it: f64| it * flops / peak * 100.0;
