@@ -65,7 +65,8 @@ pub struct BenchArgs {
     pub burn: bool,
 }
 
-/// Steps per second of one worker.
+/// Steps per second of one worker (or of the PyTorch mirror, which prints
+/// the same fields but the lab's and the copies).
 #[derive(Debug, Serialize, Deserialize)]
 struct Rates {
     teacher_steps: f64,
@@ -78,6 +79,7 @@ struct Rates {
     peak_rss_mb: f64,
     /// Host↔device copies per distillation iteration ([`crate::transfer`]):
     /// the host draws' uploads on the CPU path, none on the GPU path.
+    #[serde(default)]
     copies_per_iteration: f64,
 }
 

@@ -11,32 +11,10 @@ use super::{BenchArgs, Rates, run_worker};
 use crate::config::{Config, GeneratorInit, ScoreNetConfig};
 use crate::model::NetSpec;
 use anyhow::{Context, Result, bail, ensure};
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const MIRROR: &str = include_str!("../../../benches/torch_mirror.py");
-
-/// What the mirror prints.
-#[derive(Debug, Deserialize)]
-struct TorchRates {
-    teacher_steps: f64,
-    distill_iterations: f64,
-    peak_rss_mb: f64,
-}
-
-impl TorchRates {
-    /// The fastest of several measurements of one cell (the largest memory).
-    fn best(all: Vec<TorchRates>) -> TorchRates {
-        all.into_iter()
-            .reduce(|a, b| TorchRates {
-                teacher_steps: a.teacher_steps.max(b.teacher_steps),
-                distill_iterations: a.distill_iterations.max(b.distill_iterations),
-                peak_rss_mb: a.peak_rss_mb.max(b.peak_rss_mb),
-            })
-            .expect("at least one measurement")
-    }
-}
 
 /// One cell of the grid.
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +100,7 @@ fn run_grid(args: &BenchArgs, config: &Config, net: &ScoreNetConfig, mirror: Opt
                     );
                 }
                 let ours = Rates::best(ours);
-                let theirs = (!theirs.is_empty()).then(|| TorchRates::best(theirs));
+                let theirs = (!theirs.is_empty()).then(|| Rates::best(theirs));
                 let flops = distill_flops(net, width, batch, fake_steps);
                 let peak = threads as f64 * clock * 1e9 * per_core as f64;
                 let share = |it: f64| it * flops / peak * 100.0;
@@ -169,12 +147,12 @@ fn run_grid(args: &BenchArgs, config: &Config, net: &ScoreNetConfig, mirror: Opt
 
 struct Row<'a> {
     ours: &'a Rates,
-    theirs: Option<&'a TorchRates>,
+    theirs: Option<&'a Rates>,
 }
 
 impl Row<'_> {
     /// "59.1 / 44.0 = 1.34×", or disback's number alone.
-    fn pair(&self, ours: impl Fn(&Rates) -> f64, theirs: impl Fn(&TorchRates) -> f64) -> String {
+    fn pair(&self, ours: impl Fn(&Rates) -> f64, theirs: impl Fn(&Rates) -> f64) -> String {
         let a = ours(self.ours);
         match self.theirs {
             Some(t) => {
@@ -205,7 +183,7 @@ fn run_torch(
     config: &Config,
     net: &ScoreNetConfig,
     cell: Cell,
-) -> Result<TorchRates> {
+) -> Result<Rates> {
     let number = |v: f64| v.to_string();
     let output = Command::new(python())
         .arg(script)
