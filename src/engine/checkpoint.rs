@@ -155,6 +155,10 @@ impl Session {
             }
         }
         self.last_checkpoint = Some(self.clock.iteration);
+        // The device's generator restarts from this position, as a run
+        // resumed from this checkpoint will: from a scheduled checkpoint the
+        // two draw the same numbers.
+        self.seed_device_draws(self.clock.stage)?;
         self.pending.push(Event::Checkpointed {
             iteration: self.clock.iteration,
             dir,
