@@ -113,18 +113,20 @@ impl NoiseSchedule {
 
     /// `n` training noise levels (log-normal), in data units.
     pub fn training(&self, rng: &mut impl Rng, n: usize) -> Vec<f32> {
-        match self.training_law() {
-            SigmaLaw::LogNormal { mean, std } => log_normal_sigmas(rng, n, mean, std),
-            SigmaLaw::KarrasIndex { .. } => unreachable!("the training law is log-normal"),
+        log_normal_sigmas(rng, n, self.training_mean(), self.p_std)
+    }
+
+    /// The denoising loss's law of σ, for [`Draws::sigmas`].
+    pub fn training_law(&self) -> SigmaLaw<'static> {
+        SigmaLaw::LogNormal {
+            mean: self.training_mean(),
+            std: self.p_std,
         }
     }
 
-    /// The denoising loss's law of σ.
-    pub fn training_law(&self) -> SigmaLaw<'static> {
-        SigmaLaw::LogNormal {
-            mean: self.p_mean + self.scale.ln(),
-            std: self.p_std,
-        }
+    /// The mean of ln σ in data units: EDM's `p_mean` shifted by the scale.
+    fn training_mean(&self) -> f64 {
+        self.p_mean + self.scale.ln()
     }
 
     /// The n-step Karras grid from σ_max down to σ_min, in data units.
