@@ -36,6 +36,6 @@ pub fn heun_sample(
 pub fn model_denoise_fn(model: &Denoiser) -> impl FnMut(&Tensor, f32) -> Result<Tensor> + '_ {
     move |x: &Tensor, sigma: f32| {
         let levels = model.levels(vec![sigma; x.dim(0)?], &x.device().clone())?;
-        Ok(model.denoise(x, &levels)?.detach())
+        crate::model::frozen(|| model.denoise(x, &levels))
     }
 }

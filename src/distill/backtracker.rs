@@ -107,13 +107,8 @@ impl Backtracker {
         nodes: &dyn NodeSource,
     ) -> Result<BacktrackStep> {
         let d = &self.settings;
-        let x0 = student.generate(d.batch, draws)?;
-        let device = x0.device().clone();
-        let sigmas = self.loss_sigmas(noise, draws, &device)?;
-        let eps = draws.normal(x0.dims(), &device)?;
-        let levels = self.target.levels(sigmas, &device)?;
-        let g = generator_loss(&x0, &self.target, &self.fake_score, &levels, &eps, d.weighting)?;
-        student.update(&g.loss)?;
+        let device = student.generator.device();
+        let (loss_generator, gap) = self.update_generator(student, noise, draws)?;
         let loss_fake = (0..d.fake_steps_per_generator_step)
             .map(|_| {
                 // s_φ is trained at the noise levels the generator loss
@@ -128,18 +123,38 @@ impl Backtracker {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        self.hand_over_gap(&g.gap)?;
+        self.hand_over_gap(&gap)?;
         let decision = self.schedule.record_step();
         if let Decision::Switch { to, .. } = decision {
             self.gaps.clear();
             load(nodes, to, &self.target)?;
         }
         Ok(BacktrackStep {
-            loss_generator: g.loss.detach(),
-            gap: g.gap,
+            loss_generator,
+            gap,
             loss_fake,
             decision,
         })
+    }
+
+    /// One generator update; returns its loss, detached, and the gap. The
+    /// generator's graph ends here, before s_φ's updates build theirs: at
+    /// batch 4,096 holding both was most of a distillation step's memory.
+    fn update_generator(
+        &self,
+        student: &mut Student,
+        noise: &NoiseSchedule,
+        draws: &mut Draws<'_>,
+    ) -> Result<(Tensor, Tensor)> {
+        let d = &self.settings;
+        let x0 = student.generate(d.batch, draws)?;
+        let device = x0.device().clone();
+        let sigmas = self.loss_sigmas(noise, draws, &device)?;
+        let eps = draws.normal(x0.dims(), &device)?;
+        let levels = self.target.levels(sigmas, &device)?;
+        let g = generator_loss(&x0, &self.target, &self.fake_score, &levels, &eps, d.weighting)?;
+        student.update(&g.loss)?;
+        Ok((g.loss.detach(), g.gap))
     }
 
     /// Holds this step's gap for the `auto` rule, and reads the held gaps

@@ -17,7 +17,7 @@
 
 use crate::config::Weighting;
 use crate::diffusion::denoising_loss;
-use crate::model::{Denoiser, Generator, NoiseLevels, Sigmas};
+use crate::model::{Denoiser, Generator, NoiseLevels, Sigmas, frozen};
 use crate::optim::Adam;
 use crate::rng::Draws;
 use anyhow::Result;
@@ -44,8 +44,9 @@ pub fn generator_loss(
 ) -> Result<GeneratorLoss> {
     let x0_fixed = x0.detach();
     let xt = (&x0_fixed + noise.broadcast_mul(&levels.sigma_for(x0)?)?)?;
-    let d_target = target.denoise(&xt, levels)?.detach();
-    let d_fake = fake.denoise(&xt, levels)?.detach();
+    // Values only: no graph through either score net.
+    let (d_target, d_fake) =
+        frozen(|| -> Result<_> { Ok((target.denoise(&xt, levels)?, fake.denoise(&xt, levels)?)) })?;
     // Per-sample norms and means run over every coordinate of a sample
     // (both of a point, every pixel of an image): work on (B, n) rows.
     let rows = |t: &Tensor| t.flatten_from(1);
@@ -83,9 +84,8 @@ pub fn fit_to_generator(
         Sigmas::Host(values) => values.len(),
         Sigmas::Device(column) => column.dim(0)?,
     };
-    let x0 = generator
-        .forward(&generator.draw_latents(batch, draws)?)?
-        .detach();
+    let latents = generator.draw_latents(batch, draws)?;
+    let x0 = frozen(|| generator.forward(&latents))?;
     let loss = denoising_loss(model, &x0, sigmas, draws)?;
     opt.step(&loss.backward()?)?;
     Ok(loss.detach())

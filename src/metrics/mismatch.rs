@@ -66,7 +66,8 @@ pub fn noised(samples: &Samples, sigma: f64, rng: &mut impl Rng) -> Samples {
 pub fn model_scores(model: &Denoiser, samples: &Samples, sigma: f64) -> Result<Samples> {
     let device = model.device();
     let levels = model.levels(vec![sigma as f32; samples.len()], &device)?;
-    let s = model.score(&samples.to_tensor(&device)?, &levels)?.detach();
+    let x = samples.to_tensor(&device)?;
+    let s = crate::model::frozen(|| model.score(&x, &levels))?;
     Samples::from_tensor(&s)
 }
 

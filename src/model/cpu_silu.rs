@@ -102,6 +102,19 @@ fn map_values(x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) -> Vec<f32> {
     out
 }
 
+/// `x σ(x)` of each value.
+pub(super) fn silu_values(x: &[f32]) -> Vec<f32> {
+    map(x, x, |x, _| x * sigmoid(x))
+}
+
+/// SiLU's backward: `dy · σ(x) (1 + x (1 − σ(x)))` of each value pair.
+pub(super) fn silu_grad_values(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    map(x, dy, |x, dy| {
+        let s = sigmoid(x);
+        dy * s * (1.0 + x * (1.0 - s))
+    })
+}
+
 impl CustomOp1 for CpuSilu {
     fn name(&self) -> &'static str {
         "cpu-silu"
@@ -109,8 +122,7 @@ impl CustomOp1 for CpuSilu {
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_values(x, layout, layout.shape().elem_count(), "silu", "input")?;
-        let y = map(x, x, |x, _| x * sigmoid(x));
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        Ok((CpuStorage::F32(silu_values(x)), layout.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -133,11 +145,7 @@ impl CustomOp2 for CpuSiluGrad {
         let len = x_layout.shape().elem_count();
         let x = f32_values(x, x_layout, len, "silu backward", "input")?;
         let dy = f32_values(dy, dy_layout, len, "silu backward", "gradient")?;
-        let dx = map(x, dy, |x, dy| {
-            let s = sigmoid(x);
-            dy * s * (1.0 + x * (1.0 - s))
-        });
-        Ok((CpuStorage::F32(dx), x_layout.shape().clone()))
+        Ok((CpuStorage::F32(silu_grad_values(x, dy)), x_layout.shape().clone()))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The layers the networks are built from, each owning its named
 //! parameters (so models save, load, copy and average by name).
 
+use super::frozen::param;
 use super::params::{Init, ParamBuilder};
 use anyhow::Result;
 use candle_core::{Module, Tensor, Var};
@@ -36,12 +37,27 @@ impl Linear {
         if x.device().is_cpu() {
             return Ok(super::cpu_linear::linear(
                 x,
-                self.weight.as_tensor(),
-                self.bias.as_tensor(),
+                &param(&self.weight),
+                &param(&self.bias),
             )?);
         }
         let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
-        Ok((x.matmul(self.weight.as_tensor())? + ones.matmul(self.bias.as_tensor())?)?)
+        Ok((x.matmul(&param(&self.weight))? + ones.matmul(&param(&self.bias))?)?)
+    }
+
+    /// `y = silu(x) W + b`. On the CPU one fused op that recomputes the
+    /// SiLU in its backward rather than keeping it alive in the graph
+    /// ([`super::cpu_linear::linear_of_silu`]); the same values as
+    /// `forward(&silu(x))`.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            return Ok(super::cpu_linear::linear_of_silu(
+                x,
+                &param(&self.weight),
+                &param(&self.bias),
+            )?);
+        }
+        self.forward(&silu(x)?)
     }
 }
 
@@ -92,7 +108,7 @@ impl Conv2d {
     /// one matrix product over patches ([`super::cpu_conv`], whose backward
     /// is far faster than candle's there); elsewhere candle's own.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let (weight, bias) = (&param(&self.weight), &param(&self.bias));
         let padding = self.weight.dim(2)? / 2;
         if x.device().is_cpu() {
             return Ok(super::cpu_conv::conv2d(x, weight, bias, self.stride, padding)?);
@@ -129,7 +145,7 @@ impl GroupNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         const EPS: f64 = 1e-5;
-        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let (weight, bias) = (&param(&self.weight), &param(&self.bias));
         if x.device().is_cpu() {
             return Ok(super::cpu_norm::group_norm(x, weight, bias, self.groups, EPS)?);
         }

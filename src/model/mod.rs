@@ -7,6 +7,7 @@ mod cpu_linear;
 mod cpu_norm;
 mod cpu_silu;
 mod edm;
+mod frozen;
 mod host;
 mod layers;
 mod nets;
@@ -18,6 +19,7 @@ mod unet;
 pub use cpu_conv::conv2d as conv2d_cpu;
 pub use cpu_norm::group_norm as group_norm_cpu;
 pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, loss_weight};
+pub use frozen::frozen;
 pub use layers::{Conv2d, GroupNorm, Linear, silu};
 pub use nets::{GeneratorNet, MlpNet, NetSpec, ScoreNet};
 pub use params::{Init, ParamBuilder, Params};
@@ -300,7 +302,8 @@ impl Generator {
         let mut left = n;
         while left > 0 {
             let b = left.min(chunk);
-            parts.push(self.forward(&self.latents(b, rng)?)?.detach());
+            let latents = self.latents(b, rng)?;
+            parts.push(frozen(|| self.forward(&latents))?);
             left -= b;
         }
         Ok(Tensor::cat(&parts, 0)?)

@@ -2,7 +2,7 @@
 //! score) a ResNet-MLP for 2-D data or a U-Net for images ([`ScoreNet`]),
 //! and the MLP one-step generator of the 2-D toy.
 
-use super::layers::{Linear, silu};
+use super::layers::Linear;
 use super::params::{ParamBuilder, Params};
 use super::unet::UNet;
 use crate::config::{GeneratorConfig, ScoreNetConfig, UNetConfig};
@@ -140,10 +140,10 @@ impl MlpNet {
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         let mut h = self.input.forward(&Tensor::cat(&[x, emb], 1)?)?;
         for (fc1, proj, fc2) in &self.blocks {
-            let inner = (fc1.forward(&silu(&h)?)? + proj.forward(emb)?)?;
-            h = (h + fc2.forward(&silu(&inner)?)?)?;
+            let inner = (fc1.forward_silu(&h)? + proj.forward(emb)?)?;
+            h = (h + fc2.forward_silu(&inner)?)?;
         }
-        self.output.forward(&silu(&h)?)
+        self.output.forward_silu(&h)
     }
 
     pub fn params(&self) -> &Params {
@@ -183,12 +183,14 @@ impl GeneratorNet {
 
     /// `z`: (B, latent_dim) standard normal; returns (B, 2) samples.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let (last, hidden) = self.layers.split_last().expect("at least one layer");
-        let mut h = z.affine(self.config.sigma_init, 0.0)?;
-        for layer in hidden {
-            h = silu(&layer.forward(&h)?)?;
+        // A SiLU between layers: each layer after the first takes the
+        // SiLU of the one before.
+        let (first, rest) = self.layers.split_first().expect("at least one layer");
+        let mut h = first.forward(&z.affine(self.config.sigma_init, 0.0)?)?;
+        for layer in rest {
+            h = layer.forward_silu(&h)?;
         }
-        last.forward(&h)
+        Ok(h)
     }
 
     pub fn params(&self) -> &Params {
