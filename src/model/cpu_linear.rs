@@ -21,7 +21,7 @@
 //!
 //! Other devices keep candle's product and broadcast addition.
 
-use super::cpu_gemm::{Matrix, matmul, matmul_add};
+use super::cpu_gemm::{Matrix, matmul, matmul_bias};
 use super::cpu_silu::{silu_grad_values, silu_values};
 use super::host::{f32_values, with_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
@@ -71,12 +71,11 @@ impl CustomOp3 for CpuLinear {
         let x = f32_values(x, x_layout, batch * input, "linear", "input")?;
         let weight = f32_values(weight, weight_layout, input * output, "linear", "weight")?;
         let bias = f32_values(bias, bias_layout, output, "linear", "bias")?;
-        let mut y = bias.repeat(batch);
-        self.1.with(x, |x| {
-            matmul_add(
+        let y = self.1.with(x, |x| {
+            matmul_bias(
                 Matrix::rows(x, batch, input),
                 Matrix::rows(weight, input, output),
-                &mut y,
+                bias,
             )
         });
         Ok((CpuStorage::F32(y), Shape::from((batch, output))))

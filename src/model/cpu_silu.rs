@@ -12,6 +12,7 @@
 use super::host::f32_values;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Below this many values a pass runs on one thread: splitting it would
 /// cost more than it saves.
@@ -52,54 +53,52 @@ fn exp(x: f32) -> f32 {
     p * f32::from_bits(((n_bits + 127) << 23) as u32)
 }
 
-/// `f` over the values of `x` (and `y`), over candle's thread count for
-/// long inputs.
+/// `f` over the values of `x` (and `y`), over rayon's threads for long
+/// inputs, each writing its own part of the output.
 fn map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let chunk = |(x, y): (&[f32], &[f32])| map_chunk(x, y, &f);
+    assert_eq!(x.len(), y.len(), "silu: operands of different lengths");
+    // Written once, so not zero-filled first (a pass of its own).
+    let mut out = Vec::with_capacity(x.len());
+    let spare = &mut out.spare_capacity_mut()[..x.len()];
     if x.len() >= PARALLEL_FROM && candle_core::utils::get_num_threads() > 1 {
-        let parts: Vec<Vec<f32>> = x
-            .par_chunks(PARALLEL_FROM / 4)
-            .zip(y.par_chunks(PARALLEL_FROM / 4))
-            .map(chunk)
-            .collect();
-        parts.concat()
+        let part = PARALLEL_FROM / 4;
+        spare
+            .par_chunks_mut(part)
+            .zip(x.par_chunks(part))
+            .zip(y.par_chunks(part))
+            .for_each(|((o, x), y)| map_chunk(o, x, y, &f));
     } else {
-        chunk((x, y))
+        map_chunk(spare, x, y, &f);
     }
+    // SAFETY: the chunks together wrote all `x.len()` values.
+    unsafe { out.set_len(x.len()) };
+    out
 }
 
 /// One thread's part of [`map`], in AVX2 + FMA where the CPU has them:
 /// the default x86-64 target stops at SSE2, and 8 lanes with fused
 /// multiply-adds halve SiLU's time (measured: 1.4 → 0.7 ns a value).
-fn map_chunk(x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) -> Vec<f32> {
+fn map_chunk(out: &mut [MaybeUninit<f32>], x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has both features, checked just above.
-        return unsafe { map_chunk_avx2(x, y, f) };
+        return unsafe { map_chunk_avx2(out, x, y, f) };
     }
-    map_values(x, y, f)
+    map_values(out, x, y, f)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn map_chunk_avx2(x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) -> Vec<f32> {
-    map_values(x, y, f)
+fn map_chunk_avx2(out: &mut [MaybeUninit<f32>], x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) {
+    map_values(out, x, y, f)
 }
 
-/// Inlined into its callers so that it compiles for their target features
-/// (a plain loop: `collect` would call out to code built without them).
+/// Inlined into its callers so that it compiles for their target features.
 #[inline(always)]
-fn map_values(x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) -> Vec<f32> {
-    assert_eq!(x.len(), y.len(), "silu: operands of different lengths");
-    // Written once, so not zero-filled first (a pass of its own).
-    let mut out = Vec::with_capacity(x.len());
-    for ((o, a), b) in out.spare_capacity_mut().iter_mut().zip(x).zip(y) {
+fn map_values(out: &mut [MaybeUninit<f32>], x: &[f32], y: &[f32], f: &impl Fn(f32, f32) -> f32) {
+    for ((o, a), b) in out.iter_mut().zip(x).zip(y) {
         o.write(f(*a, *b));
     }
-    // SAFETY: `x` and `y` are both as long as the capacity (asserted
-    // above), so the loop wrote every one of those values.
-    unsafe { out.set_len(x.len()) };
-    out
 }
 
 /// `x σ(x)` of each value.
