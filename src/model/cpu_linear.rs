@@ -166,54 +166,35 @@ mod tests {
     use super::*;
 
     /// Values and all three gradients against candle's product and
-    /// broadcast addition, for square, wide, narrow and one-row layers.
+    /// broadcast addition (after candle's SiLU for `Input::Silu`), for
+    /// square, wide, narrow and one-row layers, the input spread wide
+    /// enough to reach both tails of the sigmoid.
     #[test]
     fn fused_linear_equals_candles_in_values_and_gradients() {
-        for (batch, input, output) in [(7, 5, 5), (16, 18, 32), (33, 64, 2), (1, 3, 9)] {
-            let case = format!("batch {batch}, {input} → {output}");
-            let x = random(&[batch, input], 1, 0.0);
-            let w = random(&[input, output], 2, 0.0);
-            let b = random(&[1, output], 3, 0.5);
-            let ours = linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
-            let theirs = x
-                .as_tensor()
-                .matmul(w.as_tensor())
-                .and_then(|y| y.broadcast_add(b.as_tensor()))
-                .unwrap();
-            assert_same_op(
-                &ours,
-                &theirs,
-                [("x", &x), ("weight", &w), ("bias", &b)],
-                1e-4,
-                &case,
-            );
-        }
-    }
-
-    /// With the SiLU taken inside the op: values and gradients against
-    /// candle's SiLU followed by its product and broadcast addition, the
-    /// input spread wide enough to reach both tails of the sigmoid.
-    #[test]
-    fn linear_of_silu_equals_candles_silu_then_linear() {
-        for (batch, input, output) in [(7, 5, 5), (16, 18, 32), (33, 64, 2), (1, 3, 9)] {
-            let case = format!("silu, batch {batch}, {input} → {output}");
-            let x = random(&[batch, input], 7, 0.0);
-            let w = random(&[input, output], 8, 0.0);
-            let b = random(&[1, output], 9, 0.5);
-            let x_wide = (x.as_tensor() * 4.0).unwrap();
-            let ours = linear_of_silu(&x_wide, w.as_tensor(), b.as_tensor()).unwrap();
-            let theirs = x_wide
-                .silu()
-                .and_then(|s| s.matmul(w.as_tensor()))
-                .and_then(|y| y.broadcast_add(b.as_tensor()))
-                .unwrap();
-            assert_same_op(
-                &ours,
-                &theirs,
-                [("x", &x), ("weight", &w), ("bias", &b)],
-                1e-4,
-                &case,
-            );
+        for what in [Input::Plain, Input::Silu] {
+            for (batch, input, output) in [(7, 5, 5), (16, 18, 32), (33, 64, 2), (1, 3, 9)] {
+                let case = format!("{what:?}, batch {batch}, {input} → {output}");
+                let x = random(&[batch, input], 1, 0.0);
+                let w = random(&[input, output], 2, 0.0);
+                let b = random(&[1, output], 3, 0.5);
+                let x_wide = (x.as_tensor() * 4.0).unwrap();
+                let ours = apply(&x_wide, w.as_tensor(), b.as_tensor(), what).unwrap();
+                let multiplied = match what {
+                    Input::Plain => x_wide.clone(),
+                    Input::Silu => x_wide.silu().unwrap(),
+                };
+                let theirs = multiplied
+                    .matmul(w.as_tensor())
+                    .and_then(|y| y.broadcast_add(b.as_tensor()))
+                    .unwrap();
+                assert_same_op(
+                    &ours,
+                    &theirs,
+                    [("x", &x), ("weight", &w), ("bias", &b)],
+                    1e-4,
+                    &case,
+                );
+            }
         }
     }
 
