@@ -75,6 +75,11 @@ fn product(a: Matrix<'_>, b: Matrix<'_>, bias: Option<&[f32]>) -> Vec<f32> {
 fn product_in_blocks(a: Matrix<'_>, b: Matrix<'_>, bias: Option<&[f32]>, blocks: usize) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "matrix product of mismatched sizes");
     let (m, n) = (a.rows, b.cols);
+    if a.cols == 0 {
+        // An empty sum: the output below is left for `gemm` to write, and
+        // this case is not left to how it treats k = 0.
+        return bias.map_or_else(|| vec![0.0; m * n], |bias| bias.repeat(m));
+    }
     // The output's rows or columns, whichever is longer, cut into blocks.
     let by_rows = m >= n;
     let length = if by_rows { m } else { n };
@@ -194,7 +199,7 @@ mod tests {
     /// loop's product, transposed operands and the bias included.
     #[test]
     fn products_cut_into_blocks_equal_the_triple_loop() {
-        for (m, k, n) in [(70, 9, 20), (20, 9, 70), (5, 3, 40), (33, 17, 33)] {
+        for (m, k, n) in [(70, 9, 20), (20, 9, 70), (5, 3, 40), (33, 17, 33), (4, 0, 3)] {
             let a_values = values(m * k, 1);
             let b_values = values(k * n, 2);
             let bias = values(n, 3);
