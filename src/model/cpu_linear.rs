@@ -13,7 +13,7 @@
 //!   or noise fed to the first layer), `dW = xᵀ dy`, `db` the column sums
 //!   of `dy`.
 //!
-//! The layer can also take `silu(x)` as its input ([`linear_of_silu`]),
+//! The layer can also take `silu(x)` as its input (`Input::Silu`),
 //! computing the SiLU inside the op and again in the backward instead of
 //! keeping it: candle keeps every op's inputs alive until the backward
 //! pass, so a separate SiLU holds a whole activation per layer (at batch
@@ -36,7 +36,7 @@ struct Sizes {
 
 /// What the product multiplies: the input as given, or its SiLU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Input {
+pub(super) enum Input {
     Plain,
     Silu,
 }
@@ -132,19 +132,10 @@ fn column_sums(rows: &[f32], width: usize) -> Vec<f32> {
     sums
 }
 
-/// `x` (B, in) times `weight` (in, out) plus `bias` (any shape holding
-/// `out` values), as candle's `x.matmul(weight)?.broadcast_add(bias)`.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    apply(x, weight, bias, Input::Plain)
-}
-
-/// `silu(x) · weight + bias`, as [`linear`] of candle's `x.silu()`, without
-/// keeping `silu(x)` for the backward pass.
-pub fn linear_of_silu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    apply(x, weight, bias, Input::Silu)
-}
-
-fn apply(x: &Tensor, weight: &Tensor, bias: &Tensor, what: Input) -> Result<Tensor> {
+/// `x` (B, in), or its SiLU, times `weight` (in, out) plus `bias` (any
+/// shape holding `out` values): candle's `x.matmul(weight)?.broadcast_add(bias)`,
+/// of `x.silu()?` for `Input::Silu`.
+pub(super) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, what: Input) -> Result<Tensor> {
     let (batch, input) = x.dims2()?;
     let (weight_input, output) = weight.dims2()?;
     if weight_input != input || bias.elem_count() != output {
@@ -178,7 +169,7 @@ mod tests {
                 let w = random(&[input, output], 2, 0.0);
                 let b = random(&[1, output], 3, 0.5);
                 let x_wide = (x.as_tensor() * 4.0).unwrap();
-                let ours = apply(&x_wide, w.as_tensor(), b.as_tensor(), what).unwrap();
+                let ours = linear(&x_wide, w.as_tensor(), b.as_tensor(), what).unwrap();
                 let multiplied = match what {
                     Input::Plain => x_wide.clone(),
                     Input::Silu => x_wide.silu().unwrap(),
@@ -205,7 +196,7 @@ mod tests {
         let x = random(&[4, 3], 4, 0.0).as_tensor().detach();
         let w = random(&[3, 2], 5, 0.0);
         let b = random(&[1, 2], 6, 0.0);
-        let grads = linear(&x, w.as_tensor(), b.as_tensor())
+        let grads = linear(&x, w.as_tensor(), b.as_tensor(), Input::Plain)
             .and_then(|y| y.sum_all())
             .and_then(|s| s.backward())
             .unwrap();
@@ -231,7 +222,7 @@ mod tests {
         let x = random(&[4, 3], 1, 0.0);
         let w = random(&[2, 5], 2, 0.0);
         let b = random(&[1, 5], 3, 0.0);
-        let err = linear(x.as_tensor(), w.as_tensor(), b.as_tensor())
+        let err = linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), Input::Plain)
             .unwrap_err()
             .to_string();
         assert!(err.contains("[4, 3]") && err.contains("[2, 5]"), "{err}");

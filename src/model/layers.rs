@@ -1,6 +1,7 @@
 //! The layers the networks are built from, each owning its named
 //! parameters (so models save, load, copy and average by name).
 
+use super::cpu_linear::{Input, linear};
 use super::frozen::param;
 use super::params::{Init, ParamBuilder};
 use anyhow::Result;
@@ -35,29 +36,24 @@ impl Linear {
     /// then a matrix product instead of candle's batch sum.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() {
-            return Ok(super::cpu_linear::linear(
-                x,
-                &param(&self.weight),
-                &param(&self.bias),
-            )?);
+            return self.fused(x, Input::Plain);
         }
         let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
         Ok((x.matmul(&param(&self.weight))? + ones.matmul(&param(&self.bias))?)?)
     }
 
-    /// `y = silu(x) W + b`. On the CPU one fused op that recomputes the
-    /// SiLU in its backward rather than keeping it alive in the graph
-    /// ([`super::cpu_linear::linear_of_silu`]); the same values as
-    /// `forward(&silu(x))`.
+    /// `y = silu(x) W + b`, the same values as `forward(&silu(x))`. On the
+    /// CPU one fused op that recomputes the SiLU in its backward rather
+    /// than keeping it alive in the graph.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() {
-            return Ok(super::cpu_linear::linear_of_silu(
-                x,
-                &param(&self.weight),
-                &param(&self.bias),
-            )?);
+            return self.fused(x, Input::Silu);
         }
         self.forward(&silu(x)?)
+    }
+
+    fn fused(&self, x: &Tensor, input: Input) -> Result<Tensor> {
+        Ok(linear(x, &param(&self.weight), &param(&self.bias), input)?)
     }
 }
 
