@@ -631,3 +631,72 @@ fn v_cycles_image_views_and_nodes_open_by_number_or_cursor() {
         vec![Command::SetPreview(Preview::Generator)]
     );
 }
+
+/// `disback bench`'s lab, fed by a thread that plays a run: the updates and
+/// what the lab sends back.
+fn bench_lab_against(script: Vec<(u64, Update)>) -> (String, Vec<Command>) {
+    use disback::engine::trainer::Link;
+    let (commands, sent) = std::sync::mpsc::channel();
+    let (updates, received) = tokio::sync::mpsc::unbounded_channel();
+    let player = std::thread::spawn(move || {
+        for (pause_ms, update) in script {
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+            let _ = updates.send(update);
+        }
+        // Keep the link open a moment: the lab must see the last update.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    });
+    let link = Link {
+        commands,
+        updates: received,
+        carrier: None,
+    };
+    let measured = disback::ui::backtracking_rate_with_lab(link, std::time::Duration::from_secs(60));
+    player.join().unwrap();
+    let error = format!("{:#}", measured.expect_err("the played run never reaches a rate"));
+    (error, sent.try_iter().collect())
+}
+
+fn at(stage: Stage, iteration: usize) -> Update {
+    let mut v = backtracking();
+    (v.stage, v.iteration) = (stage, iteration);
+    Update::View {
+        view: Box::new(v),
+        rate: 0.0,
+    }
+}
+
+#[test]
+fn the_bench_lab_skips_each_stage_once_and_ends_when_training_stops() {
+    let script = vec![
+        (0, at(Stage::Pretrain, 1)),
+        (200, at(Stage::Pretrain, 2)),
+        (200, at(Stage::Pretrain, 3)),
+        (200, at(Stage::Record, 4)),
+        (200, at(Stage::Record, 5)),
+        (200, Update::Stopped),
+    ];
+    let (error, sent) = bench_lab_against(script);
+    // A skip per frame would have sent about a dozen.
+    assert_eq!(sent, vec![Command::Skip, Command::Skip]);
+    assert!(
+        error.contains("training stopped before the measurement ended"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_bench_lab_reports_a_failed_run_and_a_closed_link() {
+    let failed = vec![
+        (0, at(Stage::Pretrain, 1)),
+        (100, Update::Failed("loss is NaN".into())),
+    ];
+    let (error, _) = bench_lab_against(failed);
+    assert!(
+        error.contains("training failed during the bench: loss is NaN"),
+        "{error}"
+    );
+    let (error, sent) = bench_lab_against(Vec::new());
+    assert!(error.contains("closed its link"), "{error}");
+    assert!(sent.is_empty());
+}

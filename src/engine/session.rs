@@ -254,6 +254,12 @@ impl Session {
         self.device_draws = true;
     }
 
+    /// Waits until the device has run everything queued so far (on a GPU,
+    /// steps return once queued): what a timing needs at its two ends.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.device.synchronize()?)
+    }
+
     /// Manual mode: no automatic switches until it is turned off again.
     pub fn set_manual(&mut self, on: bool) {
         match &mut self.backtracker {

@@ -20,6 +20,7 @@ pub use draw::{draw, draw_with};
 pub use pictures::{Palette, Tiling};
 pub use theme::Theme;
 
+use crate::engine::Stage;
 use crate::engine::trainer::{Command, Link};
 use anyhow::Result;
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
@@ -186,20 +187,36 @@ async fn next_encoding(rx: &mut Option<UnboundedReceiver<Encoded>>) -> Option<En
 /// `disback bench`, which links it over a runner's socket). The earlier
 /// stages are skipped; the run is ended at the end.
 pub fn backtracking_rate_with_lab(mut link: Link, time: Duration) -> Result<f64> {
+    use tokio::sync::mpsc::error::TryRecvError;
     let mut app = App::new(Theme { color: true });
     let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 48))?;
     let mut since: Option<(Instant, usize)> = None;
+    // One skip per stage: a skip sent every frame would pile up behind a
+    // slow step and then skip backtracking targets too.
+    let mut skipped: Option<Stage> = None;
+    let mut progress = Progress::new();
     loop {
-        while let Ok(update) = link.updates.try_recv() {
-            app.on_update(update);
+        loop {
+            match link.updates.try_recv() {
+                Ok(update) => app.on_update(update),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    anyhow::bail!("the run closed its link before the measurement ended")
+                }
+            }
         }
         if let Some(e) = &app.failure {
             anyhow::bail!("training failed during the bench: {e}");
         }
+        anyhow::ensure!(!app.stopped, "training stopped before the measurement ended");
         if let Some(v) = &app.view {
+            progress.saw(v.stage, v.iteration);
             match since {
-                _ if v.stage < crate::engine::Stage::Backtrack => {
-                    let _ = link.commands.send(Command::Skip);
+                _ if v.stage < Stage::Backtrack => {
+                    if skipped != Some(v.stage) {
+                        let _ = link.commands.send(Command::Skip);
+                        skipped = Some(v.stage);
+                    }
                 }
                 None if v.iteration > 10 => since = Some((Instant::now(), v.iteration)),
                 Some((t0, i0)) if t0.elapsed() >= time => {
@@ -210,7 +227,49 @@ pub fn backtracking_rate_with_lab(mut link: Link, time: Duration) -> Result<f64>
                 _ => {}
             }
         }
+        progress.check()?;
         terminal.draw(|frame| draw(frame, &app))?;
         std::thread::sleep(FRAME);
+    }
+}
+
+/// When the bench's lab last saw training move, so that a run that stops
+/// moving is reported instead of waited on for ever.
+struct Progress {
+    at: Instant,
+    seen: Option<(Stage, usize)>,
+}
+
+impl Progress {
+    /// How long training may show no new stage or iteration: far more than
+    /// any one step or stage change takes, even an image model's on a CPU.
+    const PATIENCE: Duration = Duration::from_secs(180);
+
+    fn new() -> Self {
+        Self {
+            at: Instant::now(),
+            seen: None,
+        }
+    }
+
+    fn saw(&mut self, stage: Stage, iteration: usize) {
+        if self.seen != Some((stage, iteration)) {
+            self.seen = Some((stage, iteration));
+            self.at = Instant::now();
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let waited = self.at.elapsed();
+        if waited < Self::PATIENCE {
+            return Ok(());
+        }
+        match self.seen {
+            Some((stage, iteration)) => anyhow::bail!(
+                "training showed no progress for {} s ({stage}, iteration {iteration})",
+                waited.as_secs()
+            ),
+            None => anyhow::bail!("no view of the run arrived in {} s", waited.as_secs()),
+        }
     }
 }

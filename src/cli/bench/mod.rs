@@ -283,7 +283,17 @@ fn rate_with_attached_lab(config: Config, dir: &Path, time: Duration) -> Result<
             Err(e) => return Err(e.context("the bench's runner did not start")),
         }
     };
-    let rate = crate::ui::backtracking_rate_with_lab(link, time)?;
+    let rate = match crate::ui::backtracking_rate_with_lab(link, time) {
+        Ok(rate) => rate,
+        // A runner that ended says why better than the lab's view of it.
+        Err(e) if runner.is_finished() => {
+            return Err(match runner.join() {
+                Ok(Err(why)) => e.context(format!("the bench's runner ended: {why:#}")),
+                _ => e,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     runner
         .join()
         .map_err(|_| anyhow::anyhow!("the bench's runner panicked"))??;
@@ -295,12 +305,14 @@ fn rate(session: &mut Session, stage: Stage, time: Duration) -> Result<f64> {
     for _ in 0..10 {
         session.step()?;
     }
+    session.synchronize()?;
     let start = Instant::now();
     let mut n = 0usize;
     while start.elapsed() < time {
         session.step()?;
         n += 1;
     }
+    session.synchronize()?;
     if session.stage() != stage {
         bail!("the bench left stage {stage} early");
     }
