@@ -211,20 +211,21 @@ pub fn backtracking_rate_with_lab(mut link: Link, time: Duration) -> Result<f64>
         anyhow::ensure!(!app.stopped, "training stopped before the measurement ended");
         if let Some(v) = &app.view {
             progress.saw(v.stage, v.iteration);
-            match since {
-                _ if v.stage < Stage::Backtrack => {
-                    if skipped != Some(v.stage) {
-                        let _ = link.commands.send(Command::Skip);
-                        skipped = Some(v.stage);
+            if v.stage < Stage::Backtrack {
+                if skipped != Some(v.stage) {
+                    let _ = link.commands.send(Command::Skip);
+                    skipped = Some(v.stage);
+                }
+            } else {
+                match since {
+                    None if v.iteration > 10 => since = Some((Instant::now(), v.iteration)),
+                    Some((t0, i0)) if t0.elapsed() >= time => {
+                        let rate = (v.iteration - i0) as f64 / t0.elapsed().as_secs_f64();
+                        let _ = link.commands.send(Command::Quit);
+                        return Ok(rate);
                     }
+                    _ => {}
                 }
-                None if v.iteration > 10 => since = Some((Instant::now(), v.iteration)),
-                Some((t0, i0)) if t0.elapsed() >= time => {
-                    let rate = (v.iteration - i0) as f64 / t0.elapsed().as_secs_f64();
-                    let _ = link.commands.send(Command::Quit);
-                    return Ok(rate);
-                }
-                _ => {}
             }
         }
         progress.check()?;
