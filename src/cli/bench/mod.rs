@@ -16,6 +16,7 @@ use crate::engine::{RunDir, Session, Stage};
 use crate::runner;
 use crate::runtime::configure_threads;
 use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -81,6 +82,10 @@ struct Rates {
     /// the host draws' uploads on the CPU path, none on the GPU path.
     #[serde(default)]
     copies_per_iteration: f64,
+    /// Tensors made per distillation iteration ([`tensors_made`]): on a GPU
+    /// about one kernel launch each, what bounds small batches there.
+    #[serde(default)]
+    tensors_per_iteration: f64,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -108,8 +113,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.seconds
     );
     println!(
-        "{:<9} {:<8} {:>16} {:>20} {:>18} {:>10} {:>14}",
-        "threads", "load", "teacher steps/s", "distill it/s", "with the lab it/s", "lab/plain", "copies/it"
+        "{:<9} {:<8} {:>16} {:>20} {:>18} {:>10} {:>10} {:>10}",
+        "threads",
+        "load",
+        "teacher steps/s",
+        "distill it/s",
+        "with the lab it/s",
+        "lab/plain",
+        "copies/it",
+        "tensors/it"
     );
     let loads: &[bool] = if args.no_load { &[false] } else { &[false, true] };
     for &threads in &args.threads {
@@ -117,14 +129,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             let rates = run_worker(&args, threads, loaded, false, &[])?;
             let with_ui = rates.with_ui.unwrap_or(f64::NAN);
             println!(
-                "{:<9} {:<8} {:>16.1} {:>20.1} {:>18.1} {:>10.2} {:>14.1}",
+                "{:<9} {:<8} {:>16.1} {:>20.1} {:>18.1} {:>10.2} {:>10.1} {:>10.0}",
                 threads,
                 if loaded { "1 busy" } else { "idle" },
                 rates.teacher_steps,
                 rates.distill_iterations,
                 with_ui,
                 with_ui / rates.distill_iterations,
-                rates.copies_per_iteration
+                rates.copies_per_iteration,
+                rates.tensors_per_iteration
             );
         }
     }
@@ -211,11 +224,12 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
     while session.stage() != Stage::Backtrack {
         session.skip()?;
     }
-    let copies = crate::transfer::count();
+    let (copies, tensors) = (crate::transfer::count(), tensors_made());
     let before = session.iteration();
     let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
-    let copies_per_iteration =
-        (crate::transfer::count() - copies) as f64 / (session.iteration() - before) as f64;
+    let per_iteration = |n: f64| n / (session.iteration() - before) as f64;
+    let copies_per_iteration = per_iteration((crate::transfer::count() - copies) as f64);
+    let tensors_per_iteration = per_iteration((tensors_made() - tensors) as f64);
     drop(session);
     let with_ui = if args.plain {
         None
@@ -229,6 +243,7 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
         with_ui,
         peak_rss_mb: peak_rss_mb(),
         copies_per_iteration,
+        tensors_per_iteration,
     })
 }
 
@@ -243,9 +258,26 @@ impl Rates {
                 with_ui: a.with_ui.into_iter().chain(b.with_ui).reduce(f64::max),
                 peak_rss_mb: a.peak_rss_mb.max(b.peak_rss_mb),
                 copies_per_iteration: a.copies_per_iteration.max(b.copies_per_iteration),
+                tensors_per_iteration: a.tensors_per_iteration.max(b.tensors_per_iteration),
             })
             .expect("at least one measurement")
     }
+}
+
+/// Tensors candle has made in this process so far: every op's output and
+/// every view (reshape, narrow, detach) takes the next number of one
+/// process-wide counter. candle keeps the counter private; the `Debug` form
+/// of a new tensor's id, `TensorId(n)`, is the one public reading of it.
+fn tensors_made() -> u64 {
+    let Ok(probe) = Tensor::zeros((), DType::F32, &Device::Cpu) else {
+        return 0;
+    };
+    let id = format!("{:?}", probe.id());
+    id.chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// This process's peak resident memory (Linux's VmHWM), 0 where unknown.
@@ -317,4 +349,21 @@ fn rate(session: &mut Session, stage: Stage, time: Duration) -> Result<f64> {
         bail!("the bench left stage {stage} early");
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_made_counts_each_op_and_view() {
+        let before = tensors_made();
+        let a = Tensor::ones(4, DType::F32, &Device::Cpu).unwrap();
+        let b = (&a + &a).unwrap().reshape((2, 2)).unwrap();
+        drop(b);
+        // ones, the sum, the view and the counter's own probe; other tests'
+        // tensors, made meanwhile, can only add to it.
+        assert!(before > 0);
+        assert!(tensors_made() >= before + 4);
+    }
 }
