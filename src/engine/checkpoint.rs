@@ -74,7 +74,7 @@ fn save_adam(dir: &Path, name: &str, opt: &Adam, steps: &mut HashMap<String, u64
     steps.insert(name.to_string(), opt.t);
     write_tensors(
         &dir.join(format!("{name}-adam.safetensors")),
-        &opt.state_tensors(),
+        &opt.state_tensors()?,
         HashMap::new(),
     )
 }
