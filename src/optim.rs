@@ -55,13 +55,6 @@ impl Adam {
     /// gradient is an error (nothing is updated then): it means the graph
     /// does not reach it.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.t += 1;
-        let t = self.t as i32;
-        // Bias corrections folded into the step size and epsilon.
-        let c1 = 1.0 - BETA1.powi(t);
-        let c2 = 1.0 - BETA2.powi(t);
-        let step_size = self.lr * c2.sqrt() / c1;
-        let eps = EPS * c2.sqrt();
         // Gradients carry candle's op graph (they are computed from the
         // weights); detached, the moments cannot chain one step's graph to
         // the next and grow without bound.
@@ -75,9 +68,16 @@ impl Adam {
                 Ok(g.detach().flatten_all()?)
             })
             .collect::<Result<Vec<_>>>()?;
+        self.t += 1;
         if g.is_empty() {
             return Ok(());
         }
+        let t = self.t as i32;
+        // Bias corrections folded into the step size and epsilon.
+        let c1 = 1.0 - BETA1.powi(t);
+        let c2 = 1.0 - BETA2.powi(t);
+        let step_size = self.lr * c2.sqrt() / c1;
+        let eps = EPS * c2.sqrt();
         let g = Tensor::cat(&g, 0)?;
         self.m = ((&self.m * BETA1)? + (&g * (1.0 - BETA1))?)?;
         self.v = ((&self.v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
@@ -231,5 +231,6 @@ mod tests {
         let err = opt.step(&grads).unwrap_err().to_string();
         assert!(err.contains("parameter b received no gradient"), "{err}");
         assert_eq!(values(&params), before);
+        assert_eq!(opt.t, 0);
     }
 }
