@@ -92,34 +92,45 @@ impl CustomOp3 for CpuLinear {
         let Sizes { batch, input, output } = self.0;
         let device = x.device();
         let needs_dx = x.track_op();
-        // The three closures only borrow the values: no copies.
+        // Each `with_values` borrows a tensor's values (no copy); their
+        // nested results flatten into one.
         let (dx, dw, db) = with_values(grad, |dy| {
-            with_values(x, |x| {
-                let dy_m = Matrix::rows(dy, batch, output);
-                let dx = if needs_dx {
-                    let d_in = with_values(weight, |w| {
-                        matmul(dy_m, Matrix::rows(w, input, output).transposed())
-                    })?;
-                    // Back through the SiLU when the op applied one.
-                    Some(match self.1 {
-                        Input::Plain => d_in,
-                        Input::Silu => silu_grad_values(x, &d_in),
-                    })
-                } else {
-                    None
-                };
-                let dw = self
-                    .1
-                    .with(x, |x| matmul(Matrix::rows(x, batch, input).transposed(), dy_m));
-                Ok::<_, candle_core::Error>((dx, dw, column_sums(dy, output)))
-            })
-        })???;
+            with_values(x, |x| with_values(weight, |w| self.gradients(dy, x, w, needs_dx))).flatten()
+        })
+        .flatten()?;
         Ok((
             dx.map(|dx| Tensor::from_vec(dx, (batch, input), device))
                 .transpose()?,
             Some(Tensor::from_vec(dw, (input, output), device)?),
             Some(Tensor::from_vec(db, bias.shape(), device)?),
         ))
+    }
+}
+
+impl CpuLinear {
+    /// `dx` (when wanted), `dW` and `db` from the output's gradient `dy`,
+    /// the input `x` and the weight `w`, all row-major values.
+    fn gradients(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        w: &[f32],
+        needs_dx: bool,
+    ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+        let Sizes { batch, input, output } = self.0;
+        let dy_m = Matrix::rows(dy, batch, output);
+        let dx = needs_dx.then(|| {
+            let d_in = matmul(dy_m, Matrix::rows(w, input, output).transposed());
+            // Back through the SiLU when the op applied one.
+            match self.1 {
+                Input::Plain => d_in,
+                Input::Silu => silu_grad_values(x, &d_in),
+            }
+        });
+        let dw = self
+            .1
+            .with(x, |x| matmul(Matrix::rows(x, batch, input).transposed(), dy_m));
+        (dx, dw, column_sums(dy, output))
     }
 }
 
