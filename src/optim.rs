@@ -1,7 +1,7 @@
 //! Adam with state we own: candle's AdamW keeps its moments private, so a
 //! run could not be resumed exactly; and its default weight decay is not 0.
 
-use crate::model::Params;
+use crate::model::{AdamConstants, Params, adam_step_cpu, in_place_on_cpu};
 use anyhow::{Context, Result, ensure};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -17,33 +17,58 @@ pub struct Adam {
     /// Where each parameter starts in the flat moments (and one past the
     /// last).
     offsets: Vec<usize>,
-    /// The moments of all parameters end to end, so that a step is a dozen
-    /// tensor ops for the whole network instead of a dozen per parameter:
-    /// on a GPU each op is a kernel launch, and launches are what small
-    /// batches wait on there. Each element sees the same operations in the
-    /// same order as in a per-parameter update, so the numbers are the
-    /// same bit for bit.
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
     /// Updates taken so far (for bias correction).
     pub t: u64,
     pub lr: f64,
 }
 
+/// The first and second moments of all parameters, end to end.
+#[derive(Debug)]
+enum Moments {
+    /// f32 parameters on the CPU: host vectors, updated together with each
+    /// parameter in one pass ([`adam_step_cpu`]).
+    Host { m: Vec<f32>, v: Vec<f32> },
+    /// Elsewhere: flat tensors, so that a step is a dozen tensor ops for
+    /// the whole network instead of a dozen per parameter: on a GPU each
+    /// op is a kernel launch, and launches are what small batches wait on
+    /// there. Each element sees the same operations in the same order as
+    /// in a per-parameter update, or in the CPU's pass.
+    Tensors { m: Tensor, v: Tensor },
+}
+
 impl Adam {
     pub fn new(params: &Params, lr: f64) -> Result<Self> {
+        let on_cpu = params.vars().all(|v| in_place_on_cpu(v.as_tensor()));
+        Self::with_moments(params, lr, on_cpu)
+    }
+
+    /// With the moments on the host (the CPU's one-pass step) or as
+    /// tensors (the tensor ops every device has).
+    fn with_moments(params: &Params, lr: f64, on_host: bool) -> Result<Self> {
         let vars: Vec<(String, Var)> = params.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
         let mut offsets = vec![0];
         for (_, v) in &vars {
             offsets.push(offsets[offsets.len() - 1] + v.elem_count());
         }
-        let (dtype, device) = vars.first().map_or((DType::F32, Device::Cpu), |(_, v)| {
-            (v.dtype(), v.device().clone())
-        });
-        let zeros = Tensor::zeros(offsets[vars.len()], dtype, &device)?;
+        let len = offsets[vars.len()];
+        let moments = if on_host {
+            Moments::Host {
+                m: vec![0.0; len],
+                v: vec![0.0; len],
+            }
+        } else {
+            let (dtype, device) = vars.first().map_or((DType::F32, Device::Cpu), |(_, v)| {
+                (v.dtype(), v.device().clone())
+            });
+            let zeros = Tensor::zeros(len, dtype, &device)?;
+            Moments::Tensors {
+                m: zeros.clone(),
+                v: zeros,
+            }
+        };
         Ok(Self {
-            m: zeros.clone(),
-            v: zeros,
+            moments,
             offsets,
             vars,
             t: 0,
@@ -78,13 +103,32 @@ impl Adam {
         let c2 = 1.0 - BETA2.powi(t);
         let step_size = self.lr * c2.sqrt() / c1;
         let eps = EPS * c2.sqrt();
-        let g = Tensor::cat(&g, 0)?;
-        self.m = ((&self.m * BETA1)? + (&g * (1.0 - BETA1))?)?;
-        self.v = ((&self.v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
-        drop(g);
-        let update = ((&self.m / (self.v.sqrt()? + eps)?)? * step_size)?;
-        for (i, (_, var)) in self.vars.iter().enumerate() {
-            var.set(&(var.as_detached_tensor() - self.part(&update, i)?)?)?;
+        match &mut self.moments {
+            Moments::Host { m, v } => {
+                let constants = AdamConstants {
+                    beta1: BETA1 as f32,
+                    one_minus_beta1: (1.0 - BETA1) as f32,
+                    beta2: BETA2 as f32,
+                    one_minus_beta2: (1.0 - BETA2) as f32,
+                    eps: eps as f32,
+                    step_size: step_size as f32,
+                };
+                for (i, ((name, var), g)) in self.vars.iter().zip(&g).enumerate() {
+                    let part = self.offsets[i]..self.offsets[i + 1];
+                    adam_step_cpu(var, g, &mut m[part.clone()], &mut v[part], constants)
+                        .with_context(|| format!("updating parameter {name}"))?;
+                }
+            }
+            Moments::Tensors { m, v } => {
+                let g = Tensor::cat(&g, 0)?;
+                *m = ((&*m * BETA1)? + (&g * (1.0 - BETA1))?)?;
+                *v = ((&*v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+                drop(g);
+                let update = ((&*m / (v.sqrt()? + eps)?)? * step_size)?;
+                for (i, (_, var)) in self.vars.iter().enumerate() {
+                    var.set(&(var.as_detached_tensor() - self.part(&update, i)?)?)?;
+                }
+            }
         }
         Ok(())
     }
@@ -97,13 +141,28 @@ impl Adam {
             .reshape(self.vars[i].1.shape())?)
     }
 
+    /// Parameter `i`'s first and second moments, in its shape.
+    fn moments_of(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        let var = &self.vars[i].1;
+        Ok(match &self.moments {
+            Moments::Host { m, v } => {
+                let part = self.offsets[i]..self.offsets[i + 1];
+                let as_tensor =
+                    |flat: &[f32]| Tensor::from_slice(&flat[part.clone()], var.shape(), var.device());
+                (as_tensor(m)?, as_tensor(v)?)
+            }
+            Moments::Tensors { m, v } => (self.part(m, i)?.copy()?, self.part(v, i)?.copy()?),
+        })
+    }
+
     /// The moments as named tensors, for checkpoints: each parameter's on
     /// its own, as a file holds them.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.vars.len());
         for (i, (name, _)) in self.vars.iter().enumerate() {
-            out.push((format!("m.{name}"), self.part(&self.m, i)?.copy()?));
-            out.push((format!("v.{name}"), self.part(&self.v, i)?.copy()?));
+            let (m, v) = self.moments_of(i)?;
+            out.push((format!("m.{name}"), m));
+            out.push((format!("v.{name}"), v));
         }
         Ok(out)
     }
@@ -128,8 +187,14 @@ impl Adam {
             }
         }
         if !self.vars.is_empty() {
-            self.m = Tensor::cat(&m, 0)?;
-            self.v = Tensor::cat(&v, 0)?;
+            let (m, v) = (Tensor::cat(&m, 0)?, Tensor::cat(&v, 0)?);
+            self.moments = match self.moments {
+                Moments::Host { .. } => Moments::Host {
+                    m: m.to_dtype(DType::F32)?.to_vec1()?,
+                    v: v.to_dtype(DType::F32)?.to_vec1()?,
+                },
+                Moments::Tensors { .. } => Moments::Tensors { m, v },
+            };
         }
         self.t = t;
         Ok(())
@@ -175,6 +240,12 @@ mod tests {
 
     #[test]
     fn each_parameter_moves_as_textbook_adam_says_and_a_reload_continues_the_same() {
+        for on_host in [true, false] {
+            textbook_adam_and_reload(on_host);
+        }
+    }
+
+    fn textbook_adam_and_reload(on_host: bool) {
         let (params, scale) = two_params();
         let mut expected = values(&params);
         let mut moments: Vec<(Vec<f64>, Vec<f64>)> = expected
@@ -182,7 +253,7 @@ mod tests {
             .map(|p| (vec![0.0; p.len()], vec![0.0; p.len()]))
             .collect();
         let lr = 0.1;
-        let mut opt = Adam::new(&params, lr).unwrap();
+        let mut opt = Adam::with_moments(&params, lr, on_host).unwrap();
         for t in 1..=3 {
             step(&params, scale, &mut opt);
             for ((p, (m, v)), c) in expected.iter_mut().zip(&mut moments).zip(scale) {
@@ -207,11 +278,43 @@ mod tests {
         assert_eq!(saved["v.b"].dims(), &[3]);
         let (twin, _) = two_params();
         twin.copy_from(&params).unwrap();
-        let mut reloaded = Adam::new(&twin, lr).unwrap();
+        let mut reloaded = Adam::with_moments(&twin, lr, on_host).unwrap();
         reloaded.load_state(&saved, opt.t, "test").unwrap();
         step(&params, scale, &mut opt);
         step(&twin, scale, &mut reloaded);
         assert_eq!(values(&params), values(&twin));
+    }
+
+    /// The CPU's one-pass step and the tensor ops every device has take
+    /// the same steps, and each continues from the other's saved moments
+    /// (a checkpoint written on a GPU resumes on the CPU, and back).
+    #[test]
+    fn host_and_tensor_moments_step_alike_and_load_each_other() {
+        let (on_host, scale) = two_params();
+        let (as_tensors, _) = two_params();
+        let mut host = Adam::with_moments(&on_host, 0.05, true).unwrap();
+        let mut tensors = Adam::with_moments(&as_tensors, 0.05, false).unwrap();
+        for _ in 0..3 {
+            step(&on_host, scale, &mut host);
+            step(&as_tensors, scale, &mut tensors);
+        }
+        assert_eq!(values(&on_host), values(&as_tensors));
+        let state = |opt: &Adam| -> Vec<(String, Vec<f32>)> {
+            let tensors = opt.state_tensors().unwrap().into_iter();
+            tensors
+                .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
+                .collect()
+        };
+        assert_eq!(state(&host), state(&tensors));
+        // Swap the moments over and go on: still the same steps.
+        let from_host: HashMap<String, Tensor> = host.state_tensors().unwrap().into_iter().collect();
+        let from_tensors: HashMap<String, Tensor> = tensors.state_tensors().unwrap().into_iter().collect();
+        host.load_state(&from_tensors, tensors.t, "test").unwrap();
+        tensors.load_state(&from_host, 3, "test").unwrap();
+        step(&on_host, scale, &mut host);
+        step(&as_tensors, scale, &mut tensors);
+        assert_eq!(values(&on_host), values(&as_tensors));
+        assert_eq!(state(&host), state(&tensors));
     }
 
     #[test]

@@ -37,3 +37,22 @@ pub fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         other => bail!("fused CPU op: a tensor on {:?}", other.device().location()),
     }
 }
+
+/// [`f32_values`] for the tensor an in-place op writes.
+pub fn f32_values_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    len: usize,
+    op: &str,
+    what: &str,
+) -> Result<&'a mut [f32]> {
+    let dtype = storage.dtype();
+    let CpuStorage::F32(values) = storage else {
+        bail!("{op}: the {what} must be f32, got {dtype:?}")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) if end - start == len => Ok(&mut values[start..end]),
+        Some((start, end)) => bail!("{op}: expected {len} values for the {what}, got {}", end - start),
+        None => bail!("{op}: the {what} must be contiguous"),
+    }
+}

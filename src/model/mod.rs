@@ -6,6 +6,7 @@ mod cpu_gemm;
 mod cpu_linear;
 mod cpu_norm;
 mod cpu_silu;
+mod cpu_update;
 mod edm;
 mod frozen;
 mod host;
@@ -18,6 +19,7 @@ mod unet;
 
 pub use cpu_conv::conv2d as conv2d_cpu;
 pub use cpu_norm::group_norm as group_norm_cpu;
+pub use cpu_update::{AdamConstants, adam_step as adam_step_cpu, in_place_on_cpu};
 pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, loss_weight};
 pub use frozen::frozen;
 pub use layers::{Conv2d, GroupNorm, Linear, silu};
