@@ -15,8 +15,13 @@ pub fn f32_values<'a>(
     let CpuStorage::F32(values) = storage else {
         bail!("{op}: the {what} must be f32, got {:?}", storage.dtype())
     };
+    Ok(&values[contiguous_range(layout, len, op, what)?])
+}
+
+/// Where a contiguous layout of `len` values lies in its storage.
+fn contiguous_range(layout: &Layout, len: usize, op: &str, what: &str) -> Result<std::ops::Range<usize>> {
     match layout.contiguous_offsets() {
-        Some((start, end)) if end - start == len => Ok(&values[start..end]),
+        Some((start, end)) if end - start == len => Ok(start..end),
         Some((start, end)) => bail!("{op}: expected {len} values for the {what}, got {}", end - start),
         None => bail!("{op}: the {what} must be contiguous"),
     }
@@ -50,9 +55,5 @@ pub fn f32_values_mut<'a>(
     let CpuStorage::F32(values) = storage else {
         bail!("{op}: the {what} must be f32, got {dtype:?}")
     };
-    match layout.contiguous_offsets() {
-        Some((start, end)) if end - start == len => Ok(&mut values[start..end]),
-        Some((start, end)) => bail!("{op}: expected {len} values for the {what}, got {}", end - start),
-        None => bail!("{op}: the {what} must be contiguous"),
-    }
+    Ok(&mut values[contiguous_range(layout, len, op, what)?])
 }
