@@ -38,18 +38,37 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// `a · b` as a new row-major matrix.
-pub fn matmul(a: Matrix<'_>, b: Matrix<'_>) -> Vec<f32> {
-    product(a, b, None)
+/// What a product is accumulated onto.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    Zero,
+    /// One value per column, on every row.
+    Bias(&'a [f32]),
+    /// A whole row-major matrix of the output's size, plus a bias row.
+    BaseAndBias {
+        base: &'a [f32],
+        bias: &'a [f32],
+    },
 }
 
-/// `a · b` plus `bias` (one value per column) on every row: each thread
-/// writes the bias into its own block of the output and accumulates its
-/// product onto it, so adding the bias costs no pass of its own (nor a
-/// serial one).
-pub fn matmul_bias(a: Matrix<'_>, b: Matrix<'_>, bias: &[f32]) -> Vec<f32> {
-    assert_eq!(bias.len(), b.cols, "a bias of the wrong length");
-    product(a, b, Some(bias))
+/// `a · b` as a new row-major matrix.
+pub fn matmul(a: Matrix<'_>, b: Matrix<'_>) -> Vec<f32> {
+    product(a, b, Start::Zero)
+}
+
+/// `start + a · b`: each thread writes its own block of the start (bias
+/// rows, or base plus bias) into the output and accumulates its product
+/// onto it, so adding them costs no pass of its own (nor a serial one).
+pub fn matmul_onto(a: Matrix<'_>, b: Matrix<'_>, start: Start<'_>) -> Vec<f32> {
+    match start {
+        Start::Zero => {}
+        Start::Bias(bias) => assert_eq!(bias.len(), b.cols, "a bias of the wrong length"),
+        Start::BaseAndBias { base, bias } => {
+            assert_eq!(bias.len(), b.cols, "a bias of the wrong length");
+            assert_eq!(base.len(), a.rows * b.cols, "a base of the wrong size");
+        }
+    }
+    product(a, b, start)
 }
 
 /// Below this many multiply-adds a product runs on one thread.
@@ -61,7 +80,7 @@ const PARALLEL_FROM: usize = 1 << 18;
 /// thread, each a single-threaded product (measured side by side at batch
 /// 4,096, width 256, 2 threads: 1.14–1.54 against 1.37–1.67 it/s), and
 /// the blocks let each thread write its own part of the bias.
-fn product(a: Matrix<'_>, b: Matrix<'_>, bias: Option<&[f32]>) -> Vec<f32> {
+fn product(a: Matrix<'_>, b: Matrix<'_>, start: Start<'_>) -> Vec<f32> {
     let threads = candle_core::utils::get_num_threads();
     let work = a.rows * a.cols * b.cols;
     let blocks = if threads > 1 && work >= PARALLEL_FROM {
@@ -69,22 +88,28 @@ fn product(a: Matrix<'_>, b: Matrix<'_>, bias: Option<&[f32]>) -> Vec<f32> {
     } else {
         1
     };
-    product_in_blocks(a, b, bias, blocks)
+    product_in_blocks(a, b, start, blocks)
 }
 
-fn product_in_blocks(a: Matrix<'_>, b: Matrix<'_>, bias: Option<&[f32]>, blocks: usize) -> Vec<f32> {
+fn product_in_blocks(a: Matrix<'_>, b: Matrix<'_>, start: Start<'_>, blocks: usize) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "matrix product of mismatched sizes");
     let (m, n) = (a.rows, b.cols);
     if a.cols == 0 {
         // An empty sum: the output below is left for `gemm` to write, and
         // this case is not left to how it treats k = 0.
-        return bias.map_or_else(|| vec![0.0; m * n], |bias| bias.repeat(m));
+        return match start {
+            Start::Zero => vec![0.0; m * n],
+            Start::Bias(bias) => bias.repeat(m),
+            Start::BaseAndBias { base, bias } => {
+                base.iter().enumerate().map(|(i, v)| v + bias[i % n]).collect()
+            }
+        };
     }
     // The output's rows or columns, whichever is longer, cut into blocks.
     let by_rows = m >= n;
     let length = if by_rows { m } else { n };
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let start = OutPtr(out.as_mut_ptr());
+    let out_ptr = OutPtr(out.as_mut_ptr());
     let block = |i: usize| {
         let from = boundary(length, blocks, i);
         let to = boundary(length, blocks, i + 1);
@@ -94,8 +119,8 @@ fn product_in_blocks(a: Matrix<'_>, b: Matrix<'_>, bias: Option<&[f32]>, blocks:
             (0..m, from..to)
         };
         // SAFETY: the blocks cover disjoint parts of the output's m × n
-        // values; within one the bias writes and `gemm` stay inside it.
-        unsafe { product_block(a, b, bias, start.get(), n, rows, cols) }
+        // values; within one the start's writes and `gemm` stay inside it.
+        unsafe { product_block(a, b, start, out_ptr.get(), n, rows, cols) }
     };
     if blocks == 1 {
         block(0);
@@ -132,8 +157,8 @@ impl OutPtr {
     }
 }
 
-/// `out[rows, cols] (+)= a[rows, :] · b[:, cols]`, `out` row-major with
-/// `n` columns; the bias is written first where there is one.
+/// `out[rows, cols] = start[rows, cols] + a[rows, :] · b[:, cols]`, `out`
+/// row-major with `n` columns (as the base is).
 ///
 /// # Safety
 /// `out` holds `a.rows × n` values, and `rows`, `cols` lie inside them.
@@ -141,7 +166,7 @@ impl OutPtr {
 unsafe fn product_block(
     a: Matrix<'_>,
     b: Matrix<'_>,
-    bias: Option<&[f32]>,
+    start: Start<'_>,
     out: *mut f32,
     n: usize,
     rows: std::ops::Range<usize>,
@@ -155,9 +180,21 @@ unsafe fn product_block(
     // block's rows of `a`, columns of `b` and part of `out`.
     unsafe {
         let out = out.add(rows.start * n + cols.start);
-        if let Some(bias) = bias {
-            for r in 0..rows.len() {
-                std::ptr::copy_nonoverlapping(bias[cols.clone()].as_ptr(), out.add(r * n), cols.len());
+        for (r, row) in rows.clone().enumerate() {
+            let to = out.add(r * n);
+            match start {
+                Start::Zero => {}
+                Start::Bias(bias) => {
+                    std::ptr::copy_nonoverlapping(bias[cols.clone()].as_ptr(), to, cols.len());
+                }
+                Start::BaseAndBias { base, bias } => {
+                    // Written through the pointer: the output is not yet
+                    // initialised, so no slice of it may be made.
+                    let base = &base[row * n..][cols.clone()];
+                    for (c, (v, b)) in base.iter().zip(&bias[cols.clone()]).enumerate() {
+                        to.add(c).write(v + b);
+                    }
+                }
             }
         }
         gemm::gemm(
@@ -167,7 +204,7 @@ unsafe fn product_block(
             out,
             1,
             n as isize,
-            bias.is_some(),
+            !matches!(start, Start::Zero),
             a.values.as_ptr().add(rows.start * a.row_stride),
             a.col_stride as isize,
             a.row_stride as isize,
@@ -196,40 +233,65 @@ mod tests {
 
     /// Every block split (by rows when the output is tall, by columns when
     /// it is wide, with uneven and empty blocks) gives the plain triple
-    /// loop's product, transposed operands and the bias included.
+    /// loop's product, transposed operands included, onto nothing, a bias
+    /// row, or a whole base plus the bias.
     #[test]
     fn products_cut_into_blocks_equal_the_triple_loop() {
         for (m, k, n) in [(70, 9, 20), (20, 9, 70), (5, 3, 40), (33, 17, 33), (4, 0, 3)] {
             let a_values = values(m * k, 1);
             let b_values = values(k * n, 2);
             let bias = values(n, 3);
+            let base = values(m * n, 4);
             // a stored transposed, b as rows: both views of the same maths.
             let a_t: Vec<f32> = (0..k * m).map(|i| a_values[(i % m) * k + i / m]).collect();
             let a = Matrix::rows(&a_t, k, m).transposed();
             let b = Matrix::rows(&b_values, k, n);
-            let expected: Vec<f32> = (0..m * n)
+            let product: Vec<f32> = (0..m * n)
                 .map(|i| {
                     let (r, c) = (i / n, i % n);
-                    bias[c]
-                        + (0..k)
-                            .map(|j| a_values[r * k + j] * b_values[j * n + c])
-                            .sum::<f32>()
+                    (0..k)
+                        .map(|j| a_values[r * k + j] * b_values[j * n + c])
+                        .sum::<f32>()
                 })
                 .collect();
             for blocks in [1, 2, 3, 7] {
-                let with_bias = product_in_blocks(a, b, Some(&bias), blocks);
-                let without = product_in_blocks(a, b, None, blocks);
+                let without = product_in_blocks(a, b, Start::Zero, blocks);
+                let with_bias = product_in_blocks(a, b, Start::Bias(&bias), blocks);
+                let onto_base = product_in_blocks(
+                    a,
+                    b,
+                    Start::BaseAndBias {
+                        base: &base,
+                        bias: &bias,
+                    },
+                    blocks,
+                );
                 for i in 0..m * n {
+                    let case = format!("{m}×{k}×{n}, {blocks} blocks, value {i}");
+                    assert!((without[i] - product[i]).abs() < 1e-4, "{case}");
                     assert!(
-                        (with_bias[i] - expected[i]).abs() < 1e-4,
-                        "{m}×{k}×{n}, {blocks} blocks, value {i}"
+                        (with_bias[i] - bias[i % n] - product[i]).abs() < 1e-4,
+                        "{case} with bias"
                     );
-                    assert!(
-                        (without[i] + bias[i % n] - expected[i]).abs() < 1e-4,
-                        "{m}×{k}×{n} without bias"
-                    );
+                    let expected = base[i] + bias[i % n] + product[i];
+                    assert!((onto_base[i] - expected).abs() < 1e-4, "{case} onto a base");
                 }
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "a base of the wrong size")]
+    fn a_base_of_the_wrong_size_is_refused() {
+        let (a, b) = (values(6, 1), values(6, 2));
+        let (base, bias) = (values(8, 3), values(3, 4));
+        matmul_onto(
+            Matrix::rows(&a, 2, 3),
+            Matrix::rows(&b, 3, 2).transposed().transposed(),
+            Start::BaseAndBias {
+                base: &base,
+                bias: &bias[..2],
+            },
+        );
     }
 }

@@ -19,9 +19,17 @@
 //! pass, so a separate SiLU holds a whole activation per layer (at batch
 //! 4,096 and width 512, 8 MB each, a third of a ResNet-MLP's graph).
 //!
+//! And it can add its result onto a base of the output's size
+//! (`linear_onto`, for the ResNet-MLP's block: the noise projection under
+//! the first layer, the residual stream under the second). candle's
+//! addition would keep both of its operands alive for the backward, one
+//! more activation per addition (8 MB each at batch 4,096, width 512),
+//! and make a serial pass of its own forward and two back. The op has
+//! only three operands, so there the bias rides as the weight's last row.
+//!
 //! Other devices keep candle's product and broadcast addition.
 
-use super::cpu_gemm::{Matrix, matmul, matmul_bias};
+use super::cpu_gemm::{Matrix, Start, matmul, matmul_onto};
 use super::cpu_silu::{silu_grad_values, silu_values};
 use super::host::{f32_values, with_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
@@ -41,7 +49,21 @@ pub(super) enum Input {
     Silu,
 }
 
-struct CpuLinear(Sizes, Input);
+/// What the product is added to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Onto {
+    /// The bias, the third operand: a row of `out` values.
+    Bias,
+    /// The third operand, (B, out), plus the bias, which is then the last
+    /// row of the weight operand, (in + 1, out).
+    BaseAndBias,
+}
+
+struct CpuLinear {
+    sizes: Sizes,
+    input: Input,
+    onto: Onto,
+}
 
 impl Input {
     /// Runs `f` on the values the product multiplies.
@@ -64,18 +86,29 @@ impl CustomOp3 for CpuLinear {
         x_layout: &Layout,
         weight: &CpuStorage,
         weight_layout: &Layout,
-        bias: &CpuStorage,
-        bias_layout: &Layout,
+        third: &CpuStorage,
+        third_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let Sizes { batch, input, output } = self.0;
+        let Sizes { batch, input, output } = self.sizes;
         let x = f32_values(x, x_layout, batch * input, "linear", "input")?;
-        let weight = f32_values(weight, weight_layout, input * output, "linear", "weight")?;
-        let bias = f32_values(bias, bias_layout, output, "linear", "bias")?;
-        let y = self.1.with(x, |x| {
-            matmul_bias(
+        let (weight_rows, third_len, third_name) = match self.onto {
+            Onto::Bias => (input, output, "bias"),
+            Onto::BaseAndBias => (input + 1, batch * output, "base"),
+        };
+        let weight = f32_values(weight, weight_layout, weight_rows * output, "linear", "weight")?;
+        let third = f32_values(third, third_layout, third_len, "linear", third_name)?;
+        let (weight, start) = match self.onto {
+            Onto::Bias => (weight, Start::Bias(third)),
+            Onto::BaseAndBias => {
+                let (weight, bias) = weight.split_at(input * output);
+                (weight, Start::BaseAndBias { base: third, bias })
+            }
+        };
+        let y = self.input.with(x, |x| {
+            matmul_onto(
                 Matrix::rows(x, batch, input),
                 Matrix::rows(weight, input, output),
-                bias,
+                start,
             )
         });
         Ok((CpuStorage::F32(y), Shape::from((batch, output))))
@@ -85,25 +118,35 @@ impl CustomOp3 for CpuLinear {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        bias: &Tensor,
+        third: &Tensor,
         _output: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Sizes { batch, input, output } = self.0;
+        let Sizes { batch, input, output } = self.sizes;
         let device = x.device();
         let needs_dx = x.track_op();
         // Each `with_values` borrows a tensor's values (no copy); their
         // nested results flatten into one.
-        let (dx, dw, db) = with_values(grad, |dy| {
-            with_values(x, |x| with_values(weight, |w| self.gradients(dy, x, w, needs_dx))).flatten()
+        let (dx, mut dw, db) = with_values(grad, |dy| {
+            with_values(x, |x| {
+                with_values(weight, |w| self.gradients(dy, x, &w[..input * output], needs_dx))
+            })
+            .flatten()
         })
         .flatten()?;
-        Ok((
-            dx.map(|dx| Tensor::from_vec(dx, (batch, input), device))
-                .transpose()?,
-            Some(Tensor::from_vec(dw, (input, output), device)?),
-            Some(Tensor::from_vec(db, bias.shape(), device)?),
-        ))
+        let dx = dx
+            .map(|dx| Tensor::from_vec(dx, (batch, input), device))
+            .transpose()?;
+        let (dw, d_third) = match self.onto {
+            Onto::Bias => (dw, Some(Tensor::from_vec(db, third.shape(), device)?)),
+            // The base's gradient is the output's; the bias's is the
+            // weight operand's last row.
+            Onto::BaseAndBias => {
+                dw.extend_from_slice(&db);
+                (dw, third.track_op().then(|| grad.clone()))
+            }
+        };
+        Ok((dx, Some(Tensor::from_vec(dw, weight.shape(), device)?), d_third))
     }
 }
 
@@ -117,18 +160,18 @@ impl CpuLinear {
         w: &[f32],
         needs_dx: bool,
     ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
-        let Sizes { batch, input, output } = self.0;
+        let Sizes { batch, input, output } = self.sizes;
         let dy_m = Matrix::rows(dy, batch, output);
         let dx = needs_dx.then(|| {
             let d_in = matmul(dy_m, Matrix::rows(w, input, output).transposed());
             // Back through the SiLU when the op applied one.
-            match self.1 {
+            match self.input {
                 Input::Plain => d_in,
                 Input::Silu => silu_grad_values(x, &d_in),
             }
         });
         let dw = self
-            .1
+            .input
             .with(x, |x| matmul(Matrix::rows(x, batch, input).transposed(), dy_m));
         (dx, dw, column_sums(dy, output))
     }
@@ -157,9 +200,41 @@ pub(super) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, what: Input) ->
             bias.dims()
         )
     }
-    let sizes = Sizes { batch, input, output };
+    let op = CpuLinear {
+        sizes: Sizes { batch, input, output },
+        input: what,
+        onto: Onto::Bias,
+    };
     x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, CpuLinear(sizes, what))
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// `base + x W + b` (of `silu(x)` for `Input::Silu`) with `weight_and_bias`
+/// the (in + 1, out) rows of `W` then `b`, and `base` (B, out): candle's
+/// `base + (x.matmul(W)? + b)`.
+pub(super) fn linear_onto(
+    x: &Tensor,
+    weight_and_bias: &Tensor,
+    base: &Tensor,
+    what: Input,
+) -> Result<Tensor> {
+    let (batch, input) = x.dims2()?;
+    let (rows, output) = weight_and_bias.dims2()?;
+    if rows != input + 1 || base.dims2()? != (batch, output) {
+        bail!(
+            "linear onto a base: input {:?} does not fit weight and bias {:?} and base {:?}",
+            x.dims(),
+            weight_and_bias.dims(),
+            base.dims()
+        )
+    }
+    let op = CpuLinear {
+        sizes: Sizes { batch, input, output },
+        input: what,
+        onto: Onto::BaseAndBias,
+    };
+    x.contiguous()?
+        .apply_op3(&weight_and_bias.contiguous()?, &base.contiguous()?, op)
 }
 
 #[cfg(test)]
@@ -200,6 +275,54 @@ mod tests {
         }
     }
 
+    /// Onto a base: values and the gradients of input, weight-and-bias and
+    /// base against candle's `base + (x W + b)`, with `W` and `b` the
+    /// operand's rows.
+    #[test]
+    fn linear_onto_a_base_equals_candles_in_values_and_gradients() {
+        for what in [Input::Plain, Input::Silu] {
+            for (batch, input, output) in [(7, 5, 5), (16, 18, 32), (33, 64, 2), (1, 3, 9)] {
+                let case = format!("{what:?} onto a base, batch {batch}, {input} → {output}");
+                let x = random(&[batch, input], 1, 0.0);
+                let wb = random(&[input + 1, output], 2, 0.0);
+                let base = random(&[batch, output], 3, 0.5);
+                let x_wide = (x.as_tensor() * 4.0).unwrap();
+                let ours = linear_onto(&x_wide, wb.as_tensor(), base.as_tensor(), what).unwrap();
+                let multiplied = match what {
+                    Input::Plain => x_wide.clone(),
+                    Input::Silu => x_wide.silu().unwrap(),
+                };
+                let (w, b) = (wb.narrow(0, 0, input).unwrap(), wb.narrow(0, input, 1).unwrap());
+                let theirs = multiplied
+                    .matmul(&w)
+                    .and_then(|y| y.broadcast_add(&b))
+                    .and_then(|y| base.as_tensor() + y)
+                    .unwrap();
+                assert_same_op(
+                    &ours,
+                    &theirs,
+                    [("x", &x), ("weight and bias", &wb), ("base", &base)],
+                    1e-4,
+                    &case,
+                );
+            }
+        }
+    }
+
+    /// A base that is data (no gradient) gets none.
+    #[test]
+    fn an_untracked_base_gets_no_gradient() {
+        let x = random(&[4, 3], 4, 0.0);
+        let wb = random(&[4, 2], 5, 0.0);
+        let base = random(&[4, 2], 6, 0.0).as_tensor().detach();
+        let grads = linear_onto(x.as_tensor(), wb.as_tensor(), &base, Input::Plain)
+            .and_then(|y| y.sum_all())
+            .and_then(|s| s.backward())
+            .unwrap();
+        assert!(grads.get(&base).is_none());
+        assert!(grads.get(x.as_tensor()).is_some() && grads.get(wb.as_tensor()).is_some());
+    }
+
     /// An input that needs no gradient (data) gets none, and the weights'
     /// gradients are still right.
     #[test]
@@ -237,5 +360,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[4, 3]") && err.contains("[2, 5]"), "{err}");
+        // Onto a base: the weight operand needs the bias row, the base the
+        // output's shape.
+        let wb = random(&[4, 5], 2, 0.0);
+        for (weight, base) in [(&w, random(&[4, 5], 3, 0.0)), (&wb, random(&[4, 4], 3, 0.0))] {
+            let err = linear_onto(x.as_tensor(), weight.as_tensor(), base.as_tensor(), Input::Silu)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("base") && err.contains(&format!("{:?}", base.dims())),
+                "{err}"
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The layers the networks are built from, each owning its named
 //! parameters (so models save, load, copy and average by name).
 
-use super::cpu_linear::{Input, linear};
+use super::cpu_linear::{Input, linear, linear_onto};
 use super::frozen::param;
 use super::params::{Init, ParamBuilder};
 use anyhow::Result;
@@ -50,6 +50,21 @@ impl Linear {
             return self.fused(x, Input::Silu);
         }
         self.forward(&silu(x)?)
+    }
+
+    /// `y = base + silu(x) W + b`, `base` of the output's shape: the same
+    /// values as `base + forward_silu(x)`, up to rounding. On the CPU one
+    /// fused op, so that no addition keeps the product and the base alive
+    /// for the backward (see [`super::cpu_linear`]).
+    pub fn forward_silu_onto(&self, x: &Tensor, base: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            // The op's third operand is the base: the bias joins the
+            // weight as its last row (a copy of in × out values, against
+            // the product's B × in × out).
+            let weight_and_bias = Tensor::cat(&[param(&self.weight), param(&self.bias)], 0)?;
+            return Ok(linear_onto(x, &weight_and_bias, base, Input::Silu)?);
+        }
+        Ok((base + self.forward_silu(x)?)?)
     }
 
     fn fused(&self, x: &Tensor, input: Input) -> Result<Tensor> {

@@ -140,8 +140,8 @@ impl MlpNet {
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         let mut h = self.input.forward(&Tensor::cat(&[x, emb], 1)?)?;
         for (fc1, proj, fc2) in &self.blocks {
-            let inner = (fc1.forward_silu(&h)? + proj.forward(emb)?)?;
-            h = (h + fc2.forward_silu(&inner)?)?;
+            let inner = fc1.forward_silu_onto(&h, &proj.forward(emb)?)?;
+            h = fc2.forward_silu_onto(&inner, &h)?;
         }
         self.output.forward_silu(&h)
     }
