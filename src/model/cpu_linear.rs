@@ -30,7 +30,7 @@
 //! Other devices keep candle's product and broadcast addition.
 
 use super::cpu_gemm::{Matrix, Start, matmul, matmul_onto};
-use super::cpu_silu::{silu_grad_values, silu_values};
+use super::cpu_silu::{multiply_in_place, silu_and_slope_values, silu_values};
 use super::host::{f32_values, with_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
@@ -162,17 +162,21 @@ impl CpuLinear {
     ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
         let Sizes { batch, input, output } = self.sizes;
         let dy_m = Matrix::rows(dy, batch, output);
-        let dx = needs_dx.then(|| {
-            let d_in = matmul(dy_m, Matrix::rows(w, input, output).transposed());
-            // Back through the SiLU when the op applied one.
-            match self.input {
-                Input::Plain => d_in,
-                Input::Silu => silu_grad_values(x, &d_in),
+        let d_in = || matmul(dy_m, Matrix::rows(w, input, output).transposed());
+        let dw = |multiplied: &[f32]| matmul(Matrix::rows(multiplied, batch, input).transposed(), dy_m);
+        let (dx, dw) = match (self.input, needs_dx) {
+            (Input::Plain, _) => (needs_dx.then(d_in), dw(x)),
+            (Input::Silu, false) => (None, dw(&silu_values(x))),
+            // Back through the SiLU: its values and slope from one pass.
+            (Input::Silu, true) => {
+                let (silu, slope) = silu_and_slope_values(x);
+                let dw = dw(&silu);
+                drop(silu);
+                let mut dx = d_in();
+                multiply_in_place(&mut dx, &slope);
+                (Some(dx), dw)
             }
-        });
-        let dw = self
-            .input
-            .with(x, |x| matmul(Matrix::rows(x, batch, input).transposed(), dy_m));
+        };
         (dx, dw, column_sums(dy, output))
     }
 }
