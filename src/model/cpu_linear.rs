@@ -194,23 +194,7 @@ fn column_sums(rows: &[f32], width: usize) -> Vec<f32> {
 /// shape holding `out` values): candle's `x.matmul(weight)?.broadcast_add(bias)`,
 /// of `x.silu()?` for `Input::Silu`.
 pub(super) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, what: Input) -> Result<Tensor> {
-    let (batch, input) = x.dims2()?;
-    let (weight_input, output) = weight.dims2()?;
-    if weight_input != input || bias.elem_count() != output {
-        bail!(
-            "linear: input {:?} does not fit weight {:?} and bias {:?}",
-            x.dims(),
-            weight.dims(),
-            bias.dims()
-        )
-    }
-    let op = CpuLinear {
-        sizes: Sizes { batch, input, output },
-        input: what,
-        onto: Onto::Bias,
-    };
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+    apply(x, weight, bias, what, Onto::Bias)
 }
 
 /// `base + x W + b` (of `silu(x)` for `Input::Silu`) with `weight_and_bias`
@@ -222,23 +206,42 @@ pub(super) fn linear_onto(
     base: &Tensor,
     what: Input,
 ) -> Result<Tensor> {
+    apply(x, weight_and_bias, base, what, Onto::BaseAndBias)
+}
+
+/// The op on operands whose shapes were checked against each other.
+fn apply(x: &Tensor, weight: &Tensor, third: &Tensor, what: Input, onto: Onto) -> Result<Tensor> {
     let (batch, input) = x.dims2()?;
-    let (rows, output) = weight_and_bias.dims2()?;
-    if rows != input + 1 || base.dims2()? != (batch, output) {
+    let (rows, output) = weight.dims2()?;
+    let (fits, op_name, weight_name, third_name) = match onto {
+        Onto::Bias => (
+            rows == input && third.elem_count() == output,
+            "linear",
+            "weight",
+            "bias",
+        ),
+        Onto::BaseAndBias => (
+            rows == input + 1 && third.dims() == [batch, output],
+            "linear onto a base",
+            "weight and bias",
+            "base",
+        ),
+    };
+    if !fits {
         bail!(
-            "linear onto a base: input {:?} does not fit weight and bias {:?} and base {:?}",
+            "{op_name}: input {:?} does not fit {weight_name} {:?} and {third_name} {:?}",
             x.dims(),
-            weight_and_bias.dims(),
-            base.dims()
+            weight.dims(),
+            third.dims()
         )
     }
     let op = CpuLinear {
         sizes: Sizes { batch, input, output },
         input: what,
-        onto: Onto::BaseAndBias,
+        onto,
     };
     x.contiguous()?
-        .apply_op3(&weight_and_bias.contiguous()?, &base.contiguous()?, op)
+        .apply_op3(&weight.contiguous()?, &third.contiguous()?, op)
 }
 
 #[cfg(test)]
