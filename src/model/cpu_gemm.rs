@@ -287,7 +287,7 @@ mod tests {
         let (base, bias) = (values(8, 3), values(3, 4));
         matmul_onto(
             Matrix::rows(&a, 2, 3),
-            Matrix::rows(&b, 3, 2).transposed().transposed(),
+            Matrix::rows(&b, 3, 2),
             Start::BaseAndBias {
                 base: &base,
                 bias: &bias[..2],
