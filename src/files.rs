@@ -127,13 +127,40 @@ pub fn write_tensors(
             .collect::<Result<Vec<_>>>()?;
         let checksum = tensors_checksum(data.iter().map(|(n, s, b)| (*n, s.clone(), b.as_slice())));
         metadata.insert(TENSOR_CHECKSUM.into(), checksum);
-        Ok(safetensors::serialize(
-            tensors.iter().map(|(n, t)| (n.as_str(), t)),
-            Some(metadata),
-        )?)
+        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))?;
+        Ok(with_sorted_header(bytes))
     };
     let bytes = encode().with_context(|| format!("cannot encode {}", path.display()))?;
     atomic_write(path, &bytes)
+}
+
+/// The safetensors bytes with their JSON header's keys in sorted order.
+/// Why: safetensors writes the metadata in its `HashMap`'s order, which
+/// differs from process to process, so two runs of one seed wrote the
+/// same tensors into files that differed in bytes. The rewritten header
+/// says the same thing in as many bytes (compact JSON either way), so the
+/// data offsets after it hold; should it ever not, the bytes stay as
+/// safetensors wrote them.
+fn with_sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(length) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + length) else {
+        return bytes;
+    };
+    let json = header.trim_ascii_end();
+    // serde_json's maps are sorted (its `preserve_order` feature is off).
+    let sorted = serde_json::from_slice::<serde_json::Value>(json).and_then(|v| serde_json::to_vec(&v));
+    match sorted {
+        Ok(sorted) if sorted.len() == json.len() => {
+            bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+            bytes
+        }
+        _ => bytes,
+    }
 }
 
 /// Reads a safetensors file written by [`write_tensors`]; a missing,

@@ -53,6 +53,36 @@ fn tensors_round_trip_with_their_checksum() {
     assert_eq!(file.metadata[TENSOR_CHECKSUM].len(), 64);
 }
 
+/// The same tensors and metadata give the same bytes, whatever order the
+/// metadata's `HashMap` (seeded afresh for each map) yields its keys in.
+#[test]
+fn the_same_tensors_and_metadata_give_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = [
+        ("b".to_string(), Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap()),
+        (
+            "a".to_string(),
+            Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap(),
+        ),
+    ];
+    let write = |name: &str| {
+        let metadata: HashMap<String, String> = (0..12)
+            .map(|i| (format!("key{i}"), format!("value {i}")))
+            .collect();
+        let path = dir.path().join(name);
+        write_tensors(&path, &tensors, metadata).unwrap();
+        std::fs::read(path).unwrap()
+    };
+    let first = write("one.safetensors");
+    for other in ["two", "three", "four"] {
+        assert!(first == write(&format!("{other}.safetensors")), "{other} differs");
+    }
+    let file = read_tensors(&dir.path().join("one.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(file.metadata["key11"], "value 11");
+    let a: Vec<f32> = file.tensors["a"].flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(a, vec![1.0; 6]);
+}
+
 #[test]
 fn a_flipped_byte_in_tensor_data_is_refused_with_the_file_named() {
     let dir = tempfile::tempdir().unwrap();
