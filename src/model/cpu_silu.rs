@@ -11,14 +11,10 @@
 //!
 //! Other devices keep candle's SiLU.
 
-use super::host::f32_values;
+use super::host::{PART, f32_values, split_over_threads};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-
-/// Below this many values a pass runs on one thread: splitting it would
-/// cost more than it saves.
-const PARALLEL_FROM: usize = 1 << 15;
 
 struct CpuSilu;
 
@@ -62,12 +58,11 @@ fn map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     // Written once, so not zero-filled first (a pass of its own).
     let mut out = Vec::with_capacity(x.len());
     let spare = &mut out.spare_capacity_mut()[..x.len()];
-    if in_parallel(x.len()) {
-        let part = PARALLEL_FROM / 4;
+    if split_over_threads(x.len()) {
         spare
-            .par_chunks_mut(part)
-            .zip(x.par_chunks(part))
-            .zip(y.par_chunks(part))
+            .par_chunks_mut(PART)
+            .zip(x.par_chunks(PART))
+            .zip(y.par_chunks(PART))
             .for_each(|((o, x), y)| map_chunk(o, x, y, &f));
     } else {
         map_chunk(spare, x, y, &f);
@@ -84,13 +79,12 @@ fn map_pair(x: &[f32], f: impl Fn(f32) -> (f32, f32) + Sync) -> (Vec<f32>, Vec<f
         &mut first.spare_capacity_mut()[..x.len()],
         &mut second.spare_capacity_mut()[..x.len()],
     );
-    if in_parallel(x.len()) {
-        let part = PARALLEL_FROM / 4;
+    if split_over_threads(x.len()) {
         spare
             .0
-            .par_chunks_mut(part)
-            .zip(spare.1.par_chunks_mut(part))
-            .zip(x.par_chunks(part))
+            .par_chunks_mut(PART)
+            .zip(spare.1.par_chunks_mut(PART))
+            .zip(x.par_chunks(PART))
             .for_each(|((a, b), x)| map_pair_chunk(a, b, x, &f));
     } else {
         map_pair_chunk(spare.0, spare.1, x, &f);
@@ -101,10 +95,6 @@ fn map_pair(x: &[f32], f: impl Fn(f32) -> (f32, f32) + Sync) -> (Vec<f32>, Vec<f
         second.set_len(x.len());
     }
     (first, second)
-}
-
-fn in_parallel(len: usize) -> bool {
-    len >= PARALLEL_FROM && candle_core::utils::get_num_threads() > 1
 }
 
 /// One thread's part of [`map`], in AVX2 + FMA where the CPU has them:
@@ -203,11 +193,10 @@ pub(super) fn silu_and_slope_values(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
 pub(super) fn multiply_in_place(values: &mut [f32], by: &[f32]) {
     assert_eq!(values.len(), by.len(), "silu: operands of different lengths");
     let multiply = |(v, b): (&mut [f32], &[f32])| v.iter_mut().zip(b).for_each(|(v, b)| *v *= b);
-    if in_parallel(values.len()) {
-        let part = PARALLEL_FROM / 4;
+    if split_over_threads(values.len()) {
         values
-            .par_chunks_mut(part)
-            .zip(by.par_chunks(part))
+            .par_chunks_mut(PART)
+            .zip(by.par_chunks(PART))
             .for_each(multiply);
     } else {
         multiply((values, by));

@@ -14,15 +14,10 @@
 //! sign of a zero), so the numbers are those of the tensor path; a test
 //! holds the two together. Other devices keep the tensor ops.
 
-use super::host::{f32_values, f32_values_mut};
+use super::host::{PART, f32_values, f32_values_mut, split_over_threads};
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 use std::cell::RefCell;
-
-/// Below this many values an update runs on one thread.
-const PARALLEL_FROM: usize = 1 << 15;
-/// The values one thread takes at a time above it.
-const CHUNK: usize = 1 << 13;
 
 /// Whether these updates apply to a parameter: f32 on the CPU.
 pub fn in_place_on_cpu(param: &Tensor) -> bool {
@@ -99,17 +94,12 @@ impl InplaceOp2 for AdamStep<'_> {
                 v.len()
             );
         }
-        adam_values(p, g, m, v, self.constants, parallel(n));
+        adam_values(p, g, m, v, self.constants, split_over_threads(n));
         Ok(())
     }
 }
 
-/// Whether a pass over `n` values goes over rayon's threads.
-fn parallel(n: usize) -> bool {
-    n >= PARALLEL_FROM && candle_core::utils::get_num_threads() > 1
-}
-
-/// Adam's step on the values themselves; in `CHUNK`s over rayon's
+/// Adam's step on the values themselves; in `PART`s over rayon's
 /// threads when `parallel` (each value's arithmetic is the same either way).
 fn adam_values(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamConstants, parallel: bool) {
     let chunk = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
@@ -118,9 +108,9 @@ fn adam_values(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamCo
         }
     };
     if parallel {
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        p.par_chunks_mut(PART)
+            .zip(g.par_chunks(PART))
+            .zip(m.par_chunks_mut(PART).zip(v.par_chunks_mut(PART)))
             .for_each(|((p, g), (m, v))| chunk(p, g, m, v));
     } else {
         chunk(p, g, m, v);
@@ -135,7 +125,7 @@ fn average_values(a: &mut [f32], s: &[f32], decay: f32, rest: f32, parallel: boo
         }
     };
     if parallel {
-        a.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(chunk);
+        a.par_chunks_mut(PART).zip(s.par_chunks(PART)).for_each(chunk);
     } else {
         chunk((a, s));
     }
@@ -155,7 +145,7 @@ impl InplaceOp2 for AverageToward {
         let n = al.shape().elem_count();
         let a = f32_values_mut(avg, al, n, self.name(), "average")?;
         let s = f32_values(src, sl, n, self.name(), "source")?;
-        average_values(a, s, self.decay, self.rest, parallel(n));
+        average_values(a, s, self.decay, self.rest, split_over_threads(n));
         Ok(())
     }
 }
@@ -184,7 +174,7 @@ mod tests {
     /// gets its own gradient and moments, as on one thread.
     #[test]
     fn threads_update_each_value_as_one_thread_does() {
-        let n = 3 * CHUNK + 17;
+        let n = 3 * PART + 17;
         let (g, s) = (values(n, 1, 0.0), values(n, 2, 0.0));
         let start = (values(n, 3, 0.0), values(n, 4, 0.0), values(n, 5, 2.0));
         let run = |parallel: bool| {

@@ -1,7 +1,21 @@
-//! Reading tensors' values on the host, for the fused CPU ops.
+//! Reading tensors' values on the host, for the fused CPU ops, and when
+//! their element-wise passes are split over rayon's threads.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, bail};
+
+/// Below this many values an element-wise pass runs on one thread:
+/// splitting it would cost more than it saves.
+const SPLIT_FROM: usize = 1 << 15;
+
+/// The values one rayon task takes at a time of a split pass.
+pub const PART: usize = SPLIT_FROM / 4;
+
+/// Whether an element-wise pass over `len` values is split over rayon's
+/// threads (in [`PART`]s).
+pub fn split_over_threads(len: usize) -> bool {
+    len >= SPLIT_FROM && candle_core::utils::get_num_threads() > 1
+}
 
 /// The f32 values of a contiguous CPU tensor that should hold `len` of
 /// them; `op` and `what` name it in the error otherwise.
