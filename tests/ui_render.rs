@@ -632,9 +632,19 @@ fn v_cycles_image_views_and_nodes_open_by_number_or_cursor() {
     );
 }
 
-/// `disback bench`'s lab, fed by a thread that plays a run: the updates and
-/// what the lab sends back.
+/// `disback bench`'s lab, fed by a thread that plays a run: the error it
+/// ends with and what it sends back.
 fn bench_lab_against(script: Vec<(u64, Update)>) -> (String, Vec<Command>) {
+    let (measured, sent) = bench_lab_rate(script, std::time::Duration::from_secs(60));
+    let error = format!("{:#}", measured.expect_err("the played run never reaches a rate"));
+    (error, sent)
+}
+
+/// The rate the bench's lab measures over `time` of a played run.
+fn bench_lab_rate(
+    script: Vec<(u64, Update)>,
+    time: std::time::Duration,
+) -> (anyhow::Result<f64>, Vec<Command>) {
     use disback::engine::trainer::Link;
     let (commands, sent) = std::sync::mpsc::channel();
     let (updates, received) = tokio::sync::mpsc::unbounded_channel();
@@ -651,10 +661,22 @@ fn bench_lab_against(script: Vec<(u64, Update)>) -> (String, Vec<Command>) {
         updates: received,
         carrier: None,
     };
-    let measured = disback::ui::backtracking_rate_with_lab(link, std::time::Duration::from_secs(60));
+    let measured = disback::ui::backtracking_rate_with_lab(link, time);
     player.join().unwrap();
-    let error = format!("{:#}", measured.expect_err("the played run never reaches a rate"));
-    (error, sent.try_iter().collect())
+    (measured, sent.try_iter().collect())
+}
+
+#[test]
+fn the_bench_lab_measures_a_run_slower_than_its_window() {
+    // One backtracking iteration every 700 ms, measured over 1 s: the old
+    // window ended at 1 s with one iteration seen and said 1.0 it/s (and 0
+    // for a run slower than the window).
+    let mut script = vec![(0, at(Stage::Backtrack, 11))];
+    script.extend((12..=16).map(|i| (700, at(Stage::Backtrack, i))));
+    let (measured, sent) = bench_lab_rate(script, std::time::Duration::from_secs(1));
+    let rate = measured.expect("the run moved");
+    assert!((rate - 1.0 / 0.7).abs() < 0.15, "{rate} it/s, not ~1.43");
+    assert_eq!(sent, vec![Command::Quit]);
 }
 
 fn at(stage: Stage, iteration: usize) -> Update {

@@ -190,7 +190,12 @@ pub fn backtracking_rate_with_lab(mut link: Link, time: Duration) -> Result<f64>
     use tokio::sync::mpsc::error::TryRecvError;
     let mut app = App::new(Theme { color: true });
     let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 48))?;
+    // The measurement runs from the first backtracking iteration past the
+    // warm-up that the lab sees arrive to the first that arrives after
+    // `time`: both ends at an arrival, so a run slower than one iteration a
+    // view (a large batch on a CPU) is measured, not rounded down to 0.
     let mut since: Option<(Instant, usize)> = None;
+    let mut last_seen: Option<usize> = None;
     // One skip per stage: a skip sent every frame would pile up behind a
     // slow step and then skip backtracking targets too.
     let mut skipped: Option<Stage> = None;
@@ -216,7 +221,7 @@ pub fn backtracking_rate_with_lab(mut link: Link, time: Duration) -> Result<f64>
                     let _ = link.commands.send(Command::Skip);
                     skipped = Some(v.stage);
                 }
-            } else {
+            } else if last_seen.replace(v.iteration) != Some(v.iteration) {
                 match since {
                     None if v.iteration > 10 => since = Some((Instant::now(), v.iteration)),
                     Some((t0, i0)) if t0.elapsed() >= time => {
