@@ -39,17 +39,34 @@ impl Ended {
 /// candle's barrier; with it off, two threads ran the batch-1,024 ResNet-MLP
 /// teacher step 58 → 76 steps/s and the distillation iteration 11.5 → 16.2
 /// it/s).
+///
+/// More threads than the machine has CPUs only wait on each other (and a
+/// count in the thousands failed to start them at all), so a larger
+/// `threads` is cut to the CPUs, with a note: a config written for a
+/// bigger machine still runs, and so does a run resumed on a smaller one.
 pub fn configure_threads(threads: usize) {
-    let n = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
-    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = thread_count(threads, cpus);
+    if threads > cpus {
+        eprintln!(
+            "note: threads = {threads}, but this machine has {cpus} CPUs: using {cpus} \
+             (more threads than CPUs only wait on each other)"
+        );
+    }
     // SAFETY: called at the start of `main`, before any other thread runs,
     // so nothing reads the environment concurrently.
     unsafe {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// The threads to run for a config's `threads` on a machine with `cpus`:
+/// 0 means all of them, and no more than them.
+fn thread_count(threads: usize, cpus: usize) -> usize {
+    match threads {
+        0 => cpus,
+        n => n.min(cpus),
     }
 }
 
@@ -179,5 +196,14 @@ mod tests {
             err.contains("teacher.batch = 1000000000000") && err.contains("--no-memory-check"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn threads_are_all_the_cpus_for_0_and_never_more_than_them() {
+        assert_eq!(thread_count(0, 8), 8);
+        assert_eq!(thread_count(1, 8), 1);
+        assert_eq!(thread_count(8, 8), 8);
+        assert_eq!(thread_count(100_000, 8), 8);
+        assert_eq!(thread_count(2, 1), 1);
     }
 }

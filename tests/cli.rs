@@ -140,6 +140,34 @@ fn a_run_directory_is_not_overwritten_unless_asked() {
 }
 
 #[test]
+fn more_threads_than_cpus_are_cut_to_the_cpus_with_a_note() {
+    // 100,000 threads failed to start (the process aborted); now the run
+    // goes on the machine's CPUs and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = tiny_file(d, "");
+    let o = disback(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            "r",
+            "--set",
+            "threads=100000",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("note: threads = 100000, but this machine has"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(d.join("r/generator/final.safetensors").exists());
+}
+
+#[test]
 fn a_run_leaves_its_files_and_its_generator_samples() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

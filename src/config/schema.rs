@@ -22,7 +22,8 @@ pub struct Config {
     /// `auto` (the GPU when the build has CUDA and a GPU is there, else the
     /// CPU), `cpu`, or `cuda:N`. Default `auto`.
     pub device: DeviceChoice,
-    /// CPU threads for tensor work; 0 uses every available core. Default 1:
+    /// CPU threads for tensor work; 0 uses every available core, and more
+    /// than the machine has are cut to them (with a note). Default 1:
     /// at the default sizes a second thread gives no speed-up on a 2-core
     /// machine and collapses under load (`disback bench` shows both), and
     /// one thread leaves a core for the terminal lab.
