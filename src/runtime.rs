@@ -1,6 +1,7 @@
 //! Process-wide compute settings: the device and candle's CPU threads.
 
 use crate::config::{Config, DeviceChoice};
+use crate::model::generation_chunk;
 use anyhow::{Result, bail};
 use candle_core::Device;
 
@@ -137,15 +138,45 @@ pub fn memory_estimate(config: &Config) -> f64 {
         }
     };
     let m = &config.metrics;
+    // Measurements score `metrics.samples` points at once; the final
+    // samples are generated a chunk at a time. Forward passes only.
+    let values = values_per_sample(config);
+    let measured = m
+        .samples
+        .max(config.log.final_samples.min(generation_chunk(values)));
     let rows = [
         config.teacher.batch as f64 * score,
         config.record.batch as f64 * 2.0 * score,
         config.distill.batch as f64 * (generator + 3.0 * score),
-        // Measurements and the final samples: forward passes only.
-        (m.samples.max(m.stf_reference).max(config.log.final_samples)) as f64 * score / 4.0,
+        measured as f64 * score / 4.0,
     ];
+    host_memory_estimate(config) + 4.0 * rows.iter().copied().fold(0.0, f64::max)
+}
+
+/// What a run keeps in the host's memory whatever its device: the process
+/// itself, and the samples it holds (the final ones, the measurements'
+/// and their reference).
+fn host_memory_estimate(config: &Config) -> f64 {
     const BASE: f64 = 64.0 * 1024.0 * 1024.0;
-    BASE + 4.0 * rows.iter().copied().fold(0.0, f64::max)
+    let m = &config.metrics;
+    let held = config.log.final_samples + m.samples + m.stf_reference;
+    BASE + 4.0 * (held * values_per_sample(config)) as f64
+}
+
+/// Values of one data sample: an image's pixels, or a point's 2.
+fn values_per_sample(config: &Config) -> usize {
+    config.data.image_shape().map_or(2, |image| image.len())
+}
+
+/// Whether a run of `choice` keeps its tensors on a GPU (then the GPU's
+/// memory bounds its batches, not the host's): the same choice as
+/// [`select_device`] makes, without making the device.
+fn tensors_on_gpu(choice: DeviceChoice) -> bool {
+    match choice {
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Cuda(_) => cfg!(feature = "cuda"),
+        DeviceChoice::Auto => cfg!(feature = "cuda") && candle_core::utils::cuda_is_available(),
+    }
 }
 
 /// The memory this machine has free now (Linux's `MemAvailable`), if known.
@@ -162,7 +193,14 @@ pub fn check_memory(config: &Config, runs: usize) -> Result<()> {
     let Some(free) = available_memory() else {
         return Ok(()); // not Linux: nothing to compare against
     };
-    let need = memory_estimate(config) * runs.max(1) as f64;
+    // On a GPU the activations are the GPU's to hold, not the host's: a
+    // batch too large for it ends training with CUDA's out-of-memory error,
+    // the last checkpoint kept, like any other error of a step.
+    let per_run = match tensors_on_gpu(config.device) {
+        true => host_memory_estimate(config),
+        false => memory_estimate(config),
+    };
+    let need = per_run * runs.max(1) as f64;
     if need > free {
         let gib = |b: f64| b / (1024.0 * 1024.0 * 1024.0);
         bail!(
@@ -182,6 +220,46 @@ pub fn check_memory(config: &Config, runs: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn final_samples_cost_a_generation_chunk_not_all_at_once() {
+        // 28×28 images: 10,000 final samples are generated 64 at a time,
+        // so they add their own pixels to the estimate, not 10,000 forward
+        // passes (which made the shipped MNIST config "need" 157 GiB).
+        let mut config = Config {
+            data: crate::config::DataConfig::Shapes {
+                size: 28,
+                channels: 1,
+            },
+            ..Config::default()
+        };
+        config.metrics.samples = 64;
+        config.log.final_samples = 64;
+        let few = memory_estimate(&config);
+        config.log.final_samples = 10_000;
+        let many = memory_estimate(&config);
+        let pixels = (10_000 - 64) as f64 * 28.0 * 28.0 * 4.0;
+        assert!((many - few - pixels).abs() < 1.0, "{few} → {many}");
+        // The scored measurement batch still counts in full.
+        config.metrics.samples = 100_000;
+        assert!(memory_estimate(&config) > 10.0 * many);
+    }
+
+    #[test]
+    fn only_a_cpu_run_holds_its_activations_in_the_host_s_memory() {
+        assert!(!tensors_on_gpu(DeviceChoice::Cpu));
+        let cuda = cfg!(feature = "cuda");
+        assert_eq!(tensors_on_gpu(DeviceChoice::Cuda(0)), cuda);
+        if !cuda {
+            assert!(!tensors_on_gpu(DeviceChoice::Auto));
+        }
+        // A GPU run's host share leaves the batches out.
+        let mut config = Config::default();
+        let host = host_memory_estimate(&config);
+        config.teacher.batch = 1_000_000_000;
+        assert_eq!(host_memory_estimate(&config), host);
+        assert!(memory_estimate(&config) > 1e12);
+    }
 
     #[test]
     fn the_default_config_fits_and_a_huge_batch_does_not() {

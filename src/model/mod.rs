@@ -188,6 +188,14 @@ impl FixedLevels {
     }
 }
 
+/// Samples a generator draws at once when it makes many without gradient,
+/// for latents of `values_per_sample` values: 8,192 points, or 64 to 256
+/// images, so that 10,000 final samples cost a chunk's activations, not
+/// 10,000 samples' (`runtime::memory_estimate` counts on it).
+pub fn generation_chunk(values_per_sample: usize) -> usize {
+    (16_384 / values_per_sample.max(1)).clamp(64, 8192)
+}
+
 impl Generator {
     /// A generator as `config` describes it. A teacher-initialised one has
     /// the teacher's architecture here and gets its weights from
@@ -295,11 +303,10 @@ impl Generator {
         shape
     }
 
-    /// `n` samples without gradient, drawn in chunks to bound memory
-    /// (8,192 points, or 64 to 256 images, at a time).
+    /// `n` samples without gradient, drawn in chunks to bound memory (see
+    /// [`generation_chunk`]).
     pub fn generate(&self, n: usize, rng: &mut impl Rng) -> Result<Tensor> {
-        let per_sample: usize = self.latent_shape().iter().product();
-        let chunk = (16_384 / per_sample.max(1)).clamp(64, 8192);
+        let chunk = generation_chunk(self.latent_shape().iter().product());
         let mut parts = Vec::new();
         let mut left = n;
         while left > 0 {
