@@ -210,7 +210,7 @@ impl Session {
                 Some(i) => format!("; the checkpoint of iteration {i} (state/) can be resumed"),
                 None => "; no checkpoint was written yet".into(),
             };
-            let message = format!("{e:#}{resumable}");
+            let message = format!("{e:#}{}{resumable}", out_of_memory_hint(&e));
             self.failure = Some(message.clone());
             bail!(message);
         }
@@ -432,5 +432,28 @@ impl Session {
                 Ok(())
             }
         }
+    }
+}
+
+/// What to do about CUDA's out-of-memory error (its code is in the error's
+/// text, from the driver through candle); nothing for other errors. The
+/// host's memory is checked before a run starts, the GPU's is not.
+fn out_of_memory_hint(e: &anyhow::Error) -> &'static str {
+    match format!("{e:#}").contains("CUDA_ERROR_OUT_OF_MEMORY") {
+        true => " (the GPU ran out of memory: lower teacher.batch, record.batch or distill.batch)",
+        false => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gpu_s_out_of_memory_error_says_what_to_lower() {
+        let oom = anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")")
+            .context("teacher step");
+        assert!(out_of_memory_hint(&oom).contains("lower teacher.batch"));
+        assert_eq!(out_of_memory_hint(&anyhow::anyhow!("loss is NaN")), "");
     }
 }
