@@ -77,8 +77,7 @@ pub fn select_device(choice: DeviceChoice) -> Result<(Device, String)> {
         DeviceChoice::Cpu => Ok((Device::Cpu, "CPU".into())),
         DeviceChoice::Cuda(n) => cuda(n),
         DeviceChoice::Auto => {
-            if cfg!(feature = "cuda")
-                && candle_core::utils::cuda_is_available()
+            if tensors_on_gpu(choice)
                 && let Ok(found) = cuda(0)
             {
                 return Ok(found);
@@ -169,8 +168,8 @@ fn values_per_sample(config: &Config) -> usize {
 }
 
 /// Whether a run of `choice` keeps its tensors on a GPU (then the GPU's
-/// memory bounds its batches, not the host's): the same choice as
-/// [`select_device`] makes, without making the device.
+/// memory bounds its batches, not the host's), known before the device is
+/// made: [`select_device`] goes by it too.
 fn tensors_on_gpu(choice: DeviceChoice) -> bool {
     match choice {
         DeviceChoice::Cpu => false,
