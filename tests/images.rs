@@ -9,12 +9,13 @@ use disback::rng::Draws;
 use candle_core::{Device, Tensor};
 use common::start;
 use disback::config::{Config, UNetConfig};
-use disback::data::{Dataset, ImageShape, Samples};
+use disback::config::{ImageShape, NetSpec};
+use disback::data::{Dataset, Samples};
 use disback::diffusion::denoising_loss;
 use disback::engine::{ModelKind, Stage};
 use disback::files::read_tensors;
 use disback::metrics::Classifier;
-use disback::model::{Denoiser, Generator, NetSpec};
+use disback::model::{Denoiser, Generator};
 use disback::optim::Adam;
 use disback::report::write_image_samples;
 use disback::rng::{host_rng, normal_tensor};
@@ -106,10 +107,10 @@ fn a_unet_saves_and_loads_exactly_and_refuses_another_shape() {
 #[test]
 fn the_teacher_initialised_generator_is_the_teacher_denoiser_at_step_0() {
     let dir = tempfile::tempdir().unwrap();
-    let config = digits_config(dir.path()).resolved();
+    let config = disback::data::resolve(digits_config(dir.path()));
     let spec = config.net_spec();
     let teacher = Denoiser::new(&spec, config.sigma_data(), &Device::Cpu, &mut host_rng(4, 4)).unwrap();
-    let generator = Generator::new(&config, &Device::Cpu, &mut host_rng(5, 5)).unwrap();
+    let generator = Generator::new(&config.generator_spec(), &Device::Cpu, &mut host_rng(5, 5)).unwrap();
     generator.copy_teacher(&teacher).unwrap();
     let z = generator.latents(6, &mut host_rng(6, 6)).unwrap();
     assert_eq!(z.dims(), &[6, 1, 8, 8]);
@@ -183,7 +184,7 @@ fn a_tiny_digits_run_trains_every_stage_and_writes_image_files() {
     // The generator is a U-Net the size of the teacher, loaded back by the
     // same strict rules.
     let saved = run.generator_dir().join("final.safetensors");
-    let back = Generator::new(session.config(), &Device::Cpu, &mut host_rng(0, 0)).unwrap();
+    let back = Generator::new(&session.config().generator_spec(), &Device::Cpu, &mut host_rng(0, 0)).unwrap();
     back.load(&saved).unwrap();
     assert_eq!(back.params().len(), session.teacher().params().len());
     assert!(session.score_model(ModelKind::FakeScore).is_some());
@@ -212,12 +213,10 @@ fn a_tiny_digits_run_trains_every_stage_and_writes_image_files() {
 
 /// The shipped digits, and the name their classifier is cached under.
 fn digits_and_classifier_key() -> (Dataset, String) {
-    let config = Config::parse("[data]\nkind = \"digits\"\n", &[])
-        .unwrap()
-        .resolved();
+    let config = Config::parse("[data]\nkind = \"digits\"\n", &[]).unwrap();
     (
         Dataset::load(&config.data).unwrap(),
-        config.classifier_cache_key(),
+        disback::metrics::Classifier::cache_key(&config.data),
     )
 }
 

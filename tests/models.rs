@@ -2,12 +2,12 @@
 //! exact values.
 
 use candle_core::{Device, Tensor};
-use disback::config::{Config, GeneratorConfig, ScoreNetConfig};
+use disback::config::{Config, GeneratorConfig, GeneratorSpec, NetSpec, ScoreNetConfig};
 use disback::data::{GaussianMixture, Point};
 use disback::diffusion::{NoiseSchedule, denoising_loss, heun_sample};
 use disback::metrics::ModeStats;
 use disback::model::{
-    Denoiser, Generator, NetSpec, Precond, loss_weight, points_to_tensor, tensor_to_points,
+    Denoiser, Generator, Precond, loss_weight, points_to_tensor, tensor_to_points,
 };
 use disback::optim::Adam;
 use disback::rng::{Draws, host_rng, normal_vec};
@@ -20,16 +20,16 @@ fn small_net() -> ScoreNetConfig {
     }
 }
 
-fn small_generator() -> Config {
-    Config {
+fn small_generator() -> GeneratorSpec {
+    let config = Config {
         generator: GeneratorConfig {
             width: 16,
             depth: 2,
             ..GeneratorConfig::default()
         },
         ..Config::default()
-    }
-    .resolved()
+    };
+    disback::data::resolve(config).generator_spec()
 }
 
 fn data_tensor(n: usize, seed: u64) -> Tensor {

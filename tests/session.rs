@@ -352,7 +352,7 @@ fn any_model_can_be_saved_and_loaded_back() {
         );
     }
     let file = s.save_generator(Some(&dir.path().join("g.safetensors"))).unwrap();
-    let back = Generator::new(&c, &device, &mut host_rng(1, 1)).unwrap();
+    let back = Generator::new(&c.generator_spec(), &device, &mut host_rng(1, 1)).unwrap();
     back.load(&file).unwrap();
     assert_eq!(
         back.params()
@@ -420,7 +420,7 @@ fn a_teacher_initialised_generator_starts_as_the_teacher_at_sigma_g() {
     // G⁰ is frozen while recording, so this is the generator at step 0.
     let device = s.teacher().device();
     let z = s.sampled_generator().latents(64, &mut host_rng(5, 5)).unwrap();
-    let sigma_g = 1.5 * s.config().sigma_data() / 0.5;
+    let sigma_g = disback::config::edm_to_data_units(1.5, s.config().sigma_data());
     let x = z.affine(sigma_g, 0.0).unwrap();
     let levels = s.teacher().levels(vec![sigma_g as f32; 64], &device).unwrap();
     let expected = s.teacher().denoise(&x, &levels).unwrap();

@@ -321,10 +321,10 @@ fn plot(dir: &Path) -> Result<()> {
 }
 
 fn sample(args: SampleArgs) -> Result<()> {
-    let config = Config::load(&args.config, &[])?;
+    let config = crate::data::resolve(Config::load(&args.config, &[])?);
     configure_threads(config.threads);
     let (device, _) = select_device(config.device)?;
-    let generator = Generator::new(&config, &device, &mut host_rng(0, 0))?;
+    let generator = Generator::new(&config.generator_spec(), &device, &mut host_rng(0, 0))?;
     generator.load(&args.generator)?;
     let samples = Samples::from_tensor(&generator.generate(args.n, &mut host_rng(args.seed, 0))?)?;
     let what = match samples.points() {

@@ -4,14 +4,18 @@
 //!
 //! A config is loaded in three steps: parse the file into a TOML table, apply
 //! the `--set section.key=value` overrides to that table, then deserialise
-//! (unknown keys are rejected by serde) and validate. [`Config::resolved`]
-//! fills in what the file left to be computed (σ_data, a generated mixture's
-//! components) so that the `config.toml` a run writes describes it fully.
+//! (unknown keys are rejected by serde) and validate. What the file leaves
+//! to be computed from the data (σ_data, a generated mixture's components)
+//! is filled in by `data::resolve`, so that the `config.toml` a run writes
+//! describes it fully. This is the ground floor: it names nothing of the
+//! data, the models or the engine.
 
 mod schema;
+mod shared;
 mod validate;
 
 pub use schema::*;
+pub use shared::*;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
@@ -71,81 +75,46 @@ impl Config {
         self.name.as_deref().unwrap_or("run")
     }
 
-    /// Fills in what the file left to be computed: σ_data (the data's std)
-    /// and a ring preset's explicit components. A run writes this form, so
-    /// its `config.toml` alone reproduces it.
-    pub fn resolved(mut self) -> Config {
-        if self.diffusion.sigma_data.is_none() {
-            self.diffusion.sigma_data = Some(self.default_sigma_data());
-        }
-        use crate::data::GaussianMixture;
-        let components = match self.data {
-            DataConfig::Ring { modes, radius, std } => {
-                Some(GaussianMixture::ring_components(modes, radius, std))
-            }
-            DataConfig::Random { modes, seed } => Some(GaussianMixture::random_components(modes, seed)),
-            _ => None,
-        };
-        if let Some(components) = components {
-            self.data = DataConfig::Gmm { components };
-        }
-        self
-    }
-
-    /// σ_data of a resolved config.
+    /// σ_data of a resolved config (`data::resolve` computes it from the
+    /// data when the file leaves it out).
     pub fn sigma_data(&self) -> f64 {
         self.diffusion
             .sigma_data
-            .unwrap_or_else(|| self.default_sigma_data())
-    }
-
-    /// The 2-D data's own standard deviation per coordinate; for images
-    /// EDM's 0.5 (pixels in [−1, 1]), so that no file is read to know it.
-    fn default_sigma_data(&self) -> f64 {
-        match crate::data::PlaneData::new(&self.data) {
-            Some(plane) => plane.std(),
-            None => crate::diffusion::EDM_SIGMA_DATA,
-        }
+            .expect("a resolved config (data::resolve) carries its sigma_data")
     }
 
     /// The score network this config's data calls for: the ResNet-MLP of
     /// `score_net` on 2-D data, the U-Net of `unet` on images.
-    pub fn net_spec(&self) -> crate::model::NetSpec {
+    pub fn net_spec(&self) -> NetSpec {
         match self.data.image_shape() {
-            Some(image) => crate::model::NetSpec::UNet {
+            Some(image) => NetSpec::UNet {
                 image,
                 config: self.unet.clone(),
             },
-            None => crate::model::NetSpec::Mlp(self.score_net.clone()),
+            None => NetSpec::Mlp(self.score_net.clone()),
         }
     }
 
-    /// The name of this config's pretrained teacher in the cache: a hash of
-    /// everything that shapes it (data, diffusion, network, pretraining
-    /// settings and seed) and nothing that does not (the run's own seed,
-    /// paths, distillation settings), so runs of any seed share one teacher.
-    /// The name of this config's image classifier in the cache (beside
-    /// the teachers): a hash of the data alone.
-    pub fn classifier_cache_key(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let shape = serde_json::json!({ "format": 1, "data": self.clone().resolved().data });
-        let digest = Sha256::digest(shape.to_string().as_bytes());
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-    }
-
-    pub fn teacher_cache_key(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let resolved = self.clone().resolved();
-        let (t, d) = (&resolved.teacher, &resolved.diffusion);
-        let shape = serde_json::json!({
-            "format": 4,
-            "data": resolved.data,
-            "diffusion": [d.sigma_data, d.p_mean, d.p_std],
-            "net": resolved.net_spec(),
-            "teacher": [t.steps, t.batch, t.lr, t.seed],
-        });
-        let digest = Sha256::digest(shape.to_string().as_bytes());
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    /// The generator of a resolved config: the random MLP of `generator`
+    /// on 2-D data with `init = "random"`, else the score network at σ_g
+    /// (on images a `random` generator is that network with fresh weights:
+    /// an MLP from a latent to pixels is no image model).
+    pub fn generator_spec(&self) -> GeneratorSpec {
+        let g = &self.generator;
+        match (g.init, self.net_spec()) {
+            (GeneratorInit::Random, NetSpec::Mlp(_)) => GeneratorSpec::Mlp(MlpGeneratorSpec {
+                latent_dim: g.latent_dim,
+                width: g.width,
+                depth: g.depth,
+                sigma_init: g.sigma_init,
+            }),
+            (init, net) => GeneratorSpec::Denoiser {
+                net,
+                sigma_data: self.sigma_data(),
+                sigma_g: edm_to_data_units(g.sigma_g, self.sigma_data()),
+                from_teacher: init == GeneratorInit::Teacher,
+            },
+        }
     }
 
     /// The config as TOML text.

@@ -219,27 +219,6 @@ pub enum DataConfig {
     },
 }
 
-impl DataConfig {
-    /// The shape of one image, known from the config alone (files are not
-    /// read); `None` for the 2-D toys.
-    pub fn image_shape(&self) -> Option<crate::data::ImageShape> {
-        use crate::data::ImageShape;
-        match self {
-            DataConfig::Digits { size } | DataConfig::Idx { size, .. } => Some(ImageShape::square(1, *size)),
-            DataConfig::Cifar10 { size, .. } => Some(ImageShape::square(3, *size)),
-            DataConfig::Shapes { size, channels } | DataConfig::Folder { size, channels, .. } => {
-                Some(ImageShape::square(*channels, *size))
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether this is image data (else a 2-D toy).
-    pub fn is_image(&self) -> bool {
-        self.image_shape().is_some()
-    }
-}
-
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig::Ring {

@@ -146,33 +146,6 @@ fn devices_parse() {
 }
 
 #[test]
-fn resolving_writes_out_the_mixture_and_sigma_data() {
-    let c = Config::default().resolved();
-    let DataConfig::Gmm { components } = &c.data else {
-        panic!("a ring resolves to explicit components");
-    };
-    assert_eq!(components.len(), 10);
-    assert!((components[0].mean[0] - 2.5).abs() < 1e-12);
-    // Ten equal modes on radius 2.5, std 0.15: per-coordinate variance
-    // r²/2 + s² → σ_data = sqrt(3.125 + 0.0225).
-    let sd = c.diffusion.sigma_data.unwrap();
-    assert!((sd - (3.125f64 + 0.0225).sqrt()).abs() < 1e-9, "{sd}");
-    // The written form reads back as the same config.
-    assert_eq!(Config::parse(&c.to_toml().unwrap(), &[]).unwrap(), c);
-}
-
-#[test]
-fn the_teacher_cache_key_ignores_what_does_not_shape_the_teacher() {
-    let base = Config::default();
-    let other_seed = Config::parse("seed = 5\n[distill]\nbatch = 64\n", &[]).unwrap();
-    assert_eq!(base.teacher_cache_key(), other_seed.teacher_cache_key());
-    let other_teacher = Config::parse("[teacher]\nsteps = 10\n", &[]).unwrap();
-    assert_ne!(base.teacher_cache_key(), other_teacher.teacher_cache_key());
-    let other_data = Config::parse("[data]\nkind = \"ring\"\nmodes = 8\n", &[]).unwrap();
-    assert_ne!(base.teacher_cache_key(), other_data.teacher_cache_key());
-}
-
-#[test]
 fn every_problem_is_reported_at_once_with_its_key() {
     let text = "[teacher]\nbatch = \"x\"\nstepz = 3\n[distill]\nlr = -1\nbatch = 0\n";
     let e = err(text, &[]);
@@ -208,10 +181,15 @@ fn image_configs_are_checked_against_the_unet() {
     assert!(e.contains("data.channels: 2 must be 1 (grey) or 3"), "{e}");
     let e = err("[data]\nkind = \"idx\"\n", &[]);
     assert!(e.contains("path"), "{e}");
-    // Images use the U-Net and EDM's σ_data.
-    let c = Config::parse("[data]\nkind = \"digits\"\n", &[])
-        .unwrap()
-        .resolved();
-    assert_eq!(c.sigma_data(), 0.5);
-    assert!(matches!(c.net_spec(), crate::model::NetSpec::UNet { .. }));
+    // Images use the U-Net.
+    let c = Config::parse("[data]\nkind = \"digits\"\n", &[]).unwrap();
+    assert!(matches!(c.net_spec(), NetSpec::UNet { .. }));
+}
+
+#[test]
+fn edm_units_scale_with_the_data() {
+    // σ_data = 0.5 is EDM's own scale; σ_g = σ_data is 0.5 in EDM units.
+    assert_eq!(edm_to_data_units(80.0, 0.5), 80.0);
+    assert_eq!(edm_to_data_units(0.5, 1.77), 1.77);
+    assert!((edm_to_data_units(2.5, 2.0) - 10.0).abs() < 1e-12);
 }

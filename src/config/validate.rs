@@ -2,6 +2,7 @@
 //! All problems are reported at once, so a user fixes a file in one pass.
 
 use super::schema::*;
+use super::shared::ImageShape;
 use anyhow::{Result, bail};
 
 /// Collects the problems found in a config.
@@ -87,7 +88,7 @@ impl Config {
         p.positive(g.sigma_g, "generator.sigma_g");
     }
 
-    fn check_unet(&self, image: crate::data::ImageShape, p: &mut Problems) {
+    fn check_unet(&self, image: ImageShape, p: &mut Problems) {
         let u = &self.unet;
         p.at_least(u.channels, 1, "unet.channels");
         p.at_least(u.blocks, 1, "unet.blocks");

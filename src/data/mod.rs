@@ -8,14 +8,35 @@ mod images;
 mod pixels;
 
 pub use gmm::{Component, GaussianMixture, log_sum_exp};
-pub use images::{ImageBatch, ImageSet, ImageShape, Images, SHAPE_CLASSES, Shapes};
+pub use images::{ImageBatch, ImageSet, Images, SHAPE_CLASSES, Shapes};
 pub use pixels::{PixelImages, to_byte};
 
-use crate::config::DataConfig;
+use crate::config::{Config, DataConfig, EDM_SIGMA_DATA};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_distr::StandardNormal;
+
+/// Fills in what a config leaves to be computed from its data: σ_data (the
+/// 2-D data's own standard deviation per coordinate; EDM's 0.5 for images,
+/// so that no file is read to know it) and a preset mixture's explicit
+/// components. A run writes this form, so its `config.toml` alone
+/// reproduces it.
+pub fn resolve(mut config: Config) -> Config {
+    if config.diffusion.sigma_data.is_none() {
+        let std = PlaneData::new(&config.data).map_or(EDM_SIGMA_DATA, |plane| plane.std());
+        config.diffusion.sigma_data = Some(std);
+    }
+    let components = match config.data {
+        DataConfig::Ring { modes, radius, std } => Some(GaussianMixture::ring_components(modes, radius, std)),
+        DataConfig::Random { modes, seed } => Some(GaussianMixture::random_components(modes, seed)),
+        _ => None,
+    };
+    if let Some(components) = components {
+        config.data = DataConfig::Gmm { components };
+    }
+    config
+}
 
 /// A point in the plane, as the models see it.
 pub type Point = [f32; 2];
@@ -363,5 +384,24 @@ mod tests {
                 "radius {r}"
             );
         }
+    }
+
+    #[test]
+    fn resolving_writes_out_the_mixture_and_sigma_data() {
+        let c = resolve(Config::default());
+        let DataConfig::Gmm { components } = &c.data else {
+            panic!("a ring resolves to explicit components");
+        };
+        assert_eq!(components.len(), 10);
+        assert!((components[0].mean[0] - 2.5).abs() < 1e-12);
+        // Ten equal modes on radius 2.5, std 0.15: per-coordinate variance
+        // r²/2 + s² → σ_data = sqrt(3.125 + 0.0225).
+        let sd = c.sigma_data();
+        assert!((sd - (3.125f64 + 0.0225).sqrt()).abs() < 1e-9, "{sd}");
+        // The written form reads back as the same config.
+        assert_eq!(Config::parse(&c.to_toml().unwrap(), &[]).unwrap(), c);
+        // Images use EDM's σ_data, known without reading a file.
+        let digits = resolve(Config::parse("[data]\nkind = \"digits\"\n", &[]).unwrap());
+        assert_eq!(digits.sigma_data(), 0.5);
     }
 }

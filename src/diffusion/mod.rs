@@ -6,7 +6,7 @@ mod sigmas;
 
 pub use sampler::{heun_sample, model_denoise_fn};
 pub use sigmas::{
-    EDM_SIGMA_DATA, KarrasGrid, NoiseSchedule, SigmaLaw, karras_grid, karras_index_sigmas, log_normal_sigmas,
+    KarrasGrid, NoiseSchedule, SigmaLaw, karras_grid, karras_index_sigmas, log_normal_sigmas,
 };
 
 use crate::model::{Denoiser, Sigmas};

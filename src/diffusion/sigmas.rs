@@ -1,6 +1,6 @@
 //! Noise-level distributions.
 
-use crate::config::DiffusionConfig;
+use crate::config::{DiffusionConfig, edm_to_data_units};
 use crate::model::Sigmas;
 use crate::rng::{Draws, index_in};
 use anyhow::Result;
@@ -80,9 +80,6 @@ fn device_sigmas(law: SigmaLaw<'_>, n: usize, device: &Device) -> Result<Tensor>
     })
 }
 
-/// The σ_data that EDM's noise settings were tuned for (images in [−1, 1]).
-pub const EDM_SIGMA_DATA: f64 = 0.5;
-
 /// The noise levels of one problem. The config's settings (p_mean, p_std,
 /// sigma_min, sigma_max) are in EDM's units and are scaled by
 /// σ_data / 0.5 here: the same as standardising the data to EDM's scale
@@ -102,7 +99,7 @@ pub struct NoiseSchedule {
 impl NoiseSchedule {
     pub fn new(config: &DiffusionConfig, sigma_data: f64) -> Self {
         Self {
-            scale: sigma_data / EDM_SIGMA_DATA,
+            scale: edm_to_data_units(1.0, sigma_data),
             p_mean: config.p_mean,
             p_std: config.p_std,
             sigma_min: config.sigma_min,

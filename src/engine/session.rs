@@ -82,7 +82,7 @@ impl Session {
     /// Starts a new run in `run` (created by the caller).
     pub fn start(config: Config, run: RunDir) -> Result<Self> {
         let run = run.locked()?;
-        let config = config.resolved();
+        let config = crate::data::resolve(config);
         config.validate()?;
         write_toml(&run.config(), &config.to_toml()?)?;
         let log = MetricsLog::create(&run.metrics())?;
@@ -104,7 +104,7 @@ impl Session {
         let data = Dataset::load(&config.data).context("loading the data")?;
         let sigma_data = config.sigma_data();
         let generator = Generator::new(
-            &config,
+            &config.generator_spec(),
             &device,
             &mut host_rng(config.seed, streams::GENERATOR_INIT),
         )?;
@@ -119,7 +119,7 @@ impl Session {
         });
         // Labelled images are also measured by a classifier, trained once
         // per data set and cached beside the teachers.
-        let (cache, key) = (&config.teacher.cache_dir, config.classifier_cache_key());
+        let (cache, key) = (&config.teacher.cache_dir, Classifier::cache_key(&config.data));
         if let Some(classifier) = Classifier::for_data(&data, cache, &key, &device)? {
             evaluator = evaluator.with_classifier(classifier);
         }

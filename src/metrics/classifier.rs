@@ -10,7 +10,8 @@
 //! Unlabelled images get the same Fréchet distance on their pixels,
 //! average-pooled to at most 8 × 8 per channel ([`pooled_pixels`]).
 
-use crate::data::{Dataset, ImageShape, Samples};
+use crate::config::{DataConfig, ImageShape};
+use crate::data::{Dataset, Samples};
 use crate::model::{Conv2d, Linear, ParamBuilder, Params};
 use crate::optim::Adam;
 use crate::rng::host_rng;
@@ -89,6 +90,15 @@ impl Classifier {
         let features = self.features.forward(&pooled)?;
         let logits = self.logits.forward(&features.silu()?)?;
         Ok((features, logits))
+    }
+
+    /// The name of a data set's classifier in the cache (beside the
+    /// teachers): a hash of the data's settings alone.
+    pub fn cache_key(data: &DataConfig) -> String {
+        use sha2::{Digest, Sha256};
+        let shape = serde_json::json!({ "format": 1, "data": data });
+        let digest = Sha256::digest(shape.to_string().as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
     /// The data's classifier: from the cache in `cache_dir`, or trained now

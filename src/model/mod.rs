@@ -23,11 +23,11 @@ pub use cpu_update::{AdamConstants, adam_step as adam_step_cpu, in_place_on_cpu}
 pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, loss_weight};
 pub use frozen::frozen;
 pub use layers::{Conv2d, GroupNorm, Linear, silu};
-pub use nets::{GeneratorNet, MlpNet, NetSpec, ScoreNet};
+pub use nets::{GeneratorNet, MlpNet, ScoreNet};
 pub use params::{Init, ParamBuilder, Params};
 pub use unet::UNet;
 
-use crate::config::{Config, GeneratorInit};
+use crate::config::{GeneratorInit, GeneratorSpec, NetSpec};
 use crate::data::Point;
 use crate::rng::{Draws, HostRng, normal_tensor};
 use anyhow::{Context, Result, bail};
@@ -197,35 +197,35 @@ pub fn generation_chunk(values_per_sample: usize) -> usize {
 }
 
 impl Generator {
-    /// A generator as `config` describes it. A teacher-initialised one has
+    /// A generator as `spec` describes it. A teacher-initialised one has
     /// the teacher's architecture here and gets its weights from
     /// [`Generator::copy_teacher`].
-    pub fn new(config: &Config, device: &Device, rng: &mut impl Rng) -> Result<Self> {
-        let g = &config.generator;
-        let spec = config.net_spec();
-        let (net, settings) = match (g.init, &spec) {
-            (GeneratorInit::Random, NetSpec::Mlp(_)) => (
-                GeneratorNetwork::Mlp(Box::new(GeneratorNet::new(g, ParamBuilder::new(device, rng))?)),
-                serde_json::json!({ "init": "random", "latent_dim": g.latent_dim,
-                    "width": g.width, "depth": g.depth, "sigma_init": g.sigma_init }),
+    pub fn new(spec: &GeneratorSpec, device: &Device, rng: &mut impl Rng) -> Result<Self> {
+        let (net, settings) = match spec {
+            GeneratorSpec::Mlp(mlp) => (
+                GeneratorNetwork::Mlp(Box::new(GeneratorNet::new(mlp, ParamBuilder::new(device, rng))?)),
+                serde_json::json!({ "init": GeneratorInit::Random, "latent_dim": mlp.latent_dim,
+                    "width": mlp.width, "depth": mlp.depth, "sigma_init": mlp.sigma_init }),
             ),
-            // On images a `random` generator is the denoiser architecture
-            // with fresh weights: an MLP from a latent to pixels is no
-            // image model.
-            (init, spec) => {
-                let sigma_data = config.sigma_data();
-                let sigma_g = g.sigma_g * sigma_data / crate::diffusion::EDM_SIGMA_DATA;
-                let model = Denoiser::new(spec, sigma_data, device, rng)?;
-                let from_teacher = init == GeneratorInit::Teacher;
+            GeneratorSpec::Denoiser {
+                net,
+                sigma_data,
+                sigma_g,
+                from_teacher,
+            } => {
+                let init = match from_teacher {
+                    true => GeneratorInit::Teacher,
+                    false => GeneratorInit::Random,
+                };
                 let settings = serde_json::json!({ "init": init, "sigma_g": sigma_g,
-                    "sigma_data": sigma_data, "net": spec });
-                let net = GeneratorNetwork::Denoiser {
-                    model,
-                    sigma_g,
-                    from_teacher,
+                    "sigma_data": sigma_data, "net": net });
+                let network = GeneratorNetwork::Denoiser {
+                    model: Denoiser::new(net, *sigma_data, device, rng)?,
+                    sigma_g: *sigma_g,
+                    from_teacher: *from_teacher,
                     levels: FixedLevels::default(),
                 };
-                (net, settings)
+                (network, settings)
             }
         };
         Ok(Self {
@@ -249,7 +249,7 @@ impl Generator {
     /// own shape for a denoiser.
     pub fn latent_shape(&self) -> Vec<usize> {
         match &self.net {
-            GeneratorNetwork::Mlp(net) => vec![net.config.latent_dim],
+            GeneratorNetwork::Mlp(net) => vec![net.spec.latent_dim],
             GeneratorNetwork::Denoiser { model, .. } => match model.net.spec() {
                 NetSpec::Mlp(_) => vec![crate::data::DIM],
                 NetSpec::UNet { image, .. } => vec![image.channels, image.height, image.width],
@@ -327,7 +327,7 @@ impl Generator {
     pub fn deep_clone(&self) -> Result<Self> {
         let net = match &self.net {
             GeneratorNetwork::Mlp(net) => GeneratorNetwork::Mlp(Box::new(GeneratorNet::new(
-                &net.config,
+                &net.spec,
                 ParamBuilder::new(&self.device(), &mut scratch_rng()),
             )?)),
             GeneratorNetwork::Denoiser {

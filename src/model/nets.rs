@@ -5,46 +5,11 @@
 use super::layers::Linear;
 use super::params::{ParamBuilder, Params};
 use super::unet::UNet;
-use crate::config::{GeneratorConfig, ScoreNetConfig, UNetConfig};
-use crate::data::ImageShape;
+use crate::config::{MlpGeneratorSpec, NetSpec, ScoreNetConfig};
 use anyhow::Result;
 use candle_core::Tensor;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
-/// Which network a score model is, with every setting that fixes its
-/// parameters' names and shapes: written into model files and checked on
-/// load, and what a deep copy rebuilds from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NetSpec {
-    /// The ResNet-MLP on 2-D points.
-    Mlp(ScoreNetConfig),
-    /// The U-Net on images of one shape.
-    UNet { image: ImageShape, config: UNetConfig },
-}
-
-/// In words, for headers: "ResNet-MLP 128 wide × 3 blocks" or
-/// "U-Net 32·[1, 2] channels × 1 block on 1×8×8".
-impl std::fmt::Display for NetSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NetSpec::Mlp(c) => write!(f, "ResNet-MLP {} wide × {} blocks", c.width, c.blocks),
-            NetSpec::UNet { image, config: c } => write!(
-                f,
-                "U-Net {}·{:?} channels × {} block{}{} on {}×{}×{}",
-                c.channels,
-                c.multipliers,
-                c.blocks,
-                if c.blocks == 1 { "" } else { "s" },
-                if c.attention { ", attention" } else { "" },
-                image.channels,
-                image.height,
-                image.width
-            ),
-        }
-    }
-}
 
 /// The raw network `F(c_in x, emb(c_noise))` of a denoiser.
 #[derive(Debug)]
@@ -154,13 +119,13 @@ impl MlpNet {
 /// The one-step generator: an MLP on `σ_init · z` with SiLU activations.
 #[derive(Debug)]
 pub struct GeneratorNet {
-    pub config: GeneratorConfig,
+    pub spec: MlpGeneratorSpec,
     layers: Vec<Linear>,
     params: Params,
 }
 
 impl GeneratorNet {
-    pub fn new<R: Rng>(config: &GeneratorConfig, b: ParamBuilder<'_, R>) -> Result<Self> {
+    pub fn new<R: Rng>(config: &MlpGeneratorSpec, b: ParamBuilder<'_, R>) -> Result<Self> {
         let mut b = b;
         let mut layers = Vec::with_capacity(config.depth + 1);
         let mut input = config.latent_dim;
@@ -175,7 +140,7 @@ impl GeneratorNet {
         }
         layers.push(Linear::new(&mut b, "output", (input, 2), 1.0)?);
         Ok(Self {
-            config: config.clone(),
+            spec: config.clone(),
             layers,
             params: b.finish(),
         })
@@ -186,7 +151,7 @@ impl GeneratorNet {
         // A SiLU between layers: each layer after the first takes the
         // SiLU of the one before.
         let (first, rest) = self.layers.split_first().expect("at least one layer");
-        let mut h = first.forward(&z.affine(self.config.sigma_init, 0.0)?)?;
+        let mut h = first.forward(&z.affine(self.spec.sigma_init, 0.0)?)?;
         for layer in rest {
             h = layer.forward_silu(&h)?;
         }

@@ -18,7 +18,7 @@
 use super::layers::{Conv2d, GroupNorm, Linear, silu};
 use super::params::{ParamBuilder, Params};
 use crate::config::UNetConfig;
-use crate::data::ImageShape;
+use crate::config::ImageShape;
 use anyhow::{Result, ensure};
 use candle_core::{D, Tensor};
 use rand::Rng;

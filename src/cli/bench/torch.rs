@@ -9,7 +9,7 @@
 
 use super::{BenchArgs, Rates, run_worker};
 use crate::config::{Config, GeneratorInit, ScoreNetConfig};
-use crate::model::NetSpec;
+use crate::config::NetSpec;
 use anyhow::{Context, Result, bail, ensure};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -10,38 +10,10 @@ mod shapes;
 
 pub use shapes::{SHAPE_CLASSES, Shapes};
 
-use crate::config::DataConfig;
+use crate::config::{DataConfig, ImageShape};
 use anyhow::{Result, bail};
 use rand::{Rng, RngExt};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// Channels, height and width of one image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ImageShape {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-}
-
-impl ImageShape {
-    pub fn square(channels: usize, size: usize) -> Self {
-        Self {
-            channels,
-            height: size,
-            width: size,
-        }
-    }
-
-    /// Values per image.
-    pub fn len(&self) -> usize {
-        self.channels * self.height * self.width
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// A finite set of images held in memory as bytes (a pixel value `v` is
 /// `v / 127.5 − 1`), with optional class labels.
