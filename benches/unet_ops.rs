@@ -1,6 +1,6 @@
 //! The U-Net's convolutions and group norms, forward and forward +
 //! backward, at the digits config's sizes: candle's own ops beside the
-//! project's fused CPU ops (`src/model/cpu_conv.rs`, `cpu_norm.rs`),
+//! project's fused CPU ops (`src/kernels/conv.rs`, `norm.rs`),
 //! measured side by side in one process.
 //!
 //!     RAYON_NUM_THREADS=1 cargo bench --bench unet_ops
@@ -35,7 +35,7 @@ fn main() -> candle_core::Result<()> {
         )?)?;
         let b = Var::from_tensor(&Tensor::randn(0f32, 1., (1, output, 1, 1), &device)?)?;
         let candle = || x.conv2d(&w, kernel / 2, stride, 1, 1)?.broadcast_add(&b);
-        let fused = || disback::model::conv2d_cpu(&x, &w, &b, stride, kernel / 2);
+        let fused = || disback::kernels::conv2d(&x, &w, &b, stride, kernel / 2);
         let (candle_fwd, candle_both) = time(candle)?;
         let (fused_fwd, fused_both) = time(fused)?;
         println!(
@@ -54,7 +54,7 @@ fn main() -> candle_core::Result<()> {
         let reference =
             candle_nn::GroupNorm::new(w.as_tensor().clone(), b.as_tensor().clone(), channels, 8, 1e-5)?;
         let (candle_fwd, candle_both) = time(|| reference.forward(&x))?;
-        let (fused_fwd, fused_both) = time(|| disback::model::group_norm_cpu(&x, &w, &b, 8, 1e-5))?;
+        let (fused_fwd, fused_both) = time(|| disback::kernels::group_norm(&x, &w, &b, 8, 1e-5))?;
         println!(
             "{:<34} {:>9.2} ms {:>9.2} ms {:>13.2} ms {:>13.2} ms",
             format!("group norm {channels} ch / 8, {side}×{side}"),

@@ -14,6 +14,7 @@ pub mod diffusion;
 pub mod distill;
 pub mod engine;
 pub mod files;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -1,7 +1,8 @@
 //! Adam with state we own: candle's AdamW keeps its moments private, so a
 //! run could not be resumed exactly; and its default weight decay is not 0.
 
-use crate::model::{AdamConstants, Params, adam_step_cpu, in_place_on_cpu};
+use crate::kernels::{AdamConstants, adam_step, in_place_on_cpu};
+use crate::model::Params;
 use anyhow::{Context, Result, ensure};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -115,7 +116,7 @@ impl Adam {
                 };
                 for (i, ((name, var), g)) in self.vars.iter().zip(&g).enumerate() {
                     let part = self.offsets[i]..self.offsets[i + 1];
-                    adam_step_cpu(var, g, &mut m[part.clone()], &mut v[part], constants)
+                    adam_step(var, g, &mut m[part.clone()], &mut v[part], constants)
                         .with_context(|| format!("updating parameter {name}"))?;
                 }
             }

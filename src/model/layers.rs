@@ -1,7 +1,7 @@
 //! The layers the networks are built from, each owning its named
 //! parameters (so models save, load, copy and average by name).
 
-use super::cpu_linear::{Input, linear, linear_onto};
+use crate::kernels::{self, Input, linear, linear_onto};
 use super::frozen::param;
 use super::params::{Init, ParamBuilder};
 use anyhow::Result;
@@ -31,7 +31,7 @@ impl Linear {
         })
     }
 
-    /// On the CPU one fused op ([`super::cpu_linear`]). Elsewhere the bias
+    /// On the CPU one fused op ([`kernels::linear`]). Elsewhere the bias
     /// is added as `ones(B, 1) · b` rather than broadcast: its gradient is
     /// then a matrix product instead of candle's batch sum.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -55,7 +55,7 @@ impl Linear {
     /// `y = base + silu(x) W + b`, `base` of the output's shape: the same
     /// values as `base + forward_silu(x)`, up to rounding. On the CPU one
     /// fused op, so that no addition keeps the product and the base alive
-    /// for the backward (see [`super::cpu_linear`]).
+    /// for the backward (see [`kernels::linear`]).
     pub fn forward_silu_onto(&self, x: &Tensor, base: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() {
             // The op's third operand is the base: the bias joins the
@@ -72,11 +72,11 @@ impl Linear {
     }
 }
 
-/// SiLU, `x σ(x)`: on the CPU one fused op ([`super::cpu_silu`]),
+/// SiLU, `x σ(x)`: on the CPU one fused op ([`kernels::silu`]),
 /// elsewhere candle's.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() {
-        return Ok(super::cpu_silu::silu(x)?);
+        return Ok(kernels::silu(x)?);
     }
     Ok(x.silu()?)
 }
@@ -116,13 +116,13 @@ impl Conv2d {
     }
 
     /// (B, in, H, W) → (B, out, H / stride, W / stride). On the CPU as
-    /// one matrix product over patches ([`super::cpu_conv`], whose backward
+    /// one matrix product over patches ([`kernels::conv2d`], whose backward
     /// is far faster than candle's there); elsewhere candle's own.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (weight, bias) = (&param(&self.weight), &param(&self.bias));
         let padding = self.weight.dim(2)? / 2;
         if x.device().is_cpu() {
-            return Ok(super::cpu_conv::conv2d(x, weight, bias, self.stride, padding)?);
+            return Ok(kernels::conv2d(x, weight, bias, self.stride, padding)?);
         }
         let y = x.conv2d(weight, padding, self.stride, 1, 1)?;
         Ok(y.broadcast_add(bias)?)
@@ -130,7 +130,7 @@ impl Conv2d {
 }
 
 /// Group normalisation with a learned per-channel scale and shift: on the
-/// CPU one fused op ([`super::cpu_norm`]), elsewhere candle-nn's
+/// CPU one fused op ([`kernels::group_norm`]), elsewhere candle-nn's
 /// `GroupNorm`, which is built from differentiable tensor ops (unlike its
 /// fused LayerNorm, which has no backward pass).
 #[derive(Debug, Clone)]
@@ -158,7 +158,7 @@ impl GroupNorm {
         const EPS: f64 = 1e-5;
         let (weight, bias) = (&param(&self.weight), &param(&self.bias));
         if x.device().is_cpu() {
-            return Ok(super::cpu_norm::group_norm(x, weight, bias, self.groups, EPS)?);
+            return Ok(kernels::group_norm(x, weight, bias, self.groups, EPS)?);
         }
         let channels = self.weight.dim(0)?;
         let norm = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, self.groups, EPS)?;

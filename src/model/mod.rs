@@ -1,25 +1,13 @@
 //! Models: the EDM denoiser (teacher, path nodes, fake score) and the
 //! one-step generator, with deep copies and checked save/load.
 
-mod cpu_conv;
-mod cpu_gemm;
-mod cpu_linear;
-mod cpu_norm;
-mod cpu_silu;
-mod cpu_update;
 mod edm;
 mod frozen;
-mod host;
 mod layers;
 mod nets;
-#[cfg(test)]
-mod op_checks;
 mod params;
 mod unet;
 
-pub use cpu_conv::conv2d as conv2d_cpu;
-pub use cpu_norm::group_norm as group_norm_cpu;
-pub use cpu_update::{AdamConstants, adam_step as adam_step_cpu, in_place_on_cpu};
 pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, loss_weight};
 pub use frozen::frozen;
 pub use layers::{Conv2d, GroupNorm, Linear, silu};

@@ -104,8 +104,8 @@ impl Params {
     /// (1 − decay)·other` (an exponential moving average of `other`).
     pub fn average_toward(&self, other: &Params, decay: f64) -> Result<()> {
         for ((name, dst), (_, src)) in self.iter().zip(other.iter()) {
-            let updated = if super::cpu_update::in_place_on_cpu(dst) {
-                super::cpu_update::average_toward(dst, src.as_tensor(), decay)
+            let updated = if crate::kernels::in_place_on_cpu(dst) {
+                crate::kernels::average_toward(dst, src.as_tensor(), decay)
             } else {
                 let mixed =
                     ((dst.as_detached_tensor() * decay)? + (src.as_detached_tensor() * (1.0 - decay))?)?;

@@ -205,7 +205,7 @@ pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps
 
 #[cfg(test)]
 mod tests {
-    use super::super::op_checks::{assert_same_op, random};
+    use super::super::checks::{assert_same_op, random};
     use super::*;
     use candle_core::Module;
 

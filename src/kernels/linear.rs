@@ -29,8 +29,8 @@
 //!
 //! Other devices keep candle's product and broadcast addition.
 
-use super::cpu_gemm::{Matrix, Start, matmul, matmul_onto};
-use super::cpu_silu::{multiply_in_place, silu_and_slope_values, silu_values};
+use super::gemm::{Matrix, Start, matmul, matmul_onto};
+use super::silu::{multiply_in_place, silu_and_slope_values, silu_values};
 use super::host::{f32_values, with_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
@@ -44,7 +44,7 @@ struct Sizes {
 
 /// What the product multiplies: the input as given, or its SiLU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Input {
+pub enum Input {
     Plain,
     Silu,
 }
@@ -193,14 +193,14 @@ fn column_sums(rows: &[f32], width: usize) -> Vec<f32> {
 /// `x` (B, in), or its SiLU, times `weight` (in, out) plus `bias` (any
 /// shape holding `out` values): candle's `x.matmul(weight)?.broadcast_add(bias)`,
 /// of `x.silu()?` for `Input::Silu`.
-pub(super) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, what: Input) -> Result<Tensor> {
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, what: Input) -> Result<Tensor> {
     apply(x, weight, bias, what, Onto::Bias)
 }
 
 /// `base + x W + b` (of `silu(x)` for `Input::Silu`) with `weight_and_bias`
 /// the (in + 1, out) rows of `W` then `b`, and `base` (B, out): candle's
 /// `base + (x.matmul(W)? + b)`.
-pub(super) fn linear_onto(
+pub fn linear_onto(
     x: &Tensor,
     weight_and_bias: &Tensor,
     base: &Tensor,
@@ -246,7 +246,7 @@ fn apply(x: &Tensor, weight: &Tensor, third: &Tensor, what: Input, onto: Onto) -
 
 #[cfg(test)]
 mod tests {
-    use super::super::op_checks::{assert_same_op, random};
+    use super::super::checks::{assert_same_op, random};
     use super::*;
 
     /// Values and all three gradients against candle's product and

@@ -152,7 +152,7 @@ impl InplaceOp2 for AverageToward {
 
 #[cfg(test)]
 mod tests {
-    use super::super::op_checks::random;
+    use super::super::checks::random;
     use super::*;
 
     fn values(len: usize, seed: u64, offset: f64) -> Vec<f32> {

@@ -24,7 +24,7 @@
 //! runs 3.6× faster than the other orientation at these sizes (measured).
 //! Other devices keep candle's own convolution.
 
-use super::cpu_gemm::{Matrix, matmul};
+use super::gemm::{Matrix, matmul};
 use super::host::{f32_values, host_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -330,7 +330,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding
 
 #[cfg(test)]
 mod tests {
-    use super::super::op_checks::{assert_same_op, random};
+    use super::super::checks::{assert_same_op, random};
     use super::*;
 
     /// Values and all three gradients against candle's own convolution, for

@@ -6,7 +6,7 @@
 //! of a distillation iteration at batch 4,096 (measured with `perf`). Here
 //! the forward is one pass and the backward one:
 //! `dx = dy · σ(x) (1 + x (1 − σ(x)))`. A layer that takes the SiLU of its
-//! input inside its op ([`super::cpu_linear`]) gets the SiLU and its slope
+//! input inside its op (`linear.rs`) gets the SiLU and its slope
 //! from one pass, one exponential a value, in its backward.
 //!
 //! Other devices keep candle's SiLU.
@@ -244,7 +244,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::op_checks::{max_difference, random};
+    use super::super::checks::{max_difference, random};
     use super::*;
 
     /// Values and gradient against candle's SiLU, over a wide range of

@@ -1,0 +1,34 @@
+//! Fused CPU kernels: candle custom ops that do in one pass, with a
+//! hand-written backward, what candle's own CPU ops do in many. Each file
+//! says why it exists (what `perf` found in candle's version) and is tested
+//! against the plain tensor ops it replaces, in values and in every
+//! gradient. On other devices the models keep candle's ops.
+//!
+//! | kernel | replaces | matches |
+//! |---|---|---|
+//! | [`linear`] | `x W + b` (and `silu(x) W + b`, and `base + …`) | candle's matmul + broadcast add, within float rounding |
+//! | [`silu`] | candle's SiLU and its six-pass backward | candle's `silu`, within float rounding |
+//! | [`conv2d`] | candle's CPU convolution (a loop of dot products backward) | `Tensor::conv2d` + bias, within float rounding |
+//! | [`group_norm`] | candle-nn's `GroupNorm` (ten tensor passes) | candle-nn's `group_norm`, within float rounding |
+//! | [`adam_step`], [`average_toward`] | a dozen tensor passes per parameter | the flat tensor Adam and moving average, bit for bit |
+//!
+//! `gemm` (matrix products over rayon's threads on plain slices) and
+//! `host` (reading tensors' values, splitting passes over threads) are what
+//! the kernels share.
+
+mod conv;
+mod gemm;
+mod host;
+mod linear;
+mod norm;
+mod silu;
+mod update;
+
+#[cfg(test)]
+mod checks;
+
+pub use conv::conv2d;
+pub use linear::{Input, linear, linear_onto};
+pub use norm::group_norm;
+pub use silu::silu;
+pub use update::{AdamConstants, adam_step, average_toward, in_place_on_cpu};
