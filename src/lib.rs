@@ -8,6 +8,7 @@
 //! serving labs over a socket), [`ui`] (the terminal lab).
 
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod diffusion;
@@ -20,6 +21,7 @@ pub mod model;
 pub mod optim;
 pub mod report;
 pub mod rng;
+pub mod rundir;
 pub mod runner;
 pub mod runtime;
 pub mod transfer;

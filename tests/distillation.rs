@@ -9,10 +9,11 @@ use common::{Observed, run_checked, start};
 use disback::config::Config;
 use disback::data::{Dataset, Point, Samples};
 use disback::diffusion::{NoiseSchedule, heun_sample, model_denoise_fn};
-use disback::engine::{ModelKind, Session, read_metrics, read_points_csv};
+use disback::engine::{ModelKind, Session};
 use disback::metrics::{ModeStats, energy_distance, model_scores, noised};
 use disback::model::{points_to_tensor, tensor_to_points};
 use disback::rng::{host_rng, normal_vec};
+use disback::rundir::{read_metrics, read_points_csv};
 use std::path::Path;
 use std::sync::OnceLock;
 

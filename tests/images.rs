@@ -12,13 +12,14 @@ use disback::config::{Config, UNetConfig};
 use disback::config::{ImageShape, NetSpec};
 use disback::data::{Dataset, Samples};
 use disback::diffusion::denoising_loss;
-use disback::engine::{ModelKind, Stage};
+use disback::engine::ModelKind;
 use disback::files::read_tensors;
 use disback::metrics::Classifier;
 use disback::model::{Denoiser, Generator};
 use disback::optim::Adam;
 use disback::report::write_image_samples;
 use disback::rng::{host_rng, normal_tensor};
+use disback::rundir::Stage;
 
 /// One cache for the file's tests, so the digit classifier (about 20 s to
 /// train) is trained once and loaded by the other test that needs it.
@@ -184,7 +185,12 @@ fn a_tiny_digits_run_trains_every_stage_and_writes_image_files() {
     // The generator is a U-Net the size of the teacher, loaded back by the
     // same strict rules.
     let saved = run.generator_dir().join("final.safetensors");
-    let back = Generator::new(&session.config().generator_spec(), &Device::Cpu, &mut host_rng(0, 0)).unwrap();
+    let back = Generator::new(
+        &session.config().generator_spec(),
+        &Device::Cpu,
+        &mut host_rng(0, 0),
+    )
+    .unwrap();
     back.load(&saved).unwrap();
     assert_eq!(back.params().len(), session.teacher().params().len());
     assert!(session.score_model(ModelKind::FakeScore).is_some());

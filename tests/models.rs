@@ -6,9 +6,7 @@ use disback::config::{Config, GeneratorConfig, GeneratorSpec, NetSpec, ScoreNetC
 use disback::data::{GaussianMixture, Point};
 use disback::diffusion::{NoiseSchedule, denoising_loss, heun_sample};
 use disback::metrics::ModeStats;
-use disback::model::{
-    Denoiser, Generator, Precond, loss_weight, points_to_tensor, tensor_to_points,
-};
+use disback::model::{Denoiser, Generator, Precond, loss_weight, points_to_tensor, tensor_to_points};
 use disback::optim::Adam;
 use disback::rng::{Draws, host_rng, normal_vec};
 

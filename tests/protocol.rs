@@ -5,8 +5,10 @@
 mod common;
 
 use disback::config::{Config, SchedulePolicy};
-use disback::engine::trainer::{Command, Preview, PreviewData, Start, TrainerHandle, Update, spawn};
-use disback::engine::{Event, SessionView, Stage};
+use disback::engine::protocol::{Command, Preview, PreviewData, Update};
+use disback::engine::protocol::{Event, SessionView};
+use disback::engine::trainer::{Start, TrainerHandle, spawn};
+use disback::rundir::Stage;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,7 @@ impl Driver {
         let d = Self {
             trainer: spawn(Start::New {
                 config: Box::new(config),
-                run: disback::engine::RunDir::create(&run_dir, false).unwrap(),
+                run: disback::rundir::RunDir::create(&run_dir, false).unwrap(),
             }),
             view: None,
             pings: 0,
@@ -191,7 +193,7 @@ fn hangup_saves_the_generator_and_a_resumable_checkpoint() {
     d.until("saved", |u| matches!(u, Update::Session(Event::Saved(_))));
     d.until("stopped", |u| *u == Update::Stopped);
     let at_hang_up = d.trainer.join().unwrap().iteration();
-    let resumed = disback::engine::Session::resume(disback::engine::RunDir::open(&run).unwrap()).unwrap();
+    let resumed = disback::engine::Session::resume(disback::rundir::RunDir::open(&run).unwrap()).unwrap();
     assert_eq!(
         resumed.iteration(),
         at_hang_up,

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{disback, start, stderr, tiny_config};
-use disback::engine::{RunDir, Session};
+use disback::engine::Session;
+use disback::rundir::RunDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

@@ -4,8 +4,10 @@
 
 mod common;
 
-use disback::engine::trainer::{Command, Link, Start, Update};
-use disback::engine::{Event, RunDir, Stage};
+use disback::engine::protocol::Event;
+use disback::engine::protocol::{Command, Link, Update};
+use disback::engine::trainer::Start;
+use disback::rundir::{RunDir, Stage};
 use disback::runner::{self, ClientMessage, Options, Purpose, RunnerMessage, VERSION};
 use disback::runtime::Ended;
 use std::io::{BufRead, BufReader, Write};

@@ -5,9 +5,11 @@ mod common;
 
 use common::{run_checked, start, tiny_config};
 use disback::config::{Config, Method};
-use disback::engine::{Event, ModelKind, RunDir, Session, Stage, read_metrics};
+use disback::engine::protocol::Event;
+use disback::engine::{ModelKind, Session};
 use disback::model::{Denoiser, Generator};
 use disback::rng::host_rng;
+use disback::rundir::{RunDir, Stage, read_metrics};
 
 fn metrics_text(session: &Session) -> String {
     std::fs::read_to_string(session.run_dir().metrics()).unwrap()

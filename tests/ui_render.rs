@@ -6,11 +6,12 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use disback::config::{Method, SchedulePolicy};
 use disback::data::PixelImages;
 use disback::data::{Bounds, GaussianMixture, Point};
-use disback::engine::ScoreField;
-use disback::engine::trainer::{Command, DataInfo, Preview, PreviewData, Shown, Update};
-use disback::engine::{Event, MetricsRecord, NodeStatus, NodeView, SessionView, Stage};
+use disback::engine::protocol::{Command, DataInfo, Preview, PreviewData, Shown, Update};
+use disback::engine::protocol::{Event, NodeStatus, NodeView, SessionView};
 use disback::metrics::{ClassStats, Evaluation};
 use disback::rng::host_rng;
+use disback::rundir::ScoreField;
+use disback::rundir::{MetricsRecord, Stage};
 use disback::ui::{App, Exit, Mode, Palette, Theme, Tiling, draw};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -645,7 +646,7 @@ fn bench_lab_rate(
     script: Vec<(u64, Update)>,
     time: std::time::Duration,
 ) -> (anyhow::Result<f64>, Vec<Command>) {
-    use disback::engine::trainer::Link;
+    use disback::engine::protocol::Link;
     let (commands, sent) = std::sync::mpsc::channel();
     let (updates, received) = tokio::sync::mpsc::unbounded_channel();
     let player = std::thread::spawn(move || {

@@ -1,19 +1,17 @@
 //! `disback compare`: DisBack against Diff-Instruct over several seeds.
 
 use super::ConfigArgs;
+use crate::compare::{
+    CompareJob, Comparison, RESULT, RunOutcome, compare_runs, plan, plot_comparison, run_jobs,
+};
 use crate::config::Config;
-use crate::engine::RunDir;
-use crate::engine::compare::{CompareJob, plan, run_jobs};
 use crate::files::{atomic_write, read_json, write_json};
-use crate::report::{Comparison, RunOutcome, compare_runs, plot_comparison};
+use crate::rundir::RunDir;
 use crate::runtime::configure_threads;
 use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// The comparison's result file in its folder.
-pub const RESULT: &str = "compare.json";
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {

@@ -8,9 +8,9 @@ mod show;
 
 use crate::config::Config;
 use crate::data::Samples;
-use crate::engine::{RunDir, write_points_csv};
 use crate::model::Generator;
 use crate::rng::host_rng;
+use crate::rundir::{RunDir, write_points_csv};
 use crate::runtime::{Ended, configure_threads, select_device};
 use crate::ui::LabEnd;
 use anyhow::Result;
@@ -253,7 +253,7 @@ fn tui(args: RunArgs) -> Result<Ended> {
 fn attach(dir: Option<PathBuf>) -> Result<Ended> {
     crate::ui::check_terminal()?;
     let dir = crate::runner::attach_target(dir, Path::new("runs"))?;
-    let config = crate::config::Config::load_run(&crate::engine::RunDir::open(&dir)?.config())?;
+    let config = crate::config::Config::load_run(&crate::rundir::RunDir::open(&dir)?.config())?;
     lab(&dir, config.data.is_image())
 }
 
@@ -308,7 +308,7 @@ fn ls(base: &Path) -> Result<()> {
 }
 
 fn plot(dir: &Path) -> Result<()> {
-    let written = if dir.join(compare::RESULT).is_file() {
+    let written = if dir.join(crate::compare::RESULT).is_file() {
         compare::replot(dir)?
     } else {
         crate::report::plot_run(dir)?

@@ -7,9 +7,11 @@
 
 use super::{RunArgs, open_for_resume};
 use crate::config::{Config, SchedulePolicy};
-use crate::engine::trainer::{Start, Update};
-use crate::engine::{Event, MetricsRecord, RunDir, SessionView};
+use crate::engine::protocol::Update;
+use crate::engine::protocol::{Event, SessionView};
+use crate::engine::trainer::Start;
 use crate::metrics::Evaluation;
+use crate::rundir::{MetricsRecord, RunDir};
 use crate::runner::{self, Options};
 use crate::runtime::{Ended, configure_threads};
 use anyhow::{Result, bail};

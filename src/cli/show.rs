@@ -3,7 +3,7 @@
 //! coloured blocks elsewhere). viuer writes straight to standard output,
 //! which is why it is never used inside the lab's screen.
 
-use super::compare::RESULT;
+use crate::compare::RESULT;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 

@@ -8,12 +8,11 @@
 //! same random streams, so it writes the same metrics as an uninterrupted
 //! one.
 
-use super::clock::Clock;
-use super::log::{LossWindow, MetricsLog, MetricsRecord, Stage};
+use super::losses::LossWindow;
 use super::path::DegradationPath;
-use super::pretrain::Pretraining;
-use super::rundir::RunDir;
-use super::session::{Event, Session, node_source};
+use super::phase::{Clock, Phase, Pretraining};
+use super::protocol::Event;
+use super::session::{Session, node_source};
 use crate::config::{Config, Method};
 use crate::distill::{BacktrackSchedule, Backtracker, DegradationRecorder, RecordProgress};
 use crate::files::{read_json, read_tensors, write_json, write_tensors};
@@ -21,6 +20,8 @@ use crate::metrics::Evaluation;
 use crate::model::Denoiser;
 use crate::optim::Adam;
 use crate::rng::HostRng;
+use crate::rundir::RunDir;
+use crate::rundir::{MetricsLog, MetricsRecord, Stage};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -36,17 +37,27 @@ struct Latest {
     dir: String,
 }
 
+/// The clock as a checkpoint stores it: the counters and the stage.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SavedClock {
+    stage: Stage,
+    stage_step: usize,
+    iteration: usize,
+    cost: usize,
+}
+
 #[derive(Serialize, Deserialize)]
 struct SavedState {
     format: u32,
-    clock: Clock,
+    clock: SavedClock,
     rng: HostRng,
     pretrain_rng: Option<HostRng>,
     /// Stage 1's counters, while recording.
     record: Option<RecordProgress>,
     /// Stage 2's schedule, from backtracking on.
     schedule: Option<BacktrackSchedule>,
-    /// The plan (it carries the manual toggle before stage 2).
+    /// The plan (it carries the manual toggle before stage 2; from stage 2
+    /// on, the config's plan).
     plan: BacktrackSchedule,
     window: LossWindow,
     metrics_lines: usize,
@@ -107,11 +118,10 @@ impl Session {
         // Everything held on the device is read first: a non-finite loss
         // stops here, and the counters saved below are complete.
         self.settle()?;
-        if let Some(r) = &mut self.recorder {
-            r.flush()?;
-        }
-        if let Some(b) = &mut self.backtracker {
-            b.flush_gaps()?;
+        match &mut self.phase {
+            Phase::Record { recorder, .. } => recorder.flush()?,
+            Phase::Backtrack(b) | Phase::Done(b) => b.flush_gaps()?,
+            Phase::Pretrain { .. } => {}
         }
         let student = &self.student;
         let mut models = vec![
@@ -119,8 +129,8 @@ impl Session {
             student.average.params(),
             self.teacher.params(),
         ];
-        models.extend(self.recorder.as_ref().map(|r| r.degrading.params()));
-        models.extend(self.backtracker.as_ref().map(|b| b.fake_score.params()));
+        models.extend(self.phase.recorder().map(|r| r.degrading.params()));
+        models.extend(self.phase.backtracker().map(|b| b.fake_score.params()));
         for params in models {
             if !params.all_finite()? {
                 bail!("the weights are no longer finite; keeping the previous checkpoint");
@@ -130,14 +140,27 @@ impl Session {
         let name = format!("ckpt-{:08}", self.clock.iteration);
         let dir = state_dir.join(&name);
         let adam_steps = self.save_models(&dir)?;
+        let (pretrain_rng, plan) = match &self.phase {
+            Phase::Pretrain { training, plan } => (Some(training.rng.clone()), plan.clone()),
+            Phase::Record { plan, .. } => (None, plan.clone()),
+            Phase::Backtrack(_) | Phase::Done(_) => (
+                None,
+                BacktrackSchedule::new(self.config.planned_nodes(), &self.config.schedule),
+            ),
+        };
         let state = SavedState {
             format: FORMAT,
-            clock: self.clock,
+            clock: SavedClock {
+                stage: self.phase.stage(),
+                stage_step: self.clock.stage_step,
+                iteration: self.clock.iteration,
+                cost: self.clock.cost,
+            },
             rng: self.rng.clone(),
-            pretrain_rng: self.pretrain.as_ref().map(|p| p.rng.clone()),
-            record: self.recorder.as_ref().map(|r| r.progress.clone()),
-            schedule: self.backtracker.as_ref().map(|b| b.schedule.clone()),
-            plan: self.plan.clone(),
+            pretrain_rng,
+            record: self.phase.recorder().map(|r| r.progress.clone()),
+            schedule: self.phase.backtracker().map(|b| b.schedule.clone()),
+            plan,
             window: self.window.clone(),
             metrics_lines: self.log.lines(),
             path_nodes: self.path.len(),
@@ -158,7 +181,7 @@ impl Session {
         // The device's generator restarts from this position, as a run
         // resumed from this checkpoint will: from a scheduled checkpoint the
         // two draw the same numbers.
-        self.seed_device_draws(self.clock.stage)?;
+        self.seed_device_draws(self.phase.stage())?;
         self.pending.push(Event::Checkpointed {
             iteration: self.clock.iteration,
             dir,
@@ -174,14 +197,16 @@ impl Session {
         student.generator.save(&dir.join("generator.safetensors"))?;
         save_adam(dir, "generator", &student.opt, &mut adam_steps)?;
         student.average.save(&dir.join("generator-average.safetensors"))?;
-        if let Some(p) = &self.pretrain {
-            save_trained(dir, "teacher", &self.teacher, &p.opt, &mut adam_steps)?;
-        }
-        if let Some(r) = &self.recorder {
-            save_trained(dir, "degrading", &r.degrading, &r.opt, &mut adam_steps)?;
-        }
-        if let Some(b) = &self.backtracker {
-            save_trained(dir, "fake-score", &b.fake_score, &b.fake_opt, &mut adam_steps)?;
+        match &self.phase {
+            Phase::Pretrain { training, .. } => {
+                save_trained(dir, "teacher", &self.teacher, &training.opt, &mut adam_steps)?
+            }
+            Phase::Record { recorder: r, .. } => {
+                save_trained(dir, "degrading", &r.degrading, &r.opt, &mut adam_steps)?
+            }
+            Phase::Backtrack(b) | Phase::Done(b) => {
+                save_trained(dir, "fake-score", &b.fake_score, &b.fake_opt, &mut adam_steps)?
+            }
         }
         Ok(adam_steps)
     }
@@ -198,49 +223,68 @@ impl Session {
         student.generator.load(&dir.join("generator.safetensors"))?;
         load_adam(&dir, "generator", &mut student.opt, &saved.adam_steps)?;
         student.average.load(&dir.join("generator-average.safetensors"))?;
-        if saved.clock.stage == Stage::Pretrain {
-            let mut opt = Adam::new(s.teacher.params(), s.config.teacher.lr)?;
-            load_trained(&dir, "teacher", &s.teacher, &mut opt, &saved.adam_steps)?;
-            let rng = saved
-                .pretrain_rng
-                .context("checkpoint in pretraining without its RNG state")?;
-            s.pretrain = Some(Pretraining { opt, rng });
-        } else {
+        let stage = saved.clock.stage;
+        if stage != Stage::Pretrain {
             s.teacher.load(&s.run.teacher())?;
         }
         s.path = DegradationPath::open(&s.run.path_dir())?;
         s.path.truncate(saved.path_nodes)?;
-        if s.config.method == Method::Disback && saved.clock.stage != Stage::Pretrain && s.path.is_empty() {
+        if s.config.method == Method::Disback && stage != Stage::Pretrain && s.path.is_empty() {
             bail!("{}: the degradation path is missing", s.run.path_dir().display());
         }
-        if let Some(progress) = saved.record {
-            let mut r = DegradationRecorder::new(&s.teacher, &s.config.record)?;
-            load_trained(&dir, "degrading", &r.degrading, &mut r.opt, &saved.adam_steps)?;
-            r.progress = progress;
-            s.recorder = Some(r);
-        }
-        if let Some(schedule) = saved.schedule {
-            let fake = s.teacher.deep_clone()?;
-            let source = node_source(s.config.method, &s.path, &s.teacher);
-            let mut b = Backtracker::new(fake, schedule, &s.config.distill, &s.noise, source)?;
-            load_trained(
-                &dir,
-                "fake-score",
-                &b.fake_score,
-                &mut b.fake_opt,
-                &saved.adam_steps,
-            )?;
-            s.backtracker = Some(b);
-        }
-        s.clock = saved.clock;
+        s.phase = s.saved_phase(&dir, &saved)?;
+        s.clock = Clock {
+            stage_step: saved.clock.stage_step,
+            iteration: saved.clock.iteration,
+            cost: saved.clock.cost,
+        };
         s.rng = saved.rng;
-        s.plan = saved.plan;
         s.window = saved.window;
         s.latest = saved.latest;
         s.latest_eval = saved.latest_eval;
         s.last_checkpoint = Some(saved.clock.iteration);
-        s.seed_device_draws(s.clock.stage)?;
+        s.seed_device_draws(stage)?;
         Ok(s)
+    }
+
+    /// The phase a checkpoint was taken in, with its models and optimiser
+    /// moments read back.
+    fn saved_phase(&self, dir: &Path, saved: &SavedState) -> Result<Phase> {
+        let steps = &saved.adam_steps;
+        let missing = |what: &str| format!("a checkpoint in {} without its {what}", saved.clock.stage);
+        Ok(match saved.clock.stage {
+            Stage::Pretrain => {
+                let mut opt = Adam::new(self.teacher.params(), self.config.teacher.lr)?;
+                load_trained(dir, "teacher", &self.teacher, &mut opt, steps)?;
+                let rng = saved.pretrain_rng.clone().with_context(|| missing("RNG state"))?;
+                let plan = saved.plan.clone();
+                Phase::Pretrain {
+                    training: Pretraining { opt, rng },
+                    plan,
+                }
+            }
+            Stage::Record => {
+                let mut recorder = DegradationRecorder::new(&self.teacher, &self.config.record)?;
+                load_trained(dir, "degrading", &recorder.degrading, &mut recorder.opt, steps)?;
+                recorder.progress = saved
+                    .record
+                    .clone()
+                    .with_context(|| missing("recording progress"))?;
+                let plan = saved.plan.clone();
+                Phase::Record { recorder, plan }
+            }
+            Stage::Backtrack | Stage::Done => {
+                let schedule = saved.schedule.clone().with_context(|| missing("schedule"))?;
+                let fake = self.teacher.deep_clone()?;
+                let source = node_source(self.config.method, &self.path, &self.teacher);
+                let mut b = Backtracker::new(fake, schedule, &self.config.distill, &self.noise, source)?;
+                load_trained(dir, "fake-score", &b.fake_score, &mut b.fake_opt, steps)?;
+                match saved.clock.stage {
+                    Stage::Done => Phase::Done(b),
+                    _ => Phase::Backtrack(b),
+                }
+            }
+        })
     }
 }
 

@@ -1,26 +1,12 @@
-//! The session's clock: its counters, and the log line (with a
-//! measurement when due) written as each iteration is counted.
+//! Counting an iteration on the session's clock, and the log line (with a
+//! measurement when due) written as each one is counted.
 
-use super::log::{LossKind, MetricsRecord, Stage};
-use super::session::{Event, Session};
+use super::losses::LossKind;
+use super::protocol::Event;
+use super::session::Session;
 use crate::metrics::Evaluation;
+use crate::rundir::{MetricsRecord, Stage};
 use anyhow::Result;
-
-/// The session's counters. Each has one meaning:
-/// - `iteration`: iterations of every stage so far, teacher pretraining
-///   included (the checkpoint clock);
-/// - `stage_step`: iterations of the current stage;
-/// - `cost`: distillation iterations, recording plus generator steps (the
-///   x axis of every DisBack vs Diff-Instruct comparison).
-///
-/// Per-target generator steps are the schedule's (`BacktrackSchedule::spent`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Clock {
-    pub stage: Stage,
-    pub stage_step: usize,
-    pub iteration: usize,
-    pub cost: usize,
-}
 
 impl Session {
     /// Counts one iteration and writes its log line (with a measurement
@@ -34,8 +20,9 @@ impl Session {
         self.clock.stage_step += 1;
         self.clock.iteration += 1;
         let every = self.config.metrics.every;
-        let due =
-            self.clock.stage == Stage::Backtrack && every > 0 && self.clock.stage_step.is_multiple_of(every);
+        let due = self.phase.stage() == Stage::Backtrack
+            && every > 0
+            && self.clock.stage_step.is_multiple_of(every);
         let eval = if may_evaluate && due {
             // Losses first: a measurement of broken weights is no result.
             self.settle()?;
@@ -52,7 +39,7 @@ impl Session {
     /// Writes a log line from the window (skipped when nothing happened
     /// since the last one, unless there is a measurement to record).
     pub(super) fn log_line(&mut self, eval: Option<Evaluation>) -> Result<()> {
-        let target = self.backtracker.as_ref().map(|b| b.schedule.target());
+        let target = self.phase.backtracker().map(|b| b.schedule.target());
         self.log_line_on(target, eval)
     }
 
@@ -63,10 +50,10 @@ impl Session {
             return Ok(());
         }
         let record = MetricsRecord {
-            stage: self.clock.stage,
+            stage: self.phase.stage(),
             step: self.clock.stage_step,
             cost: self.clock.cost,
-            target_node: target.filter(|_| self.clock.stage == Stage::Backtrack),
+            target_node: target.filter(|_| self.phase.stage() == Stage::Backtrack),
             loss_g: w.mean(LossKind::Generator),
             loss_fake: w.mean(LossKind::Fake),
             loss_teacher: w.mean(LossKind::Teacher),

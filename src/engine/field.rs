@@ -2,29 +2,11 @@
 //! run's `fields/*.json` (paper Fig. 13) show.
 
 use super::session::Session;
+use crate::data::{Point, Samples};
 use crate::metrics::model_scores;
 use crate::model::Denoiser;
+use crate::rundir::{FIELD_GRID, ScoreField};
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
-
-use crate::data::{Point, Samples};
-
-/// Grid size of a score field: 25 × 13 points over the data's bounds.
-pub const FIELD_GRID: (usize, usize) = (25, 13);
-
-/// Two score fields sampled on the same grid at one σ.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScoreField {
-    pub sigma: f32,
-    /// Grid points, row by row from the bottom, `columns` per row.
-    pub points: Vec<Point>,
-    pub columns: usize,
-    /// Name and scores of the target (or teacher).
-    pub target_label: String,
-    pub target: Vec<Point>,
-    /// s_φ's scores.
-    pub fake: Vec<Point>,
-}
 
 impl Session {
     /// `model`'s field (named `label`) against s_φ's, at σ.

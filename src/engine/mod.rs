@@ -3,26 +3,21 @@
 
 mod checkpoint;
 mod clock;
-pub mod compare;
 mod field;
-mod lock;
-mod log;
-mod messages;
+mod losses;
 mod outputs;
 mod path;
+mod phase;
 mod pretrain;
 mod previews;
-mod rundir;
+pub mod protocol;
 mod session;
 pub mod trainer;
 mod view;
 
 pub use checkpoint::checkpoint_iteration;
-pub use clock::Clock;
-pub use field::{FIELD_GRID, ScoreField};
-pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};
+pub use phase::Clock;
+
 pub use outputs::ModelKind;
 pub use path::{DegradationPath, NodeInfo};
-pub use rundir::{RunDir, read_points_csv, write_points_csv};
-pub use session::{Event, Session};
-pub use view::{NodeStatus, NodeView, SessionView};
+pub use session::Session;

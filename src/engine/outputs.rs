@@ -1,19 +1,20 @@
 //! What a session leaves and shows: snapshots, score fields, measurements,
 //! the final samples, saved models, and read access for drivers.
 
-use super::log::Stage;
-use super::rundir::write_points_csv;
-use super::session::{Event, Session};
+use super::path::DegradationPath;
+use super::protocol::Event;
+use super::session::Session;
 use crate::config::Config;
 use crate::data::{Bounds, Dataset, Point, Samples};
 use crate::diffusion::NoiseSchedule;
 use crate::distill::BacktrackSchedule;
-use crate::engine::path::DegradationPath;
-use crate::engine::rundir::RunDir;
 use crate::files::{write_json, write_tensors};
 use crate::metrics::Evaluation;
 use crate::model::{Denoiser, Generator};
 use crate::rng::{HostRng, host_rng, streams};
+use crate::rundir::RunDir;
+use crate::rundir::write_points_csv;
+use crate::rundir::{MetricsRecord, Stage};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -80,7 +81,8 @@ impl Session {
         let final_file = self.run.generator_dir().join("final.safetensors");
         self.student.average.save(&final_file)?;
         self.pending.push(Event::Saved(final_file));
-        self.enter(Stage::Done);
+        replace_with::replace_with_or_abort(&mut self.phase, |phase| phase.finish());
+        self.announce_stage();
         self.checkpoint()?;
         // Figures are a convenience: failing to draw one loses no result.
         if let Err(e) = crate::report::plot_run(self.run.root()) {
@@ -152,7 +154,7 @@ impl Session {
     fn measure(&self, samples: &Samples, rng: &mut HostRng) -> Result<Evaluation> {
         let mut eval = self.evaluator.distribution(samples, rng)?;
         let samples = &samples.head(self.evaluator.samples());
-        if let Some(b) = &self.backtracker {
+        if let Some(b) = self.phase.backtracker() {
             let models: Vec<&Denoiser> = if b.schedule.target() == 0 {
                 vec![&self.teacher]
             } else {
@@ -198,7 +200,7 @@ impl Session {
         }
         match self.score_model(kind) {
             Some(model) => model.save(path),
-            None => anyhow::bail!("there is no {kind:?} model in the {} stage", self.clock.stage),
+            None => anyhow::bail!("there is no {kind:?} model in the {} stage", self.phase.stage()),
         }
     }
 
@@ -206,9 +208,9 @@ impl Session {
     pub fn score_model(&self, kind: ModelKind) -> Option<&Denoiser> {
         match kind {
             ModelKind::Teacher => Some(&self.teacher),
-            ModelKind::Degrading => self.recorder.as_ref().map(|r| &r.degrading),
-            ModelKind::FakeScore => self.backtracker.as_ref().map(|b| &b.fake_score),
-            ModelKind::Target => self.backtracker.as_ref().map(|b| &b.target),
+            ModelKind::Degrading => self.phase.recorder().map(|r| &r.degrading),
+            ModelKind::FakeScore => self.phase.backtracker().map(|b| &b.fake_score),
+            ModelKind::Target => self.phase.backtracker().map(|b| &b.target),
             ModelKind::Generator => None,
         }
     }
@@ -227,10 +229,10 @@ impl Session {
         &self.config
     }
     pub fn stage(&self) -> Stage {
-        self.clock.stage
+        self.phase.stage()
     }
     pub fn is_done(&self) -> bool {
-        self.clock.stage == Stage::Done
+        self.phase.stage() == Stage::Done
     }
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
@@ -262,24 +264,23 @@ impl Session {
     }
     /// The backtracking schedule (before stage 2: the plan).
     pub fn schedule(&self) -> &BacktrackSchedule {
-        self.backtracker.as_ref().map_or(&self.plan, |b| &b.schedule)
+        self.phase.schedule()
     }
-    pub fn latest(&self) -> Option<&super::log::MetricsRecord> {
+    pub fn latest(&self) -> Option<&MetricsRecord> {
         self.latest.as_ref()
     }
     pub fn latest_eval(&self) -> Option<&Evaluation> {
         self.latest_eval.as_ref()
     }
-    /// Iterations of every stage so far (see [`super::session::Clock`]).
     /// Steps taken in the current stage.
     pub fn stage_step(&self) -> usize {
         self.clock.stage_step
     }
-
+    /// Iterations of every stage so far (see [`super::phase::Clock`]).
     pub fn iteration(&self) -> usize {
         self.clock.iteration
     }
-    /// Distillation iterations so far (see [`super::session::Clock`]).
+    /// Distillation iterations so far (see [`super::phase::Clock`]).
     pub fn cost(&self) -> usize {
         self.clock.cost
     }

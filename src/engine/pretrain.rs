@@ -1,12 +1,13 @@
 //! The teacher: loaded from a file, taken from the cache, or pretrained
 //! with the EDM loss on data (cosine-decayed learning rate), then cached.
 
-use super::log::{LossKind, Stage};
-use super::session::{Event, Session};
-use crate::diffusion::denoising_loss;
-use crate::optim::Adam;
-use crate::rng::{Draws, HostRng, host_rng, streams};
+use super::losses::LossKind;
+use super::phase::Phase;
+use super::protocol::Event;
+use super::session::Session;
 use crate::config::Config;
+use crate::diffusion::denoising_loss;
+use crate::rng::Draws;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -29,12 +30,6 @@ pub fn teacher_cache_key(config: &Config) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Teacher pretraining state, present only during [`Stage::Pretrain`].
-pub(super) struct Pretraining {
-    pub opt: Adam,
-    pub rng: HostRng,
-}
-
 impl Session {
     pub(super) fn prepare_teacher(&mut self) -> Result<()> {
         if let Some(file) = self.config.teacher.file.clone() {
@@ -50,12 +45,8 @@ impl Session {
                 ))),
             }
         }
-        self.enter(Stage::Pretrain);
-        self.pretrain = Some(Pretraining {
-            opt: Adam::new(self.teacher.params(), self.config.teacher.lr)?,
-            rng: host_rng(self.config.teacher.seed, streams::TEACHER_TRAIN),
-        });
-        self.seed_device_draws(Stage::Pretrain)
+        self.announce_stage();
+        self.seed_device_draws(self.phase.stage())
     }
 
     pub fn teacher_cache_file(&self) -> PathBuf {
@@ -67,10 +58,9 @@ impl Session {
 
     pub(super) fn pretrain_step(&mut self) -> Result<()> {
         let t = self.config.teacher.clone();
-        let p = self
-            .pretrain
-            .as_mut()
-            .expect("pretraining state exists in its stage");
+        let Phase::Pretrain { training: p, .. } = &mut self.phase else {
+            anyhow::bail!("a teacher step outside pretraining");
+        };
         // The data batch is drawn on the host on every path (the data live
         // there); noise and σ where the other training draws are.
         let x0 = self.data.batch(t.batch, &mut p.rng, &self.device)?;
@@ -95,7 +85,6 @@ impl Session {
     /// never hands out a teacher that is less than its key promises.
     pub(super) fn finish_pretraining(&mut self) -> Result<()> {
         self.log_line(None)?;
-        self.pretrain = None;
         let steps = self.config.teacher.steps;
         if self.clock.stage_step < steps {
             let source = format!(

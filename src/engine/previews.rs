@@ -7,14 +7,14 @@
 //! model, not of the draw. Previews use their own random stream, so they
 //! never change what training draws.
 
-use super::log::Stage;
-use super::messages::{Preview, PreviewData, Shown};
 use super::outputs::ModelKind;
+use super::protocol::{Preview, PreviewData, Shown};
 use super::session::Session;
 use crate::data::{PixelImages, Samples};
 use crate::diffusion::{heun_sample, model_denoise_fn};
 use crate::model::{Denoiser, tensor_to_points};
 use crate::rng::{HostRng, host_rng, normal_tensor, streams};
+use crate::rundir::Stage;
 use anyhow::{Result, ensure};
 use candle_core::Tensor;
 
@@ -146,8 +146,7 @@ fn previewed_model(s: &Session) -> (String, &Denoiser) {
         Stage::Record => ("s'θ (degrading)".into(), s.tracking_model()),
         Stage::Backtrack | Stage::Done => (
             format!("target s'θ{}", s.schedule().target()),
-            s.score_model(ModelKind::Target)
-                .expect("a target from backtracking on"),
+            s.score_model(ModelKind::Target).unwrap_or(s.teacher()),
         ),
     }
 }

@@ -6,12 +6,10 @@
 //! runner, the terminal lab's training thread) only call it; it knows
 //! nothing of terminals, and every driver leaves the same files.
 
-use super::clock::Clock;
-use super::log::{LossKind, LossWindow, MetricsLog, MetricsRecord, PendingLosses, Stage};
-pub use super::messages::Event;
+use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::DegradationPath;
-use super::pretrain::Pretraining;
-use super::rundir::RunDir;
+use super::phase::{Clock, Phase, Pretraining};
+use super::protocol::Event;
 use crate::config::{Config, Method, SchedulePolicy};
 use crate::data::{Bounds, Dataset};
 use crate::diffusion::NoiseSchedule;
@@ -21,7 +19,10 @@ use crate::distill::{
 use crate::files::write_toml;
 use crate::metrics::{Classifier, Evaluation, Evaluator};
 use crate::model::{Denoiser, Generator};
+use crate::optim::Adam;
 use crate::rng::{Draws, HostRng, host_rng, seed_device, streams};
+use crate::rundir::RunDir;
+use crate::rundir::{MetricsLog, MetricsRecord, Stage};
 use crate::runtime::select_device;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
@@ -38,16 +39,9 @@ pub struct Session {
     pub(super) bounds: Bounds,
     pub(super) noise: NoiseSchedule,
     pub(super) teacher: Denoiser,
-    /// Present only while pretraining.
-    pub(super) pretrain: Option<Pretraining>,
     pub(super) student: Student,
-    /// Present only while recording (stage 1).
-    pub(super) recorder: Option<DegradationRecorder>,
-    /// Present from backtracking on (stage 2).
-    pub(super) backtracker: Option<Backtracker>,
-    /// The schedule before stage 2 exists: what the lab shows as the plan,
-    /// and where the manual toggle waits until backtracking starts.
-    pub(super) plan: BacktrackSchedule,
+    /// The stage, with what only it has.
+    pub(super) phase: Phase,
     pub(super) path: DegradationPath,
     pub(super) clock: Clock,
     /// The training stream (recording and distillation) on the CPU path.
@@ -127,20 +121,24 @@ impl Session {
             Some(plane) => Bounds::around(&plane.sample(2000, &mut host_rng(config.seed, streams::BOUNDS))),
             None => Bounds::default(),
         };
+        // Every session starts before its teacher is final; one whose
+        // teacher is loaded leaves this phase before its first step.
+        let phase = Phase::Pretrain {
+            training: Pretraining {
+                opt: Adam::new(teacher.params(), config.teacher.lr)?,
+                rng: host_rng(config.teacher.seed, streams::TEACHER_TRAIN),
+            },
+            plan: BacktrackSchedule::new(config.planned_nodes(), &config.schedule),
+        };
         Ok(Self {
             bounds,
             student: Student::new(generator, config.generator.lr, config.distill.generator_ema)?,
             path: DegradationPath::new(&run.path_dir()),
-            plan: BacktrackSchedule::new(config.planned_nodes(), &config.schedule),
+            phase,
             noise: NoiseSchedule::new(&config.diffusion, sigma_data),
             rng: host_rng(config.seed, streams::TRAIN),
             device_draws: !device.is_cpu(),
-            clock: Clock {
-                stage: Stage::Pretrain,
-                stage_step: 0,
-                iteration: 0,
-                cost: 0,
-            },
+            clock: Clock::default(),
             device,
             device_name,
             data,
@@ -148,9 +146,6 @@ impl Session {
             log,
             evaluator,
             teacher,
-            pretrain: None,
-            recorder: None,
-            backtracker: None,
             window: LossWindow::default(),
             losses: PendingLosses::default(),
             latest: None,
@@ -170,7 +165,7 @@ impl Session {
     /// the last good step and the last checkpoint is untouched.
     pub fn step(&mut self) -> Result<Vec<Event>> {
         self.guarded(|s| {
-            match s.clock.stage {
+            match s.phase.stage() {
                 Stage::Pretrain => s.pretrain_step()?,
                 Stage::Record => s.record_step()?,
                 Stage::Backtrack => s.backtrack_step()?,
@@ -191,7 +186,7 @@ impl Session {
     /// the current state the last node; during backtracking, move to the
     /// next target (a no-op, with a warning, on the teacher).
     pub fn skip(&mut self) -> Result<Vec<Event>> {
-        self.guarded(|s| match s.clock.stage {
+        self.guarded(|s| match s.phase.stage() {
             Stage::Pretrain => s.finish_pretraining(),
             Stage::Record => s.finish_recording(),
             Stage::Backtrack => s.skip_target(),
@@ -262,17 +257,21 @@ impl Session {
 
     /// Manual mode: no automatic switches until it is turned off again.
     pub fn set_manual(&mut self, on: bool) {
-        match &mut self.backtracker {
-            Some(b) => b.schedule.set_manual(on),
-            None => self.plan.set_manual(on),
-        }
+        self.phase.schedule_mut().set_manual(on);
     }
 
-    pub(super) fn enter(&mut self, stage: Stage) {
-        self.clock.stage = stage;
+    /// The session moves to `phase` (already made, so that a stage's start
+    /// that fails leaves the session where it was).
+    pub(super) fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.announce_stage();
+    }
+
+    /// A stage starts: its counter from zero, its own log window.
+    pub(super) fn announce_stage(&mut self) {
         self.clock.stage_step = 0;
         self.window.clear();
-        self.pending.push(Event::StageStarted(stage));
+        self.pending.push(Event::StageStarted(self.phase.stage()));
     }
 
     /// The teacher is final: G⁰ is set (from the teacher when the generator
@@ -289,8 +288,9 @@ impl Session {
             self.node_recorded(node.index, node.iteration);
         }
         if self.config.records_path() {
-            self.recorder = Some(DegradationRecorder::new(&self.teacher, &self.config.record)?);
-            self.enter(Stage::Record);
+            let recorder = DegradationRecorder::new(&self.teacher, &self.config.record)?;
+            let plan = self.phase.schedule().clone();
+            self.enter(Phase::Record { recorder, plan });
             Ok(())
         } else {
             self.start_backtracking()
@@ -299,7 +299,9 @@ impl Session {
 
     /// One iteration of stage 1 (or of the baseline's `fit` start of s_φ).
     fn record_step(&mut self) -> Result<()> {
-        let recorder = self.recorder.as_mut().expect("a recorder while recording");
+        let Phase::Record { recorder, .. } = &mut self.phase else {
+            bail!("a recording step outside stage 1");
+        };
         let nodes = self.config.method == Method::Disback;
         let mut draws = Draws::new(self.device_draws, &mut self.rng);
         let step = recorder.step(&self.student.generator, &self.noise, &mut draws, nodes)?;
@@ -319,7 +321,9 @@ impl Session {
 
     fn save_node(&mut self, node: NodeDue) -> Result<()> {
         self.settle()?;
-        let recorder = self.recorder.as_ref().expect("a recorder while recording");
+        let Some(recorder) = self.phase.recorder() else {
+            bail!("a node to save outside stage 1");
+        };
         let info = self
             .path
             .record(&recorder.degrading, node.iteration, node.mean_loss)?
@@ -339,8 +343,11 @@ impl Session {
 
     fn finish_recording(&mut self) -> Result<()> {
         if self.config.method == Method::Disback {
-            let recorder = self.recorder.as_mut().expect("a recorder while recording");
-            match recorder.finish_early()? {
+            let last = match &mut self.phase {
+                Phase::Record { recorder, .. } => recorder.finish_early()?,
+                _ => None,
+            };
+            match last {
                 Some(node) => self.save_node(node)?,
                 None if self.path.len() == 1 => self.pending.push(Event::Warning(
                     "recording skipped before its first iteration: the path is the teacher alone, \
@@ -357,7 +364,6 @@ impl Session {
     /// teacher or the fitted copy (baseline), the target from the path.
     fn start_backtracking(&mut self) -> Result<()> {
         self.log_line(None)?;
-        let recorder = self.recorder.take();
         let (nodes, fake_start) = match self.config.method {
             Method::Disback => {
                 // s_φ already equals the last node (the degrading copy);
@@ -370,18 +376,18 @@ impl Session {
                     .context("loading the last node into s_φ")?;
                 (last, fake)
             }
-            Method::DiffInstruct => match recorder {
-                Some(fitted) => (0, fitted.degrading),
+            // The baseline's `fit` start: s_φ is the copy fitted to G⁰.
+            Method::DiffInstruct => match self.phase.recorder() {
+                Some(fitted) => (0, fitted.degrading.deep_clone()?),
                 None => (0, self.teacher.deep_clone()?),
             },
         };
         let mut schedule = BacktrackSchedule::new(nodes, &self.config.schedule);
-        schedule.set_manual(self.plan.policy() == SchedulePolicy::Manual);
+        schedule.set_manual(self.phase.schedule().policy() == SchedulePolicy::Manual);
         let source = node_source(self.config.method, &self.path, &self.teacher);
         let backtracker = Backtracker::new(fake_start, schedule, &self.config.distill, &self.noise, source)?;
         let first = backtracker.schedule.target();
-        self.backtracker = Some(backtracker);
-        self.enter(Stage::Backtrack);
+        self.enter(Phase::Backtrack(backtracker));
         self.pending.push(Event::TargetSwitched {
             from: None,
             to: first,
@@ -392,10 +398,9 @@ impl Session {
     /// One iteration of stage 2: a generator update toward the target and
     /// the s_φ updates, then a switch or the end when the schedule says so.
     fn backtrack_step(&mut self) -> Result<()> {
-        let b = self
-            .backtracker
-            .as_mut()
-            .expect("a backtracker while backtracking");
+        let Phase::Backtrack(b) = &mut self.phase else {
+            bail!("a backtracking step outside stage 2");
+        };
         let trained_on = b.schedule.target();
         let source = node_source(self.config.method, &self.path, &self.teacher);
         let mut draws = Draws::new(self.device_draws, &mut self.rng);
@@ -418,10 +423,9 @@ impl Session {
     }
 
     fn skip_target(&mut self) -> Result<()> {
-        let b = self
-            .backtracker
-            .as_mut()
-            .expect("a backtracker while backtracking");
+        let Phase::Backtrack(b) = &mut self.phase else {
+            bail!("a target to skip outside stage 2");
+        };
         let source = node_source(self.config.method, &self.path, &self.teacher);
         match b.skip(source)? {
             Some(Decision::Switch { from, to }) => self.target_switched(from, to),

@@ -4,13 +4,13 @@
 //! out on an unbounded channel and snapshots are throttled), and the front
 //! end never waits on training.
 
-use super::RunDir;
-use super::log::read_metrics;
-use super::messages::Event;
-pub use super::messages::{Command, DataInfo, Link, Preview, PreviewData, Shown, Update};
 use super::previews::Previewer;
+use super::protocol::Event;
+use super::protocol::{Command, DataInfo, Link, Preview, Update};
 use super::session::Session;
 use crate::rng::{host_rng, streams};
+use crate::rundir::RunDir;
+use crate::rundir::read_metrics;
 use anyhow::Result;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;

@@ -30,8 +30,8 @@
 //! Other devices keep candle's product and broadcast addition.
 
 use super::gemm::{Matrix, Start, matmul, matmul_onto};
-use super::silu::{multiply_in_place, silu_and_slope_values, silu_values};
 use super::host::{f32_values, with_values};
+use super::silu::{multiply_in_place, silu_and_slope_values, silu_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
 /// (B, in) · (in, out) + (1, out).
@@ -200,12 +200,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, what: Input) -> Result
 /// `base + x W + b` (of `silu(x)` for `Input::Silu`) with `weight_and_bias`
 /// the (in + 1, out) rows of `W` then `b`, and `base` (B, out): candle's
 /// `base + (x.matmul(W)? + b)`.
-pub fn linear_onto(
-    x: &Tensor,
-    weight_and_bias: &Tensor,
-    base: &Tensor,
-    what: Input,
-) -> Result<Tensor> {
+pub fn linear_onto(x: &Tensor, weight_and_bias: &Tensor, base: &Tensor, what: Input) -> Result<Tensor> {
     apply(x, weight_and_bias, base, what, Onto::BaseAndBias)
 }
 

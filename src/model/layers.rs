@@ -1,9 +1,9 @@
 //! The layers the networks are built from, each owning its named
 //! parameters (so models save, load, copy and average by name).
 
-use crate::kernels::{self, Input, linear, linear_onto};
 use super::frozen::param;
 use super::params::{Init, ParamBuilder};
+use crate::kernels::{self, Input, linear, linear_onto};
 use anyhow::Result;
 use candle_core::{Module, Tensor, Var};
 use rand::Rng;

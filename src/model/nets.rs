@@ -10,7 +10,6 @@ use anyhow::Result;
 use candle_core::Tensor;
 use rand::Rng;
 
-
 /// The raw network `F(c_in x, emb(c_noise))` of a denoiser.
 #[derive(Debug)]
 pub enum ScoreNet {

@@ -17,8 +17,8 @@
 
 use super::layers::{Conv2d, GroupNorm, Linear, silu};
 use super::params::{ParamBuilder, Params};
-use crate::config::UNetConfig;
 use crate::config::ImageShape;
+use crate::config::UNetConfig;
 use anyhow::{Result, ensure};
 use candle_core::{D, Tensor};
 use rand::Rng;

@@ -5,11 +5,11 @@
 use super::{COLORS, Figure, log_range, plot_err, register_font, save};
 use crate::config::Config;
 use crate::data::{Bounds, PlaneData, Point};
-use crate::engine::{MetricsRecord, RunDir, ScoreField, Stage, read_metrics, read_points_csv};
 use crate::files::atomic_write;
 use crate::files::read_json;
 use crate::metrics::Evaluation;
 use crate::rng::{host_rng, streams};
+use crate::rundir::{MetricsRecord, RunDir, ScoreField, Stage, read_metrics, read_points_csv};
 use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};

@@ -3,12 +3,11 @@
 //! as PNG and SVG, atomically. Text is drawn with an embedded font by a
 //! pure-Rust rasteriser: nothing is needed from the system.
 
-mod compare;
 mod figures;
 mod grid;
 
-pub use compare::{ArmSummary, Comparison, RunOutcome, Speedup, Spread, compare_runs, plot_comparison};
 pub use figures::plot_run;
+pub(crate) use figures::{Curves, Line, evaluations};
 pub use grid::{grid_scale, image_grid, write_image_grid, write_image_samples};
 
 use crate::files::atomic_write;

@@ -3,8 +3,10 @@
 
 use super::wire::{self, ClientMessage, Purpose, RunnerMessage, VERSION};
 use super::{LOG, socket_path};
-use crate::engine::trainer::{Command, Link, Update};
-use crate::engine::{Event, RunDir, checkpoint_iteration, read_metrics};
+use crate::engine::checkpoint_iteration;
+use crate::engine::protocol::Event;
+use crate::engine::protocol::{Command, Link, Update};
+use crate::rundir::{RunDir, read_metrics};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

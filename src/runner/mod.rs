@@ -23,7 +23,8 @@ pub use client::{LiveRun, attach_target, connect, live_runs, spawn_detached, sto
 pub use peer::{check_same_user, redirect_output};
 pub use wire::{ClientMessage, Purpose, RunnerMessage, VERSION};
 
-use crate::engine::trainer::{Command, Start, Update, spawn};
+use crate::engine::protocol::{Command, Update};
+use crate::engine::trainer::{Start, spawn};
 use crate::runtime::Ended;
 use anyhow::{Result, bail};
 use mirror::Mirror;

@@ -3,7 +3,7 @@
 //! types (serde), so the socket is a second transport for the messages the
 //! in-process channel carries, not a second protocol.
 
-use crate::engine::trainer::{Command, Update};
+use crate::engine::protocol::{Command, Update};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
@@ -83,7 +83,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::trainer::Preview;
+    use crate::engine::protocol::Preview;
 
     #[test]
     fn messages_round_trip_as_single_lines() {

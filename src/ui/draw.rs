@@ -6,8 +6,9 @@ use super::graphics::Graphics;
 use super::pictures::{CellPicture, compose_for};
 use super::plot::{FieldGlyphs, Scatter};
 use crate::data::PixelImages;
-use crate::engine::trainer::{Preview, PreviewData, Shown};
-use crate::engine::{NodeStatus, NodeView, SessionView, Stage};
+use crate::engine::protocol::{NodeStatus, NodeView, SessionView};
+use crate::engine::protocol::{Preview, PreviewData, Shown};
+use crate::rundir::Stage;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -349,7 +350,7 @@ fn draw_images(
     }
 }
 
-fn draw_fields(frame: &mut Frame, inner: Rect, f: &crate::engine::ScoreField, app: &App) {
+fn draw_fields(frame: &mut Frame, inner: Rect, f: &crate::rundir::ScoreField, app: &App) {
     let [labels, grids] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
     let halves = Layout::horizontal([Constraint::Ratio(1, 2); 2]).split(grids);
     let label_halves = Layout::horizontal([Constraint::Ratio(1, 2); 2]).split(labels);

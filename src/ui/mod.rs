@@ -20,8 +20,8 @@ pub use draw::{draw, draw_with};
 pub use pictures::{Palette, Tiling};
 pub use theme::Theme;
 
-use crate::engine::Stage;
-use crate::engine::trainer::{Command, Link};
+use crate::engine::protocol::{Command, Link};
+use crate::rundir::Stage;
 use anyhow::Result;
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
 use futures::StreamExt;

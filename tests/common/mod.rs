@@ -7,7 +7,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use disback::config::Config;
-use disback::engine::{Event, ModelKind, RunDir, Session};
+use disback::engine::protocol::Event;
+use disback::engine::{ModelKind, Session};
+use disback::rundir::RunDir;
 use std::path::Path;
 
 /// Runs the binary with `args` in `cwd`.
@@ -189,7 +191,7 @@ pub fn model_vs_file(target: &disback::model::Denoiser, file: &Path) -> f32 {
 }
 
 /// Steps a session until it reaches `stage`.
-pub fn step_until(session: &mut Session, stage: disback::engine::Stage) {
+pub fn step_until(session: &mut Session, stage: disback::rundir::Stage) {
     while session.stage() != stage {
         session.step().expect("training step");
     }

@@ -11,8 +11,9 @@ mod torch;
 
 use super::ConfigArgs;
 use crate::config::Config;
+use crate::engine::Session;
 use crate::engine::trainer::Start;
-use crate::engine::{RunDir, Session, Stage};
+use crate::rundir::{RunDir, Stage};
 use crate::runner;
 use crate::runtime::configure_threads;
 use anyhow::{Context, Result, bail};

@@ -8,8 +8,8 @@
 //! the bench runs from any directory; PyTorch itself is optional.
 
 use super::{BenchArgs, Rates, run_worker};
-use crate::config::{Config, GeneratorInit, ScoreNetConfig};
 use crate::config::NetSpec;
+use crate::config::{Config, GeneratorInit, ScoreNetConfig};
 use anyhow::{Context, Result, bail, ensure};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -6,14 +6,25 @@
 //! buys from what a fitted s_φ start buys. Runs go to a pool of worker
 //! threads (one session each), so two cores finish in half the time.
 
-use super::{RunDir, Session, Stage};
+mod figure;
+mod pool;
+mod stats;
+mod table;
+
+pub use figure::plot_comparison;
+pub use pool::run_jobs;
+pub use stats::{ArmSummary, Comparison, RunOutcome, Speedup, Spread, compare_runs};
+
 use crate::config::{Config, FakeInit, Method};
-use anyhow::{Context, Result, bail};
+use crate::engine::Session;
+use crate::rundir::{RunDir, Stage};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+
+/// A comparison's result file in its folder.
+pub const RESULT: &str = "compare.json";
 
 /// One arm of a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -132,51 +143,4 @@ pub struct Plan {
     pub jobs: Vec<CompareJob>,
     /// The folder, locked for as long as the comparison runs.
     _folder: RunDir,
-}
-
-/// Runs every job to the end on `workers` threads; `done` hears of each
-/// finished run (in completion order).
-pub fn run_jobs(
-    jobs: &[CompareJob],
-    workers: usize,
-    done: impl Fn(&CompareJob, &Session) + Sync,
-) -> Result<()> {
-    let queue = Mutex::new(jobs.iter().collect::<VecDeque<_>>());
-    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..workers.max(1) {
-            scope.spawn(|| {
-                loop {
-                    if failure.lock().expect("lock").is_some() {
-                        return;
-                    }
-                    let Some(job) = queue.lock().expect("lock").pop_front() else {
-                        return;
-                    };
-                    match run_one(job) {
-                        Ok(session) => done(job, &session),
-                        Err(e) => {
-                            *failure.lock().expect("lock") = Some(e);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    match failure.into_inner().expect("lock") {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-fn run_one(job: &CompareJob) -> Result<Session> {
-    let run = RunDir::create(&job.run_dir, false)?;
-    let mut session = Session::start(job.config.clone(), run)?;
-    while !session.is_done() {
-        session
-            .step()
-            .with_context(|| format!("{} seed {} ({})", job.arm, job.seed, job.run_dir.display()))?;
-    }
-    Ok(session)
 }

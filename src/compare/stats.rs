@@ -11,14 +11,12 @@
 //! first cost where its smoothed distance is at or below it. Costs count every
 //! distillation iteration: DisBack's recording iterations included.
 
-use super::figures::{Curves, Line, evaluations};
-use super::save;
-use crate::engine::compare::Arm;
-use crate::engine::read_metrics;
+use super::Arm;
 use crate::metrics::Evaluation;
+use crate::report::evaluations;
+use crate::rundir::read_metrics;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 /// One finished run, as the comparison sees it.
@@ -107,7 +105,7 @@ impl Spread {
         })
     }
 
-    fn show(&self, decimals: usize) -> String {
+    pub(super) fn show(&self, decimals: usize) -> String {
         format!(
             "{:.d$} [{:.d$}–{:.d$}]",
             self.median,
@@ -352,149 +350,6 @@ fn verdict(d: &ArmSummary, b: &ArmSummary, speedup: Option<Spread>, paired: usiz
             s.median, s.min, s.max, d.reached, b.reached
         ),
     }
-}
-
-impl Comparison {
-    /// The table `disback compare` prints: a flat list of rows, kept
-    /// together so the layout reads top to bottom like the output.
-    pub fn table(&self) -> String {
-        let mut t = String::new();
-        let seeds = self
-            .seeds
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = writeln!(
-            t,
-            "disback compare — {}: seeds {seeds}; {} generator updates per run; DisBack's cost \
-             includes {} recording iterations",
-            self.config, self.generator_updates, self.record_iterations
-        );
-        let _ = writeln!(
-            t,
-            "quality threshold: {} ≤ {:.4}; {}",
-            self.quality_measure, self.threshold, self.threshold_rule
-        );
-        let _ = writeln!(t, "values: median [min–max] over seeds, at the end of each run\n");
-        let header: String = self
-            .arms
-            .iter()
-            .map(|a| format!(" {:>26}", a.arm.to_string()))
-            .collect();
-        let _ = writeln!(t, "{:<28}{header}", "");
-        // A row no arm has a value for (mode rows on images, image rows on
-        // 2-D data) is left out.
-        let row = |t: &mut String, name: &str, f: &dyn Fn(&ArmSummary) -> Option<String>| {
-            if self.arms.iter().all(|m| f(m).is_none()) {
-                return;
-            }
-            let cells: String = self
-                .arms
-                .iter()
-                .map(|m| format!(" {:>26}", f(m).unwrap_or_else(|| "—".into())))
-                .collect();
-            let _ = writeln!(t, "{name:<28}{cells}");
-        };
-        row(&mut t, "energy distance", &|m| Some(m.energy.show(4)));
-        row(&mut t, "sliced Wasserstein", &|m| Some(m.sliced_w.show(4)));
-        row(&mut t, "classifier Fréchet dist.", &|m| {
-            m.classifier_fd.map(|s| s.show(3))
-        });
-        row(&mut t, "smallest class share", &|m| {
-            m.min_class_share.map(|s| s.show(2))
-        });
-        row(&mut t, "pixel Fréchet distance", &|m| {
-            m.pixel_fd.map(|s| s.show(3))
-        });
-        row(&mut t, "mode coverage", &|m| m.coverage.map(|s| s.show(2)));
-        row(&mut t, "smallest mode share", &|m| m.min_share.map(|s| s.show(2)));
-        row(&mut t, "largest weight error", &|m| {
-            m.max_weight_error.map(|s| s.show(2))
-        });
-        row(&mut t, "NLL under the data", &|m| m.nll.map(|s| s.show(2)));
-        row(&mut t, "precision (≤ 3 std)", &|m| {
-            m.precision.map(|s| s.show(3))
-        });
-        row(&mut t, "teacher mismatch (mean σ)", &|m| {
-            Some(m.mismatch_teacher.show(3))
-        });
-        row(&mut t, "cost to threshold", &|m| {
-            m.cost_to_threshold.map(|s| s.show(0))
-        });
-        row(&mut t, "seeds reaching it", &|m| {
-            Some(format!("{}/{}", m.reached, self.seeds.len()))
-        });
-        row(&mut t, "cost budget", &|m| Some(m.budget.to_string()));
-        for s in &self.speedups {
-            let per_seed: Vec<String> = self
-                .seeds
-                .iter()
-                .zip(&s.per_seed)
-                .map(|(seed, x)| match x {
-                    Some(x) => format!("{seed}: {x:.2}×"),
-                    None => format!("{seed}: —"),
-                })
-                .collect();
-            let _ = writeln!(
-                t,
-                "\nspeed-up per seed ({}'s cost / DisBack's): {}",
-                s.against,
-                per_seed.join(", ")
-            );
-            let _ = writeln!(t, "verdict: {}", s.verdict);
-        }
-        t
-    }
-}
-
-/// The comparison's figures: every arm's convergence with seed bands and
-/// the threshold (paper Fig. 1), and their mismatch degree (Fig. 4).
-pub fn plot_comparison(dir: &Path, c: &Comparison) -> Result<Vec<PathBuf>> {
-    let band = |m: Arm, pick: &dyn Fn(&RunOutcome) -> &Vec<(usize, f64)>| -> Line {
-        let runs: Vec<&RunOutcome> = c.runs.iter().filter(|r| r.arm == m).collect();
-        let n = runs.iter().map(|r| pick(r).len()).min().unwrap_or(0);
-        let mut points = Vec::with_capacity(n);
-        let mut band = Vec::with_capacity(n);
-        for i in 0..n {
-            let values: Vec<f64> = runs.iter().map(|r| pick(r)[i].1).collect();
-            let s = Spread::of(&values).expect("at least one run");
-            let cost = pick(runs[0])[i].0 as f64;
-            points.push((cost, s.median));
-            band.push((cost, s.min, s.max));
-        }
-        Line {
-            label: format!("{m} (median, band: min–max over {} seeds)", runs.len()),
-            points,
-            band,
-        }
-    };
-    let methods: Vec<Arm> = c.arms.iter().map(|a| a.arm).collect();
-    let convergence = Curves {
-        name: "compare-convergence".into(),
-        title: format!("{}: DisBack vs Diff-Instruct", c.config),
-        x_label: "cost (recording iterations + generator updates)".into(),
-        y_label: format!("{} to the data", c.quality_measure),
-        lines: methods.iter().map(|&m| band(m, &|r| &r.quality)).collect(),
-        log_x: false,
-        log_y: true,
-        marks: Vec::new(),
-        reference: Some((c.threshold, format!("threshold {:.4}", c.threshold))),
-    };
-    let mismatch = Curves {
-        name: "compare-mismatch".into(),
-        title: format!("{}: teacher's mismatch degree at generator samples", c.config),
-        x_label: "cost".into(),
-        y_label: "E‖s_θ − ∇log q_σ‖ (mean over σ)".into(),
-        lines: methods.iter().map(|&m| band(m, &|r| &r.mismatch)).collect(),
-        log_x: false,
-        log_y: true,
-        marks: Vec::new(),
-        reference: None,
-    };
-    let mut written = save(&convergence, dir)?;
-    written.extend(save(&mismatch, dir)?);
-    Ok(written)
 }
 
 #[cfg(test)]

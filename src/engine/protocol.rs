@@ -11,12 +11,14 @@
 //! ```
 //!
 //! The headless runner (`disback run`) reads the same [`Event`]s straight
-//! from [`super::Session::step`]. Plain data only: no tensors cross.
+//! from [`super::Session::step`]. Plain data only: no tensors cross. This
+//! file imports no file that holds `impl Session`: it is the vocabulary the
+//! session, the runner and the lab share.
 
-use super::field::ScoreField;
-use super::log::{MetricsRecord, Stage};
-use super::view::SessionView;
+use crate::config::{Method, SchedulePolicy};
 use crate::data::{Bounds, PixelImages, Point};
+use crate::metrics::Evaluation;
+use crate::rundir::{MetricsRecord, ScoreField, Stage};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -235,4 +237,49 @@ pub enum Update {
     Control(bool),
     /// The thread is ending (after Stop or Quit).
     Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    /// Not recorded yet.
+    Pending,
+    /// Being recorded now (the next node of stage 1).
+    Recording,
+    /// Recorded, not yet a target.
+    Recorded,
+    /// The current backtracking target.
+    Target,
+    /// Already backtracked past (or, for the last node, where s_φ started).
+    Passed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub index: usize,
+    pub status: NodeStatus,
+    /// Generator steps spent with this node as the target.
+    pub steps: usize,
+    /// Steps the schedule plans for it (None when it is no target).
+    pub planned: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub method: Method,
+    pub stage: Stage,
+    pub device: String,
+    pub data: String,
+    pub run_dir: PathBuf,
+    /// Iterations of the current stage, and how many it has in all (the
+    /// generator budget while backtracking).
+    pub stage_step: usize,
+    pub stage_total: usize,
+    pub iteration: usize,
+    pub cost: usize,
+    pub nodes: Vec<NodeView>,
+    pub target: Option<usize>,
+    pub policy: SchedulePolicy,
+    pub latest: Option<MetricsRecord>,
+    pub latest_eval: Option<Evaluation>,
+    pub failure: Option<String>,
 }

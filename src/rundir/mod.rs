@@ -16,10 +16,18 @@
 //! run.lock             held by the process writing the run
 //! ```
 
-use super::lock::{LOCK_FILE, RunLock};
+mod fields;
+mod lock;
+mod log;
+
+pub use fields::{FIELD_GRID, ScoreField};
+pub use lock::RunLock;
+pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};
+
 use crate::data::Point;
 use crate::files::atomic_write;
 use anyhow::{Context, Result, bail};
+use lock::LOCK_FILE;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
