@@ -24,7 +24,7 @@ use crate::rundir::RunDir;
 use crate::rundir::{MetricsLog, MetricsRecord, Stage};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Version 2: models named by role (degrading / fake-score), the recorder's
@@ -65,7 +65,9 @@ struct SavedState {
     path_nodes: usize,
     latest: Option<MetricsRecord>,
     latest_eval: Option<Evaluation>,
-    adam_steps: HashMap<String, u64>,
+    /// Each optimiser's step count, by model (sorted, so that a seed's
+    /// checkpoint is the same bytes in every process).
+    adam_steps: BTreeMap<String, u64>,
 }
 
 /// Saves a model and its optimiser's moments as `<name>.safetensors` and
@@ -75,13 +77,13 @@ fn save_trained(
     name: &str,
     model: &Denoiser,
     opt: &Adam,
-    steps: &mut HashMap<String, u64>,
+    steps: &mut BTreeMap<String, u64>,
 ) -> Result<()> {
     model.save(&dir.join(format!("{name}.safetensors")))?;
     save_adam(dir, name, opt, steps)
 }
 
-fn save_adam(dir: &Path, name: &str, opt: &Adam, steps: &mut HashMap<String, u64>) -> Result<()> {
+fn save_adam(dir: &Path, name: &str, opt: &Adam, steps: &mut BTreeMap<String, u64>) -> Result<()> {
     steps.insert(name.to_string(), opt.t);
     write_tensors(
         &dir.join(format!("{name}-adam.safetensors")),
@@ -96,13 +98,13 @@ fn load_trained(
     name: &str,
     model: &Denoiser,
     opt: &mut Adam,
-    steps: &HashMap<String, u64>,
+    steps: &BTreeMap<String, u64>,
 ) -> Result<()> {
     model.load(&dir.join(format!("{name}.safetensors")))?;
     load_adam(dir, name, opt, steps)
 }
 
-fn load_adam(dir: &Path, name: &str, opt: &mut Adam, steps: &HashMap<String, u64>) -> Result<()> {
+fn load_adam(dir: &Path, name: &str, opt: &mut Adam, steps: &BTreeMap<String, u64>) -> Result<()> {
     let file = dir.join(format!("{name}-adam.safetensors"));
     let saved = read_tensors(&file, &candle_core::Device::Cpu)?;
     let t = *steps
@@ -191,8 +193,8 @@ impl Session {
 
     /// Every model the current stage trains, with its optimiser's moments;
     /// returns the optimisers' step counts.
-    fn save_models(&self, dir: &Path) -> Result<HashMap<String, u64>> {
-        let mut adam_steps = HashMap::new();
+    fn save_models(&self, dir: &Path) -> Result<BTreeMap<String, u64>> {
+        let mut adam_steps = BTreeMap::new();
         let student = &self.student;
         student.generator.save(&dir.join("generator.safetensors"))?;
         save_adam(dir, "generator", &student.opt, &mut adam_steps)?;
