@@ -31,6 +31,8 @@ pub mod streams {
     pub const BACKGROUND: u64 = 12;
     /// The image classifier's weights, training batches and split.
     pub const CLASSIFIER: u64 = 13;
+    /// Measuring each node of the path against the data and G⁰.
+    pub const PATH_SPREAD: u64 = 14;
 }
 
 /// The RNG used everywhere; its state is serialisable, so resumed runs

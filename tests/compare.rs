@@ -50,30 +50,54 @@ fn compare_prints_the_table_and_writes_json_and_figures() {
         )),
         "{stderr}"
     );
+    // The headline comes first: the 80% level, in network passes with
+    // stage 1 counted.
+    assert!(
+        stdout.lines().nth(1).unwrap().starts_with("headline: the 80% level, network passes, stage 1 counted"),
+        "{stdout}"
+    );
     for needle in [
         "DisBack",
         "Diff-Instruct",
         "Diff-Instruct, fitted s_φ",
-        "quality threshold: energy distance ≤",
+        "levels of energy distance: 50% ",
+        "Diff-Instruct's final",
         "energy distance",
         "mode coverage",
-        "cost to threshold",
-        "speed-up per seed",
-        "verdict:",
+        "cost to each level",
+        "80% (passes)",
+        "80% (seconds)",
+        "stage 1 (passes)",
+        "speed-up of DisBack",
+        "80%, network passes, without stage 1",
+        "headline per seed against Diff-Instruct: 3:",
         "seeds 3, 4",
-        "DisBack's cost includes 20 recording iterations",
+        "stage 1 is 20 iterations",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?}:\n{stdout}");
     }
 
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("cmp/compare.json")).unwrap()).unwrap();
+    let text = std::fs::read_to_string(d.join("cmp/compare.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(text.find("\"headline\"").unwrap() < text.find("\"format\"").unwrap(), "the headline is written first");
     assert_eq!(json["seeds"], serde_json::json!([3, 4]));
     assert_eq!(json["runs"].as_array().unwrap().len(), 6);
     assert_eq!(json["arms"].as_array().unwrap().len(), 3);
-    assert_eq!(json["speedups"].as_array().unwrap().len(), 2);
-    assert!(json["threshold"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["levels"].as_array().unwrap().len(), 4);
+    // Two baselines × four levels × three units.
+    assert_eq!(json["speedups"].as_array().unwrap().len(), 24);
     assert_eq!(json["generator_updates"], 60);
+    // Every run was measured in passes and seconds; DisBack's and the
+    // fitted baseline's stage 1 cost passes, the plain baseline's none.
+    for run in json["runs"].as_array().unwrap() {
+        let first = &run["curve"][0];
+        assert!(first["seconds"].as_f64().is_some(), "{run}");
+        let stage1 = run["stage1"]["passes"].as_f64().unwrap();
+        match run["arm"].as_str().unwrap() {
+            "diff-instruct" => assert_eq!(stage1, 0.0),
+            _ => assert!(stage1 > 0.0, "{run}"),
+        }
+    }
     // The same teacher for every run.
     for run in [
         "disback-seed3",

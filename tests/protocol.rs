@@ -5,8 +5,7 @@
 mod common;
 
 use disback::config::{Config, SchedulePolicy};
-use disback::engine::protocol::{Command, Preview, PreviewData, Update};
-use disback::engine::protocol::{Event, SessionView};
+use disback::engine::protocol::{Command, Event, Preview, PreviewData, SessionView, Update};
 use disback::engine::trainer::{Start, TrainerHandle, spawn};
 use disback::rundir::Stage;
 use std::path::PathBuf;

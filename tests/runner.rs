@@ -4,8 +4,7 @@
 
 mod common;
 
-use disback::engine::protocol::Event;
-use disback::engine::protocol::{Command, Link, Update};
+use disback::engine::protocol::{Command, Event, Link, Update};
 use disback::engine::trainer::Start;
 use disback::rundir::{RunDir, Stage};
 use disback::runner::{self, ClientMessage, Options, Purpose, RunnerMessage, VERSION};

@@ -6,12 +6,10 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use disback::config::{Method, SchedulePolicy};
 use disback::data::PixelImages;
 use disback::data::{Bounds, GaussianMixture, Point};
-use disback::engine::protocol::{Command, DataInfo, Preview, PreviewData, Shown, Update};
-use disback::engine::protocol::{Event, NodeStatus, NodeView, SessionView};
+use disback::engine::protocol::{NodeSpread, Command, DataInfo, Event, NodeStatus, NodeView, Preview, PreviewData, SessionView, Shown, Update};
 use disback::metrics::{ClassStats, Evaluation};
 use disback::rng::host_rng;
-use disback::rundir::ScoreField;
-use disback::rundir::{MetricsRecord, Stage};
+use disback::rundir::{MetricsRecord, ScoreField, Stage};
 use disback::ui::{App, Exit, Mode, Palette, Theme, Tiling, draw};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -39,6 +37,7 @@ fn view(stage: Stage, target: Option<usize>, statuses: [NodeStatus; 5]) -> Sessi
                 status: statuses[i],
                 steps: if stage >= Stage::Backtrack { spent[i] } else { 0 },
                 planned: (i < 4).then_some(if i == 0 { 1250 } else { 250 }),
+                spread: None,
             })
             .collect(),
         target,
@@ -82,6 +81,7 @@ fn app(v: SessionView) -> App {
             stage: Stage::Backtrack,
             step: i * 10,
             cost: i * 10,
+            passes: Some(i as f64 * 43.3),
             target_node: Some(2),
             loss_g: Some(0.5 + x),
             loss_fake: Some(0.8 - 0.2 * x),
@@ -174,6 +174,28 @@ fn backtracking_at_80x24_shows_path_target_sparklines_and_preview() {
     assert!(braille_cells(&buf) > 50, "{screen}");
     assert!(screen.contains("target switched: s'θ3 → s'θ2"));
     assert!(screen.contains("q quit"));
+}
+
+#[test]
+fn the_path_panel_shows_each_node_s_distance_to_the_data_and_to_g0() {
+    let mut v = backtracking();
+    let spreads = [(0.03, 1.79), (0.26, 1.52), (0.76, 1.04), (1.26, 0.51), (1.58, 0.04)];
+    for (n, (to_data, to_start)) in v.nodes.iter_mut().zip(spreads) {
+        n.spread = Some(NodeSpread {
+            to_data,
+            to_start,
+            measure: "energy distance".into(),
+        });
+    }
+    // Wide: status, steps and both distances, under their column names.
+    let screen = text(&render(&app(v.clone()), 130, 30));
+    assert!(screen.contains("data   G⁰"), "{screen}");
+    assert!(screen.contains("✓ s'θ3  passed      250/250    1.26  0.51"), "{screen}");
+    assert!(screen.contains("● s'θ0  teacher       0/1250   0.03  1.79"), "{screen}");
+    // At 80 columns the status word gives way; the numbers stay.
+    let screen = text(&render(&app(v), 80, 24));
+    assert!(screen.contains("✓ s'θ3    250/250    1.26  0.51"), "{screen}");
+    assert!(screen.contains("▶ s'θ2    120/250    0.76  1.04"), "{screen}");
 }
 
 #[test]
@@ -416,6 +438,7 @@ fn the_loss_sparklines_restart_with_each_stage() {
         stage,
         step: 1,
         cost: 0,
+        passes: None,
         target_node: None,
         loss_g: g,
         loss_fake: Some(0.5),

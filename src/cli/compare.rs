@@ -2,15 +2,17 @@
 
 use super::ConfigArgs;
 use crate::compare::{
-    CompareJob, Comparison, RESULT, RunOutcome, compare_runs, plan, plot_comparison, run_jobs,
+    CompareJob, RESULT, RunOutcome, compare_runs, plan, plot_comparison, run_jobs,
 };
 use crate::config::Config;
-use crate::files::{atomic_write, read_json, write_json};
+use crate::files::{atomic_write, write_json};
 use crate::rundir::RunDir;
 use crate::runtime::configure_threads;
 use anyhow::Result;
 use clap::Args;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -60,6 +62,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         out.display(),
         spread(&config, workers.min(jobs.len()))?
     );
+    let timelines = Mutex::new(HashMap::new());
     run_jobs(jobs, workers, |job: &CompareJob, session| {
         let (value, measure) = session
             .latest_eval()
@@ -70,10 +73,13 @@ pub fn compare(args: CompareArgs) -> Result<()> {
             job.seed,
             started.elapsed().as_secs_f64()
         );
+        let mut timelines = timelines.lock().unwrap_or_else(|e| e.into_inner());
+        timelines.insert(job.run_dir.clone(), session.timeline().to_vec());
     })?;
+    let timelines = timelines.into_inner().unwrap_or_else(|e| e.into_inner());
     let runs = jobs
         .iter()
-        .map(|j| RunOutcome::read(j.arm, j.seed, &j.run_dir))
+        .map(|j| RunOutcome::read(j.arm, j.seed, &j.run_dir, timelines.get(&j.run_dir).map(Vec::as_slice)))
         .collect::<Result<Vec<_>>>()?;
     let updates = config.schedule.steps.iter().sum();
     let comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;
@@ -112,7 +118,6 @@ fn spread(config: &Config, at_once: usize) -> Result<String> {
 
 /// Redraws a comparison's figures from its result file.
 pub fn replot(dir: &Path) -> Result<Vec<PathBuf>> {
-    let file = dir.join(RESULT);
-    let comparison: Comparison = read_json(&file)?;
+    let comparison = crate::compare::read_comparison(&dir.join(RESULT))?;
     plot_comparison(&dir.join("plots"), &comparison)
 }

@@ -7,8 +7,7 @@
 
 use super::{RunArgs, open_for_resume};
 use crate::config::{Config, SchedulePolicy};
-use crate::engine::protocol::Update;
-use crate::engine::protocol::{Event, SessionView};
+use crate::engine::protocol::{Event, SessionView, Update};
 use crate::engine::trainer::Start;
 use crate::metrics::Evaluation;
 use crate::rundir::{MetricsRecord, RunDir};
@@ -266,9 +265,11 @@ fn print_event(event: &Event) {
             index,
             iteration,
             file,
+            spread,
         } => {
+            let spread = spread.as_ref().map(|s| format!("; {}", s.describe())).unwrap_or_default();
             eprintln!(
-                "node {index} recorded at iteration {iteration}: {}",
+                "node {index} recorded at iteration {iteration}: {}{spread}",
                 file.display()
             )
         }

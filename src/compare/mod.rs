@@ -1,10 +1,13 @@
-//! Runs DisBack and the Diff-Instruct baseline side by side: the same
-//! problem, seeds, teacher, networks and number of generator updates. The
-//! baseline runs twice, once with s_φ starting as the teacher and once with
-//! s_φ first fitted to G⁰ at DisBack's recording cost, because DisBack's
-//! s_φ starts fitted to G⁰: the second baseline separates what the path
-//! buys from what a fitted s_φ start buys. Runs go to a pool of worker
-//! threads (one session each), so two cores finish in half the time.
+//! Comparisons: DisBack and the Diff-Instruct baseline side by side on
+//! the same problem, seeds, teacher, G⁰, networks and number of generator
+//! updates. The baseline runs twice, once with s_φ starting as the teacher
+//! and once with s_φ first fitted to G⁰ at DisBack's recording cost,
+//! because DisBack's s_φ starts fitted to G⁰: the second baseline
+//! separates what the path buys from what a fitted s_φ start buys. Runs go
+//! to a pool of worker threads (one session each), so two cores finish in
+//! half the time; `stats` reads them into levels, costs and speed-ups,
+//! `table` and `figure` show them, and `sweep` runs a comparison at every
+//! point of a grid of settings.
 
 mod figure;
 mod pool;
@@ -13,7 +16,7 @@ mod table;
 
 pub use figure::plot_comparison;
 pub use pool::run_jobs;
-pub use stats::{ArmSummary, Comparison, RunOutcome, Speedup, Spread, compare_runs};
+pub use stats::{ArmSummary, Comparison, Level, RunOutcome, Speedup, Spread, Unit, compare_runs};
 
 use crate::config::{Config, FakeInit, Method};
 use crate::engine::Session;
@@ -25,6 +28,23 @@ use std::path::{Path, PathBuf};
 
 /// A comparison's result file in its folder.
 pub const RESULT: &str = "compare.json";
+
+/// Reads a comparison's result file, refusing one of another version by
+/// name (its numbers are not comparable: rerun it).
+pub fn read_comparison(file: &Path) -> Result<Comparison> {
+    let value: serde_json::Value = crate::files::read_json(file)?;
+    let format = value.get("format").and_then(|f| f.as_u64());
+    if format != Some(stats::FORMAT as u64) {
+        bail!(
+            "{}: a comparison of format {} (this version reads format {}, which counts network \
+             passes and several levels); run the comparison again",
+            file.display(),
+            format.map_or("1".to_string(), |f| f.to_string()),
+            stats::FORMAT
+        );
+    }
+    Ok(serde_json::from_value(value)?)
+}
 
 /// One arm of a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -120,6 +140,7 @@ pub fn plan(config: &Config, seeds: usize, out: &Path, overwrite: bool) -> Resul
             let mut c = arm.config(config);
             c.seed = seed;
             c.teacher.file = Some(teacher.clone());
+            c.metrics.every = measurement_interval(config);
             jobs.push(CompareJob {
                 arm,
                 seed,
@@ -133,6 +154,19 @@ pub fn plan(config: &Config, seeds: usize, out: &Path, overwrite: bool) -> Resul
         jobs,
         _folder: folder,
     })
+}
+
+/// Generator steps between a comparison's measurements: often enough that
+/// a level reached early (Diff-Instruct's first hundred steps on the toys)
+/// is resolved, about 80 measurements a run, and never rarer than the
+/// config asks.
+pub fn measurement_interval(config: &Config) -> usize {
+    let budget: usize = config.schedule.steps.iter().sum();
+    let asked = match config.metrics.every {
+        0 => budget,
+        n => n,
+    };
+    asked.min((budget / 80).max(5))
 }
 
 /// A planned comparison.

@@ -1,12 +1,14 @@
 //! The comparison's table, as `disback compare` prints it and writes it
-//! to `compare.txt`.
+//! to `compare.txt`: the headline first, then the rule, the final metrics,
+//! each arm's cost to each level, and every speed-up.
 
-use super::stats::{ArmSummary, Comparison};
+use super::stats::{ArmSummary, Comparison, Spread, Unit};
 use std::fmt::Write;
 
+/// Width of an arm's column.
+const COLUMN: usize = 28;
+
 impl Comparison {
-    /// The table `disback compare` prints: a flat list of rows, kept
-    /// together so the layout reads top to bottom like the output.
     pub fn table(&self) -> String {
         let mut t = String::new();
         let seeds = self
@@ -15,68 +17,109 @@ impl Comparison {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(", ");
+        let _ = writeln!(t, "disback compare — {}: seeds {seeds}", self.config);
         let _ = writeln!(
             t,
-            "disback compare — {}: seeds {seeds}; {} generator updates per run; DisBack's cost \
-             includes {} recording iterations",
-            self.config, self.generator_updates, self.record_iterations
+            "headline: the {} level, {}: {}",
+            self.headline.level,
+            self.headline.unit.describe(),
+            self.headline.verdict
         );
         let _ = writeln!(
             t,
-            "quality threshold: {} ≤ {:.4}; {}",
-            self.quality_measure, self.threshold, self.threshold_rule
+            "\n{} generator updates per run; stage 1 is {} iterations (DisBack's recording, the fitted \
+             baseline's fit of s_φ); cost in network passes (a forward and backward pass of the score \
+             network on one distillation batch) and compute seconds",
+            self.generator_updates, self.stage1_iterations
         );
-        let _ = writeln!(t, "values: median [min–max] over seeds, at the end of each run\n");
+        let levels: Vec<String> = self
+            .levels
+            .iter()
+            .map(|l| format!("{} {:.4}", l.name, l.value))
+            .collect();
+        let _ = writeln!(
+            t,
+            "levels of {}: {} (G⁰ {:.4}, best final {:.4}); {}",
+            self.quality_measure,
+            levels.join(" · "),
+            self.start,
+            self.best,
+            self.rule
+        );
+        let _ = writeln!(t, "values: median [min–max] over seeds\n");
         let header: String = self
             .arms
             .iter()
-            .map(|a| format!(" {:>26}", a.arm.to_string()))
+            .map(|a| format!(" {:>COLUMN$}", a.arm.to_string()))
             .collect();
-        let _ = writeln!(t, "{:<28}{header}", "");
-        // A row no arm has a value for (mode rows on images, image rows on
-        // 2-D data) is left out.
-        let row = |t: &mut String, name: &str, f: &dyn Fn(&ArmSummary) -> Option<String>| {
-            if self.arms.iter().all(|m| f(m).is_none()) {
-                return;
+        let _ = writeln!(t, "{:<30}{header}", "at the end");
+        self.final_rows(&mut t);
+        let _ = writeln!(t, "\n{:<30}{header}", "cost to each level");
+        for (i, level) in self.levels.iter().enumerate() {
+            self.row(&mut t, &format!("{} (passes)", level.name), &|a| {
+                show_cost(a.to_level[i].passes, a.to_level[i].reached, self.seeds.len(), 0)
+            });
+            self.row(&mut t, &format!("{} (seconds)", level.name), &|a| {
+                a.to_level[i].seconds.map(|s| s.show(1))
+            });
+        }
+        self.row(&mut t, "stage 1 (passes)", &|a| Some(format!("{:.0}", a.stage1_passes)));
+        self.row(&mut t, "budget (passes)", &|a| Some(format!("{:.0}", a.budget_passes)));
+        self.speedup_rows(&mut t);
+        t
+    }
+
+    fn final_rows(&self, t: &mut String) {
+        self.row(t, "energy distance", &|m| Some(m.energy.show(4)));
+        self.row(t, "sliced Wasserstein", &|m| Some(m.sliced_w.show(4)));
+        self.row(t, "classifier Fréchet dist.", &|m| m.classifier_fd.map(|s| s.show(3)));
+        self.row(t, "smallest class share", &|m| m.min_class_share.map(|s| s.show(2)));
+        self.row(t, "pixel Fréchet distance", &|m| m.pixel_fd.map(|s| s.show(3)));
+        self.row(t, "mode coverage", &|m| m.coverage.map(|s| s.show(2)));
+        self.row(t, "smallest mode share", &|m| m.min_share.map(|s| s.show(2)));
+        self.row(t, "largest weight error", &|m| m.max_weight_error.map(|s| s.show(2)));
+        self.row(t, "NLL under the data", &|m| m.nll.map(|s| s.show(2)));
+        self.row(t, "precision (≤ 3 std)", &|m| m.precision.map(|s| s.show(3)));
+        self.row(t, "teacher mismatch (mean σ)", &|m| Some(m.mismatch_teacher.show(3)));
+    }
+
+    /// DisBack's speed-up against each baseline: per level and unit, then
+    /// per seed at the headline.
+    fn speedup_rows(&self, t: &mut String) {
+        let baselines: Vec<_> = self.arms[1..].iter().map(|a| a.arm).collect();
+        let header: String = baselines
+            .iter()
+            .map(|a| format!(" {:>COLUMN$}", format!("vs {a}")))
+            .collect();
+        let _ = writeln!(
+            t,
+            "\nspeed-up of DisBack (baseline's cost / DisBack's, over the seeds where both reached the level)"
+        );
+        let _ = writeln!(t, "{:<40}{header}", "");
+        for (i, level) in self.levels.iter().enumerate() {
+            for unit in Unit::ALL {
+                let cells: String = baselines
+                    .iter()
+                    .map(|&b| {
+                        let cell = self
+                            .speedup(b, i, unit)
+                            .and_then(|s| s.spread)
+                            .map_or("—".into(), |s| format!("{}×", s.show(2)));
+                        format!(" {cell:>COLUMN$}")
+                    })
+                    .collect();
+                let _ = writeln!(t, "{:<40}{cells}", format!("{}, {}", level.name, unit.describe()));
             }
-            let cells: String = self
-                .arms
-                .iter()
-                .map(|m| format!(" {:>26}", f(m).unwrap_or_else(|| "—".into())))
-                .collect();
-            let _ = writeln!(t, "{name:<28}{cells}");
-        };
-        row(&mut t, "energy distance", &|m| Some(m.energy.show(4)));
-        row(&mut t, "sliced Wasserstein", &|m| Some(m.sliced_w.show(4)));
-        row(&mut t, "classifier Fréchet dist.", &|m| {
-            m.classifier_fd.map(|s| s.show(3))
-        });
-        row(&mut t, "smallest class share", &|m| {
-            m.min_class_share.map(|s| s.show(2))
-        });
-        row(&mut t, "pixel Fréchet distance", &|m| {
-            m.pixel_fd.map(|s| s.show(3))
-        });
-        row(&mut t, "mode coverage", &|m| m.coverage.map(|s| s.show(2)));
-        row(&mut t, "smallest mode share", &|m| m.min_share.map(|s| s.show(2)));
-        row(&mut t, "largest weight error", &|m| {
-            m.max_weight_error.map(|s| s.show(2))
-        });
-        row(&mut t, "NLL under the data", &|m| m.nll.map(|s| s.show(2)));
-        row(&mut t, "precision (≤ 3 std)", &|m| {
-            m.precision.map(|s| s.show(3))
-        });
-        row(&mut t, "teacher mismatch (mean σ)", &|m| {
-            Some(m.mismatch_teacher.show(3))
-        });
-        row(&mut t, "cost to threshold", &|m| {
-            m.cost_to_threshold.map(|s| s.show(0))
-        });
-        row(&mut t, "seeds reaching it", &|m| {
-            Some(format!("{}/{}", m.reached, self.seeds.len()))
-        });
-        row(&mut t, "cost budget", &|m| Some(m.budget.to_string()));
-        for s in &self.speedups {
+        }
+        let headline = self
+            .levels
+            .iter()
+            .position(|l| l.name == self.headline.level)
+            .unwrap_or(0);
+        for &b in &baselines {
+            let Some(s) = self.speedup(b, headline, Unit::Passes) else {
+                continue;
+            };
             let per_seed: Vec<String> = self
                 .seeds
                 .iter()
@@ -88,12 +131,32 @@ impl Comparison {
                 .collect();
             let _ = writeln!(
                 t,
-                "\nspeed-up per seed ({}'s cost / DisBack's): {}",
-                s.against,
+                "headline per seed against {b}: {}",
                 per_seed.join(", ")
             );
-            let _ = writeln!(t, "verdict: {}", s.verdict);
         }
-        t
     }
+
+    /// A row of one value per arm; left out when no arm has one (mode rows
+    /// on images, image rows on 2-D data).
+    fn row(&self, t: &mut String, name: &str, f: &dyn Fn(&ArmSummary) -> Option<String>) {
+        if self.arms.iter().all(|a| f(a).is_none()) {
+            return;
+        }
+        let cells: String = self
+            .arms
+            .iter()
+            .map(|a| format!(" {:>COLUMN$}", f(a).unwrap_or_else(|| "—".into())))
+            .collect();
+        let _ = writeln!(t, "{name:<30}{cells}");
+    }
+}
+
+/// A cost spread with how many seeds reached the level, when not all did.
+fn show_cost(cost: Option<Spread>, reached: usize, seeds: usize, decimals: usize) -> Option<String> {
+    let shown = cost.map_or("never".into(), |s| s.show(decimals));
+    Some(match reached == seeds {
+        true => shown,
+        false => format!("{shown} ({reached}/{seeds})"),
+    })
 }

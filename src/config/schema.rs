@@ -459,6 +459,13 @@ pub struct RecordConfig {
     pub lr: f64,
     /// Batch size. Default 512.
     pub batch: usize,
+    /// The noise levels the teacher's copy degrades at: `teacher` (the
+    /// teacher's own denoising law, ln σ ~ N(p_mean, p_std²): the paper's
+    /// Algorithm 1, which reuses the teacher's training loss) or `distill`
+    /// (the law stage 2 queries the targets at, `distill.sigma`, so that
+    /// every node is degraded where backtracking reads it). Default
+    /// `teacher`.
+    pub sigma: RecordSigma,
 }
 
 impl Default for RecordConfig {
@@ -468,8 +475,16 @@ impl Default for RecordConfig {
             node_every: 50,
             lr: 2e-4,
             batch: 512,
+            sigma: RecordSigma::Teacher,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordSigma {
+    Teacher,
+    Distill,
 }
 
 impl RecordConfig {
@@ -645,6 +660,10 @@ pub struct MetricsConfig {
     /// Data samples of the Stable Target Field reference batch (data
     /// without an exact score). Default 4096.
     pub stf_reference: usize,
+    /// Measure every node of the path as it is recorded: its Heun samples'
+    /// distance to the data and to G⁰ (`path/nodes.json`, the lab's path
+    /// panel). Default true.
+    pub path_spread: bool,
 }
 
 impl Default for MetricsConfig {
@@ -654,6 +673,7 @@ impl Default for MetricsConfig {
             samples: 1000,
             mismatch_sigmas: vec![0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0],
             stf_reference: 4096,
+            path_spread: true,
         }
     }
 }

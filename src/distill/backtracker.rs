@@ -17,9 +17,9 @@
 use super::loss::{fit_to_generator, generator_loss};
 use super::schedule::{BacktrackSchedule, Decision};
 use super::student::Student;
-use crate::config::{DistillConfig, SigmaDistribution};
-use crate::diffusion::{KarrasGrid, NoiseSchedule, SigmaLaw};
-use crate::model::{Denoiser, Sigmas};
+use crate::config::DistillConfig;
+use crate::diffusion::SigmaLaw;
+use crate::model::Denoiser;
 use crate::optim::Adam;
 use crate::rng::Draws;
 use crate::transfer::Pending;
@@ -52,8 +52,6 @@ pub struct Backtracker {
     pub target: Denoiser,
     pub schedule: BacktrackSchedule,
     settings: DistillConfig,
-    /// The 1000-step Karras grid of the generator loss's σ.
-    karras: KarrasGrid,
     /// Gaps of the steps since the `auto` rule last read them, on the
     /// device until its window needs them.
     gaps: Pending,
@@ -78,42 +76,40 @@ impl Backtracker {
         fake_start: Denoiser,
         schedule: BacktrackSchedule,
         settings: &DistillConfig,
-        noise: &NoiseSchedule,
         nodes: &dyn NodeSource,
     ) -> Result<Self> {
         let target = fake_start.deep_clone()?;
         load(nodes, schedule.target(), &target)?;
-        let device = fake_start.params().device();
         Ok(Self {
             fake_opt: Adam::new(fake_start.params(), settings.fake_lr)?,
             fake_score: fake_start,
             target,
             schedule,
             settings: settings.clone(),
-            karras: KarrasGrid::new(noise.karras(1000), &device)?,
             gaps: Pending::default(),
         })
     }
 
     /// One generator update toward the target, then
-    /// `fake_steps_per_generator_step` updates of s_φ; moves to the next
-    /// target when the schedule says so. Nothing is read back from the
-    /// device unless the `auto` rule's window closes.
+    /// `fake_steps_per_generator_step` updates of s_φ, all at noise levels
+    /// from `law` (`distill.sigma`); moves to the next target when the
+    /// schedule says so. Nothing is read back from the device unless the
+    /// `auto` rule's window closes.
     pub fn step(
         &mut self,
         student: &mut Student,
-        noise: &NoiseSchedule,
+        law: SigmaLaw<'_>,
         draws: &mut Draws<'_>,
         nodes: &dyn NodeSource,
     ) -> Result<BacktrackStep> {
         let d = &self.settings;
         let device = student.generator.device();
-        let (loss_generator, gap) = self.update_generator(student, noise, draws)?;
+        let (loss_generator, gap) = self.update_generator(student, law, draws)?;
         let loss_fake = (0..d.fake_steps_per_generator_step)
             .map(|_| {
                 // s_φ is trained at the noise levels the generator loss
                 // queries it at (as DMD2 does), where its accuracy counts.
-                let sigmas = self.loss_sigmas(noise, draws, &device)?;
+                let sigmas = draws.sigmas(law, d.batch, &device)?;
                 fit_to_generator(
                     &self.fake_score,
                     &mut self.fake_opt,
@@ -143,13 +139,13 @@ impl Backtracker {
     fn update_generator(
         &self,
         student: &mut Student,
-        noise: &NoiseSchedule,
+        law: SigmaLaw<'_>,
         draws: &mut Draws<'_>,
     ) -> Result<(Tensor, Tensor)> {
         let d = &self.settings;
         let x0 = student.generate(d.batch, draws)?;
         let device = x0.device().clone();
-        let sigmas = self.loss_sigmas(noise, draws, &device)?;
+        let sigmas = draws.sigmas(law, d.batch, &device)?;
         let eps = draws.normal(x0.dims(), &device)?;
         let levels = self.target.levels(sigmas, &device)?;
         let g = generator_loss(&x0, &self.target, &self.fake_score, &levels, &eps, d.weighting)?;
@@ -180,25 +176,6 @@ impl Backtracker {
         let gaps = self.gaps.take()?;
         self.schedule.observe_gaps(&gaps);
         Ok(())
-    }
-
-    /// Noise levels of one batch of the generator loss.
-    fn loss_sigmas(
-        &self,
-        noise: &NoiseSchedule,
-        draws: &mut Draws<'_>,
-        device: &candle_core::Device,
-    ) -> Result<Sigmas> {
-        let d = &self.settings;
-        let law = match d.sigma {
-            SigmaDistribution::Karras => SigmaLaw::KarrasIndex {
-                grid: &self.karras,
-                min_index: d.karras_min_index,
-                max_index: d.karras_max_index,
-            },
-            SigmaDistribution::LogNormal => noise.training_law(),
-        };
-        draws.sigmas(law, d.batch, device)
     }
 
     /// Moves to the next target now (the lab's skip); `None` on the teacher.

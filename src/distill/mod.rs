@@ -8,12 +8,14 @@
 
 mod backtracker;
 mod loss;
+mod noise;
 mod recorder;
 mod schedule;
 mod student;
 
 pub use backtracker::{BacktrackStep, Backtracker, NodeSource};
 pub use loss::{GeneratorLoss, fit_to_generator, generator_loss};
+pub use noise::NoiseLaws;
 pub use recorder::{DegradationRecorder, NodeDue, RecordProgress, RecordStep};
 pub use schedule::{BacktrackSchedule, Decision};
 pub use student::Student;

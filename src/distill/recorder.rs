@@ -13,7 +13,7 @@
 
 use super::loss::fit_to_generator;
 use crate::config::RecordConfig;
-use crate::diffusion::NoiseSchedule;
+use crate::diffusion::SigmaLaw;
 use crate::model::{Denoiser, Generator};
 use crate::optim::Adam;
 use crate::rng::Draws;
@@ -76,18 +76,19 @@ impl DegradationRecorder {
         })
     }
 
-    /// One DSM update of s'_θ on a fresh batch of G⁰'s samples. `nodes`
-    /// says whether nodes are recorded (DisBack) or s'_θ is only fitted
-    /// (the baseline's `fit` start of s_φ).
+    /// One DSM update of s'_θ on a fresh batch of G⁰'s samples, at noise
+    /// levels drawn from `law` (`record.sigma`). `nodes` says whether nodes
+    /// are recorded (DisBack) or s'_θ is only fitted (the baseline's `fit`
+    /// start of s_φ).
     pub fn step(
         &mut self,
         g0: &Generator,
-        noise: &NoiseSchedule,
+        law: SigmaLaw<'_>,
         draws: &mut Draws<'_>,
         nodes: bool,
     ) -> Result<RecordStep> {
         let batch = self.settings.batch;
-        let sigmas = draws.sigmas(noise.training_law(), batch, &g0.device())?;
+        let sigmas = draws.sigmas(law, batch, &g0.device())?;
         let loss = fit_to_generator(&self.degrading, &mut self.opt, g0, sigmas, draws)?;
         self.losses.push(&loss)?;
         self.progress.iteration += 1;

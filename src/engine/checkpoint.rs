@@ -20,8 +20,7 @@ use crate::metrics::Evaluation;
 use crate::model::Denoiser;
 use crate::optim::Adam;
 use crate::rng::HostRng;
-use crate::rundir::RunDir;
-use crate::rundir::{MetricsLog, MetricsRecord, Stage};
+use crate::rundir::{MetricsLog, MetricsRecord, RunDir, Stage};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +43,9 @@ struct SavedClock {
     stage_step: usize,
     iteration: usize,
     cost: usize,
+    /// Absent in checkpoints written before passes were counted.
+    #[serde(default)]
+    passes: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -157,6 +159,7 @@ impl Session {
                 stage_step: self.clock.stage_step,
                 iteration: self.clock.iteration,
                 cost: self.clock.cost,
+                passes: self.clock.passes,
             },
             rng: self.rng.clone(),
             pretrain_rng,
@@ -239,6 +242,8 @@ impl Session {
             stage_step: saved.clock.stage_step,
             iteration: saved.clock.iteration,
             cost: saved.clock.cost,
+            passes: saved.clock.passes,
+            seconds: 0.0,
         };
         s.rng = saved.rng;
         s.window = saved.window;
@@ -279,7 +284,7 @@ impl Session {
                 let schedule = saved.schedule.clone().with_context(|| missing("schedule"))?;
                 let fake = self.teacher.deep_clone()?;
                 let source = node_source(self.config.method, &self.path, &self.teacher);
-                let mut b = Backtracker::new(fake, schedule, &self.config.distill, &self.noise, source)?;
+                let mut b = Backtracker::new(fake, schedule, &self.config.distill, source)?;
                 load_trained(dir, "fake-score", &b.fake_score, &mut b.fake_opt, steps)?;
                 match saved.clock.stage {
                     Stage::Done => Phase::Done(b),

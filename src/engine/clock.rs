@@ -2,6 +2,7 @@
 //! measurement when due) written as each one is counted.
 
 use super::losses::LossKind;
+use super::phase::Moment;
 use super::protocol::Event;
 use super::session::Session;
 use crate::metrics::Evaluation;
@@ -49,10 +50,12 @@ impl Session {
         if eval.is_none() && w.mean(LossKind::Teacher).or(w.mean(LossKind::Fake)).is_none() {
             return Ok(());
         }
+        let stage = self.phase.stage();
         let record = MetricsRecord {
-            stage: self.phase.stage(),
+            stage,
             step: self.clock.stage_step,
             cost: self.clock.cost,
+            passes: (stage != Stage::Pretrain).then_some(self.clock.passes),
             target_node: target.filter(|_| self.phase.stage() == Stage::Backtrack),
             loss_g: w.mean(LossKind::Generator),
             loss_fake: w.mean(LossKind::Fake),
@@ -63,6 +66,11 @@ impl Session {
         self.log.append(&record)?;
         if let Some(e) = &record.eval {
             self.latest_eval = Some(e.clone());
+            self.timeline.push(Moment {
+                cost: self.clock.cost,
+                passes: self.clock.passes,
+                seconds: self.clock.seconds,
+            });
         }
         self.latest = Some(record.clone());
         self.window.clear();

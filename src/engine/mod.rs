@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod clock;
+mod cost;
 mod field;
 mod losses;
 mod outputs;
@@ -12,11 +13,13 @@ mod pretrain;
 mod previews;
 pub mod protocol;
 mod session;
+mod spread;
 pub mod trainer;
 mod view;
 
 pub use checkpoint::checkpoint_iteration;
-pub use phase::Clock;
+pub use cost::PassCost;
+pub use phase::{Clock, Moment};
 
 pub use outputs::ModelKind;
 pub use path::{DegradationPath, NodeInfo};

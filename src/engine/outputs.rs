@@ -2,6 +2,7 @@
 //! the final samples, saved models, and read access for drivers.
 
 use super::path::DegradationPath;
+use super::phase::Moment;
 use super::protocol::Event;
 use super::session::Session;
 use crate::config::Config;
@@ -12,9 +13,7 @@ use crate::files::{write_json, write_tensors};
 use crate::metrics::Evaluation;
 use crate::model::{Denoiser, Generator};
 use crate::rng::{HostRng, host_rng, streams};
-use crate::rundir::RunDir;
-use crate::rundir::write_points_csv;
-use crate::rundir::{MetricsRecord, Stage};
+use crate::rundir::{MetricsRecord, RunDir, Stage, write_points_csv};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
@@ -279,6 +278,11 @@ impl Session {
     /// Iterations of every stage so far (see [`super::phase::Clock`]).
     pub fn iteration(&self) -> usize {
         self.clock.iteration
+    }
+    /// Every measurement so far in cost, network passes and this process's
+    /// compute seconds (see [`super::phase::Clock`]).
+    pub fn timeline(&self) -> &[Moment] {
+        &self.timeline
     }
     /// Distillation iterations so far (see [`super::phase::Clock`]).
     pub fn cost(&self) -> usize {

@@ -3,6 +3,7 @@
 //! `node_every`, except a last node made by skipping, which is wherever the
 //! skip came). Nodes live as safetensors files beside a JSON index.
 
+use super::protocol::NodeSpread;
 use crate::distill::NodeSource;
 use crate::files::{read_json, write_json};
 use crate::model::Denoiser;
@@ -20,6 +21,11 @@ pub struct NodeInfo {
     /// Mean denoising loss on G⁰'s samples over the iterations since the
     /// previous node (none for the teacher).
     pub loss: Option<f64>,
+    /// How far the node's samples lie from the data and from G⁰'s: an
+    /// over-degraded path (the paper's Table 6 failure) shows as nodes far
+    /// from the data that are no nearer G⁰ either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<NodeSpread>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +65,13 @@ impl DegradationPath {
     }
 
     /// Saves `model` as the next node and updates the index.
-    pub fn record(&mut self, model: &Denoiser, iteration: usize, loss: Option<f64>) -> Result<&NodeInfo> {
+    pub fn record(
+        &mut self,
+        model: &Denoiser,
+        iteration: usize,
+        loss: Option<f64>,
+        spread: Option<NodeSpread>,
+    ) -> Result<&NodeInfo> {
         let index = self.nodes.len();
         let file = format!("node-{index}.safetensors");
         model.save(&self.dir.join(&file))?;
@@ -68,6 +80,7 @@ impl DegradationPath {
             iteration,
             file,
             loss,
+            spread,
         });
         self.write_index()?;
         Ok(self.nodes.last().expect("just pushed"))

@@ -12,15 +12,28 @@ use crate::rundir::Stage;
 /// - `iteration`: iterations of every stage so far, teacher pretraining
 ///   included (the checkpoint clock);
 /// - `stage_step`: iterations of the current stage;
-/// - `cost`: distillation iterations, recording plus generator steps (the
-///   x axis of every DisBack vs Diff-Instruct comparison).
+/// - `cost`: distillation iterations, recording plus generator steps;
+/// - `passes`: what those iterations cost in network passes
+///   ([`super::cost::PassCost`]), the unit comparisons count in;
+/// - `seconds`: the compute time of those iterations in this process (not
+///   saved with a checkpoint: it differs from run to run).
 ///
 /// Per-target generator steps are the schedule's (`BacktrackSchedule::spent`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Clock {
     pub stage_step: usize,
     pub iteration: usize,
     pub cost: usize,
+    pub passes: f64,
+    pub seconds: f64,
+}
+
+/// Where a measurement was taken, in every unit of cost.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Moment {
+    pub cost: usize,
+    pub passes: f64,
+    pub seconds: f64,
 }
 
 /// Teacher pretraining's own state: its optimiser and data stream.

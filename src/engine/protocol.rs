@@ -35,11 +35,13 @@ pub enum Event {
     ClassifierReady {
         accuracy: f64,
     },
-    /// Node `index` of the path, after `iteration` recording iterations.
+    /// Node `index` of the path, after `iteration` recording iterations,
+    /// and how far it lies from the data and from G⁰.
     NodeRecorded {
         index: usize,
         iteration: usize,
         file: PathBuf,
+        spread: Option<NodeSpread>,
     },
     /// A new backtracking target was loaded (`from` is None for the first).
     TargetSwitched {
@@ -261,6 +263,38 @@ pub struct NodeView {
     pub steps: usize,
     /// Steps the schedule plans for it (None when it is no target).
     pub planned: Option<usize>,
+    /// Its distance to the data and to G⁰, once recorded and measured.
+    pub spread: Option<NodeSpread>,
+}
+
+/// A node's distance to the data and to the initial generator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpread {
+    pub to_data: f64,
+    pub to_start: f64,
+    /// The distance used (as comparisons judge: see `Evaluation::quality`).
+    pub measure: String,
+}
+
+impl NodeSpread {
+    /// "0.76 from the data, 0.41 from G⁰ (energy distance)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} from the data, {} from G⁰ ({})",
+            short_number(self.to_data),
+            short_number(self.to_start),
+            self.measure
+        )
+    }
+}
+
+/// A distance in three or four characters: 0.76, 26.3, 483.
+pub fn short_number(v: f64) -> String {
+    match v.abs() {
+        a if a < 9.995 => format!("{v:.2}"),
+        a if a < 99.95 => format!("{v:.1}"),
+        _ => format!("{v:.0}"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,25 +7,26 @@
 //! nothing of terminals, and every driver leaves the same files.
 
 use super::losses::{LossKind, LossWindow, PendingLosses};
-use super::path::DegradationPath;
-use super::phase::{Clock, Phase, Pretraining};
+use super::path::{DegradationPath, NodeInfo};
+use super::cost::PassCost;
+use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
-use crate::config::{Config, Method, SchedulePolicy};
+use crate::config::{Config, GeneratorSpec, Method, SchedulePolicy};
 use crate::data::{Bounds, Dataset};
 use crate::diffusion::NoiseSchedule;
 use crate::distill::{
-    BacktrackSchedule, Backtracker, Decision, DegradationRecorder, NodeDue, NodeSource, Student,
+    BacktrackSchedule, Backtracker, Decision, DegradationRecorder, NodeDue, NodeSource, NoiseLaws, Student,
 };
 use crate::files::write_toml;
 use crate::metrics::{Classifier, Evaluation, Evaluator};
 use crate::model::{Denoiser, Generator};
 use crate::optim::Adam;
 use crate::rng::{Draws, HostRng, host_rng, seed_device, streams};
-use crate::rundir::RunDir;
-use crate::rundir::{MetricsLog, MetricsRecord, Stage};
+use crate::rundir::{MetricsLog, MetricsRecord, RunDir, Stage};
 use crate::runtime::select_device;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
+use std::time::Instant;
 
 pub struct Session {
     pub(super) config: Config,
@@ -38,12 +39,19 @@ pub struct Session {
     /// The region previews and plots show.
     pub(super) bounds: Bounds,
     pub(super) noise: NoiseSchedule,
+    /// The noise levels stage 1 and stage 2 draw.
+    pub(super) laws: NoiseLaws,
     pub(super) teacher: Denoiser,
     pub(super) student: Student,
     /// The stage, with what only it has.
     pub(super) phase: Phase,
     pub(super) path: DegradationPath,
     pub(super) clock: Clock,
+    /// Network passes per iteration of each stage.
+    pub(super) pass_cost: PassCost,
+    /// Every measurement's position in cost, passes and seconds, in this
+    /// process (the seconds are not in the files).
+    pub(super) timeline: Vec<Moment>,
     /// The training stream (recording and distillation) on the CPU path.
     pub(super) rng: HostRng,
     /// Whether training draws its random numbers on the device (the GPU
@@ -121,6 +129,11 @@ impl Session {
             Some(plane) => Bounds::around(&plane.sample(2000, &mut host_rng(config.seed, streams::BOUNDS))),
             None => Bounds::default(),
         };
+        let noise = NoiseSchedule::new(&config.diffusion, sigma_data);
+        let generator_share = match config.generator_spec() {
+            GeneratorSpec::Mlp(_) => generator.params().count() as f64 / teacher.params().count() as f64,
+            GeneratorSpec::Denoiser { .. } => 1.0,
+        };
         // Every session starts before its teacher is final; one whose
         // teacher is loaded leaves this phase before its first step.
         let phase = Phase::Pretrain {
@@ -135,10 +148,13 @@ impl Session {
             student: Student::new(generator, config.generator.lr, config.distill.generator_ema)?,
             path: DegradationPath::new(&run.path_dir()),
             phase,
-            noise: NoiseSchedule::new(&config.diffusion, sigma_data),
+            laws: NoiseLaws::new(&noise, &config.distill, config.record.sigma, &device)?,
+            noise,
             rng: host_rng(config.seed, streams::TRAIN),
             device_draws: !device.is_cpu(),
             clock: Clock::default(),
+            pass_cost: PassCost::new(&config, generator_share),
+            timeline: Vec::new(),
             device,
             device_name,
             data,
@@ -284,8 +300,9 @@ impl Session {
         self.student.generator.copy_teacher(&self.teacher)?;
         self.student.reset_average()?;
         if self.config.method == Method::Disback {
-            let node = self.path.record(&self.teacher, 0, None)?.clone();
-            self.node_recorded(node.index, node.iteration);
+            let spread = self.node_spread(&self.teacher)?;
+            let node = self.path.record(&self.teacher, 0, None, spread)?.clone();
+            self.node_recorded(node);
         }
         if self.config.records_path() {
             let recorder = DegradationRecorder::new(&self.teacher, &self.config.record)?;
@@ -304,11 +321,14 @@ impl Session {
         };
         let nodes = self.config.method == Method::Disback;
         let mut draws = Draws::new(self.device_draws, &mut self.rng);
-        let step = recorder.step(&self.student.generator, &self.noise, &mut draws, nodes)?;
+        let started = Instant::now();
+        let step = recorder.step(&self.student.generator, self.laws.recording(), &mut draws, nodes)?;
+        self.clock.seconds += started.elapsed().as_secs_f64();
         let iteration = self.clock.iteration + 1;
         self.losses
             .push(LossKind::Fake, "recording", iteration, &step.loss)?;
         self.clock.cost += 1;
+        self.clock.passes += self.pass_cost.recording;
         self.advance_clock(false)?;
         if let Some(node) = step.node {
             self.save_node(node)?;
@@ -324,20 +344,21 @@ impl Session {
         let Some(recorder) = self.phase.recorder() else {
             bail!("a node to save outside stage 1");
         };
+        let spread = self.node_spread(&recorder.degrading)?;
         let info = self
             .path
-            .record(&recorder.degrading, node.iteration, node.mean_loss)?
+            .record(&recorder.degrading, node.iteration, node.mean_loss, spread)?
             .clone();
-        self.node_recorded(info.index, info.iteration);
+        self.node_recorded(info);
         Ok(())
     }
 
-    fn node_recorded(&mut self, index: usize, iteration: usize) {
-        let file = self.path.file(index);
+    fn node_recorded(&mut self, node: NodeInfo) {
         self.pending.push(Event::NodeRecorded {
-            index,
-            iteration,
-            file,
+            index: node.index,
+            iteration: node.iteration,
+            file: self.path.file(node.index),
+            spread: node.spread,
         });
     }
 
@@ -385,7 +406,7 @@ impl Session {
         let mut schedule = BacktrackSchedule::new(nodes, &self.config.schedule);
         schedule.set_manual(self.phase.schedule().policy() == SchedulePolicy::Manual);
         let source = node_source(self.config.method, &self.path, &self.teacher);
-        let backtracker = Backtracker::new(fake_start, schedule, &self.config.distill, &self.noise, source)?;
+        let backtracker = Backtracker::new(fake_start, schedule, &self.config.distill, source)?;
         let first = backtracker.schedule.target();
         self.enter(Phase::Backtrack(backtracker));
         self.pending.push(Event::TargetSwitched {
@@ -404,7 +425,9 @@ impl Session {
         let trained_on = b.schedule.target();
         let source = node_source(self.config.method, &self.path, &self.teacher);
         let mut draws = Draws::new(self.device_draws, &mut self.rng);
-        let step = b.step(&mut self.student, &self.noise, &mut draws, source)?;
+        let started = Instant::now();
+        let step = b.step(&mut self.student, self.laws.distillation(), &mut draws, source)?;
+        self.clock.seconds += started.elapsed().as_secs_f64();
         let (losses, iteration) = (&mut self.losses, self.clock.iteration + 1);
         for loss in &step.loss_fake {
             losses.push(LossKind::Fake, "fake-score", iteration, loss)?;
@@ -412,6 +435,7 @@ impl Session {
         losses.push(LossKind::Generator, "generator", iteration, &step.loss_generator)?;
         losses.push(LossKind::Gap, "score gap", iteration, &step.gap)?;
         self.clock.cost += 1;
+        self.clock.passes += self.pass_cost.generator;
         // The step's log line names the target it trained against; the
         // final measurement is taken by `finish`.
         self.advance_clock_on(Some(trained_on), step.decision != Decision::Finish)?;

@@ -65,6 +65,7 @@ impl Session {
                         .filter(|_| in_backtracking)
                         .map_or(0, |p| self.schedule().spent()[p]),
                     planned: slot.map(|p| self.schedule().planned()[p]),
+                    spread: self.path.nodes().get(index).and_then(|n| n.spread.clone()),
                 }
             })
             .collect()

@@ -160,6 +160,26 @@ impl Evaluator {
         })
     }
 
+    /// How far apart two sets of samples are, by the measure comparisons
+    /// are judged on ([`Evaluation::quality`]): the classifier Fréchet
+    /// distance for labelled images, the pixel Fréchet distance for other
+    /// images, the energy distance for 2-D data. With its name.
+    pub fn distance(&self, a: &Samples, b: &Samples) -> Result<(f64, &'static str)> {
+        Ok(match (&self.classifier, self.data.images()) {
+            (Some((classifier, _)), _) => (classifier.frechet(a, b)?, "classifier Fréchet distance"),
+            (None, Some(_)) => (
+                frechet_distance(&pooled_pixels(a), &pooled_pixels(b)),
+                "pixel Fréchet distance",
+            ),
+            (None, None) => (energy_distance(a, b), "energy distance"),
+        })
+    }
+
+    /// Fresh data samples, as many as a measurement uses.
+    pub fn data_samples(&self, rng: &mut impl Rng) -> Samples {
+        self.data.sample(self.samples, rng)
+    }
+
     /// A model's mismatch degree over the σ grid at fresh data samples.
     pub fn mismatch_on_data(&self, model: &Denoiser, rng: &mut impl Rng) -> Result<Vec<f64>> {
         let data = self.data.sample(self.samples, rng);

@@ -78,6 +78,11 @@ impl Params {
         self.entries.is_empty()
     }
 
+    /// Values in all parameters together.
+    pub fn count(&self) -> usize {
+        self.vars().map(|v| v.elem_count()).sum()
+    }
+
     /// The device the parameters live on.
     pub fn device(&self) -> Device {
         self.vars().next().map_or(Device::Cpu, |v| v.device().clone())

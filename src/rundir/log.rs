@@ -45,6 +45,11 @@ pub struct MetricsRecord {
     /// Distillation iterations so far: recording iterations plus generator
     /// steps. The x axis of every DisBack vs Diff-Instruct comparison.
     pub cost: usize,
+    /// What those iterations cost in network passes (a forward and backward
+    /// pass of the score network on a distillation batch); absent while
+    /// pretraining and in logs written before it was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passes: Option<f64>,
     pub target_node: Option<usize>,
     pub loss_g: Option<f64>,
     /// The fake score's (or, while recording, the degrading copy's)

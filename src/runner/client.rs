@@ -4,8 +4,7 @@
 use super::wire::{self, ClientMessage, Purpose, RunnerMessage, VERSION};
 use super::{LOG, socket_path};
 use crate::engine::checkpoint_iteration;
-use crate::engine::protocol::Event;
-use crate::engine::protocol::{Command, Link, Update};
+use crate::engine::protocol::{Command, Event, Link, Update};
 use crate::rundir::{RunDir, read_metrics};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};

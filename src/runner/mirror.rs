@@ -3,8 +3,7 @@
 //! sparklines and the event log are built from them), and the latest view,
 //! preview, pause and failure.
 
-use crate::engine::protocol::Event;
-use crate::engine::protocol::Update;
+use crate::engine::protocol::{Event, Update};
 use std::collections::VecDeque;
 
 #[derive(Default)]

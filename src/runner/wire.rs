@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
 /// Bumped whenever a message changes shape; checked at connect.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The longest line either side accepts: a preview of a few thousand
 /// points is ~100 kB; garbage without newlines stops here.

@@ -6,8 +6,7 @@ use super::pictures::Palette;
 use super::theme::Theme;
 use crate::config::SchedulePolicy;
 use crate::data::{Bounds, Point};
-use crate::engine::protocol::{Command, DataInfo, Preview, PreviewData, Update};
-use crate::engine::protocol::{Event, NodeStatus, SessionView};
+use crate::engine::protocol::{Command, DataInfo, Event, NodeStatus, Preview, PreviewData, SessionView, Update};
 use crate::rundir::{MetricsRecord, Stage};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::VecDeque;
@@ -274,13 +273,14 @@ impl App {
             Event::NodeRecorded {
                 index,
                 iteration,
-                file,
+                spread,
+                ..
             } => self.note(
                 LogKind::Good,
-                format!(
-                    "node s'θ{index} recorded at iteration {iteration}: {}",
-                    file.display()
-                ),
+                match spread {
+                    Some(s) => format!("node s'θ{index} recorded at iteration {iteration}: {}", s.describe()),
+                    None => format!("node s'θ{index} recorded at iteration {iteration}"),
+                },
             ),
             Event::TargetSwitched { from, to } => {
                 let text = match from {

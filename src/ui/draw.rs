@@ -6,8 +6,7 @@ use super::graphics::Graphics;
 use super::pictures::{CellPicture, compose_for};
 use super::plot::{FieldGlyphs, Scatter};
 use crate::data::PixelImages;
-use crate::engine::protocol::{NodeStatus, NodeView, SessionView};
-use crate::engine::protocol::{Preview, PreviewData, Shown};
+use crate::engine::protocol::{NodeStatus, NodeView, Preview, PreviewData, SessionView, Shown, short_number};
 use crate::rundir::Stage;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -158,19 +157,27 @@ fn draw_path(frame: &mut Frame, area: Rect, app: &App) {
         Some(Stage::Pretrain) | Some(Stage::Record) => "Degradation path",
         _ => "Backtracking path",
     };
+    let width = area.width.saturating_sub(2);
     let lines: Vec<Line> = app
         .view
         .as_ref()
-        .map(|v| v.nodes.iter().rev().map(|n| node_line(n, v, app)).collect())
+        .map(|v| v.nodes.iter().rev().map(|n| node_line(n, v, app, width)).collect())
         .unwrap_or_default();
     let hint = Span::styled(" ↑↓ ⏎ preview a node ", app.theme.dim());
-    frame.render_widget(
-        Paragraph::new(lines).block(block(title, app).title_bottom(Line::from(hint).right_aligned())),
-        area,
-    );
+    let mut frame_block = block(title, app).title_bottom(Line::from(hint).right_aligned());
+    // The distance columns, named above them: to the data, to G⁰.
+    let measured = app.view.as_ref().is_some_and(|v| v.nodes.iter().any(|n| n.spread.is_some()));
+    if measured {
+        frame_block = frame_block.title(Line::from(Span::styled("data   G⁰ ", app.theme.dim())).right_aligned());
+    }
+    frame.render_widget(Paragraph::new(lines).block(frame_block), area);
 }
 
-fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App) -> Line<'a> {
+/// A node's row: its glyph and name, its status, the generator steps on it
+/// and the plan, and its distances to the data and to G⁰. A panel too
+/// narrow for all of it leaves out the status word (the glyph and the
+/// row's style say it too).
+fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App, width: u16) -> Line<'a> {
     let t = &app.theme;
     let last = v.nodes.len().saturating_sub(1);
     let (glyph, status, style) = match n.status {
@@ -186,7 +193,19 @@ fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App) -> Line<'a> {
         Some(p) if v.stage >= Stage::Backtrack => format!("{:>5}/{p}", n.steps),
         _ => String::new(),
     };
-    let text = format!("{glyph} s'θ{:<2} {status:<9} {steps}", n.index);
+    let name = format!("{glyph} s'θ{:<2} ", n.index);
+    let text = match &n.spread {
+        None => format!("{name}{status:<9} {steps}"),
+        Some(s) => {
+            let distances = format!("{:>5} {:>5}", short_number(s.to_data), short_number(s.to_start));
+            let full = format!("{name}{status:<9} {steps:<10}{distances}");
+            if full.chars().count() <= width as usize {
+                full
+            } else {
+                format!("{name}{steps:<10}{distances}")
+            }
+        }
+    };
     // The cursor of ↑ ↓ is underlined (the row keeps its meaning's style).
     let style = match app.node_cursor {
         Some(i) if i == n.index => style.add_modifier(Modifier::UNDERLINED),

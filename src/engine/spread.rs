@@ -1,0 +1,45 @@
+//! Each node's place on the path, measured as it is recorded: how far its
+//! samples lie from the data and from G⁰'s (`path/nodes.json`, and the
+//! lab's path panel), so that a path degraded too far (the paper's Table
+//! 6 failure: nodes that no longer make sensible samples) shows before the
+//! generator is sent down it.
+
+use super::protocol::NodeSpread;
+use super::session::Session;
+use crate::data::Samples;
+use crate::diffusion::{heun_sample, model_denoise_fn};
+use crate::model::Denoiser;
+use crate::rng::{host_rng, normal_tensor, streams};
+use anyhow::Result;
+
+/// Heun steps of a node's samples: a measurement, made once per node, at
+/// the step count EDM samples CIFAR-10 with.
+const HEUN_STEPS: usize = 18;
+
+impl Session {
+    /// `model`'s distance to the data and to G⁰, each on `metrics.samples`
+    /// samples, by the measure comparisons are judged on. Drawn from a
+    /// stream of its own, so measuring changes no training draw. `None`
+    /// when `metrics.path_spread` is off.
+    pub(super) fn node_spread(&self, model: &Denoiser) -> Result<Option<NodeSpread>> {
+        if !self.config.metrics.path_spread {
+            return Ok(None);
+        }
+        let mut rng = host_rng(self.config.seed, streams::PATH_SPREAD);
+        let n = self.evaluator.samples();
+        let data = self.evaluator.data_samples(&mut rng);
+        let start = Samples::from_tensor(&self.student.average.generate(n, &mut rng)?)?;
+        let grid = self.noise.karras(self.config.diffusion.sampler_steps.min(HEUN_STEPS));
+        let mut shape = vec![n];
+        shape.extend(self.data.sample_shape());
+        let noise = (normal_tensor(&mut rng, shape, &model.device())? * grid[0])?;
+        let samples = Samples::from_tensor(&heun_sample(model_denoise_fn(model), noise, &grid)?)?;
+        let (to_data, measure) = self.evaluator.distance(&samples, &data)?;
+        let (to_start, _) = self.evaluator.distance(&samples, &start)?;
+        Ok(Some(NodeSpread {
+            to_data,
+            to_start,
+            measure: measure.into(),
+        }))
+    }
+}
