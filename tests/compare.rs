@@ -53,7 +53,11 @@ fn compare_prints_the_table_and_writes_json_and_figures() {
     // The headline comes first: the 80% level, in network passes with
     // stage 1 counted.
     assert!(
-        stdout.lines().nth(1).unwrap().starts_with("headline: the 80% level, network passes, stage 1 counted"),
+        stdout
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("headline: the 80% level, network passes, stage 1 counted"),
         "{stdout}"
     );
     for needle in [
@@ -79,7 +83,10 @@ fn compare_prints_the_table_and_writes_json_and_figures() {
 
     let text = std::fs::read_to_string(d.join("cmp/compare.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(text.find("\"headline\"").unwrap() < text.find("\"format\"").unwrap(), "the headline is written first");
+    assert!(
+        text.find("\"headline\"").unwrap() < text.find("\"format\"").unwrap(),
+        "the headline is written first"
+    );
     assert_eq!(json["seeds"], serde_json::json!([3, 4]));
     assert_eq!(json["runs"].as_array().unwrap().len(), 6);
     assert_eq!(json["arms"].as_array().unwrap().len(), 3);

@@ -6,7 +6,10 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use disback::config::{Method, SchedulePolicy};
 use disback::data::PixelImages;
 use disback::data::{Bounds, GaussianMixture, Point};
-use disback::engine::protocol::{NodeSpread, Command, DataInfo, Event, NodeStatus, NodeView, Preview, PreviewData, SessionView, Shown, Update};
+use disback::engine::protocol::{
+    Command, DataInfo, Event, NodeSpread, NodeStatus, NodeView, Preview, PreviewData, SessionView, Shown,
+    Update,
+};
 use disback::metrics::{ClassStats, Evaluation};
 use disback::rng::host_rng;
 use disback::rundir::{MetricsRecord, ScoreField, Stage};
@@ -179,7 +182,13 @@ fn backtracking_at_80x24_shows_path_target_sparklines_and_preview() {
 #[test]
 fn the_path_panel_shows_each_node_s_distance_to_the_data_and_to_g0() {
     let mut v = backtracking();
-    let spreads = [(0.03, 1.79), (0.26, 1.52), (0.76, 1.04), (1.26, 0.51), (1.58, 0.04)];
+    let spreads = [
+        (0.03, 1.79),
+        (0.26, 1.52),
+        (0.76, 1.04),
+        (1.26, 0.51),
+        (1.58, 0.04),
+    ];
     for (n, (to_data, to_start)) in v.nodes.iter_mut().zip(spreads) {
         n.spread = Some(NodeSpread {
             to_data,
@@ -190,8 +199,14 @@ fn the_path_panel_shows_each_node_s_distance_to_the_data_and_to_g0() {
     // Wide: status, steps and both distances, under their column names.
     let screen = text(&render(&app(v.clone()), 130, 30));
     assert!(screen.contains("data   G⁰"), "{screen}");
-    assert!(screen.contains("✓ s'θ3  passed      250/250    1.26  0.51"), "{screen}");
-    assert!(screen.contains("● s'θ0  teacher       0/1250   0.03  1.79"), "{screen}");
+    assert!(
+        screen.contains("✓ s'θ3  passed      250/250    1.26  0.51"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("● s'θ0  teacher       0/1250   0.03  1.79"),
+        "{screen}"
+    );
     // At 80 columns the status word gives way; the numbers stay.
     let screen = text(&render(&app(v), 80, 24));
     assert!(screen.contains("✓ s'θ3    250/250    1.26  0.51"), "{screen}");

@@ -1,18 +1,13 @@
 //! `disback compare`: DisBack against Diff-Instruct over several seeds.
 
 use super::ConfigArgs;
-use crate::compare::{
-    CompareJob, RESULT, RunOutcome, compare_runs, plan, plot_comparison, run_jobs,
-};
+use crate::compare::{RESULT, plan, plot_comparison, run_comparison};
 use crate::config::Config;
-use crate::files::{atomic_write, write_json};
 use crate::rundir::RunDir;
 use crate::runtime::configure_threads;
 use anyhow::Result;
 use clap::Args;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -62,34 +57,14 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         out.display(),
         spread(&config, workers.min(jobs.len()))?
     );
-    let timelines = Mutex::new(HashMap::new());
-    run_jobs(jobs, workers, |job: &CompareJob, session| {
-        let (value, measure) = session
-            .latest_eval()
-            .map_or((f64::NAN, "quality"), |e| e.quality());
-        eprintln!(
-            "  {} seed {}: done at {:.0} s, final {measure} {value:.4}",
-            job.arm,
-            job.seed,
-            started.elapsed().as_secs_f64()
-        );
-        let mut timelines = timelines.lock().unwrap_or_else(|e| e.into_inner());
-        timelines.insert(job.run_dir.clone(), session.timeline().to_vec());
-    })?;
-    let timelines = timelines.into_inner().unwrap_or_else(|e| e.into_inner());
-    let runs = jobs
-        .iter()
-        .map(|j| RunOutcome::read(j.arm, j.seed, &j.run_dir, timelines.get(&j.run_dir).map(Vec::as_slice)))
-        .collect::<Result<Vec<_>>>()?;
-    let updates = config.schedule.steps.iter().sum();
-    let comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;
-    let table = comparison.table();
-    println!("{table}");
-    atomic_write(&out.join("compare.txt"), table.as_bytes())?;
-    write_json(&out.join(RESULT), &comparison)?;
-    for file in plot_comparison(&out.join("plots"), &comparison)? {
-        eprintln!("wrote {}", file.display());
-    }
+    let comparison = run_comparison(&config, &plan, workers, &|line| eprintln!("{line}"))?;
+    println!("{}", comparison.table());
+    eprintln!(
+        "wrote {}, {} and {}",
+        out.join("compare.txt").display(),
+        out.join(RESULT).display(),
+        out.join("plots").display()
+    );
     eprintln!(
         "finished in {:.0} s: {}",
         started.elapsed().as_secs_f64(),

@@ -1,10 +1,12 @@
 //! The command line: `disback` / `disback tui` (the terminal lab), `run`,
-//! `attach`, `ls`, `stop`, `compare`, `plot`, `sample`, `bench`.
+//! `attach`, `ls`, `stop`, `compare`, `sweep`, `plot`, `sample`, `show`,
+//! `bench`.
 
 mod bench;
 mod compare;
 mod run;
 mod show;
+mod sweep;
 
 use crate::config::Config;
 use crate::data::Samples;
@@ -63,6 +65,10 @@ pub enum Command {
     /// Run DisBack and Diff-Instruct on the same problem over several seeds
     /// and print a comparison table (also written as JSON, with plots).
     Compare(compare::CompareArgs),
+    /// Run a comparison at every point of a grid of settings (`--grid
+    /// KEY=V1,V2,…`, repeatable), and tabulate where DisBack pays; run again
+    /// on the same `--out` to continue.
+    Sweep(sweep::SweepArgs),
     /// Redraw the figures of a run or comparison directory.
     Plot {
         /// A run directory (or a comparison's).
@@ -230,6 +236,7 @@ pub fn main() -> Result<Ended> {
         Some(Command::Ls { dir }) => finished(ls(&dir)),
         Some(Command::Stop { dir }) => finished(crate::runner::stop(&dir)),
         Some(Command::Compare(args)) => finished(compare::compare(args)),
+        Some(Command::Sweep(args)) => finished(sweep::sweep(args)),
         Some(Command::Plot { dir }) => finished(plot(&dir)),
         Some(Command::Sample(args)) => finished(sample(args)),
         Some(Command::Show { path, width }) => finished(show::show(&path, width)),

@@ -267,7 +267,10 @@ fn print_event(event: &Event) {
             file,
             spread,
         } => {
-            let spread = spread.as_ref().map(|s| format!("; {}", s.describe())).unwrap_or_default();
+            let spread = spread
+                .as_ref()
+                .map(|s| format!("; {}", s.describe()))
+                .unwrap_or_default();
             eprintln!(
                 "node {index} recorded at iteration {iteration}: {}{spread}",
                 file.display()

@@ -3,12 +3,13 @@
 //! coloured blocks elsewhere). viuer writes straight to standard output,
 //! which is why it is never used inside the lab's screen.
 
-use crate::compare::RESULT;
+use crate::compare::{RESULT, SWEEP_RESULT};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
 /// Shows `path`: a PNG (or JPEG), a run directory's latest sample grid and
-/// its plots, or a comparison directory's plots, each under its name.
+/// its plots, a comparison directory's plots, or a sweep's figure, each
+/// under its name.
 /// `width` is in terminal columns (default: viuer's fit to the terminal).
 pub fn show(path: &Path, width: Option<u32>) -> Result<()> {
     let pictures = pictures(path)?;
@@ -33,6 +34,13 @@ pub fn pictures(path: &Path) -> Result<Vec<PathBuf>> {
     }
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
+    }
+    // A sweep: its figure.
+    if path.join(SWEEP_RESULT).is_file() {
+        return Ok(pngs(path)?
+            .into_iter()
+            .filter(|p| p.ends_with("sweep.png"))
+            .collect());
     }
     let mut pictures = Vec::new();
     // A run's newest sample grid first: the generator as it is now.

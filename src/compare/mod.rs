@@ -12,19 +12,24 @@
 mod figure;
 mod pool;
 mod stats;
+mod sweep;
 mod table;
 
 pub use figure::plot_comparison;
 pub use pool::run_jobs;
 pub use stats::{ArmSummary, Comparison, Level, RunOutcome, Speedup, Spread, Unit, compare_runs};
+pub use sweep::{Grid, SWEEP_RESULT, Sweep, SweepRow, SweepRun, run_sweep};
 
 use crate::config::{Config, FakeInit, Method};
 use crate::engine::Session;
+use crate::files::{atomic_write, write_json};
 use crate::rundir::{RunDir, Stage};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// A comparison's result file in its folder.
 pub const RESULT: &str = "compare.json";
@@ -177,4 +182,49 @@ pub struct Plan {
     pub jobs: Vec<CompareJob>,
     /// The folder, locked for as long as the comparison runs.
     _folder: RunDir,
+}
+
+/// Runs a planned comparison on `workers` threads and writes its results
+/// into its folder (`compare.txt`, `compare.json`, `plots/`); `say` hears of
+/// each finished run. Returns the comparison.
+pub fn run_comparison(
+    config: &Config,
+    plan: &Plan,
+    workers: usize,
+    say: &(dyn Fn(String) + Sync),
+) -> Result<Comparison> {
+    let started = std::time::Instant::now();
+    let timelines = Mutex::new(HashMap::new());
+    run_jobs(&plan.jobs, workers, |job: &CompareJob, session| {
+        let (value, measure) = session
+            .latest_eval()
+            .map_or((f64::NAN, "quality"), |e| e.quality());
+        say(format!(
+            "  {} seed {}: done at {:.0} s, final {measure} {value:.4}",
+            job.arm,
+            job.seed,
+            started.elapsed().as_secs_f64()
+        ));
+        let mut timelines = timelines.lock().unwrap_or_else(|e| e.into_inner());
+        timelines.insert(job.run_dir.clone(), session.timeline().to_vec());
+    })?;
+    let timelines = timelines.into_inner().unwrap_or_else(|e| e.into_inner());
+    let runs = plan
+        .jobs
+        .iter()
+        .map(|j| {
+            RunOutcome::read(
+                j.arm,
+                j.seed,
+                &j.run_dir,
+                timelines.get(&j.run_dir).map(Vec::as_slice),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let updates = config.schedule.steps.iter().sum();
+    let comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;
+    atomic_write(&plan.out.join("compare.txt"), comparison.table().as_bytes())?;
+    write_json(&plan.out.join(RESULT), &comparison)?;
+    plot_comparison(&plan.out.join("plots"), &comparison)?;
+    Ok(comparison)
 }

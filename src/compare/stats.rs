@@ -463,9 +463,12 @@ fn headline(speedups: &[Speedup], levels: &[Level], arms: &[ArmSummary], seeds: 
 }
 
 fn summarise(arm: Arm, runs: &[RunOutcome], levels: usize) -> Result<ArmSummary> {
-    let spread = |f: &dyn Fn(&Evaluation) -> f64| Spread::of(&runs.iter().map(|r| f(&r.final_eval)).collect::<Vec<_>>());
-    let optional =
-        |f: &dyn Fn(&Evaluation) -> Option<f64>| Spread::of(&runs.iter().filter_map(|r| f(&r.final_eval)).collect::<Vec<_>>());
+    let spread = |f: &dyn Fn(&Evaluation) -> f64| {
+        Spread::of(&runs.iter().map(|r| f(&r.final_eval)).collect::<Vec<_>>())
+    };
+    let optional = |f: &dyn Fn(&Evaluation) -> Option<f64>| {
+        Spread::of(&runs.iter().filter_map(|r| f(&r.final_eval)).collect::<Vec<_>>())
+    };
     let modes = |f: &dyn Fn(&ModeStats) -> f64| {
         let v: Vec<f64> = runs
             .iter()
@@ -595,9 +598,15 @@ mod tests {
         // The headline: 80%, passes, stage 1 counted.
         let s = c.headline.against[0].1.unwrap();
         assert!((s.median - b80 / expected).abs() < 1e-9, "{s:?}");
-        assert!(c.headline.verdict.contains("as fast as Diff-Instruct"), "{}", c.headline.verdict);
+        assert!(
+            c.headline.verdict.contains("as fast as Diff-Instruct"),
+            "{}",
+            c.headline.verdict
+        );
         // Without stage 1, DisBack's cost loses its 200 passes.
-        let without = c.speedup(Arm::DiffInstruct, 1, Unit::PassesWithoutStage1).unwrap();
+        let without = c
+            .speedup(Arm::DiffInstruct, 1, Unit::PassesWithoutStage1)
+            .unwrap();
         assert!((without.spread.unwrap().median - b80 / (expected - 200.0)).abs() < 1e-9);
         // The last level is the baseline's own final quality.
         assert_eq!(c.levels[3].name, "Diff-Instruct's final");
@@ -617,8 +626,18 @@ mod tests {
         let c = compare_runs("toy", runs, 500, 200).unwrap();
         let s = c.headline.against[0].1.unwrap();
         assert!(s.median < 1.0, "{s:?}");
-        assert!(c.headline.verdict.contains("NOT faster"), "{}", c.headline.verdict);
-        assert_eq!(c.speedup(Arm::DiffInstruct, 1, Unit::Passes).unwrap().per_seed.len(), 2);
+        assert!(
+            c.headline.verdict.contains("NOT faster"),
+            "{}",
+            c.headline.verdict
+        );
+        assert_eq!(
+            c.speedup(Arm::DiffInstruct, 1, Unit::Passes)
+                .unwrap()
+                .per_seed
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -626,11 +645,18 @@ mod tests {
         // The baseline never gets below 0.5: no run of it reaches 80%.
         let good = [1.0, 0.4, 0.1, 0.1, 0.1];
         let stuck = [1.0, 0.6, 0.55, 0.5, 0.5];
-        let runs = vec![run(Arm::Disback, 0, 0.0, &good), run(Arm::DiffInstruct, 0, 0.0, &stuck)];
+        let runs = vec![
+            run(Arm::Disback, 0, 0.0, &good),
+            run(Arm::DiffInstruct, 0, 0.0, &stuck),
+        ];
         let c = compare_runs("toy", runs, 400, 0).unwrap();
         assert_eq!(c.arm(Arm::DiffInstruct).unwrap().to_level[1].reached, 0);
         assert!(c.headline.against[0].1.is_none());
-        assert!(c.headline.verdict.contains("no speed-up can be measured"), "{}", c.headline.verdict);
+        assert!(
+            c.headline.verdict.contains("no speed-up can be measured"),
+            "{}",
+            c.headline.verdict
+        );
     }
 
     #[test]

@@ -63,8 +63,12 @@ impl Comparison {
                 a.to_level[i].seconds.map(|s| s.show(1))
             });
         }
-        self.row(&mut t, "stage 1 (passes)", &|a| Some(format!("{:.0}", a.stage1_passes)));
-        self.row(&mut t, "budget (passes)", &|a| Some(format!("{:.0}", a.budget_passes)));
+        self.row(&mut t, "stage 1 (passes)", &|a| {
+            Some(format!("{:.0}", a.stage1_passes))
+        });
+        self.row(&mut t, "budget (passes)", &|a| {
+            Some(format!("{:.0}", a.budget_passes))
+        });
         self.speedup_rows(&mut t);
         t
     }
@@ -72,15 +76,23 @@ impl Comparison {
     fn final_rows(&self, t: &mut String) {
         self.row(t, "energy distance", &|m| Some(m.energy.show(4)));
         self.row(t, "sliced Wasserstein", &|m| Some(m.sliced_w.show(4)));
-        self.row(t, "classifier Fréchet dist.", &|m| m.classifier_fd.map(|s| s.show(3)));
-        self.row(t, "smallest class share", &|m| m.min_class_share.map(|s| s.show(2)));
+        self.row(t, "classifier Fréchet dist.", &|m| {
+            m.classifier_fd.map(|s| s.show(3))
+        });
+        self.row(t, "smallest class share", &|m| {
+            m.min_class_share.map(|s| s.show(2))
+        });
         self.row(t, "pixel Fréchet distance", &|m| m.pixel_fd.map(|s| s.show(3)));
         self.row(t, "mode coverage", &|m| m.coverage.map(|s| s.show(2)));
         self.row(t, "smallest mode share", &|m| m.min_share.map(|s| s.show(2)));
-        self.row(t, "largest weight error", &|m| m.max_weight_error.map(|s| s.show(2)));
+        self.row(t, "largest weight error", &|m| {
+            m.max_weight_error.map(|s| s.show(2))
+        });
         self.row(t, "NLL under the data", &|m| m.nll.map(|s| s.show(2)));
         self.row(t, "precision (≤ 3 std)", &|m| m.precision.map(|s| s.show(3)));
-        self.row(t, "teacher mismatch (mean σ)", &|m| Some(m.mismatch_teacher.show(3)));
+        self.row(t, "teacher mismatch (mean σ)", &|m| {
+            Some(m.mismatch_teacher.show(3))
+        });
     }
 
     /// DisBack's speed-up against each baseline: per level and unit, then
@@ -129,11 +141,7 @@ impl Comparison {
                     None => format!("{seed}: —"),
                 })
                 .collect();
-            let _ = writeln!(
-                t,
-                "headline per seed against {b}: {}",
-                per_seed.join(", ")
-            );
+            let _ = writeln!(t, "headline per seed against {b}: {}", per_seed.join(", "));
         }
     }
 

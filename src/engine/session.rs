@@ -6,9 +6,9 @@
 //! runner, the terminal lab's training thread) only call it; it knows
 //! nothing of terminals, and every driver leaves the same files.
 
+use super::cost::PassCost;
 use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
-use super::cost::PassCost;
 use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
 use crate::config::{Config, GeneratorSpec, Method, SchedulePolicy};

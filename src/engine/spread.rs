@@ -29,7 +29,9 @@ impl Session {
         let n = self.evaluator.samples();
         let data = self.evaluator.data_samples(&mut rng);
         let start = Samples::from_tensor(&self.student.average.generate(n, &mut rng)?)?;
-        let grid = self.noise.karras(self.config.diffusion.sampler_steps.min(HEUN_STEPS));
+        let grid = self
+            .noise
+            .karras(self.config.diffusion.sampler_steps.min(HEUN_STEPS));
         let mut shape = vec![n];
         shape.extend(self.data.sample_shape());
         let noise = (normal_tensor(&mut rng, shape, &model.device())? * grid[0])?;

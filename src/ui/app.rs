@@ -6,7 +6,9 @@ use super::pictures::Palette;
 use super::theme::Theme;
 use crate::config::SchedulePolicy;
 use crate::data::{Bounds, Point};
-use crate::engine::protocol::{Command, DataInfo, Event, NodeStatus, Preview, PreviewData, SessionView, Update};
+use crate::engine::protocol::{
+    Command, DataInfo, Event, NodeStatus, Preview, PreviewData, SessionView, Update,
+};
 use crate::rundir::{MetricsRecord, Stage};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::VecDeque;
@@ -278,7 +280,10 @@ impl App {
             } => self.note(
                 LogKind::Good,
                 match spread {
-                    Some(s) => format!("node s'θ{index} recorded at iteration {iteration}: {}", s.describe()),
+                    Some(s) => format!(
+                        "node s'θ{index} recorded at iteration {iteration}: {}",
+                        s.describe()
+                    ),
                     None => format!("node s'θ{index} recorded at iteration {iteration}"),
                 },
             ),

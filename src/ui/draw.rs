@@ -161,14 +161,24 @@ fn draw_path(frame: &mut Frame, area: Rect, app: &App) {
     let lines: Vec<Line> = app
         .view
         .as_ref()
-        .map(|v| v.nodes.iter().rev().map(|n| node_line(n, v, app, width)).collect())
+        .map(|v| {
+            v.nodes
+                .iter()
+                .rev()
+                .map(|n| node_line(n, v, app, width))
+                .collect()
+        })
         .unwrap_or_default();
     let hint = Span::styled(" ↑↓ ⏎ preview a node ", app.theme.dim());
     let mut frame_block = block(title, app).title_bottom(Line::from(hint).right_aligned());
     // The distance columns, named above them: to the data, to G⁰.
-    let measured = app.view.as_ref().is_some_and(|v| v.nodes.iter().any(|n| n.spread.is_some()));
+    let measured = app
+        .view
+        .as_ref()
+        .is_some_and(|v| v.nodes.iter().any(|n| n.spread.is_some()));
     if measured {
-        frame_block = frame_block.title(Line::from(Span::styled("data   G⁰ ", app.theme.dim())).right_aligned());
+        frame_block =
+            frame_block.title(Line::from(Span::styled("data   G⁰ ", app.theme.dim())).right_aligned());
     }
     frame.render_widget(Paragraph::new(lines).block(frame_block), area);
 }
