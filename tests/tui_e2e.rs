@@ -19,6 +19,37 @@ struct Lab {
     bytes: Receiver<Vec<u8>>,
     /// The folder the command runs in (handed on to a later lab).
     dir: Option<tempfile::TempDir>,
+    /// How the emulated terminal answers a query (it ends with a status
+    /// request, `ESC [ 5 n`).
+    answers: Answers,
+    /// The graphics the lab has sent so far (kitty's or sixel's escapes),
+    /// and the end of the last chunk, for an escape split between two.
+    pictures: Option<Answers>,
+    tail: Vec<u8>,
+}
+
+/// Terminals the tests emulate, by what they answer the lab's query with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answers {
+    /// The status request only, as every plain terminal does.
+    Status,
+    /// Nothing at all (tmux without passthrough, for a wrapped query).
+    Nothing,
+    /// Kitty graphics, device attributes, 10×20-pixel cells, status.
+    Kitty,
+    /// Device attributes with sixel (4), 10×20-pixel cells, status.
+    Sixel,
+}
+
+impl Answers {
+    fn reply(self) -> &'static str {
+        match self {
+            Answers::Status => "\x1b[0n",
+            Answers::Nothing => "",
+            Answers::Kitty => "\x1b_Gi=31;OK\x1b\\\x1b[?62;22c\x1b[6;20;10t\x1b[0n",
+            Answers::Sixel => "\x1b[?62;4;22c\x1b[6;20;10t\x1b[0n",
+        }
+    }
 }
 
 impl Drop for Lab {
@@ -51,11 +82,20 @@ impl Lab {
     /// The same on the tiny digits config.
     fn start_digits() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = common::tiny_digits_config(&dir.path().join("teachers"));
+        let teachers = dir.path().join("teachers");
+        Self::start_digits_with(&teachers, dir, Answers::Status)
+    }
+
+    /// The tiny digits config in `dir`, its teacher cached in `teachers`,
+    /// in a terminal that answers queries as `answers` says.
+    fn start_digits_with(teachers: &std::path::Path, dir: tempfile::TempDir, answers: Answers) -> Self {
+        let mut config = common::tiny_digits_config(teachers);
         config.schedule.steps = vec![1_000_000; config.schedule.steps.len()];
         let config_file = dir.path().join("digits.toml");
         std::fs::write(&config_file, config.to_toml().unwrap()).unwrap();
-        Self::spawn(&["tui", "--config", "digits.toml", "--out", "run"], dir)
+        let mut lab = Self::spawn(&["tui", "--config", "digits.toml", "--out", "run"], dir);
+        lab.answers = answers;
+        lab
     }
 
     /// Runs `disback ARGS` in a new pseudo-terminal, in `dir`.
@@ -92,6 +132,9 @@ impl Lab {
             parser: vt100::Parser::new(NonZeroU16::new(24).unwrap(), NonZeroU16::new(80).unwrap(), 0),
             bytes,
             dir: Some(dir),
+            answers: Answers::Status,
+            pictures: None,
+            tail: Vec::new(),
         }
     }
 
@@ -141,12 +184,25 @@ impl Lab {
 
     fn pump(&mut self) {
         while let Ok(chunk) = self.bytes.recv_timeout(Duration::from_millis(20)) {
-            // Answer a status report request as every terminal does: the
-            // lab on image data asks for graphics support, and a query
-            // left unanswered would keep reading the keys.
+            // The lab on image data asks the terminal for graphics support
+            // (the query ends with a status request): answer as this
+            // terminal would.
             if chunk.windows(4).any(|w| w == b"\x1b[5n") {
-                self.press("\x1b[0n");
+                let reply = self.answers.reply();
+                self.press(reply);
             }
+            // Pictures: kitty's image escape (ESC _ G …), or sixel's
+            // (ESC P … q).
+            let mut seen = std::mem::take(&mut self.tail);
+            seen.extend_from_slice(&chunk);
+            if seen.windows(3).any(|w| w == b"\x1b_G") {
+                self.pictures = Some(Answers::Kitty);
+            }
+            let sixel = |i: usize| seen[i + 2..(i + 12).min(seen.len())].contains(&b'q');
+            if (0..seen.len().saturating_sub(2)).any(|i| &seen[i..i + 2] == b"\x1bP" && sixel(i)) {
+                self.pictures = Some(Answers::Sixel);
+            }
+            self.tail = seen[seen.len().saturating_sub(16)..].to_vec();
             self.parser.process(&chunk);
         }
     }
@@ -272,6 +328,48 @@ fn an_image_run_shows_sample_grids_views_and_nodes() {
     lab.press(" ");
     lab.wait_for("[PAUSED]");
     lab.save_then_stop();
+}
+
+/// The very first key acts on an image run, whatever the terminal does
+/// with the graphics query: one that never answers it (tmux without
+/// passthrough, where the old query's reader took the first key), one that
+/// answers kitty's, one that answers sixel's. All three share one teacher.
+#[test]
+fn the_first_key_acts_on_an_image_run_whatever_the_terminal_answers() {
+    let teachers = tempfile::tempdir().unwrap();
+    for answers in [Answers::Nothing, Answers::Kitty, Answers::Sixel] {
+        let mut lab =
+            Lab::start_digits_with(&teachers.path().join("t"), tempfile::tempdir().unwrap(), answers);
+        lab.wait_for("TARGET");
+        lab.wait_for("Preview 1/3");
+        // The grid as this terminal gets it: half-blocks without an answer,
+        // else pictures in the protocol it answered for.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while match answers {
+            Answers::Nothing => half_blocks(&lab) < 40,
+            _ => lab.pictures != Some(answers),
+        } {
+            assert!(Instant::now() < deadline, "{answers:?}: no grid:\n{}", lab.text());
+            lab.pump();
+        }
+        // The first key of this lab: `q` opens the question (a lost `q`
+        // would make the `s` that follows save a generator instead of
+        // stopping the run); elsewhere `v` moves the preview on.
+        if answers == Answers::Nothing {
+            lab.press("q");
+            lab.wait_for("Leave the lab?");
+            lab.press("s");
+            lab.wait_exit(0);
+            lab.wait_runner_gone();
+            assert!(lab.saved_generators().len() == 1, "{:?}", lab.saved_generators());
+        } else {
+            lab.press("v");
+            lab.wait_for("Preview 2/3");
+            lab.press(" ");
+            lab.wait_for("[PAUSED]");
+            lab.save_then_stop();
+        }
+    }
 }
 
 /// Cells of the screen drawn as half-blocks with two colours.

@@ -196,21 +196,27 @@ fn the_path_panel_shows_each_node_s_distance_to_the_data_and_to_g0() {
             measure: "energy distance".into(),
         });
     }
-    // Wide: status, steps and both distances, under their column names.
+    // Wide: status, steps and both distances, under their column names at
+    // the panel's right edge.
     let screen = text(&render(&app(v.clone()), 130, 30));
-    assert!(screen.contains("data   G⁰"), "{screen}");
-    assert!(
-        screen.contains("✓ s'θ3  passed      250/250    1.26  0.51"),
-        "{screen}"
-    );
-    assert!(
-        screen.contains("● s'θ0  teacher       0/1250   0.03  1.79"),
-        "{screen}"
-    );
-    // At 80 columns the status word gives way; the numbers stay.
+    for row in [
+        "  data    G⁰┐",
+        "│✓ s'θ3  passed      250/250      1.26  0.51│",
+        "│▶ s'θ2  TARGET      120/250      0.76  1.04│",
+        "│● s'θ0  teacher       0/1250     0.03  1.79│",
+    ] {
+        assert!(screen.contains(row), "missing {row:?}:\n{screen}");
+    }
+    // At 80 columns the plan gives way; the status and the numbers stay.
     let screen = text(&render(&app(v), 80, 24));
-    assert!(screen.contains("✓ s'θ3    250/250    1.26  0.51"), "{screen}");
-    assert!(screen.contains("▶ s'θ2    120/250    0.76  1.04"), "{screen}");
+    for row in [
+        "  data    G⁰┐",
+        "│✓ s'θ3  passed     250    1.26  0.51│",
+        "│▶ s'θ2  TARGET     120    0.76  1.04│",
+        "│● s'θ0  teacher      0    0.03  1.79│",
+    ] {
+        assert!(screen.contains(row), "missing {row:?}:\n{screen}");
+    }
 }
 
 #[test]

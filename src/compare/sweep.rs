@@ -12,7 +12,7 @@
 //! folder, a sweep takes the finished points as they are and redoes the
 //! rest.
 
-use super::stats::{Comparison, Spread, Unit};
+use super::stats::{Comparison, Spread, Unit, compare_runs};
 use super::{Arm, RESULT, plan, read_comparison, run_comparison};
 use crate::config::Config;
 use crate::files::{atomic_write, read_json, write_json};
@@ -238,9 +238,16 @@ pub fn run_sweep(run: &SweepRun<'_>, say: &(dyn Fn(String) + Sync)) -> Result<Sw
         let folder = out.join(&dir);
         let what = format!("point {}/{} ({})", n + 1, points.len(), describe(point));
         let comparison = match read_comparison(&folder.join(RESULT)) {
+            // Its runs are kept; their measurements are read again by
+            // this version's rule.
             Ok(done) => {
                 say(format!("{what}: done before, kept"));
-                done
+                compare_runs(
+                    &done.config,
+                    done.runs,
+                    done.generator_updates,
+                    done.stage1_iterations,
+                )?
             }
             Err(_) => {
                 say(format!("{what}: {} runs…", 3 * run.seeds));

@@ -51,7 +51,7 @@ impl Figure for Heatmap {
     }
 
     fn size(&self) -> (u32, u32) {
-        (560 * self.panels.len().max(1) as u32, 520)
+        ((560 * self.panels.len() as u32).max(900), 520)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>

@@ -43,8 +43,13 @@ pub fn draw_with(frame: &mut Frame, app: &App, graphics: Option<&mut Graphics>) 
     ])
     .areas(frame.area());
     draw_header(frame, header, app);
+    // A measured path needs room for its two distance columns.
+    let measured = app
+        .view
+        .as_ref()
+        .is_some_and(|v| v.nodes.iter().any(|n| n.spread.is_some()));
     let left_width = (frame.area().width * 35 / 100)
-        .max(30)
+        .max(if measured { 38 } else { 30 })
         .min(frame.area().width / 2);
     let [left, preview] =
         Layout::horizontal([Constraint::Length(left_width), Constraint::Min(20)]).areas(middle);
@@ -178,15 +183,14 @@ fn draw_path(frame: &mut Frame, area: Rect, app: &App) {
         .is_some_and(|v| v.nodes.iter().any(|n| n.spread.is_some()));
     if measured {
         frame_block =
-            frame_block.title(Line::from(Span::styled("data   G⁰ ", app.theme.dim())).right_aligned());
+            frame_block.title(Line::from(Span::styled("  data    G⁰", app.theme.dim())).right_aligned());
     }
     frame.render_widget(Paragraph::new(lines).block(frame_block), area);
 }
 
 /// A node's row: its glyph and name, its status, the generator steps on it
 /// and the plan, and its distances to the data and to G⁰. A panel too
-/// narrow for all of it leaves out the status word (the glyph and the
-/// row's style say it too).
+/// narrow for all of it leaves out the plan.
 fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App, width: u16) -> Line<'a> {
     let t = &app.theme;
     let last = v.nodes.len().saturating_sub(1);
@@ -207,13 +211,21 @@ fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App, width: u16) -> Line<'
     let text = match &n.spread {
         None => format!("{name}{status:<9} {steps}"),
         Some(s) => {
-            let distances = format!("{:>5} {:>5}", short_number(s.to_data), short_number(s.to_start));
-            let full = format!("{name}{status:<9} {steps:<10}{distances}");
-            if full.chars().count() <= width as usize {
-                full
-            } else {
-                format!("{name}{steps:<10}{distances}")
-            }
+            // The distances end at the panel's right edge, under their
+            // names in its title.
+            let distances = format!(" {:>5} {:>5}", short_number(s.to_data), short_number(s.to_start));
+            let room = (width as usize).saturating_sub(distances.chars().count());
+            let full = format!("{name}{status:<9} {steps}");
+            // Too narrow for the plan: the steps spent alone.
+            let spent = match n.planned {
+                Some(_) if v.stage >= Stage::Backtrack => format!("{:>5}", n.steps),
+                _ => String::new(),
+            };
+            let left = match full.chars().count() < room {
+                true => full,
+                false => format!("{name}{status:<9}{spent}"),
+            };
+            format!("{left:<room$}{distances}")
         }
     };
     // The cursor of ↑ ↓ is underlined (the row keeps its meaning's style).

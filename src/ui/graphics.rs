@@ -1,7 +1,7 @@
 //! Real pixels in terminals that speak a graphics protocol (kitty, iTerm2,
 //! sixel), through ratatui-image. The lab asks the terminal once, at
-//! start, which protocol it has and how large its cells are; without one,
-//! previews stay half-blocks (`pictures.rs`).
+//! start, which protocol it has and how large its cells are (`probe.rs`);
+//! without one, previews stay half-blocks (`pictures.rs`).
 //!
 //! Encoding a picture for a protocol (PNG or sixel bands of a panel's worth
 //! of pixels) takes milliseconds to tens of them, so it runs on a worker
@@ -13,7 +13,7 @@ use super::pictures::{FRAME, compose};
 use crate::data::PixelImages;
 use ratatui::Frame;
 use ratatui::layout::{Rect, Size};
-use ratatui_image::picker::{Picker, ProtocolType};
+use ratatui_image::picker::Picker;
 use ratatui_image::protocol::Protocol;
 use ratatui_image::{Image, Resize};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -40,14 +40,10 @@ pub struct Graphics {
 }
 
 impl Graphics {
-    /// Asks the terminal (in raw mode, before anything else reads its
-    /// input) for a graphics protocol. None when it has none: half-blocks
-    /// then. The receiver delivers finished encodings to the event loop.
-    pub fn detect() -> Option<(Self, UnboundedReceiver<Encoded>)> {
-        let picker = Picker::from_query_stdio().ok()?;
-        if picker.protocol_type() == ProtocolType::Halfblocks {
-            return None;
-        }
+    /// Real pixels through `picker` (a protocol the terminal has, found by
+    /// [`super::probe`]); the receiver delivers finished encodings to the
+    /// event loop.
+    pub fn start(picker: Picker) -> Option<(Self, UnboundedReceiver<Encoded>)> {
         let (jobs, job_rx) = channel();
         let (done, encoded) = unbounded_channel();
         let worker = picker.clone();

@@ -13,6 +13,7 @@ mod draw;
 mod graphics;
 mod pictures;
 mod plot;
+mod probe;
 mod theme;
 
 pub use app::{App, Exit, LogKind, LogLine, Mode, Series};
@@ -58,10 +59,19 @@ pub fn run(mut link: Link, images: bool) -> Result<LabEnd> {
         .build()?;
     let mut terminal = ratatui::try_init().map_err(|e| anyhow::anyhow!("cannot open the terminal: {e}"))?;
     let theme = Theme::from_env();
-    // Only with colour: the ramp is for terminals that want none. The query
-    // must come before anything else reads the terminal's input.
-    let graphics = (images && theme.color).then(Graphics::detect).flatten();
-    let outcome = runtime.block_on(event_loop(&mut terminal, &mut link, theme, graphics));
+    // Only with colour: the ramp is for terminals that want none. The
+    // question comes before anything else reads the terminal's input, and
+    // the keys pressed while it waited for the answer are kept.
+    let probe = (images && theme.color).then(probe::probe);
+    let silent = probe.as_ref().is_some_and(|p| !p.answered);
+    let (picker, early_keys) = probe.map_or((None, Vec::new()), |p| (p.picker, p.keys));
+    let graphics = picker.and_then(Graphics::start);
+    let start = Start {
+        graphics,
+        early_keys,
+        silent,
+    };
+    let outcome = runtime.block_on(event_loop(&mut terminal, &mut link, theme, start));
     link.close();
     ratatui::restore();
     outcome
@@ -103,17 +113,33 @@ async fn event_loop(
     terminal: &mut ratatui::DefaultTerminal,
     link: &mut Link,
     theme: Theme,
-    graphics: Option<(Graphics, UnboundedReceiver<Encoded>)>,
+    start: Start,
 ) -> Result<LabEnd> {
     let mut app = App::new(theme);
     app.palette = Palette::from_env(theme.color);
-    let (mut graphics, mut encoded) = match graphics {
+    let (mut graphics, mut encoded) = match start.graphics {
         Some((g, rx)) => {
             app.note(LogKind::Info, g.describe());
             (Some(g), Some(rx))
         }
         None => (None, None),
     };
+    if start.silent {
+        app.note(
+            LogKind::Info,
+            format!(
+                "the terminal did not answer the graphics query within {} s: image previews are \
+                 half-blocks (inside tmux, `set -g allow-passthrough on` lets pictures through)",
+                probe::WAIT.as_secs_f64()
+            ),
+        );
+    }
+    // Keys pressed while the terminal was asked act first, in order.
+    for key in start.early_keys {
+        for command in app.on_key(key) {
+            let _ = link.commands.send(command);
+        }
+    }
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -171,6 +197,15 @@ async fn event_loop(
             None => {}
         }
     }
+}
+
+/// What the lab starts with, from asking the terminal.
+struct Start {
+    graphics: Option<(Graphics, UnboundedReceiver<Encoded>)>,
+    /// Keys pressed while the lab waited for the terminal's answer.
+    early_keys: Vec<crossterm::event::KeyEvent>,
+    /// The terminal never answered the query.
+    silent: bool,
 }
 
 /// The next finished picture encoding; never, without graphics.
