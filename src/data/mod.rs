@@ -7,8 +7,8 @@ mod gmm;
 mod images;
 mod pixels;
 
-pub use gmm::{Component, GaussianMixture, log_sum_exp};
-pub use images::{ImageBatch, ImageSet, Images, SHAPE_CLASSES, Shapes};
+pub use gmm::{GaussianMixture, log_sum_exp};
+pub use images::{ImageSet, Images};
 pub use pixels::{PixelImages, to_byte};
 
 use crate::config::{Config, DataConfig, EDM_SIGMA_DATA};

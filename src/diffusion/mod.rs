@@ -5,7 +5,7 @@ mod sampler;
 mod sigmas;
 
 pub use sampler::{heun_sample, model_denoise_fn};
-pub use sigmas::{KarrasGrid, NoiseSchedule, SigmaLaw, karras_grid, karras_index_sigmas, log_normal_sigmas};
+pub use sigmas::{KarrasGrid, NoiseSchedule, SigmaLaw};
 
 use crate::model::{Denoiser, Sigmas};
 use crate::rng::Draws;

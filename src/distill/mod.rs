@@ -13,9 +13,9 @@ mod recorder;
 mod schedule;
 mod student;
 
-pub use backtracker::{BacktrackStep, Backtracker, NodeSource};
-pub use loss::{GeneratorLoss, fit_to_generator, generator_loss};
+pub use backtracker::{Backtracker, NodeSource};
+pub use loss::GeneratorLoss;
 pub use noise::NoiseLaws;
-pub use recorder::{DegradationRecorder, NodeDue, RecordProgress, RecordStep};
+pub use recorder::{DegradationRecorder, NodeDue, RecordProgress};
 pub use schedule::{BacktrackSchedule, Decision};
 pub use student::Student;

@@ -19,8 +19,7 @@ mod view;
 
 pub use checkpoint::checkpoint_iteration;
 pub use cost::PassCost;
-pub use phase::{Clock, Moment};
+pub use phase::Moment;
 
 pub use outputs::ModelKind;
-pub use path::{DegradationPath, NodeInfo};
 pub use session::Session;

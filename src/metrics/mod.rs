@@ -7,10 +7,14 @@ mod distance;
 mod mismatch;
 mod modes;
 
-pub use classifier::{ClassStats, Classifier, classifier_file, frechet_distance, pooled_pixels};
-pub use distance::{energy_distance, sliced_wasserstein};
-pub use mismatch::{TrueScore, mismatch_at, model_scores, noised};
+pub use classifier::{ClassStats, Classifier, classifier_file};
+pub use distance::energy_distance;
+pub use mismatch::{model_scores, noised};
 pub use modes::ModeStats;
+
+use classifier::{frechet_distance, pooled_pixels};
+use distance::sliced_wasserstein;
+use mismatch::{TrueScore, mismatch_at};
 
 use crate::data::{Dataset, Samples};
 use crate::model::Denoiser;

@@ -10,10 +10,10 @@ mod unet;
 
 pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, loss_weight};
 pub use frozen::frozen;
-pub use layers::{Conv2d, GroupNorm, Linear, silu};
-pub use nets::{GeneratorNet, MlpNet, ScoreNet};
+pub use layers::{Conv2d, Linear};
 pub use params::{Init, ParamBuilder, Params};
-pub use unet::UNet;
+
+use nets::{GeneratorNet, ScoreNet};
 
 use crate::config::{GeneratorInit, GeneratorSpec, NetSpec};
 use crate::data::Point;
@@ -259,7 +259,9 @@ impl Generator {
         }
     }
 
-    /// Samples with gradient tracking, from given latents (B, latent_dim).
+    /// Samples with gradient tracking, from given latents: (B, latent_dim)
+    /// for the MLP, (B, …the data's shape) for a denoiser generator (see
+    /// [`Generator::latent_shape`]).
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         match &self.net {
             GeneratorNetwork::Mlp(net) => net.forward(z),

@@ -9,7 +9,7 @@ mod heatmap;
 
 pub use figures::plot_run;
 pub(crate) use figures::{Curves, Line, evaluations};
-pub use grid::{grid_scale, image_grid, write_image_grid, write_image_samples};
+pub use grid::{write_image_grid, write_image_samples};
 pub(crate) use heatmap::{Cell, Heatmap, Panel};
 
 use crate::files::atomic_write;

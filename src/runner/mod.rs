@@ -19,8 +19,10 @@ mod mirror;
 mod peer;
 mod wire;
 
-pub use client::{LiveRun, attach_target, connect, live_runs, spawn_detached, stop};
-pub use peer::{check_same_user, redirect_output};
+pub use client::{attach_target, connect, live_runs, spawn_detached, stop};
+pub use peer::redirect_output;
+
+use peer::check_same_user;
 pub use wire::{ClientMessage, Purpose, RunnerMessage, VERSION};
 
 use crate::engine::protocol::{Command, Update};

@@ -16,10 +16,13 @@ mod plot;
 mod probe;
 mod theme;
 
-pub use app::{App, Exit, LogKind, LogLine, Mode, Series};
-pub use draw::{draw, draw_with};
+pub use app::{App, Exit, Mode};
+pub use draw::draw;
 pub use pictures::{Palette, Tiling};
 pub use theme::Theme;
+
+use app::LogKind;
+use draw::draw_with;
 
 use crate::engine::protocol::{Command, Link};
 use crate::rundir::Stage;
