@@ -10,10 +10,12 @@
 //! describes it fully. This is the ground floor: it names nothing of the
 //! data, the models or the engine.
 
+mod diffusers;
 mod schema;
 mod shared;
 mod validate;
 
+pub use diffusers::{Betas, DiffusersFiles, DiffusersSpec, DiffusersUNet, Prediction, VpSchedule};
 pub use schema::*;
 pub use shared::*;
 
@@ -48,6 +50,14 @@ impl Config {
         let mut set = Vec::new();
         for o in overrides {
             set.push((apply_override(&mut table, o)?, o));
+        }
+        // A pretrained teacher needs no data: without a [data] table there
+        // is none (rather than the default demo's ring).
+        let pretrained = table.get("teacher").and_then(|t| t.get("pretrained")).is_some();
+        if pretrained && !table.contains_key("data") {
+            let mut none = toml::Table::new();
+            none.insert("kind".into(), "none".into());
+            table.insert("data".into(), toml::Value::Table(none));
         }
         let (config, mut problems) = deserialize_all(table);
         if let Some(c) = &config
@@ -86,6 +96,9 @@ impl Config {
     /// The score network this config's data calls for: the ResNet-MLP of
     /// `score_net` on 2-D data, the U-Net of `unet` on images.
     pub fn net_spec(&self) -> NetSpec {
+        if let Some(spec) = &self.teacher.diffusers {
+            return NetSpec::Diffusers(Box::new(spec.clone()));
+        }
         match self.data.image_shape() {
             Some(image) => NetSpec::UNet {
                 image,

@@ -1,6 +1,7 @@
 //! The TOML schema. Every field has a default (documented on the field), so
 //! an empty file is the default demo: DisBack on 10 Gaussians on a ring.
 
+use super::diffusers::DiffusersSpec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
@@ -206,6 +207,16 @@ pub enum DataConfig {
         #[serde(default = "defaults::cifar_size")]
         size: usize,
     },
+    /// No data: distil a pretrained teacher (`teacher.pretrained`) alone.
+    /// The images' shape is the teacher's; what needs data (distances to
+    /// it, the mismatch degree, class coverage) is not measured. The
+    /// default when a pretrained teacher is given and `[data]` is not.
+    None {
+        #[serde(default)]
+        channels: usize,
+        #[serde(default)]
+        size: usize,
+    },
     /// A folder of PNG/JPEG images, centre cropped and resized to
     /// `size`×`size` (default 32), grey (`channels = 1`) or colour (3,
     /// the default). Sub-folder names are class labels when images are in
@@ -361,6 +372,19 @@ pub struct TeacherConfig {
     /// Load the teacher from this safetensors file instead of training one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// Distil a pretrained `diffusers` `UNet2DModel` instead: a model
+    /// folder (`config.json`, `diffusion_pytorch_model.safetensors`, and
+    /// the scheduler's `scheduler_config.json` beside them or in
+    /// `../scheduler/`) or a pipeline folder (`unet/`, `scheduler/`). Its
+    /// noise schedule sets the σ range; no `[data]` is needed (then
+    /// nothing is measured against data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PathBuf>,
+    /// The pretrained model's architecture and noise schedule, as read
+    /// from its folder when the run started (written into a run's
+    /// `config.toml`; never set by hand).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diffusers: Option<DiffusersSpec>,
     /// Pretraining steps. Default 3000.
     pub steps: usize,
     /// Batch size. Default 512.
@@ -379,6 +403,8 @@ impl Default for TeacherConfig {
     fn default() -> Self {
         Self {
             file: None,
+            pretrained: None,
+            diffusers: None,
             steps: 3000,
             batch: 512,
             lr: 2e-3,

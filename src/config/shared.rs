@@ -3,6 +3,7 @@
 //! the bottom, so that the schema can name them without reaching up into
 //! the data or the models.
 
+use super::diffusers::DiffusersSpec;
 use super::schema::{DataConfig, ScoreNetConfig, UNetConfig};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,8 @@ impl DataConfig {
             DataConfig::Shapes { size, channels } | DataConfig::Folder { size, channels, .. } => {
                 Some(ImageShape::square(*channels, *size))
             }
+            // Known once resolved against the teacher.
+            DataConfig::None { channels, size } => Some(ImageShape::square(*channels, *size)),
             _ => None,
         }
     }
@@ -63,6 +66,9 @@ pub enum NetSpec {
     Mlp(ScoreNetConfig),
     /// The U-Net on images of one shape.
     UNet { image: ImageShape, config: UNetConfig },
+    /// A pretrained `diffusers` `UNet2DModel`, with the noise schedule it
+    /// was trained on.
+    Diffusers(Box<DiffusersSpec>),
 }
 
 /// In words, for headers: "ResNet-MLP 128 wide × 3 blocks" or
@@ -82,6 +88,15 @@ impl std::fmt::Display for NetSpec {
                 image.channels,
                 image.height,
                 image.width
+            ),
+            NetSpec::Diffusers(d) => write!(
+                f,
+                "diffusers UNet2DModel {:?} channels × {} layers on {}×{}×{}",
+                d.unet.block_out_channels,
+                d.unet.layers_per_block,
+                d.unet.in_channels,
+                d.unet.sample_size,
+                d.unet.sample_size
             ),
         }
     }

@@ -76,7 +76,11 @@ impl Config {
                 )
             },
         );
-        if let Some(image) = self.data.image_shape() {
+        // A pretrained teacher brings its own network (checked when its
+        // folder is read); the project's U-Net is checked otherwise.
+        if let Some(image) = self.data.image_shape()
+            && self.teacher.pretrained.is_none()
+        {
             self.check_unet(image, p);
         }
         let g = &self.generator;
@@ -133,8 +137,40 @@ impl Config {
 
     fn check_training(&self, p: &mut Problems) {
         let t = &self.teacher;
-        if t.file.is_none() {
+        if t.file.is_none() && t.pretrained.is_none() {
             p.at_least(t.steps, 1, "teacher.steps");
+        }
+        p.require(
+            t.file.is_none() || t.pretrained.is_none(),
+            "teacher.pretrained",
+            || {
+                "give either teacher.file (a teacher this lab trained) or teacher.pretrained (a diffusers \
+             model folder), not both"
+                    .into()
+            },
+        );
+        p.require(
+            t.pretrained.is_some() || !matches!(self.data, DataConfig::None { .. }),
+            "data.kind",
+            || "\"none\" needs a pretrained teacher (teacher.pretrained): without data there is nothing to train one on".into(),
+        );
+        if let (Some(spec), Some(image)) = (&t.diffusers, self.data.image_shape()) {
+            let u = &spec.unet;
+            p.require(
+                (image.channels, image.height) == (u.in_channels, u.sample_size),
+                "data",
+                || {
+                    format!(
+                        "{}×{}×{} images, but the pretrained teacher is for {}×{}×{}",
+                        image.channels,
+                        image.height,
+                        image.width,
+                        u.in_channels,
+                        u.sample_size,
+                        u.sample_size
+                    )
+                },
+            );
         }
         p.at_least(t.batch, 1, "teacher.batch");
         p.positive(t.lr, "teacher.lr");
@@ -303,6 +339,8 @@ impl DataConfig {
                     format!("{channels} must be 1 (grey) or 3 (colour)")
                 });
             }
+            // The teacher's shape, filled in when the config is resolved.
+            DataConfig::None { .. } => {}
         }
     }
 }

@@ -3,6 +3,7 @@
 //! kept apart from the network and from the loss as in EDM's own code.
 
 use super::nets::ScoreNet;
+use crate::config::{Prediction, VpSchedule};
 use crate::transfer::upload;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -150,6 +151,82 @@ impl NoiseLevels {
         })
     }
 
+    /// The levels of a VP model (see [`VpTable`]): its preconditioning,
+    /// and its timesteps as the network's noise input.
+    fn vp(sigmas: Sigmas, table: &VpTable, sigma_data: f64, device: &Device) -> Result<Self> {
+        let values: Vec<f32> = match sigmas {
+            Sigmas::Host(values) => values,
+            Sigmas::Device(column) => return Self::vp_on_device(column, table, sigma_data),
+        };
+        let b = values.len();
+        let mut columns = [
+            vec![0f32; b],
+            vec![0f32; b],
+            vec![0f32; b],
+            vec![0f32; b],
+            vec![0f32; b],
+        ];
+        for (i, &s) in values.iter().enumerate() {
+            let (c_skip, c_out, c_in) = table.precond(s as f64);
+            let row = [
+                c_skip,
+                c_out,
+                c_in,
+                1.0 / (c_out * c_out),
+                table.timestep(s as f64) as f64,
+            ];
+            for (column, v) in columns.iter_mut().zip(row) {
+                column[i] = v as f32;
+            }
+        }
+        let [c_skip, c_out, c_in, weight, timesteps] = columns;
+        let column = |v: Vec<f32>| upload(v, (b, 1), device);
+        Ok(Self {
+            sigma: column(values)?,
+            c_skip: column(c_skip)?,
+            c_out: column(c_out)?,
+            c_in: column(c_in)?,
+            weight: column(weight)?,
+            emb: column(timesteps)?,
+            sigma_data,
+        })
+    }
+
+    /// The same from a (B, 1) column of σ on its device: the nearest
+    /// timestep by an arg-min against the table, nothing read back.
+    fn vp_on_device(sigma: Tensor, table: &VpTable, sigma_data: f64) -> Result<Self> {
+        let device = sigma.device();
+        let row = match table.row.get() {
+            Some(row) => row.clone(),
+            None => {
+                let values: Vec<f32> = table.sigmas.iter().map(|&s| s as f32).collect();
+                let row = upload(values, (1, table.sigmas.len()), device)?;
+                table.row.get_or_init(|| row).clone()
+            }
+        };
+        let timesteps = sigma
+            .broadcast_sub(&row)?
+            .abs()?
+            .argmin_keepdim(1)?
+            .to_dtype(candle_core::DType::F32)?;
+        let c_in = (sigma.sqr()? + 1.0)?.sqrt()?.recip()?;
+        let (c_skip, c_out) = match table.prediction {
+            Prediction::Epsilon => (sigma.ones_like()?, sigma.neg()?),
+            Prediction::V => (c_in.sqr()?, (&sigma * &c_in)?.neg()?),
+            Prediction::Sample => (sigma.zeros_like()?, sigma.ones_like()?),
+        };
+        let weight = c_out.sqr()?.recip()?;
+        Ok(Self {
+            sigma,
+            c_skip,
+            c_out,
+            c_in,
+            weight,
+            emb: timesteps,
+            sigma_data,
+        })
+    }
+
     /// The loss weight λ(σ) per sample, shaped like [`Self::sigma_for`].
     pub fn weight_for(&self, x: &Tensor) -> Result<Tensor> {
         per_sample(&self.weight, x)
@@ -186,6 +263,63 @@ pub struct Denoiser {
     /// The embedding's frequency row on the device, made on first use by
     /// device σ and kept (so no training step uploads it).
     pub(super) frequencies: std::sync::OnceLock<Tensor>,
+    /// A pretrained VP model's noise table: its preconditioning is the VP
+    /// one (EDM's treatment of DDPM models), not EDM's own.
+    pub(super) vp: Option<std::sync::Arc<VpTable>>,
+}
+
+/// A VP model's discrete noise levels and what it predicts: how it becomes
+/// an EDM denoiser (Karras et al. 2022, appendix C.3):
+/// `D(x; σ) = c_skip x + c_out F(x / √(1 + σ²), t(σ))`, with t(σ) the
+/// training timestep of the nearest σ_t = √((1 − ᾱ_t) / ᾱ_t), and per
+/// prediction type
+/// - ε: c_skip = 1, c_out = −σ;
+/// - v: c_skip = 1 / (1 + σ²), c_out = −σ / √(1 + σ²);
+/// - x₀: c_skip = 0, c_out = 1;
+///
+/// and the loss weight 1 / c_out² (the model's own training loss).
+#[derive(Debug)]
+pub struct VpTable {
+    sigmas: Vec<f64>,
+    prediction: Prediction,
+    /// The table as a (1, T) row on the device, for device σ.
+    row: std::sync::OnceLock<Tensor>,
+}
+
+impl VpTable {
+    pub fn new(schedule: &VpSchedule) -> Self {
+        Self {
+            sigmas: schedule.sigmas(),
+            prediction: schedule.prediction,
+            row: Default::default(),
+        }
+    }
+
+    /// The σ range the model was trained on.
+    pub fn range(&self) -> (f64, f64) {
+        (self.sigmas[0], self.sigmas[self.sigmas.len() - 1])
+    }
+
+    /// The timestep of the table's σ nearest `sigma`.
+    pub fn timestep(&self, sigma: f64) -> usize {
+        let i = self.sigmas.partition_point(|&s| s < sigma);
+        match i {
+            0 => 0,
+            i if i == self.sigmas.len() => i - 1,
+            i if sigma - self.sigmas[i - 1] <= self.sigmas[i] - sigma => i - 1,
+            i => i,
+        }
+    }
+
+    /// (c_skip, c_out, c_in) at σ.
+    pub fn precond(&self, sigma: f64) -> (f64, f64, f64) {
+        let c_in = 1.0 / (1.0 + sigma * sigma).sqrt();
+        match self.prediction {
+            Prediction::Epsilon => (1.0, -sigma, c_in),
+            Prediction::V => (c_in * c_in, -sigma * c_in, c_in),
+            Prediction::Sample => (0.0, 1.0, c_in),
+        }
+    }
 }
 
 impl Denoiser {
@@ -209,6 +343,9 @@ impl Denoiser {
 
     /// Noise levels matching this denoiser's σ_data and embedding.
     pub fn levels(&self, sigmas: impl Into<Sigmas>, device: &Device) -> Result<NoiseLevels> {
+        if let Some(table) = &self.vp {
+            return NoiseLevels::vp(sigmas.into(), table, self.sigma_data, device);
+        }
         let emb_dim = self.net.emb_dim();
         NoiseLevels::new(sigmas, self.sigma_data, emb_dim, device, || {
             if let Some(row) = self.frequencies.get() {

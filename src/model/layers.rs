@@ -90,12 +90,15 @@ fn uniform(gain: f64, fan_in: usize) -> Init {
     }
 }
 
-/// A square 2-D convolution with "same" padding, stride 1 or 2.
+/// A square 2-D convolution, stride 1 or 2, with "same" padding (or
+/// another, see [`Conv2d::with_padding`]).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Var,
     bias: Var,
     stride: usize,
+    /// Zeros around the input: (before, after) on each side.
+    padding: (usize, usize),
 }
 
 impl Conv2d {
@@ -112,7 +115,19 @@ impl Conv2d {
             weight: b.param(&format!("{name}.weight"), (output, input, kernel, kernel), init)?,
             bias: b.param(&format!("{name}.bias"), (1, output, 1, 1), init)?,
             stride,
+            padding: (kernel / 2, kernel / 2),
         })
+    }
+
+    /// `padding` zeros around the input instead; 0 pads one row and column
+    /// after the input only (PyTorch downsamplers of padding 0 do, so that
+    /// a stride-2 convolution halves an even side).
+    pub fn with_padding(mut self, padding: usize) -> Self {
+        self.padding = match padding {
+            0 => (0, 1),
+            p => (p, p),
+        };
+        self
     }
 
     /// (B, in, H, W) → (B, out, H / stride, W / stride). On the CPU as
@@ -120,9 +135,16 @@ impl Conv2d {
     /// is far faster than candle's there); elsewhere candle's own.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (weight, bias) = (&param(&self.weight), &param(&self.bias));
-        let padding = self.weight.dim(2)? / 2;
+        let (x, padding) = match self.padding {
+            (before, after) if before == after => (x.clone(), before),
+            (before, after) => (
+                x.pad_with_zeros(2, before, after)?
+                    .pad_with_zeros(3, before, after)?,
+                0,
+            ),
+        };
         if x.device().is_cpu() {
-            return Ok(kernels::conv2d(x, weight, bias, self.stride, padding)?);
+            return Ok(kernels::conv2d(&x, weight, bias, self.stride, padding)?);
         }
         let y = x.conv2d(weight, padding, self.stride, 1, 1)?;
         Ok(y.broadcast_add(bias)?)
@@ -138,6 +160,7 @@ pub struct GroupNorm {
     weight: Var,
     bias: Var,
     groups: usize,
+    eps: f64,
 }
 
 impl GroupNorm {
@@ -147,21 +170,32 @@ impl GroupNorm {
         channels: usize,
         groups: usize,
     ) -> Result<Self> {
+        Self::with_eps(b, name, channels, groups, 1e-5)
+    }
+
+    /// With `eps` added to each group's variance (PyTorch's default 1e-5).
+    pub fn with_eps<R: Rng>(
+        b: &mut ParamBuilder<'_, R>,
+        name: &str,
+        channels: usize,
+        groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
         Ok(Self {
             weight: b.param(&format!("{name}.weight"), channels, Init::Ones)?,
             bias: b.param(&format!("{name}.bias"), channels, Init::Zeros)?,
             groups,
+            eps,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        const EPS: f64 = 1e-5;
         let (weight, bias) = (&param(&self.weight), &param(&self.bias));
         if x.device().is_cpu() {
-            return Ok(kernels::group_norm(x, weight, bias, self.groups, EPS)?);
+            return Ok(kernels::group_norm(x, weight, bias, self.groups, self.eps)?);
         }
         let channels = self.weight.dim(0)?;
-        let norm = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, self.groups, EPS)?;
+        let norm = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, self.groups, self.eps)?;
         Ok(norm.forward(x)?)
     }
 }

@@ -1,6 +1,7 @@
 //! Models: the EDM denoiser (teacher, path nodes, fake score) and the
 //! one-step generator, with deep copies and checked save/load.
 
+mod diffusers;
 mod edm;
 mod frozen;
 mod layers;
@@ -8,7 +9,8 @@ mod nets;
 mod params;
 mod unet;
 
-pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, loss_weight};
+pub use diffusers::load_diffusers_weights;
+pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, VpTable, loss_weight};
 pub use frozen::frozen;
 pub use layers::{Conv2d, Linear};
 pub use params::{Init, ParamBuilder, Params};
@@ -72,6 +74,10 @@ impl Denoiser {
             net: ScoreNet::new(spec, ParamBuilder::new(device, rng))?,
             sigma_data,
             frequencies: Default::default(),
+            vp: match spec {
+                NetSpec::Diffusers(d) => Some(std::sync::Arc::new(VpTable::new(&d.schedule))),
+                _ => None,
+            },
         })
     }
 
@@ -241,6 +247,7 @@ impl Generator {
             GeneratorNetwork::Denoiser { model, .. } => match model.net.spec() {
                 NetSpec::Mlp(_) => vec![crate::data::DIM],
                 NetSpec::UNet { image, .. } => vec![image.channels, image.height, image.width],
+                NetSpec::Diffusers(d) => vec![d.unet.in_channels, d.unet.sample_size, d.unet.sample_size],
             },
         }
     }

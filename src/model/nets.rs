@@ -2,10 +2,11 @@
 //! score) a ResNet-MLP for 2-D data or a U-Net for images ([`ScoreNet`]),
 //! and the MLP one-step generator of the 2-D toy.
 
+use super::diffusers::DiffusersUNet2D;
 use super::layers::Linear;
 use super::params::{ParamBuilder, Params};
 use super::unet::UNet;
-use crate::config::{MlpGeneratorSpec, NetSpec, ScoreNetConfig};
+use crate::config::{DiffusersSpec, MlpGeneratorSpec, NetSpec, ScoreNetConfig, VpSchedule};
 use anyhow::Result;
 use candle_core::Tensor;
 use rand::Rng;
@@ -16,6 +17,11 @@ pub enum ScoreNet {
     Mlp(MlpNet),
     /// Boxed: it is several times the MLP's size.
     UNet(Box<UNet>),
+    /// A pretrained `diffusers` U-Net, with the schedule it was trained on.
+    Diffusers {
+        net: Box<DiffusersUNet2D>,
+        schedule: VpSchedule,
+    },
 }
 
 impl ScoreNet {
@@ -23,6 +29,10 @@ impl ScoreNet {
         Ok(match spec {
             NetSpec::Mlp(config) => ScoreNet::Mlp(MlpNet::new(config, b)?),
             NetSpec::UNet { image, config } => ScoreNet::UNet(Box::new(UNet::new(config, *image, b)?)),
+            NetSpec::Diffusers(spec) => ScoreNet::Diffusers {
+                net: Box::new(DiffusersUNet2D::new(&spec.unet, b)?),
+                schedule: spec.schedule.clone(),
+            },
         })
     }
 
@@ -33,22 +43,30 @@ impl ScoreNet {
                 image: net.image,
                 config: net.config.clone(),
             },
+            ScoreNet::Diffusers { net, schedule } => NetSpec::Diffusers(Box::new(DiffusersSpec {
+                unet: net.spec.clone(),
+                schedule: schedule.clone(),
+            })),
         }
     }
 
-    /// `x` scaled by c_in, (B, 2) or (B, C, H, W); `emb`: (B, emb_dim).
+    /// `x` scaled by c_in, (B, 2) or (B, C, H, W); `emb`: (B, emb_dim),
+    /// or for a `diffusers` U-Net the (B, 1) timesteps.
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         match self {
             ScoreNet::Mlp(net) => net.forward(x, emb),
             ScoreNet::UNet(net) => net.forward(x, emb),
+            ScoreNet::Diffusers { net, .. } => net.forward(x, emb),
         }
     }
 
-    /// Size of the Fourier embedding of the noise level.
+    /// Size of the Fourier embedding of the noise level (a `diffusers`
+    /// U-Net embeds its timesteps itself).
     pub fn emb_dim(&self) -> usize {
         match self {
             ScoreNet::Mlp(net) => net.config.emb_dim,
             ScoreNet::UNet(net) => net.config.emb_dim,
+            ScoreNet::Diffusers { .. } => 0,
         }
     }
 
@@ -56,6 +74,7 @@ impl ScoreNet {
         match self {
             ScoreNet::Mlp(net) => net.params(),
             ScoreNet::UNet(net) => net.params(),
+            ScoreNet::Diffusers { net, .. } => net.params(),
         }
     }
 }

@@ -54,6 +54,10 @@ impl<'a, R: Rng> ParamBuilder<'a, R> {
         Ok(var)
     }
 
+    pub fn device(&self) -> &Device {
+        self.device
+    }
+
     pub fn finish(self) -> Params {
         Params {
             entries: self.entries,
