@@ -33,6 +33,8 @@ pub mod streams {
     pub const CLASSIFIER: u64 = 13;
     /// Measuring each node of the path against the data and G⁰.
     pub const PATH_SPREAD: u64 = 14;
+    /// A pretrained teacher's samples standing in for data it came without.
+    pub const TEACHER_REFERENCE: u64 = 15;
 }
 
 /// The RNG used everywhere; its state is serialisable, so resumed runs

@@ -115,6 +115,10 @@ fn cuda(n: usize) -> Result<(Device, String)> {
 pub fn memory_estimate(config: &Config) -> f64 {
     let net = |width: usize, layers: usize, emb: usize| 16.0 * ((layers + 2) * width + emb) as f64;
     let (score, generator) = match config.data.image_shape() {
+        Some(image) if config.teacher.diffusers.is_some() => {
+            let floats = diffusers_activations(config.teacher.diffusers.as_ref().expect("just matched"), image);
+            (4.0 * floats, 4.0 * floats)
+        }
         // Per level, its down and up blocks (and the middle ones at the
         // bottom), each keeping about ten feature maps for its backward.
         Some(image) => {
@@ -149,7 +153,39 @@ pub fn memory_estimate(config: &Config) -> f64 {
         config.distill.batch as f64 * (generator + 3.0 * score),
         measured as f64 * score / 4.0,
     ];
-    host_memory_estimate(config) + 4.0 * rows.iter().copied().fold(0.0, f64::max)
+    host_memory_estimate(config) + 4.0 * rows.iter().copied().fold(0.0, f64::max) + weights_estimate(config)
+}
+
+/// The weights a run holds: the teacher, the generator and its moving
+/// average, s_φ and the target (or the degrading copy), Adam's two moments
+/// for each trained one: about twelve copies of the score network, in
+/// bytes. Counted by building the network on the CPU (for a pretrained
+/// teacher of tens of millions of parameters this is what dominates).
+fn weights_estimate(config: &Config) -> f64 {
+    let mut rng = crate::rng::host_rng(0, 0);
+    let sigma_data = config.diffusion.sigma_data.unwrap_or(crate::config::EDM_SIGMA_DATA);
+    crate::model::Denoiser::new(&config.net_spec(), sigma_data, &candle_core::Device::Cpu, &mut rng)
+        .map_or(0.0, |m| 12.0 * 4.0 * m.params().count() as f64)
+}
+
+/// Floats a `diffusers` U-Net keeps for its backward per image: about ten
+/// feature maps a block, and the attention weights where it attends.
+fn diffusers_activations(d: &crate::config::DiffusersSpec, image: crate::config::ImageShape) -> f64 {
+    let u = &d.unet;
+    let levels = u.block_out_channels.len();
+    (0..levels)
+        .map(|l| {
+            let area = (image.height * image.width) as f64 / 4f64.powi(l as i32);
+            let blocks = (2 * u.layers_per_block + 1 + 2 * usize::from(l + 1 == levels)) as f64;
+            let channels = u.block_out_channels[l] as f64;
+            let heads = channels / u.attention_head_dim.unwrap_or(u.block_out_channels[l]) as f64;
+            let attention = match u.down_attention[l] || u.up_attention[levels - 1 - l] {
+                true => 3.0 * heads * area * area,
+                false => 0.0,
+            };
+            10.0 * blocks * channels * area + blocks * attention
+        })
+        .sum()
 }
 
 /// What a run keeps in the host's memory whatever its device: the process
@@ -192,6 +228,8 @@ pub fn check_memory(config: &Config, runs: usize) -> Result<()> {
     let Some(free) = available_memory() else {
         return Ok(()); // not Linux: nothing to compare against
     };
+    // Resolved, so that a pretrained teacher is counted at its real size.
+    let config = &crate::data::resolve(config.clone())?;
     // On a GPU the activations are the GPU's to hold, not the host's: a
     // batch too large for it ends training with CUDA's out-of-memory error,
     // the last checkpoint kept, like any other error of a step.

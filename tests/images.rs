@@ -108,7 +108,7 @@ fn a_unet_saves_and_loads_exactly_and_refuses_another_shape() {
 #[test]
 fn the_teacher_initialised_generator_is_the_teacher_denoiser_at_step_0() {
     let dir = tempfile::tempdir().unwrap();
-    let config = disback::data::resolve(digits_config(dir.path()));
+    let config = disback::data::resolve(digits_config(dir.path())).unwrap();
     let spec = config.net_spec();
     let teacher = Denoiser::new(&spec, config.sigma_data(), &Device::Cpu, &mut host_rng(4, 4)).unwrap();
     let generator = Generator::new(&config.generator_spec(), &Device::Cpu, &mut host_rng(5, 5)).unwrap();

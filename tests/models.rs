@@ -27,7 +27,7 @@ fn small_generator() -> GeneratorSpec {
         },
         ..Config::default()
     };
-    disback::data::resolve(config).generator_spec()
+    disback::data::resolve(config).unwrap().generator_spec()
 }
 
 fn data_tensor(n: usize, seed: u64) -> Tensor {

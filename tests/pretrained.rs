@@ -202,3 +202,55 @@ fn broken_folders_are_refused_by_name() {
         assert_eq!(same, 0.0, "a refused load changed nothing");
     }
 }
+
+/// A fixture distils end to end with no data: `run` and `compare` on the
+/// command line, the teacher from its folder, its samples standing in for
+/// the data, the header naming it.
+#[test]
+fn a_pretrained_teacher_distils_without_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let teacher = fixture("attention-v");
+    let sets = [
+        format!("teacher.pretrained={}", teacher.display()),
+        "device=cpu".into(),
+        "record.iterations=8".into(),
+        "record.node_every=4".into(),
+        "record.batch=16".into(),
+        "distill.batch=16".into(),
+        "schedule.steps=[4,12]".into(),
+        "metrics.samples=16".into(),
+        "metrics.every=4".into(),
+        "log.final_samples=16".into(),
+    ];
+    let mut args = vec!["run".to_string(), "--out".into(), "run".into()];
+    for s in &sets {
+        args.extend(["--set".into(), s.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::disback(&args, d);
+    let err = common::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("no data: the teacher's samples (16 images), 3×8×8"), "{err}");
+    assert!(err.contains("teacher pretrained: diffusers model") && err.contains("(48659 parameters)"), "{err}");
+    // The run wrote what every run writes: the teacher among it, as this
+    // lab's file (so a resumed run needs no folder), and the path.
+    for file in ["teacher.safetensors", "path/node-2.safetensors", "generator/final.safetensors", "samples.safetensors"] {
+        assert!(d.join("run").join(file).is_file(), "{file}");
+    }
+    let config = std::fs::read_to_string(d.join("run/config.toml")).unwrap();
+    assert!(config.contains("kind = \"none\"") && config.contains("[teacher.diffusers"), "{config}");
+    // The mismatch degree needs the data's score: none is measured.
+    let metrics = std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"mismatch_teacher\":[]"), "{metrics}");
+
+    // The comparison: three arms from the one folder.
+    let mut args = vec!["compare".to_string(), "--seeds".into(), "1".into(), "--out".into(), "cmp".into()];
+    for s in &sets {
+        args.extend(["--set".into(), s.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::disback(&args, d);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("pixel Fréchet distance"));
+}

@@ -274,7 +274,7 @@ fn sample(d: &Path, out: &str) -> Output {
 fn save_a_generator(run: &Path, file: &Path) {
     let config = disback::config::Config::load(&run.join("config.toml"), &[]).unwrap();
     let device = candle_core::Device::Cpu;
-    let spec = disback::data::resolve(config).generator_spec();
+    let spec = disback::data::resolve(config).unwrap().generator_spec();
     let g = disback::model::Generator::new(&spec, &device, &mut disback::rng::host_rng(0, 0)).unwrap();
     g.save(file).unwrap();
 }

@@ -328,7 +328,7 @@ fn plot(dir: &Path) -> Result<()> {
 }
 
 fn sample(args: SampleArgs) -> Result<()> {
-    let config = crate::data::resolve(Config::load(&args.config, &[])?);
+    let config = crate::data::resolve(Config::load(&args.config, &[])?)?;
     configure_threads(config.threads);
     let (device, _) = select_device(config.device)?;
     let generator = Generator::new(&config.generator_spec(), &device, &mut host_rng(0, 0))?;

@@ -144,7 +144,11 @@ pub fn plan(config: &Config, seeds: usize, out: &Path, overwrite: bool) -> Resul
         for arm in Arm::ALL {
             let mut c = arm.config(config);
             c.seed = seed;
-            c.teacher.file = Some(teacher.clone());
+            // A pretrained teacher is its own folder; one trained here is
+            // the shared file.
+            if c.teacher.pretrained.is_none() {
+                c.teacher.file = Some(teacher.clone());
+            }
             c.metrics.every = measurement_interval(config);
             jobs.push(CompareJob {
                 arm,

@@ -11,18 +11,35 @@ pub use gmm::{GaussianMixture, log_sum_exp};
 pub use images::{ImageSet, Images};
 pub use pixels::{PixelImages, to_byte};
 
-use crate::config::{Config, DataConfig, EDM_SIGMA_DATA};
-use anyhow::Result;
+use crate::config::{Config, DataConfig, DiffusersSpec, EDM_SIGMA_DATA};
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
 /// Fills in what a config leaves to be computed from its data: σ_data (the
 /// 2-D data's own standard deviation per coordinate; EDM's 0.5 for images,
-/// so that no file is read to know it) and a preset mixture's explicit
-/// components. A run writes this form, so its `config.toml` alone
-/// reproduces it.
-pub fn resolve(mut config: Config) -> Config {
+/// so that no file is read to know it), a preset mixture's explicit
+/// components, and for a pretrained teacher its description (read from its
+/// folder), the σ range it was trained on and, without data, its images'
+/// shape. A run writes this form, so its `config.toml` alone reproduces it.
+pub fn resolve(mut config: Config) -> Result<Config> {
+    if let Some(dir) = &config.teacher.pretrained
+        && config.teacher.diffusers.is_none()
+    {
+        let spec = DiffusersSpec::read(dir).context("teacher.pretrained")?;
+        config.teacher.diffusers = Some(spec);
+    }
+    if let Some(spec) = &config.teacher.diffusers {
+        if let DataConfig::None { channels, size } = &mut config.data {
+            (*channels, *size) = (spec.unet.in_channels, spec.unet.sample_size);
+        }
+        // The teacher knows only the noise levels it was trained on (its
+        // images are in [−1, 1]: EDM's units are the data's).
+        let sigmas = spec.schedule.sigmas();
+        config.diffusion.sigma_min = sigmas[0];
+        config.diffusion.sigma_max = sigmas[sigmas.len() - 1];
+    }
     if config.diffusion.sigma_data.is_none() {
         let std = PlaneData::new(&config.data).map_or(EDM_SIGMA_DATA, |plane| plane.std());
         config.diffusion.sigma_data = Some(std);
@@ -35,7 +52,7 @@ pub fn resolve(mut config: Config) -> Config {
     if let Some(components) = components {
         config.data = DataConfig::Gmm { components };
     }
-    config
+    Ok(config)
 }
 
 /// A point in the plane, as the models see it.
@@ -173,11 +190,12 @@ impl Dataset {
     /// The data `config` names; image files are read and checked here, and
     /// an error names the file and what is wrong with it.
     pub fn load(config: &DataConfig) -> Result<Self> {
-        match PlaneData::new(config) {
-            Some(plane) => Ok(Dataset::Plane(plane)),
-            None => Ok(Dataset::Images(
-                Images::load(config).expect("a data kind is 2-D or images")?,
-            )),
+        if let Some(plane) = PlaneData::new(config) {
+            return Ok(Dataset::Plane(plane));
+        }
+        match Images::load(config) {
+            Some(images) => Ok(Dataset::Images(images?)),
+            None => anyhow::bail!("data.kind = \"none\": there is no data to load"),
         }
     }
 
@@ -388,7 +406,7 @@ mod tests {
 
     #[test]
     fn resolving_writes_out_the_mixture_and_sigma_data() {
-        let c = resolve(Config::default());
+        let c = resolve(Config::default()).unwrap();
         let DataConfig::Gmm { components } = &c.data else {
             panic!("a ring resolves to explicit components");
         };
@@ -401,7 +419,7 @@ mod tests {
         // The written form reads back as the same config.
         assert_eq!(Config::parse(&c.to_toml().unwrap(), &[]).unwrap(), c);
         // Images use EDM's σ_data, known without reading a file.
-        let digits = resolve(Config::parse("[data]\nkind = \"digits\"\n", &[]).unwrap());
+        let digits = resolve(Config::parse("[data]\nkind = \"digits\"\n", &[]).unwrap()).unwrap();
         assert_eq!(digits.sigma_data(), 0.5);
     }
 }

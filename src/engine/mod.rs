@@ -14,6 +14,7 @@ mod previews;
 pub mod protocol;
 mod session;
 mod spread;
+mod teacher;
 pub mod trainer;
 mod view;
 

@@ -1,37 +1,28 @@
-//! The teacher: loaded from a file, taken from the cache, or pretrained
-//! with the EDM loss on data (cosine-decayed learning rate), then cached.
+//! The session's teacher: a pretrained `diffusers` model, loaded from a
+//! file, taken from the cache, or pretrained with the EDM loss on data
+//! (cosine-decayed learning rate), then cached.
 
 use super::losses::LossKind;
 use super::phase::Phase;
 use super::protocol::Event;
 use super::session::Session;
-use crate::config::Config;
+use super::teacher::{load_pretrained, teacher_cache_key};
 use crate::diffusion::denoising_loss;
 use crate::rng::Draws;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
-/// The name of a config's pretrained teacher in the cache: a hash of
-/// everything that shapes it (data, diffusion, network, pretraining
-/// settings and seed) and nothing that does not (the run's own seed,
-/// paths, distillation settings), so runs of any seed share one teacher.
-pub fn teacher_cache_key(config: &Config) -> String {
-    use sha2::{Digest, Sha256};
-    let resolved = crate::data::resolve(config.clone());
-    let (t, d) = (&resolved.teacher, &resolved.diffusion);
-    let shape = serde_json::json!({
-        "format": 4,
-        "data": resolved.data,
-        "diffusion": [d.sigma_data, d.p_mean, d.p_std],
-        "net": resolved.net_spec(),
-        "teacher": [t.steps, t.batch, t.lr, t.seed],
-    });
-    let digest = Sha256::digest(shape.to_string().as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
 impl Session {
     pub(super) fn prepare_teacher(&mut self) -> Result<()> {
+        if let Some(dir) = self.config.teacher.pretrained.clone() {
+            load_pretrained(&self.teacher, &dir)?;
+            let source = format!(
+                "pretrained: diffusers model {} ({} parameters)",
+                dir.display(),
+                self.teacher.params().count()
+            );
+            return self.teacher_ready(source);
+        }
         if let Some(file) = self.config.teacher.file.clone() {
             self.teacher.load(&file).context("loading teacher.file")?;
             return self.teacher_ready(format!("loaded from {}", file.display()));
@@ -97,21 +88,5 @@ impl Session {
         self.settle()?;
         self.teacher.save(&cached)?;
         self.teacher_ready(format!("trained, cached in {}", cached.display()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_teacher_cache_key_ignores_what_does_not_shape_the_teacher() {
-        let base = Config::default();
-        let other_seed = Config::parse("seed = 5\n[distill]\nbatch = 64\n", &[]).unwrap();
-        assert_eq!(teacher_cache_key(&base), teacher_cache_key(&other_seed));
-        let other_teacher = Config::parse("[teacher]\nsteps = 10\n", &[]).unwrap();
-        assert_ne!(teacher_cache_key(&base), teacher_cache_key(&other_teacher));
-        let other_data = Config::parse("[data]\nkind = \"ring\"\nmodes = 8\n", &[]).unwrap();
-        assert_ne!(teacher_cache_key(&base), teacher_cache_key(&other_data));
     }
 }

@@ -9,9 +9,10 @@
 use super::cost::PassCost;
 use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
+use super::teacher::teacher_samples_as_data;
 use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
-use crate::config::{Config, GeneratorSpec, Method, SchedulePolicy};
+use crate::config::{Config, DataConfig, GeneratorSpec, Method, SchedulePolicy};
 use crate::data::{Bounds, Dataset};
 use crate::diffusion::NoiseSchedule;
 use crate::distill::{
@@ -84,7 +85,7 @@ impl Session {
     /// Starts a new run in `run` (created by the caller).
     pub fn start(config: Config, run: RunDir) -> Result<Self> {
         let run = run.locked()?;
-        let config = crate::data::resolve(config);
+        let config = crate::data::resolve(config)?;
         config.validate()?;
         write_toml(&run.config(), &config.to_toml()?)?;
         let log = MetricsLog::create(&run.metrics())?;
@@ -103,7 +104,6 @@ impl Session {
     /// stage-specific state is set by the caller.
     pub(super) fn build(config: Config, run: RunDir, log: MetricsLog) -> Result<Self> {
         let (device, device_name) = select_device(config.device)?;
-        let data = Dataset::load(&config.data).context("loading the data")?;
         let sigma_data = config.sigma_data();
         let generator = Generator::new(
             &config.generator_spec(),
@@ -112,6 +112,13 @@ impl Session {
         )?;
         let teacher_rng = &mut host_rng(config.teacher.seed, streams::TEACHER_INIT);
         let teacher = Denoiser::new(&config.net_spec(), sigma_data, &device, teacher_rng)?;
+        let noise = NoiseSchedule::new(&config.diffusion, sigma_data);
+        let has_data = !matches!(config.data, DataConfig::None { .. });
+        let data = match has_data {
+            true => Dataset::load(&config.data).context("loading the data")?,
+            // Without data the teacher's own samples stand in for it.
+            false => teacher_samples_as_data(&config, &teacher, &run, &noise)?,
+        };
         let m = &config.metrics;
         let mut evaluator = Evaluator::new(&data, &m.mismatch_sigmas, m.samples, || {
             data.sample(
@@ -119,6 +126,11 @@ impl Session {
                 &mut host_rng(config.seed, streams::STF_REFERENCE),
             )
         });
+        if !has_data {
+            // The mismatch degree compares the teacher with the data's
+            // score: there is none.
+            evaluator = evaluator.without_true_score();
+        }
         // Labelled images are also measured by a classifier, trained once
         // per data set and cached beside the teachers.
         let (cache, key) = (&config.teacher.cache_dir, Classifier::cache_key(&config.data));
@@ -129,7 +141,6 @@ impl Session {
             Some(plane) => Bounds::around(&plane.sample(2000, &mut host_rng(config.seed, streams::BOUNDS))),
             None => Bounds::default(),
         };
-        let noise = NoiseSchedule::new(&config.diffusion, sigma_data);
         let generator_share = match config.generator_spec() {
             GeneratorSpec::Mlp(_) => generator.params().count() as f64 / teacher.params().count() as f64,
             GeneratorSpec::Denoiser { .. } => 1.0,

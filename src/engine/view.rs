@@ -18,7 +18,7 @@ impl Session {
             method: c.method,
             stage: self.phase.stage(),
             device: self.device_name.clone(),
-            data: self.data.describe(),
+            data: self.describe_problem(),
             run_dir: self.run.root().to_path_buf(),
             stage_step,
             stage_total,
@@ -30,6 +30,24 @@ impl Session {
             latest: self.latest.clone(),
             latest_eval: self.latest_eval.clone(),
             failure: self.failure.clone(),
+        }
+    }
+
+    /// The data, and for a pretrained teacher its folder and size: what
+    /// the lab's header names.
+    fn describe_problem(&self) -> String {
+        let data = self.data.describe();
+        match &self.config.teacher.pretrained {
+            Some(dir) => {
+                let n = self.teacher.params().count() as f64;
+                let size = match n {
+                    n if n >= 1e6 => format!("{:.1} M", n / 1e6),
+                    n => format!("{:.1} k", n / 1e3),
+                };
+                let name = dir.file_name().map_or(dir.display().to_string(), |f| f.to_string_lossy().into_owned());
+                format!("{data} · teacher {name} ({size} parameters)")
+            }
+            None => data,
         }
     }
 

@@ -83,7 +83,8 @@ fn mean(v: &[f64]) -> Option<f64> {
 /// Everything needed to measure a generator on one problem.
 pub struct Evaluator {
     data: Dataset,
-    truth: TrueScore,
+    /// The data's true (or estimated) score; none without data.
+    truth: Option<TrueScore>,
     sigmas: Vec<f64>,
     samples: usize,
     /// Labelled images: the classifier and each class's share of the data.
@@ -100,11 +101,18 @@ impl Evaluator {
         };
         Self {
             data: data.clone(),
-            truth,
+            truth: Some(truth),
             sigmas: sigmas.to_vec(),
             samples,
             classifier: None,
         }
+    }
+
+    /// No mismatch degree: the data's score is unknown (a pretrained
+    /// teacher distilled without data, whose samples stand in for it).
+    pub fn without_true_score(mut self) -> Self {
+        self.truth = None;
+        self
     }
 
     /// Adds class coverage and the classifier Fréchet distance to every
@@ -199,11 +207,14 @@ impl Evaluator {
         rng: &mut impl Rng,
     ) -> Result<Vec<Vec<f64>>> {
         let mut out = vec![Vec::with_capacity(self.sigmas.len()); models.len()];
+        let Some(truth) = &self.truth else {
+            return Ok(out);
+        };
         for &sigma in &self.sigmas {
             let points = noised(generated, sigma, rng);
             for (model, row) in models.iter().zip(out.iter_mut()) {
                 let scores = model_scores(model, &points, sigma)?;
-                row.push(mismatch_at(&scores, &points, sigma, &self.truth));
+                row.push(mismatch_at(&scores, &points, sigma, truth));
             }
         }
         Ok(out)
