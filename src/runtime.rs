@@ -147,8 +147,10 @@ pub fn memory_estimate(config: &Config) -> f64 {
     let measured = m
         .samples
         .max(config.log.final_samples.min(generation_chunk(values)));
+    // A teacher given (a file, a pretrained model) is not trained here.
+    let trained = config.teacher.file.is_none() && config.teacher.pretrained.is_none();
     let rows = [
-        config.teacher.batch as f64 * score,
+        usize::from(trained) as f64 * config.teacher.batch as f64 * score,
         config.record.batch as f64 * 2.0 * score,
         config.distill.batch as f64 * (generator + 3.0 * score),
         measured as f64 * score / 4.0,
