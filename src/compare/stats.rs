@@ -578,7 +578,8 @@ mod tests {
         ];
         let c = compare_runs("toy", runs, 1000, 200).unwrap();
         // start 1.0; best final (smoothed) 0.1; the 80% level 0.28.
-        assert_eq!((c.start, c.best), (1.0, 0.1));
+        assert_eq!(c.start, 1.0);
+        assert!((c.best - 0.1).abs() < 1e-12, "{}", c.best);
         assert!((c.levels[1].value - 0.28).abs() < 1e-12, "{:?}", c.levels);
         let d = c.runs.iter().find(|r| r.arm == Arm::Disback).unwrap();
         // DisBack's smoothed curve: 1, 0.75, 0.567, 0.267 (index 3): the
