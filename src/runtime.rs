@@ -116,7 +116,8 @@ pub fn memory_estimate(config: &Config) -> f64 {
     let net = |width: usize, layers: usize, emb: usize| 16.0 * ((layers + 2) * width + emb) as f64;
     let (score, generator) = match config.data.image_shape() {
         Some(image) if config.teacher.diffusers.is_some() => {
-            let floats = diffusers_activations(config.teacher.diffusers.as_ref().expect("just matched"), image);
+            let floats =
+                diffusers_activations(config.teacher.diffusers.as_ref().expect("just matched"), image);
             (4.0 * floats, 4.0 * floats)
         }
         // Per level, its down and up blocks (and the middle ones at the
@@ -165,9 +166,17 @@ pub fn memory_estimate(config: &Config) -> f64 {
 /// teacher of tens of millions of parameters this is what dominates).
 fn weights_estimate(config: &Config) -> f64 {
     let mut rng = crate::rng::host_rng(0, 0);
-    let sigma_data = config.diffusion.sigma_data.unwrap_or(crate::config::EDM_SIGMA_DATA);
-    crate::model::Denoiser::new(&config.net_spec(), sigma_data, &candle_core::Device::Cpu, &mut rng)
-        .map_or(0.0, |m| 12.0 * 4.0 * m.params().count() as f64)
+    let sigma_data = config
+        .diffusion
+        .sigma_data
+        .unwrap_or(crate::config::EDM_SIGMA_DATA);
+    crate::model::Denoiser::new(
+        &config.net_spec(),
+        sigma_data,
+        &candle_core::Device::Cpu,
+        &mut rng,
+    )
+    .map_or(0.0, |m| 12.0 * 4.0 * m.params().count() as f64)
 }
 
 /// Floats a `diffusers` U-Net keeps for its backward per image: about ten

@@ -231,21 +231,41 @@ fn a_pretrained_teacher_distils_without_data() {
     let o = common::disback(&args, d);
     let err = common::stderr(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("no data: the teacher's samples (16 images), 3×8×8"), "{err}");
-    assert!(err.contains("teacher pretrained: diffusers model") && err.contains("(48659 parameters)"), "{err}");
+    assert!(
+        err.contains("no data: the teacher's samples (16 images), 3×8×8"),
+        "{err}"
+    );
+    assert!(
+        err.contains("teacher pretrained: diffusers model") && err.contains("(48659 parameters)"),
+        "{err}"
+    );
     // The run wrote what every run writes: the teacher among it, as this
     // lab's file (so a resumed run needs no folder), and the path.
-    for file in ["teacher.safetensors", "path/node-2.safetensors", "generator/final.safetensors", "samples.safetensors"] {
+    for file in [
+        "teacher.safetensors",
+        "path/node-2.safetensors",
+        "generator/final.safetensors",
+        "samples.safetensors",
+    ] {
         assert!(d.join("run").join(file).is_file(), "{file}");
     }
     let config = std::fs::read_to_string(d.join("run/config.toml")).unwrap();
-    assert!(config.contains("kind = \"none\"") && config.contains("[teacher.diffusers"), "{config}");
+    assert!(
+        config.contains("kind = \"none\"") && config.contains("[teacher.diffusers"),
+        "{config}"
+    );
     // The mismatch degree needs the data's score: none is measured.
     let metrics = std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"mismatch_teacher\":[]"), "{metrics}");
 
     // The comparison: three arms from the one folder.
-    let mut args = vec!["compare".to_string(), "--seeds".into(), "1".into(), "--out".into(), "cmp".into()];
+    let mut args = vec![
+        "compare".to_string(),
+        "--seeds".into(),
+        "1".into(),
+        "--out".into(),
+        "cmp".into(),
+    ];
     for s in &sets {
         args.extend(["--set".into(), s.clone()]);
     }

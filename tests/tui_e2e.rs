@@ -472,3 +472,36 @@ fn detach_attach_and_stop() {
     let ls = lab.disback(&["ls", "."]);
     assert!(String::from_utf8_lossy(&ls.stdout).contains("ended"));
 }
+
+/// The lab on a pretrained diffusers teacher with no data: its header
+/// names the teacher and its size, and the run backtracks.
+#[test]
+fn the_lab_opens_on_a_pretrained_teacher_without_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers/plain-eps");
+    let set = format!("teacher.pretrained={}", teacher.display());
+    let args = [
+        "tui",
+        "--set",
+        &set,
+        "--set",
+        "device=cpu",
+        "--set",
+        "record.batch=16",
+        "--set",
+        "distill.batch=16",
+        "--set",
+        "metrics.samples=16",
+        "--set",
+        "metrics.every=10",
+        "--out",
+        "run",
+    ];
+    let mut lab = Lab::spawn(&args, dir);
+    // The header names the teacher (its size runs past 80 columns here).
+    lab.wait_for("no data: the teacher's samples (16 images), 1×8×8 · teacher plain-eps");
+    lab.wait_for("TARGET");
+    lab.press(" ");
+    lab.wait_for("[PAUSED]");
+    lab.save_then_stop();
+}

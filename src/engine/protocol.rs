@@ -288,12 +288,14 @@ impl NodeSpread {
     }
 }
 
-/// A distance in three or four characters: 0.76, 26.3, 483.
+/// A distance in at most five characters: 0.76, 26.3, 483, 8341, 834k, 1.7M.
 pub fn short_number(v: f64) -> String {
     match v.abs() {
         a if a < 9.995 => format!("{v:.2}"),
         a if a < 99.95 => format!("{v:.1}"),
-        _ => format!("{v:.0}"),
+        a if a < 9_999.5 => format!("{v:.0}"),
+        a if a < 999_500.0 => format!("{:.0}k", v / 1e3),
+        _ => format!("{:.1}M", v / 1e6),
     }
 }
 
@@ -316,4 +318,25 @@ pub struct SessionView {
     pub latest: Option<MetricsRecord>,
     pub latest_eval: Option<Evaluation>,
     pub failure: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_number;
+
+    #[test]
+    fn short_numbers_fit_five_characters() {
+        let cases = [
+            (0.7612, "0.76"),
+            (26.31, "26.3"),
+            (483.2, "483"),
+            (8341.0, "8341"),
+            (833_962.0, "834k"),
+            (1_746_620.0, "1.7M"),
+        ];
+        for (v, shown) in cases {
+            assert_eq!(short_number(v), shown);
+            assert!(shown.chars().count() <= 5);
+        }
+    }
 }

@@ -9,9 +9,9 @@
 use super::cost::PassCost;
 use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
-use super::teacher::teacher_samples_as_data;
 use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
+use super::teacher::teacher_samples_as_data;
 use crate::config::{Config, DataConfig, GeneratorSpec, Method, SchedulePolicy};
 use crate::data::{Bounds, Dataset};
 use crate::diffusion::NoiseSchedule;

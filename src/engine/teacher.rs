@@ -33,7 +33,10 @@ pub(super) fn teacher_samples_as_data(
         (false, Some(dir)) => load_pretrained(teacher, dir)?,
         (false, None) => bail!("data.kind = \"none\" needs a pretrained teacher (teacher.pretrained)"),
     }
-    let shape = config.data.image_shape().context("a run without data has the teacher's image shape")?;
+    let shape = config
+        .data
+        .image_shape()
+        .context("a run without data has the teacher's image shape")?;
     let n = config.metrics.samples;
     let grid = noise.karras(config.diffusion.sampler_steps.min(HEUN_STEPS));
     let mut rng = host_rng(config.seed, streams::TEACHER_REFERENCE);
@@ -42,7 +45,11 @@ pub(super) fn teacher_samples_as_data(
     let mut left = n;
     while left > 0 {
         let b = left.min(chunk);
-        let start = (normal_tensor(&mut rng, vec![b, shape.channels, shape.height, shape.width], &teacher.device())? * grid[0])?;
+        let start = (normal_tensor(
+            &mut rng,
+            vec![b, shape.channels, shape.height, shape.width],
+            &teacher.device(),
+        )? * grid[0])?;
         let images = heun_sample(model_denoise_fn(teacher), start, &grid)?;
         let values: Vec<f32> = images.flatten_all()?.to_vec1()?;
         pixels.extend(values.into_iter().map(to_byte));

@@ -44,7 +44,9 @@ impl Session {
                     n if n >= 1e6 => format!("{:.1} M", n / 1e6),
                     n => format!("{:.1} k", n / 1e3),
                 };
-                let name = dir.file_name().map_or(dir.display().to_string(), |f| f.to_string_lossy().into_owned());
+                let name = dir
+                    .file_name()
+                    .map_or(dir.display().to_string(), |f| f.to_string_lossy().into_owned());
                 format!("{data} · teacher {name} ({size} parameters)")
             }
             None => data,
