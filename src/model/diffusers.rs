@@ -381,7 +381,7 @@ impl DiffusersUNet2D {
                 h = conv.forward(&h.upsample_nearest2d(2 * height, 2 * width)?)?;
             }
         }
-        Ok(self.conv_out.forward(&silu(&self.norm_out.forward(&h)?)?)?)
+        self.conv_out.forward(&silu(&self.norm_out.forward(&h)?)?)
     }
 }
 
