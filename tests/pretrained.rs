@@ -111,7 +111,7 @@ fn copy(name: &str, to: &Path) -> PathBuf {
 }
 
 fn error(dir: &Path) -> String {
-    format!("{:#}", teacher(dir).err().expect("should be refused"))
+    format!("{:#}", teacher(dir).expect_err("should be refused"))
 }
 
 #[test]
