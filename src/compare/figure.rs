@@ -39,7 +39,7 @@ pub fn plot_comparison(dir: &Path, c: &Comparison) -> Result<Vec<PathBuf>> {
         log_x: false,
         log_y: true,
         marks: Vec::new(),
-        reference: headline.map(|l| (l.value, format!("{} level {:.4}", l.name, l.value))),
+        reference: headline.and_then(|l| Some((l.value?, format!("{} level {:.4}", l.name, l.value?)))),
     };
     let mismatch = Curves {
         name: "compare-mismatch".into(),

@@ -207,7 +207,9 @@ impl Spread {
 pub struct Level {
     /// "50%", "80%", "95%", or "Diff-Instruct's final".
     pub name: String,
-    pub value: f64,
+    /// None where there is no such level: no arm ended better than G⁰
+    /// (every run diverged), or Diff-Instruct ended no better than it.
+    pub value: Option<f64>,
 }
 
 /// One arm's cost to one level, over the seeds that reached it.
@@ -347,22 +349,28 @@ pub fn compare_runs(
         .map(|&a| final_median(&of(&runs, a)))
         .fold(f64::INFINITY, f64::min);
     let start = median(runs.iter().map(|r| r.curve[0].quality).collect());
+    // Levels lie between G⁰ and a better quality: when no arm ended better
+    // than G⁰ (every run diverged) there is no level to reach.
+    let below_start = |q: f64| (q < start).then_some(q);
     let mut levels: Vec<Level> = FRACTIONS
         .iter()
         .map(|p| Level {
             name: format!("{:.0}%", 100.0 * p),
-            value: best + (1.0 - p) * (start - best),
+            value: below_start(best).map(|b| b + (1.0 - p) * (start - b)),
         })
         .collect();
     let baseline = of(&runs, Arm::DiffInstruct);
     if !baseline.is_empty() {
         levels.push(Level {
             name: "Diff-Instruct's final".into(),
-            value: final_median(&baseline),
+            value: below_start(final_median(&baseline)),
         });
     }
     for r in &mut runs {
-        r.reached = levels.iter().map(|l| r.cost_to(l.value)).collect();
+        r.reached = levels
+            .iter()
+            .map(|l| l.value.and_then(|v| r.cost_to(v)))
+            .collect();
     }
     let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
     seeds.sort_unstable();
@@ -441,6 +449,9 @@ fn headline(speedups: &[Speedup], levels: &[Level], arms: &[ArmSummary], seeds: 
                 reached(Arm::Disback),
                 reached(against)
             );
+            if level.value.is_none() {
+                return format!("against {against}: no arm ended better than G⁰, so there is no level to reach");
+            }
             match s.spread {
                 None => format!("against {against}: no speed-up can be measured ({counts}, never both on one seed)"),
                 Some(x) if x.median >= 1.0 => format!(
@@ -580,7 +591,11 @@ mod tests {
         // start 1.0; best final (smoothed) 0.1; the 80% level 0.28.
         assert_eq!(c.start, 1.0);
         assert!((c.best - 0.1).abs() < 1e-12, "{}", c.best);
-        assert!((c.levels[1].value - 0.28).abs() < 1e-12, "{:?}", c.levels);
+        assert!(
+            (c.levels[1].value.unwrap() - 0.28).abs() < 1e-12,
+            "{:?}",
+            c.levels
+        );
         let d = c.runs.iter().find(|r| r.arm == Arm::Disback).unwrap();
         // DisBack's smoothed curve: 1, 0.75, 0.567, 0.267 (index 3): the
         // crossing is (0.567 − 0.28) / (0.567 − 0.267) = 0.956 of the way
@@ -611,7 +626,11 @@ mod tests {
         assert!((without.spread.unwrap().median - b80 / (expected - 200.0)).abs() < 1e-9);
         // The last level is the baseline's own final quality.
         assert_eq!(c.levels[3].name, "Diff-Instruct's final");
-        assert!((c.levels[3].value - 0.32 / 3.0).abs() < 1e-12, "{:?}", c.levels);
+        assert!(
+            (c.levels[3].value.unwrap() - 0.32 / 3.0).abs() < 1e-12,
+            "{:?}",
+            c.levels
+        );
     }
 
     #[test]
@@ -655,6 +674,23 @@ mod tests {
         assert!(c.headline.against[0].1.is_none());
         assert!(
             c.headline.verdict.contains("no speed-up can be measured"),
+            "{}",
+            c.headline.verdict
+        );
+    }
+
+    #[test]
+    fn runs_that_all_get_worse_reach_no_level() {
+        let worse = [1.0, 1.5, 2.0, 2.5, 2.5];
+        let runs = vec![
+            run(Arm::Disback, 0, 0.0, &worse),
+            run(Arm::DiffInstruct, 0, 0.0, &worse),
+        ];
+        let c = compare_runs("toy", runs, 400, 0).unwrap();
+        assert!(c.levels.iter().all(|l| l.value.is_none()), "{:?}", c.levels);
+        assert!(c.headline.against[0].1.is_none());
+        assert!(
+            c.headline.verdict.contains("no arm ended better than G⁰"),
             "{}",
             c.headline.verdict
         );

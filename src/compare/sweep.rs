@@ -127,7 +127,7 @@ pub struct SweepRow {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LevelRow {
     pub name: String,
-    pub value: f64,
+    pub value: Option<f64>,
     /// Each arm's cost in passes, and how many seeds reached the level.
     pub cost: Vec<(Arm, Option<Spread>, usize)>,
     pub speedup: Vec<(Arm, Unit, Option<Spread>)>,

@@ -35,7 +35,10 @@ impl Comparison {
         let levels: Vec<String> = self
             .levels
             .iter()
-            .map(|l| format!("{} {:.4}", l.name, l.value))
+            .map(|l| match l.value {
+                Some(v) => format!("{} {v:.4}", l.name),
+                None => format!("{} — (none: no arm ended better than G⁰)", l.name),
+            })
             .collect();
         let _ = writeln!(
             t,
