@@ -177,7 +177,7 @@ fn every_switch_loads_every_weight_and_the_path_ends_on_the_teacher() {
             .unwrap(),
         0.0
     );
-    assert_eq!(run.session.schedule().spent(), &[250, 250, 250, 1250]);
+    assert_eq!(run.session.schedule().spent(), &[20, 100, 100, 1780]);
 }
 
 #[test]
