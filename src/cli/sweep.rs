@@ -40,7 +40,18 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         .iter()
         .map(|g| Grid::parse(g))
         .collect::<Result<Vec<_>>>()?;
-    let base = args.config.load()?;
+    // The sweep's first point stands for it where one config is needed (its
+    // name, threads and memory): the base config alone may not be valid
+    // until a grid key is set (a schedule for another path length).
+    let first: Vec<String> = grid
+        .iter()
+        .map(|g| format!("{}={}", g.key, g.values[0]))
+        .collect();
+    let base = {
+        let mut with_first = args.config.clone();
+        with_first.overrides.extend(first);
+        with_first.load()?
+    };
     configure_threads(base.threads);
     let out = args
         .out
