@@ -427,7 +427,7 @@ pub struct GeneratorConfig {
     /// denoiser's architecture can make the sharp cuts between modes that a
     /// one-step generator needs. Measured on the ring, 2 seeds: precision
     /// 0.83 vs 0.46, energy 0.005 vs 0.025, and the hard mixture's six
-    /// modes all kept (README: "What we measured").
+    /// modes all kept (`docs/toys.md`).
     pub init: GeneratorInit,
     /// σ_g of the teacher-initialised generator, in EDM units (scaled by
     /// σ_data / 0.5 like every noise level, so 0.5 means σ_g = σ_data).
