@@ -1,5 +1,5 @@
 //! Pretrained `diffusers` teachers: the small UNet2DModels of
-//! `tests/fixtures/diffusers` (made by `tools/make_diffusers_fixtures.py`
+//! `tests/fixtures/diffusers` (made by `tests/fixtures/make_diffusers_fixtures.py`
 //! with diffusers 0.42.1, random weights) give the outputs diffusers gave
 //! for the same inputs; broken folders are refused by name; the VP
 //! preconditioning makes them EDM denoisers.

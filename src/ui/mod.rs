@@ -1,5 +1,5 @@
 //! The terminal lab: a ratatui front end over the training thread. It sees
-//! only plain data (`engine::trainer` messages); candle stays on the other
+//! only plain data (the messages of `engine::protocol`); candle stays on the other
 //! side of the channel.
 //!
 //! The event loop is a tokio `select!` over key presses, messages from
