@@ -18,15 +18,32 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The fixture's teacher, loaded.
-fn teacher(dir: &Path) -> anyhow::Result<Denoiser> {
+/// max |a − b| over every element.
+fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The network a fixture's `config.json` describes, with fresh weights.
+fn network(dir: &Path) -> anyhow::Result<Denoiser> {
     let spec = DiffusersSpec::read(dir)?;
-    let model = Denoiser::new(
+    Denoiser::new(
         &NetSpec::Diffusers(Box::new(spec)),
         0.5,
         &Device::Cpu,
         &mut host_rng(0, 0),
-    )?;
+    )
+}
+
+/// The fixture's teacher, loaded.
+fn teacher(dir: &Path) -> anyhow::Result<Denoiser> {
+    let model = network(dir)?;
     load_diffusers_weights(model.params(), &DiffusersFiles::find(dir)?.weights)?;
     Ok(model)
 }
@@ -41,15 +58,8 @@ fn every_fixture_gives_diffusers_outputs() {
         let t = expected["timestep"].reshape((3, 1)).unwrap();
         let out = model.net.forward(&expected["sample"], &t).unwrap();
         let want = &expected["output"];
-        let err = (&out - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let err = largest_difference(&out, want);
+        let scale = largest_difference(want, &want.zeros_like().unwrap());
         assert!(
             err <= 1e-4 * scale,
             "{name}: largest difference {err} on outputs up to {scale}"
@@ -75,14 +85,7 @@ fn an_eps_model_becomes_an_edm_denoiser() {
     let t = Tensor::full(300f32, (2, 1), &Device::Cpu).unwrap();
     let eps = model.net.forward(&(&x * c_in).unwrap(), &t).unwrap();
     let want = (&x - (eps * sigma).unwrap()).unwrap();
-    let err = (d - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = largest_difference(&d, &want);
     assert!(err < 1e-4, "{err}");
     let weight: Vec<f32> = levels
         .weight_for(&x)
@@ -110,8 +113,20 @@ fn copy(name: &str, to: &Path) -> PathBuf {
     dir
 }
 
-fn error(dir: &Path) -> String {
-    format!("{:#}", teacher(dir).expect_err("should be refused"))
+/// Asserts that loading `dir` fails with an error that says every needle.
+fn refused(dir: &Path, needles: &[&str]) {
+    let e = format!("{:#}", teacher(dir).expect_err("should be refused"));
+    for needle in needles {
+        assert!(e.contains(needle), "missing {needle:?} in {e}");
+    }
+}
+
+/// Replaces `from` by `to` in a copied fixture's `unet/config.json`.
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let config = dir.join("unet/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(from), "{from} not in the fixture's config");
+    std::fs::write(&config, text.replacen(from, to, 1)).unwrap();
 }
 
 #[test]
@@ -120,40 +135,19 @@ fn broken_folders_are_refused_by_name() {
     // No scheduler: the schedule is needed.
     let dir = copy("plain-eps", tmp.path());
     std::fs::remove_dir_all(dir.join("scheduler")).unwrap();
-    assert!(
-        error(&dir).contains("no scheduler_config.json"),
-        "{}",
-        error(&dir)
-    );
+    refused(&dir, &["no scheduler_config.json"]);
     // No weights.
     let dir = copy("attention-v", &tmp.path().join("a"));
     std::fs::remove_file(dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    assert!(
-        error(&dir).contains("no diffusion_pytorch_model.safetensors"),
-        "{}",
-        error(&dir)
-    );
+    refused(&dir, &["no diffusion_pytorch_model.safetensors"]);
     // A block type this lab does not build, by key and value.
     let dir = copy("plain-eps", &tmp.path().join("b"));
-    let config = dir.join("unet/config.json");
-    let text =
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replacen("\"DownBlock2D\"", "\"SkipDownBlock2D\"", 1);
-    std::fs::write(&config, text).unwrap();
-    let e = error(&dir);
-    assert!(
-        e.contains("down_block_types") && e.contains("SkipDownBlock2D") && e.contains("config.json"),
-        "{e}"
-    );
+    edit_config(&dir, "\"DownBlock2D\"", "\"SkipDownBlock2D\"");
+    refused(&dir, &["down_block_types", "SkipDownBlock2D", "config.json"]);
     // Class conditioning is refused, saying why.
     let dir = copy("plain-eps", &tmp.path().join("c"));
-    let config = dir.join("unet/config.json");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("\"num_class_embeds\": null", "\"num_class_embeds\": 10");
-    std::fs::write(&config, text).unwrap();
-    assert!(error(&dir).contains("num_class_embeds"), "{}", error(&dir));
+    edit_config(&dir, "\"num_class_embeds\": null", "\"num_class_embeds\": 10");
+    refused(&dir, &["num_class_embeds"]);
     // Weights of the wrong shape, a missing one and an extra one: each
     // named, and nothing loaded.
     let dir = copy("plain-eps", &tmp.path().join("d"));
@@ -169,14 +163,7 @@ fn broken_folders_are_refused_by_name() {
         Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&tensors, &weights).unwrap();
-    let spec = DiffusersSpec::read(&dir).unwrap();
-    let model = Denoiser::new(
-        &NetSpec::Diffusers(Box::new(spec)),
-        0.5,
-        &Device::Cpu,
-        &mut host_rng(0, 0),
-    )
-    .unwrap();
+    let model = network(&dir).unwrap();
     let before = model.params().tensors();
     let e = format!(
         "{:#}",
@@ -191,14 +178,7 @@ fn broken_folders_are_refused_by_name() {
         assert!(e.contains(needle), "missing {needle:?} in {e}");
     }
     for ((_, a), (_, b)) in before.iter().zip(model.params().tensors()) {
-        let same = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let same = largest_difference(a, &b);
         assert_eq!(same, 0.0, "a refused load changed nothing");
     }
 }

@@ -167,10 +167,8 @@ fn imports_only_go_down() {
             if named == *room || named == "self" {
                 continue;
             }
-            if let Some(theirs) = floor(&named) {
-                if theirs > own {
-                    upward.push(format!("src/{} → {named}", relative.display()));
-                }
+            if floor(&named).is_some_and(|theirs| theirs > own) {
+                upward.push(format!("src/{} → {named}", relative.display()));
             }
         }
     }

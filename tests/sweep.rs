@@ -6,6 +6,12 @@ mod common;
 
 use common::{disback, stderr};
 
+/// How many points a finished sweep kept from before.
+fn kept(o: &std::process::Output) -> usize {
+    assert!(o.status.success(), "{}", stderr(o));
+    stderr(o).matches("done before, kept").count()
+}
+
 #[test]
 fn a_sweep_compares_every_point_and_continues_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,26 +60,14 @@ fn a_sweep_compares_every_point_and_continues_where_it_stopped() {
     // Again: every point is kept. With one point's result gone, only that
     // one runs again.
     let o = disback(&args, d);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        stderr(&o).matches("done before, kept").count(),
-        4,
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!(kept(&o), 4, "{}", stderr(&o));
     let redo = d
         .join("sw")
         .join(rows[2]["dir"].as_str().unwrap())
         .join("compare.json");
     std::fs::remove_file(&redo).unwrap();
     let o = disback(&args, d);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        stderr(&o).matches("done before, kept").count(),
-        3,
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!(kept(&o), 3, "{}", stderr(&o));
     assert!(
         stderr(&o).contains("point 3/4 (generator.sigma_g=20, schedule.steps=[5,5,5,45]): 3 runs"),
         "{}",

@@ -170,6 +170,41 @@ struct Level {
     resample: Option<Conv2d>,
 }
 
+impl Level {
+    /// Layer `j` of the block `block` (`down_blocks.1`): its resnet from
+    /// `channels.0` to `channels.1`, and in an attention block its attention.
+    fn build<R: Rng>(
+        b: &mut ParamBuilder<'_, R>,
+        u: &DiffusersUNet,
+        block: &str,
+        layers: impl Iterator<Item = (usize, usize)>,
+        attention: bool,
+    ) -> Result<Self> {
+        let mut level = Level {
+            resnets: Vec::new(),
+            attentions: Vec::new(),
+            resample: None,
+        };
+        for (j, (from, to)) in layers.enumerate() {
+            level.resnets.push(Resnet::new(
+                b,
+                &format!("{block}.resnets.{j}"),
+                (from, to),
+                u,
+                1.0,
+            )?);
+            if attention {
+                let name = format!("{block}.attentions.{j}");
+                let groups = Some(u.norm_num_groups);
+                level
+                    .attentions
+                    .push(Attention::new(b, &name, to, u, groups, 1.0)?);
+            }
+        }
+        Ok(level)
+    }
+}
+
 #[derive(Debug)]
 pub struct DiffusersUNet2D {
     pub spec: DiffusersUNet,
@@ -207,35 +242,18 @@ impl DiffusersUNet2D {
         for (i, &attention) in u.down_attention.iter().enumerate() {
             let input = output;
             output = ch[i];
-            let name = |part: &str| format!("down_blocks.{i}.{part}");
-            let mut level = Level {
-                resnets: Vec::new(),
-                attentions: Vec::new(),
-                resample: None,
-            };
-            for j in 0..u.layers_per_block {
-                let from = if j == 0 { input } else { output };
-                level.resnets.push(Resnet::new(
-                    &mut b,
-                    &name(&format!("resnets.{j}")),
-                    (from, output),
-                    u,
-                    1.0,
-                )?);
-                if attention {
-                    let a = Attention::new(
-                        &mut b,
-                        &name(&format!("attentions.{j}")),
-                        output,
-                        u,
-                        Some(u.norm_num_groups),
-                        1.0,
-                    )?;
-                    level.attentions.push(a);
-                }
-            }
+            let block = format!("down_blocks.{i}");
+            let layers = (0..u.layers_per_block).map(|j| (if j == 0 { input } else { output }, output));
+            let mut level = Level::build(&mut b, u, &block, layers, attention)?;
             if i + 1 < levels {
-                let conv = Conv2d::new(&mut b, &name("downsamplers.0.conv"), (output, output), 3, 2, 1.0)?;
+                let conv = Conv2d::new(
+                    &mut b,
+                    &format!("{block}.downsamplers.0.conv"),
+                    (output, output),
+                    3,
+                    2,
+                    1.0,
+                )?;
                 level.resample = Some(conv.with_padding(u.downsample_padding));
             }
             down.push(level);
@@ -266,40 +284,21 @@ impl DiffusersUNet2D {
             let previous = output;
             output = reversed[i];
             let input = reversed[(i + 1).min(levels - 1)];
-            let name = |part: &str| format!("up_blocks.{i}.{part}");
-            let layers = u.layers_per_block + 1;
-            let mut level = Level {
-                resnets: Vec::new(),
-                attentions: Vec::new(),
-                resample: None,
-            };
-            for j in 0..layers {
-                let skip = if j + 1 == layers { input } else { output };
+            let block = format!("up_blocks.{i}");
+            let count = u.layers_per_block + 1;
+            // Each resnet takes the previous output beside a skip from the
+            // way down; the last skip has the channels of the matching down
+            // block's input.
+            let layers = (0..count).map(|j| {
+                let skip = if j + 1 == count { input } else { output };
                 let from = if j == 0 { previous } else { output };
-                let r = Resnet::new(
-                    &mut b,
-                    &name(&format!("resnets.{j}")),
-                    (from + skip, output),
-                    u,
-                    1.0,
-                )?;
-                level.resnets.push(r);
-                if attention {
-                    let a = Attention::new(
-                        &mut b,
-                        &name(&format!("attentions.{j}")),
-                        output,
-                        u,
-                        Some(u.norm_num_groups),
-                        1.0,
-                    )?;
-                    level.attentions.push(a);
-                }
-            }
+                (from + skip, output)
+            });
+            let mut level = Level::build(&mut b, u, &block, layers, attention)?;
             if i + 1 < levels {
                 level.resample = Some(Conv2d::new(
                     &mut b,
-                    &name("upsamplers.0.conv"),
+                    &format!("{block}.upsamplers.0.conv"),
                     (output, output),
                     3,
                     1,

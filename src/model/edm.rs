@@ -99,7 +99,7 @@ impl NoiseLevels {
         let half = emb_dim / 2;
         let (mut c_skip, mut c_out, mut c_in) = (vec![0f32; b], vec![0f32; b], vec![0f32; b]);
         let mut emb = vec![0f32; b * emb_dim];
-        let weight = sigmas
+        let weight: Vec<f32> = sigmas
             .iter()
             .map(|&s| loss_weight(s as f64, sigma_data) as f32)
             .collect();
@@ -114,14 +114,28 @@ impl NoiseLevels {
                 emb[i * emb_dim + half + k] = angle.cos() as f32;
             }
         }
+        let emb = upload(emb, (b, emb_dim), device)?;
+        Self::from_host_columns(sigmas, [c_skip, c_out, c_in, weight], emb, sigma_data, device)
+    }
+
+    /// Levels from host columns of B values each (σ, then c_skip, c_out,
+    /// c_in and the loss weight), uploaded as (B, 1) tensors.
+    fn from_host_columns(
+        sigma: Vec<f32>,
+        [c_skip, c_out, c_in, weight]: [Vec<f32>; 4],
+        emb: Tensor,
+        sigma_data: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        let b = sigma.len();
         let column = |v: Vec<f32>| upload(v, (b, 1), device);
         Ok(Self {
-            sigma: column(sigmas)?,
+            sigma: column(sigma)?,
             c_skip: column(c_skip)?,
             c_out: column(c_out)?,
             c_in: column(c_in)?,
             weight: column(weight)?,
-            emb: upload(emb, (b, emb_dim), device)?,
+            emb,
             sigma_data,
         })
     }
@@ -180,16 +194,8 @@ impl NoiseLevels {
             }
         }
         let [c_skip, c_out, c_in, weight, timesteps] = columns;
-        let column = |v: Vec<f32>| upload(v, (b, 1), device);
-        Ok(Self {
-            sigma: column(values)?,
-            c_skip: column(c_skip)?,
-            c_out: column(c_out)?,
-            c_in: column(c_in)?,
-            weight: column(weight)?,
-            emb: column(timesteps)?,
-            sigma_data,
-        })
+        let emb = upload(timesteps, (b, 1), device)?;
+        Self::from_host_columns(values, [c_skip, c_out, c_in, weight], emb, sigma_data, device)
     }
 
     /// The same from a (B, 1) column of σ on its device: the nearest
