@@ -101,7 +101,10 @@ fn compare_prints_the_table_and_writes_json_and_figures() {
     assert_eq!(json["levels"].as_array().unwrap().len(), 4);
     let start = json["start"].as_f64().unwrap();
     let level_80 = json["levels"][1]["value"].as_f64().expect("an 80% level");
-    assert!(level_80 < start, "the 80% level {level_80} is better than G⁰'s {start}");
+    assert!(
+        level_80 < start,
+        "the 80% level {level_80} is not below G⁰'s {start}"
+    );
     // Two baselines × four levels × three units.
     assert_eq!(json["speedups"].as_array().unwrap().len(), 24);
     assert_eq!(json["generator_updates"], 60);
