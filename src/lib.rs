@@ -5,6 +5,7 @@
 //! - [`files`]: atomic, checksummed writes and checked reads of every file.
 //! - [`transfer`]: every host↔device copy, counted.
 //! - [`config`]: the TOML schema, validation, `--set`, and the plain types every floor shares.
+//! - [`parallel`]: ranks that share every batch: averaged gradients, rank 0's orders, failures.
 //! - [`rng`]: seeded random streams, one per purpose.
 //! - [`data`]: the data distributions (mixtures with exact scores, toys, images) and resolving a config against its data.
 //! - [`kernels`]: fused CPU ops with hand-written backward passes.
@@ -34,6 +35,7 @@ pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod report;
 pub mod rng;
 pub mod rundir;

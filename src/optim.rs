@@ -3,6 +3,7 @@
 
 use crate::kernels::{AdamConstants, adam_step, in_place_on_cpu};
 use crate::model::Params;
+use crate::parallel::Collective;
 use anyhow::{Context, Result, ensure};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -22,6 +23,8 @@ pub struct Adam {
     /// Updates taken so far (for bias correction).
     pub t: u64,
     pub lr: f64,
+    /// The ranks whose gradients each step averages (data parallelism).
+    team: Collective,
 }
 
 /// The first and second moments of all parameters, end to end.
@@ -74,7 +77,16 @@ impl Adam {
             vars,
             t: 0,
             lr,
+            team: Collective::solo(),
         })
+    }
+
+    /// Each step averages the gradient over `team`'s ranks first (one
+    /// exchange of the whole flat gradient), so that every rank takes the
+    /// step of the whole batch and the weights stay the same on all.
+    pub fn averaged_over(mut self, team: &Collective) -> Self {
+        self.team = team.clone();
+        self
     }
 
     /// One update from the gradients of a backward pass. A parameter with no
@@ -94,6 +106,7 @@ impl Adam {
                 Ok(g.detach().flatten_all()?)
             })
             .collect::<Result<Vec<_>>>()?;
+        let g = self.averaged(g)?;
         self.t += 1;
         if g.is_empty() {
             return Ok(());
@@ -132,6 +145,18 @@ impl Adam {
             }
         }
         Ok(())
+    }
+
+    /// The flattened gradients, averaged over the team's ranks as one flat
+    /// buffer (one exchange per step, not one per parameter).
+    fn averaged(&self, g: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        if self.team.world() == 1 || g.is_empty() {
+            return Ok(g);
+        }
+        let flat = self.team.average_tensor(&Tensor::cat(&g, 0)?)?;
+        (0..g.len())
+            .map(|i| Ok(flat.narrow(0, self.offsets[i], self.offsets[i + 1] - self.offsets[i])?))
+            .collect()
     }
 
     /// Parameter `i`'s part of a flat tensor, in its shape (a view).

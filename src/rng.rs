@@ -6,6 +6,7 @@
 //! upload per iteration would make every iteration wait for the host.
 //! Measurements, previews and initialisation keep host streams everywhere.
 
+use crate::parallel::Shard;
 use anyhow::Result;
 use candle_core::{Device, Shape, Tensor};
 use rand::{Rng, RngExt};
@@ -61,8 +62,21 @@ pub fn normal_tensor(rng: &mut impl Rng, shape: impl Into<Shape>, device: &Devic
     crate::transfer::upload(normal_vec(rng, shape.elem_count()), shape, device)
 }
 
-/// Where a training step draws its random numbers.
-pub enum Draws<'a> {
+/// Where a training step draws its random numbers, and which rows of them
+/// this rank keeps. Every rank draws the whole global batch from the same
+/// stream and keeps its own rows (`shard`): so the ranks' shares are
+/// disjoint draws, never copies; N ranks draw exactly the numbers one rank
+/// draws for the whole batch (a data-parallel run is the single-device run,
+/// up to the order of float sums); and a checkpoint resumes on any number
+/// of ranks, its one stream being every rank's. The cost is drawing (not
+/// computing on) the whole batch on every rank, small beside a network
+/// pass.
+pub struct Draws<'a> {
+    pub source: DrawSource<'a>,
+    pub shard: Shard,
+}
+
+pub enum DrawSource<'a> {
     /// From a seeded host stream, uploaded: the CPU path.
     Host(&'a mut HostRng),
     /// On the tensors' device by candle's generator: the GPU path, where
@@ -71,20 +85,38 @@ pub enum Draws<'a> {
 }
 
 impl Draws<'_> {
-    /// On the device, or from the host stream `rng`.
-    pub fn new(on_device: bool, rng: &mut HostRng) -> Draws<'_> {
-        if on_device {
-            Draws::Device
-        } else {
-            Draws::Host(rng)
+    /// On the device, or from the host stream `rng`; this rank's `shard`.
+    pub fn new(on_device: bool, rng: &mut HostRng, shard: Shard) -> Draws<'_> {
+        let source = match on_device {
+            true => DrawSource::Device,
+            false => DrawSource::Host(rng),
+        };
+        Draws { source, shard }
+    }
+
+    /// From the host stream `rng`, the whole batch (one rank).
+    pub fn host(rng: &mut HostRng) -> Draws<'_> {
+        Draws {
+            source: DrawSource::Host(rng),
+            shard: Shard::WHOLE,
         }
     }
 
-    /// Standard normal draws of `shape` on `device`.
+    /// Standard normal draws of `shape` (this rank's rows) on `device`.
     pub fn normal(&mut self, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
-        match self {
-            Draws::Host(rng) => normal_tensor(*rng, shape, device),
-            Draws::Device => Ok(Tensor::randn(0f32, 1f32, shape, device)?),
+        let shape = shape.into();
+        let mut dims = shape.dims().to_vec();
+        let local = dims.first().copied().unwrap_or(1);
+        if let Some(rows) = dims.first_mut() {
+            *rows = self.shard.global(local);
+        }
+        match &mut self.source {
+            DrawSource::Host(rng) => {
+                let all = normal_vec(*rng, dims.iter().product());
+                let mine = self.shard.take(all, local, shape.elem_count() / local.max(1));
+                crate::transfer::upload(mine, shape, device)
+            }
+            DrawSource::Device => self.shard.rows(Tensor::randn(0f32, 1f32, dims, device)?, local),
         }
     }
 }

@@ -69,10 +69,10 @@ fn the_unet_keeps_the_shape_and_every_parameter_gets_a_gradient() {
         // then check the gradient reaches every parameter.
         let mut opt = Adam::new(model.params(), 1e-2).unwrap();
         for _ in 0..2 {
-            let loss = denoising_loss(&model, &x0, vec![0.3, 1.0, 5.0], &mut Draws::Host(&mut rng)).unwrap();
+            let loss = denoising_loss(&model, &x0, vec![0.3, 1.0, 5.0], &mut Draws::host(&mut rng)).unwrap();
             opt.step(&loss.backward().unwrap()).unwrap();
         }
-        let loss = denoising_loss(&model, &x0, vec![0.3, 1.0, 5.0], &mut Draws::Host(&mut rng)).unwrap();
+        let loss = denoising_loss(&model, &x0, vec![0.3, 1.0, 5.0], &mut Draws::host(&mut rng)).unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in model.params().iter() {
             let g = grads

@@ -48,7 +48,7 @@ fn train(model: &Denoiser, steps: usize) {
     for _ in 0..steps {
         let x0 = data_tensor(64, 2);
         let sigmas = noise.training(&mut rng, 64);
-        let loss = denoising_loss(model, &x0, sigmas, &mut Draws::Host(&mut rng)).unwrap();
+        let loss = denoising_loss(model, &x0, sigmas, &mut Draws::host(&mut rng)).unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
     }
 }
@@ -93,7 +93,7 @@ fn every_parameter_receives_a_gradient() {
     let mut rng = host_rng(0, 2);
     let x0 = data_tensor(32, 3);
     let sigmas = noise.training(&mut rng, 32);
-    let loss = denoising_loss(&model, &x0, sigmas, &mut Draws::Host(&mut rng)).unwrap();
+    let loss = denoising_loss(&model, &x0, sigmas, &mut Draws::host(&mut rng)).unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in model.params().iter() {
         let g = grads
@@ -103,7 +103,7 @@ fn every_parameter_receives_a_gradient() {
     }
     train(&model, 2);
     let sigmas = noise.training(&mut rng, 32);
-    let loss = denoising_loss(&model, &x0, sigmas, &mut Draws::Host(&mut rng)).unwrap();
+    let loss = denoising_loss(&model, &x0, sigmas, &mut Draws::host(&mut rng)).unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in model.params().iter() {
         let norm = abs_sum(grads.get(var.as_tensor()).unwrap());
@@ -126,7 +126,7 @@ fn the_denoising_loss_matches_a_hand_computation() {
         &model,
         &points_to_tensor(&x0, &Device::Cpu).unwrap(),
         sigmas.clone(),
-        &mut Draws::Host(&mut rng),
+        &mut Draws::host(&mut rng),
     )
     .unwrap()
     .to_scalar()

@@ -18,6 +18,7 @@ const FLOORS: &[&str] = &[
     "files",
     "transfer",
     "config",
+    "parallel",
     "rng",
     "data",
     "kernels",

@@ -40,6 +40,7 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub parallel: ParallelConfig,
 }
 
 impl Default for Config {
@@ -61,6 +62,7 @@ impl Default for Config {
             schedule: ScheduleConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            parallel: ParallelConfig::default(),
         }
     }
 }
@@ -708,6 +710,56 @@ impl Default for MetricsConfig {
             stf_reference: 4096,
             path_spread: true,
         }
+    }
+}
+
+/// Data parallelism: the ranks split every batch, average their gradients
+/// and so hold the same weights; rank 0 alone writes and serves the lab.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParallelConfig {
+    /// How many ranks. With `threads`, the threads this process starts;
+    /// with `nccl`, the processes (one per GPU, `cuda:0` … `cuda:N−1`)
+    /// this one starts on its box, unless a launcher (torchrun, srun) set
+    /// `WORLD_SIZE`, which then says. Default 1.
+    pub ranks: usize,
+    /// `solo` (one rank), `threads` (ranks as threads of one process, on
+    /// the CPU or sharing one device: for tests and CPU machines) or
+    /// `nccl` (one process per GPU, gradients averaged by NCCL; needs the
+    /// `cuda` build). Default `solo`.
+    pub backend: ParallelBackend,
+    /// Seconds a rank waits for the others at a gradient exchange before
+    /// it stops the run, naming the ranks that did not come (a dead or hung
+    /// rank). Rank 0 measures the generator between steps, which the
+    /// others wait for: keep it well above one measurement. Default 600.
+    pub timeout_s: f64,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        Self {
+            ranks: 1,
+            backend: ParallelBackend::Solo,
+            timeout_s: 600.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParallelBackend {
+    Solo,
+    Threads,
+    Nccl,
+}
+
+impl fmt::Display for ParallelBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Solo => "solo",
+            Self::Threads => "threads",
+            Self::Nccl => "nccl",
+        })
     }
 }
 

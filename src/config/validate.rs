@@ -37,6 +37,7 @@ impl Config {
         self.check_training(&mut p);
         self.check_schedule(&mut p);
         self.check_outputs(&mut p);
+        self.check_parallel(&mut p);
         if p.0.is_empty() {
             Ok(())
         } else {
@@ -274,6 +275,54 @@ impl Config {
             p.positive(s, &format!("metrics.mismatch_sigmas[{i}]"));
         }
         p.at_least(m.stf_reference, 1, "metrics.stf_reference");
+    }
+
+    fn check_parallel(&self, p: &mut Problems) {
+        let par = &self.parallel;
+        p.at_least(par.ranks, 1, "parallel.ranks");
+        p.require(
+            par.ranks == 1 || par.backend != ParallelBackend::Solo,
+            "parallel.backend",
+            || {
+                format!(
+                    "solo runs one rank, not parallel.ranks = {}: choose threads (ranks as threads \
+                     of this process) or nccl (one process per GPU)",
+                    par.ranks
+                )
+            },
+        );
+        p.positive(par.timeout_s, "parallel.timeout_s");
+        if par.ranks >= 1 {
+            self.check_world(par.ranks, p);
+        }
+    }
+
+    /// Every batch must split evenly among `world` ranks: each rank takes
+    /// an equal share, so that the average of their gradients is the
+    /// gradient of the whole batch.
+    fn check_world(&self, world: usize, p: &mut Problems) {
+        let trains_teacher = self.teacher.file.is_none() && self.teacher.pretrained.is_none();
+        let batches = [
+            ("teacher.batch", self.teacher.batch, trains_teacher),
+            ("record.batch", self.record.batch, self.records_path()),
+            ("distill.batch", self.distill.batch, true),
+        ];
+        for (key, batch, used) in batches {
+            p.require(!used || batch.is_multiple_of(world), key, || {
+                format!("{batch} does not split evenly among {world} ranks: make it a multiple of {world}")
+            });
+        }
+    }
+
+    /// Checks that every batch splits among `world` ranks (the world a
+    /// launcher such as torchrun set, which the config does not know).
+    pub fn validate_world(&self, world: usize) -> Result<()> {
+        let mut p = Problems::default();
+        self.check_world(world, &mut p);
+        match p.0.is_empty() {
+            true => Ok(()),
+            false => bail!("{}", p.0.join("\n")),
+        }
     }
 
     /// Recorded nodes after the teacher that this config plans (N; 0 for

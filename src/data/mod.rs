@@ -117,6 +117,15 @@ impl Samples {
     }
 
     /// A (B, …) tensor on `device`.
+    /// This rank's `local` rows of a global batch.
+    pub fn shard(self, shard: crate::parallel::Shard, local: usize) -> Samples {
+        let per_row = self.shape.iter().product();
+        Samples {
+            values: shard.take(self.values, local, per_row),
+            shape: self.shape,
+        }
+    }
+
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         let mut shape = vec![self.len()];
         shape.extend(&self.shape);

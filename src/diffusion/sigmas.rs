@@ -2,7 +2,7 @@
 
 use crate::config::{DiffusionConfig, edm_to_data_units};
 use crate::model::Sigmas;
-use crate::rng::{Draws, index_in};
+use crate::rng::{DrawSource, Draws, index_in};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, RngExt};
@@ -39,21 +39,24 @@ impl KarrasGrid {
 }
 
 impl Draws<'_> {
-    /// `n` noise levels from `law`: on the host (then uploaded with the
-    /// levels) or as a (n, 1) column drawn on `device`.
+    /// `n` noise levels from `law` (this rank's, of the global batch's):
+    /// on the host (then uploaded with the levels) or as a (n, 1) column
+    /// drawn on `device`.
     pub fn sigmas(&mut self, law: SigmaLaw<'_>, n: usize, device: &Device) -> Result<Sigmas> {
-        let rng = match self {
-            Draws::Host(rng) => rng,
-            Draws::Device => return Ok(Sigmas::Device(device_sigmas(law, n, device)?)),
+        let (shard, all) = (self.shard, self.shard.global(n));
+        let rng = match &mut self.source {
+            DrawSource::Host(rng) => rng,
+            DrawSource::Device => return Ok(Sigmas::Device(shard.rows(device_sigmas(law, all, device)?, n)?)),
         };
-        Ok(Sigmas::Host(match law {
-            SigmaLaw::LogNormal { mean, std } => log_normal_sigmas(*rng, n, mean, std),
+        let values = match law {
+            SigmaLaw::LogNormal { mean, std } => log_normal_sigmas(*rng, all, mean, std),
             SigmaLaw::KarrasIndex {
                 grid,
                 min_index,
                 max_index,
-            } => karras_index_sigmas(*rng, n, &grid.values, min_index, max_index),
-        }))
+            } => karras_index_sigmas(*rng, all, &grid.values, min_index, max_index),
+        };
+        Ok(Sigmas::Host(shard.take(values, n, 1)))
     }
 }
 

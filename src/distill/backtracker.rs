@@ -21,6 +21,7 @@ use crate::config::DistillConfig;
 use crate::diffusion::SigmaLaw;
 use crate::model::Denoiser;
 use crate::optim::Adam;
+use crate::parallel::Collective;
 use crate::rng::Draws;
 use crate::transfer::Pending;
 use anyhow::{Context, Result, ensure};
@@ -55,6 +56,9 @@ pub struct Backtracker {
     /// Gaps of the steps since the `auto` rule last read them, on the
     /// device until its window needs them.
     gaps: Pending,
+    /// The ranks training together: their gaps are averaged before the
+    /// `auto` rule reads them, so every rank decides the same switch.
+    team: Collective,
 }
 
 /// What one backtracking iteration did. The numbers are scalar tensors on
@@ -72,21 +76,25 @@ pub struct BacktrackStep {
 
 impl Backtracker {
     /// s_φ starts as `fake_start`; the target is the schedule's first node.
+    /// `settings.batch` is this rank's share of the batch; `team` the ranks
+    /// whose gradients and gaps it averages.
     pub fn new(
         fake_start: Denoiser,
         schedule: BacktrackSchedule,
         settings: &DistillConfig,
         nodes: &dyn NodeSource,
+        team: &Collective,
     ) -> Result<Self> {
         let target = fake_start.deep_clone()?;
         load(nodes, schedule.target(), &target)?;
         Ok(Self {
-            fake_opt: Adam::new(fake_start.params(), settings.fake_lr)?,
+            fake_opt: Adam::new(fake_start.params(), settings.fake_lr)?.averaged_over(team),
             fake_score: fake_start,
             target,
             schedule,
             settings: settings.clone(),
             gaps: Pending::default(),
+            team: team.clone(),
         })
     }
 
@@ -173,7 +181,7 @@ impl Backtracker {
     /// Gives the held gaps to the schedule (before a checkpoint saves it,
     /// so a resumed run decides as an uninterrupted one).
     pub fn flush_gaps(&mut self) -> Result<()> {
-        let gaps = self.gaps.take()?;
+        let gaps = self.team.average_values(self.gaps.take()?)?;
         self.schedule.observe_gaps(&gaps);
         Ok(())
     }

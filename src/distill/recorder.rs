@@ -16,6 +16,7 @@ use crate::config::RecordConfig;
 use crate::diffusion::SigmaLaw;
 use crate::model::{Denoiser, Generator};
 use crate::optim::Adam;
+use crate::parallel::Collective;
 use crate::rng::Draws;
 use crate::transfer::Pending;
 use anyhow::Result;
@@ -64,11 +65,12 @@ pub struct NodeDue {
 }
 
 impl DegradationRecorder {
-    /// Starts from a copy of the teacher.
-    pub fn new(teacher: &Denoiser, settings: &RecordConfig) -> Result<Self> {
+    /// Starts from a copy of the teacher. `settings.batch` is this rank's
+    /// share of the batch; `team` the ranks whose gradients it averages.
+    pub fn new(teacher: &Denoiser, settings: &RecordConfig, team: &Collective) -> Result<Self> {
         let degrading = teacher.deep_clone()?;
         Ok(Self {
-            opt: Adam::new(degrading.params(), settings.lr)?,
+            opt: Adam::new(degrading.params(), settings.lr)?.averaged_over(team),
             degrading,
             progress: RecordProgress::default(),
             settings: settings.clone(),

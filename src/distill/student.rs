@@ -3,6 +3,7 @@
 
 use crate::model::Generator;
 use crate::optim::Adam;
+use crate::parallel::Collective;
 use crate::rng::Draws;
 use anyhow::Result;
 use candle_core::Tensor;
@@ -18,9 +19,10 @@ pub struct Student {
 }
 
 impl Student {
-    pub fn new(generator: Generator, lr: f64, ema_decay: f64) -> Result<Self> {
+    /// `team`: the ranks whose gradients each update averages.
+    pub fn new(generator: Generator, lr: f64, ema_decay: f64, team: &Collective) -> Result<Self> {
         Ok(Self {
-            opt: Adam::new(generator.params(), lr)?,
+            opt: Adam::new(generator.params(), lr)?.averaged_over(team),
             average: generator.deep_clone()?,
             generator,
             ema_decay,

@@ -15,10 +15,11 @@ use super::protocol::Event;
 use super::session::{Session, node_source};
 use crate::config::{Config, Method};
 use crate::distill::{BacktrackSchedule, Backtracker, DegradationRecorder, RecordProgress};
-use crate::files::{read_json, read_tensors, write_json, write_tensors};
+use crate::files::{read_json, read_tensors, write_json, write_tensors, write_toml};
 use crate::metrics::Evaluation;
 use crate::model::Denoiser;
 use crate::optim::Adam;
+use crate::parallel::Collective;
 use crate::rng::HostRng;
 use crate::rundir::{MetricsLog, MetricsRecord, RunDir, Stage};
 use anyhow::{Context, Result, bail};
@@ -140,6 +141,25 @@ impl Session {
                 bail!("the weights are no longer finite; keeping the previous checkpoint");
             }
         }
+        let dir = match self.leads() {
+            true => self.write_checkpoint()?,
+            // Rank 0 writes the team's checkpoint.
+            false => self.run.state_dir(),
+        };
+        self.last_checkpoint = Some(self.clock.iteration);
+        // The device's generator restarts from this position, as a run
+        // resumed from this checkpoint will: from a scheduled checkpoint the
+        // two draw the same numbers.
+        self.seed_device_draws(self.phase.stage())?;
+        self.pending.push(Event::Checkpointed {
+            iteration: self.clock.iteration,
+            dir,
+        });
+        Ok(())
+    }
+
+    /// Writes the checkpoint's folder and names it the latest; returns it.
+    fn write_checkpoint(&self) -> Result<std::path::PathBuf> {
         let state_dir = self.run.state_dir();
         let name = format!("ckpt-{:08}", self.clock.iteration);
         let dir = state_dir.join(&name);
@@ -182,16 +202,7 @@ impl Session {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        self.last_checkpoint = Some(self.clock.iteration);
-        // The device's generator restarts from this position, as a run
-        // resumed from this checkpoint will: from a scheduled checkpoint the
-        // two draw the same numbers.
-        self.seed_device_draws(self.phase.stage())?;
-        self.pending.push(Event::Checkpointed {
-            iteration: self.clock.iteration,
-            dir,
-        });
-        Ok(())
+        Ok(dir)
     }
 
     /// Every model the current stage trains, with its optimiser's moments;
@@ -216,14 +227,30 @@ impl Session {
         Ok(adam_steps)
     }
 
-    /// Continues a run from its last checkpoint. Log lines written after
-    /// that checkpoint are dropped and will be written again, identically.
-    pub fn resume(run: RunDir) -> Result<Self> {
+    /// Rank 0 continues a run from its last checkpoint. Log lines written
+    /// after that checkpoint are dropped and will be written again,
+    /// identically.
+    pub(super) fn resume_leading(config: Config, run: RunDir, team: Collective) -> Result<Self> {
         let run = run.locked()?;
-        let config = Config::load_run(&run.config())?;
+        // Resumed on other ranks: the run's config says so from now on.
+        if Config::load_run(&run.config())? != config {
+            write_toml(&run.config(), &config.to_toml()?)?;
+        }
         let (dir, saved) = read_checkpoint(&run)?;
         let log = MetricsLog::resume(&run.metrics(), saved.latest.as_ref(), saved.metrics_lines)?;
-        let mut s = Session::build(config, run, log)?;
+        Session::build(config, run, log, team)?.restore(&dir, saved)
+    }
+
+    /// Another rank continues from the same checkpoint, writing nothing.
+    pub(super) fn resume_following(config: Config, run: RunDir, team: Collective) -> Result<Self> {
+        let (dir, saved) = read_checkpoint(&run)?;
+        let log = MetricsLog::silent(saved.metrics_lines);
+        Session::build(config, run, log, team)?.restore(&dir, saved)
+    }
+
+    /// Loads the checkpoint's models, optimisers, counters and streams.
+    fn restore(mut self, dir: &Path, saved: SavedState) -> Result<Self> {
+        let (s, dir) = (&mut self, dir.to_path_buf());
         let student = &mut s.student;
         student.generator.load(&dir.join("generator.safetensors"))?;
         load_adam(&dir, "generator", &mut student.opt, &saved.adam_steps)?;
@@ -232,7 +259,7 @@ impl Session {
         if stage != Stage::Pretrain {
             s.teacher.load(&s.run.teacher())?;
         }
-        s.path = DegradationPath::open(&s.run.path_dir())?;
+        s.path = DegradationPath::open(&s.run.path_dir(), s.leads())?;
         s.path.truncate(saved.path_nodes)?;
         if s.config.method == Method::Disback && stage != Stage::Pretrain && s.path.is_empty() {
             bail!("{}: the degradation path is missing", s.run.path_dir().display());
@@ -251,7 +278,7 @@ impl Session {
         s.latest_eval = saved.latest_eval;
         s.last_checkpoint = Some(saved.clock.iteration);
         s.seed_device_draws(stage)?;
-        Ok(s)
+        Ok(self)
     }
 
     /// The phase a checkpoint was taken in, with its models and optimiser
@@ -261,7 +288,7 @@ impl Session {
         let missing = |what: &str| format!("a checkpoint in {} without its {what}", saved.clock.stage);
         Ok(match saved.clock.stage {
             Stage::Pretrain => {
-                let mut opt = Adam::new(self.teacher.params(), self.config.teacher.lr)?;
+                let mut opt = Adam::new(self.teacher.params(), self.config.teacher.lr)?.averaged_over(&self.team);
                 load_trained(dir, "teacher", &self.teacher, &mut opt, steps)?;
                 let rng = saved.pretrain_rng.clone().with_context(|| missing("RNG state"))?;
                 let plan = saved.plan.clone();
@@ -271,7 +298,7 @@ impl Session {
                 }
             }
             Stage::Record => {
-                let mut recorder = DegradationRecorder::new(&self.teacher, &self.config.record)?;
+                let mut recorder = DegradationRecorder::new(&self.teacher, &self.record_settings(), &self.team)?;
                 load_trained(dir, "degrading", &recorder.degrading, &mut recorder.opt, steps)?;
                 recorder.progress = saved
                     .record
@@ -284,7 +311,8 @@ impl Session {
                 let schedule = saved.schedule.clone().with_context(|| missing("schedule"))?;
                 let fake = self.teacher.deep_clone()?;
                 let source = node_source(self.config.method, &self.path, &self.teacher);
-                let mut b = Backtracker::new(fake, schedule, &self.config.distill, source)?;
+                let settings = self.distill_settings();
+                let mut b = Backtracker::new(fake, schedule, &settings, source, &self.team)?;
                 load_trained(dir, "fake-score", &b.fake_score, &mut b.fake_opt, steps)?;
                 match saved.clock.stage {
                     Stage::Done => Phase::Done(b),

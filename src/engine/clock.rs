@@ -24,14 +24,20 @@ impl Session {
         let due = self.phase.stage() == Stage::Backtrack
             && every > 0
             && self.clock.stage_step.is_multiple_of(every);
-        let eval = if may_evaluate && due {
+        let measure = may_evaluate && due;
+        let eval = if measure {
             // Losses first: a measurement of broken weights is no result.
+            // Rank 0 measures; every rank settles (the losses are averaged
+            // over the ranks).
             self.settle()?;
-            Some(self.evaluate()?)
+            match self.leads() {
+                true => Some(self.evaluate()?),
+                false => None,
+            }
         } else {
             None
         };
-        if eval.is_some() || self.clock.stage_step.is_multiple_of(self.config.log.every) {
+        if measure || self.clock.stage_step.is_multiple_of(self.config.log.every) {
             self.log_line_on(target, eval)?;
         }
         Ok(())

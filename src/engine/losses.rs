@@ -58,10 +58,11 @@ impl PendingLosses {
         self.values.push(value)
     }
 
-    /// Adds the held losses to `window` in step order; the first one that
-    /// is NaN or infinite is an error naming it.
-    pub fn settle(&mut self, window: &mut LossWindow) -> Result<()> {
-        let values = self.values.take()?;
+    /// Adds the held losses, averaged over `team`'s ranks (each saw its
+    /// share of the batch), to `window` in step order; the first one that
+    /// is NaN or infinite (on any rank) is an error naming it.
+    pub fn settle(&mut self, window: &mut LossWindow, team: &crate::parallel::Collective) -> Result<()> {
+        let values = team.average_values(self.values.take()?)?;
         for ((kind, what, iteration), v) in std::mem::take(&mut self.origins).into_iter().zip(values) {
             if !v.is_finite() {
                 anyhow::bail!(

@@ -15,6 +15,7 @@ pub mod protocol;
 mod session;
 mod spread;
 mod teacher;
+mod team;
 pub mod trainer;
 mod view;
 

@@ -5,6 +5,7 @@ use super::path::DegradationPath;
 use super::phase::Moment;
 use super::protocol::Event;
 use super::session::Session;
+use super::team::Order;
 use crate::config::Config;
 use crate::data::{Bounds, Dataset, Point, Samples};
 use crate::diffusion::NoiseSchedule;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 const SNAPSHOT_IMAGES: usize = 64;
 
 /// The models of a session, for [`Session::save_model`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ModelKind {
     /// The generator as sampled (the moving average of its weights).
     Generator,
@@ -38,6 +39,9 @@ impl Session {
     /// The start of stage 2: snapshots and the first measurement, with the
     /// data's own mismatch degree (the floor a generator can reach).
     pub(super) fn record_start(&mut self) -> Result<()> {
+        if !self.leads() {
+            return self.log_line(None);
+        }
         self.write_snapshot("initial")?;
         self.write_fields("initial")?;
         let mut eval = self.evaluate()?;
@@ -51,12 +55,14 @@ impl Session {
     /// snapshot; the backtracker has already loaded node `to`.
     pub(super) fn target_switched(&mut self, from: usize, to: usize) -> Result<()> {
         self.settle()?;
-        let file = self
-            .run
-            .generator_dir()
-            .join(format!("at-node-{from}.safetensors"));
-        self.student.average.save(&file)?;
-        self.write_snapshot(&format!("at-node-{from}"))?;
+        if self.leads() {
+            let file = self
+                .run
+                .generator_dir()
+                .join(format!("at-node-{from}.safetensors"));
+            self.student.average.save(&file)?;
+            self.write_snapshot(&format!("at-node-{from}"))?;
+        }
         self.pending.push(Event::TargetSwitched { from: Some(from), to });
         Ok(())
     }
@@ -65,6 +71,13 @@ impl Session {
     /// generator, a last checkpoint and the figures.
     pub(super) fn finish(&mut self) -> Result<()> {
         self.settle()?;
+        if !self.leads() {
+            // Rank 0 measures and writes the end; the others keep step.
+            self.log_line(None)?;
+            replace_with::replace_with_or_abort(&mut self.phase, |phase| phase.finish());
+            self.announce_stage();
+            return self.checkpoint();
+        }
         let n = self.config.log.final_samples;
         let mut rng = host_rng(self.config.seed, streams::FINAL_SAMPLES);
         let samples = Samples::from_tensor(&self.student.average.generate(n, &mut rng)?)?;
@@ -170,12 +183,14 @@ impl Session {
 
     /// Writes a resumable checkpoint now (for a driver that is stopping).
     pub fn save_state(&mut self) -> Result<()> {
+        self.order(&Order::SaveState)?;
         self.checkpoint()
     }
 
     /// Saves the generator; without a path, to
     /// `generator/saved-<cost>.safetensors` in the run directory.
     pub fn save_generator(&mut self, path: Option<&Path>) -> Result<PathBuf> {
+        self.order(&Order::SaveGenerator(path.map(Path::to_path_buf)))?;
         let file = match path {
             Some(p) => p.to_path_buf(),
             None => self
@@ -183,7 +198,7 @@ impl Session {
                 .generator_dir()
                 .join(format!("saved-{}.safetensors", self.clock.cost)),
         };
-        self.save_model(ModelKind::Generator, &file)?;
+        self.save_model_now(ModelKind::Generator, &file)?;
         Ok(file)
     }
 
@@ -193,7 +208,15 @@ impl Session {
     /// does not have is an error that says so, and so is a non-finite
     /// loss held since the last log line (the weights may be broken).
     pub fn save_model(&mut self, kind: ModelKind, path: &Path) -> Result<()> {
+        self.order(&Order::SaveModel(kind, path.to_path_buf()))?;
+        self.save_model_now(kind, path)
+    }
+
+    fn save_model_now(&mut self, kind: ModelKind, path: &Path) -> Result<()> {
         self.settle()?;
+        if !self.leads() {
+            return Ok(());
+        }
         if kind == ModelKind::Generator {
             return self.student.average.save(path);
         }

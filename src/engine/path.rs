@@ -38,29 +38,34 @@ struct NodeIndex {
 pub struct DegradationPath {
     dir: PathBuf,
     nodes: Vec<NodeInfo>,
+    /// Whether this path writes its files (rank 0), or only keeps the
+    /// index of the files rank 0 writes (the other ranks).
+    writes: bool,
 }
 
 impl DegradationPath {
     const INDEX: &'static str = "nodes.json";
 
-    /// An empty path stored in `dir`.
-    pub fn new(dir: &Path) -> Self {
+    /// An empty path stored in `dir`, which it `writes` or only reads.
+    pub fn new(dir: &Path, writes: bool) -> Self {
         Self {
             dir: dir.to_path_buf(),
             nodes: Vec::new(),
+            writes,
         }
     }
 
     /// Reads a path written earlier (to resume a run).
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub fn open(dir: &Path, writes: bool) -> Result<Self> {
         let index = dir.join(Self::INDEX);
         if !index.exists() {
-            return Ok(Self::new(dir));
+            return Ok(Self::new(dir, writes));
         }
         let NodeIndex { nodes } = read_json(&index)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             nodes,
+            writes,
         })
     }
 
@@ -74,7 +79,9 @@ impl DegradationPath {
     ) -> Result<&NodeInfo> {
         let index = self.nodes.len();
         let file = format!("node-{index}.safetensors");
-        model.save(&self.dir.join(&file))?;
+        if self.writes {
+            model.save(&self.dir.join(&file))?;
+        }
         self.nodes.push(NodeInfo {
             index,
             iteration,
@@ -94,6 +101,9 @@ impl DegradationPath {
     }
 
     fn write_index(&self) -> Result<()> {
+        if !self.writes {
+            return Ok(());
+        }
         let index = NodeIndex {
             nodes: self.nodes.clone(),
         };

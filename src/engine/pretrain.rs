@@ -27,14 +27,23 @@ impl Session {
             self.teacher.load(&file).context("loading teacher.file")?;
             return self.teacher_ready(format!("loaded from {}", file.display()));
         }
+        // Rank 0 decides whether the cache serves (another run may be
+        // writing it); the other ranks then load the same file.
         let cached = self.teacher_cache_file();
-        if cached.exists() {
+        let mut from_cache = false;
+        if self.leads() && cached.exists() {
             match self.teacher.load(&cached) {
-                Ok(()) => return self.teacher_ready(format!("cached in {}", cached.display())),
+                Ok(()) => from_cache = true,
                 Err(e) => self.pending.push(Event::Warning(format!(
                     "ignoring the teacher cache: {e:#}; training a new teacher"
                 ))),
             }
+        }
+        if self.team.from_leader(from_cache)? {
+            if !self.leads() {
+                self.teacher.load(&cached).context("loading the teacher rank 0 took from the cache")?;
+            }
+            return self.teacher_ready(format!("cached in {}", cached.display()));
         }
         self.announce_stage();
         self.seed_device_draws(self.phase.stage())
@@ -53,10 +62,12 @@ impl Session {
             anyhow::bail!("a teacher step outside pretraining");
         };
         // The data batch is drawn on the host on every path (the data live
-        // there); noise and σ where the other training draws are.
-        let x0 = self.data.batch(t.batch, &mut p.rng, &self.device)?;
-        let mut draws = Draws::new(self.device_draws, &mut p.rng);
-        let sigmas = draws.sigmas(self.noise.training_law(), t.batch, &self.device)?;
+        // there); noise and σ where the other training draws are. Each rank
+        // keeps its share of the global batch (see `Draws`).
+        let (shard, local) = (self.team.shard(), t.batch / self.team.world());
+        let x0 = self.data.sample(t.batch, &mut p.rng).shard(shard, local).to_tensor(&self.device)?;
+        let mut draws = Draws::new(self.device_draws, &mut p.rng, shard);
+        let sigmas = draws.sigmas(self.noise.training_law(), local, &self.device)?;
         let loss = denoising_loss(&self.teacher, &x0, sigmas, &mut draws)?;
         // Cosine decay to 5% of the rate: a sharper teacher at the same cost.
         let progress = self.clock.stage_step as f64 / t.steps as f64;
@@ -86,7 +97,9 @@ impl Session {
         }
         let cached = self.teacher_cache_file();
         self.settle()?;
-        self.teacher.save(&cached)?;
+        if self.leads() {
+            self.teacher.save(&cached)?;
+        }
         self.teacher_ready(format!("trained, cached in {}", cached.display()))
     }
 }

@@ -11,8 +11,11 @@ use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
 use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
+use super::team::{Crew, Opening, Order, join_team, start_crew};
 use super::teacher::teacher_samples_as_data;
-use crate::config::{Config, DataConfig, GeneratorSpec, Method, SchedulePolicy};
+use crate::config::{
+    Config, DataConfig, DistillConfig, GeneratorSpec, Method, ParallelConfig, RecordConfig, SchedulePolicy,
+};
 use crate::data::{Bounds, Dataset};
 use crate::diffusion::NoiseSchedule;
 use crate::distill::{
@@ -22,6 +25,7 @@ use crate::files::write_toml;
 use crate::metrics::{Classifier, Evaluation, Evaluator};
 use crate::model::{Denoiser, Generator};
 use crate::optim::Adam;
+use crate::parallel::Collective;
 use crate::rng::{Draws, HostRng, host_rng, seed_device, streams};
 use crate::rundir::{MetricsLog, MetricsRecord, RunDir, Stage};
 use crate::runtime::select_device;
@@ -66,6 +70,10 @@ pub struct Session {
     pub(super) last_checkpoint: Option<usize>,
     pub(super) failure: Option<String>,
     pub(super) pending: Vec<Event>,
+    /// This rank's place among the ranks that train together (solo: one).
+    pub(super) team: Collective,
+    /// Rank 0 of a `threads` team: the other ranks' threads.
+    pub(super) crew: Option<Crew>,
 }
 
 /// The path a backtracker walks: the recorded nodes, or for the baseline
@@ -82,14 +90,78 @@ pub(super) fn node_source<'a>(
 }
 
 impl Session {
-    /// Starts a new run in `run` (created by the caller).
+    /// Starts a new run in `run` (created by the caller), on the ranks
+    /// `config.parallel` asks for. Under a launcher (torchrun, srun) the
+    /// session of a rank other than 0 is returned, to [`Session::follow`].
     pub fn start(config: Config, run: RunDir) -> Result<Self> {
-        let run = run.locked()?;
         let config = crate::data::resolve(config)?;
         config.validate()?;
+        Self::open(run, Opening::New(config))
+    }
+
+    /// Continues a run from its last checkpoint (see `checkpoint.rs`).
+    pub fn resume(run: RunDir) -> Result<Self> {
+        Self::resume_on(run, None)
+    }
+
+    /// Continues a run on other ranks than it ran on (`parallel`): every
+    /// rank resumes the same checkpoint, whatever their number.
+    pub fn resume_on(run: RunDir, parallel: Option<ParallelConfig>) -> Result<Self> {
+        let mut config = Config::load_run(&run.config())?;
+        if let Some(p) = parallel {
+            config.parallel = p;
+            config.validate()?;
+        }
+        Self::open(run, Opening::Resume(config))
+    }
+
+    /// Joins the team, starts its other ranks where this process holds
+    /// them, and opens this rank's session. A failure to open is told to
+    /// the other ranks, which then stop.
+    fn open(run: RunDir, mut opening: Opening) -> Result<Self> {
+        let (team, others) = join_team(opening.config_mut())?;
+        if !team.leads() {
+            let session = Self::open_as_follower(team.clone(), run, opening);
+            if let Err(e) = &session {
+                team.fail(&format!("{e:#}"));
+            }
+            return session;
+        }
+        let crew = start_crew(&team, others, &run, opening.clone())?;
+        let session = match opening {
+            Opening::New(config) => Self::start_leading(config, run, team.clone()),
+            Opening::Resume(config) => Self::resume_leading(config, run, team.clone()),
+        };
+        match session {
+            Ok(mut session) => {
+                session.crew = crew;
+                Ok(session)
+            }
+            Err(e) => {
+                team.fail(&format!("{e:#}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// A rank other than 0: the same session, writing nothing.
+    pub(super) fn open_as_follower(team: Collective, run: RunDir, opening: Opening) -> Result<Self> {
+        match opening {
+            Opening::New(config) => {
+                let mut session = Self::build(config, run, MetricsLog::silent(0), team)?;
+                session.prepare_teacher()?;
+                Ok(session)
+            }
+            Opening::Resume(config) => Self::resume_following(config, run, team),
+        }
+    }
+
+    /// Rank 0 of a new run: it takes the run directory.
+    fn start_leading(config: Config, run: RunDir, team: Collective) -> Result<Self> {
+        let run = run.locked()?;
         write_toml(&run.config(), &config.to_toml()?)?;
         let log = MetricsLog::create(&run.metrics())?;
-        let mut session = Self::build(config, run, log)?;
+        let mut session = Self::build(config, run, log, team)?;
         if let Some(problem) = session.evaluator.classifier_cache_problem() {
             session.pending.push(Event::Warning(problem.to_string()));
         }
@@ -102,8 +174,12 @@ impl Session {
 
     /// Creates the teacher and the student with their initial weights;
     /// stage-specific state is set by the caller.
-    pub(super) fn build(config: Config, run: RunDir, log: MetricsLog) -> Result<Self> {
+    pub(super) fn build(config: Config, run: RunDir, log: MetricsLog, team: Collective) -> Result<Self> {
         let (device, device_name) = select_device(config.device)?;
+        let device_name = match team.world() {
+            1 => device_name,
+            n => format!("{n} × {device_name} ({})", team.kind()),
+        };
         let sigma_data = config.sigma_data();
         let generator = Generator::new(
             &config.generator_spec(),
@@ -132,9 +208,12 @@ impl Session {
             evaluator = evaluator.without_true_score();
         }
         // Labelled images are also measured by a classifier, trained once
-        // per data set and cached beside the teachers.
+        // per data set and cached beside the teachers (by rank 0, the one
+        // that measures).
         let (cache, key) = (&config.teacher.cache_dir, Classifier::cache_key(&config.data));
-        if let Some(classifier) = Classifier::for_data(&data, cache, &key, &device)? {
+        if team.leads()
+            && let Some(classifier) = Classifier::for_data(&data, cache, &key, &device)?
+        {
             evaluator = evaluator.with_classifier(classifier);
         }
         let bounds = match data.plane() {
@@ -149,15 +228,15 @@ impl Session {
         // teacher is loaded leaves this phase before its first step.
         let phase = Phase::Pretrain {
             training: Pretraining {
-                opt: Adam::new(teacher.params(), config.teacher.lr)?,
+                opt: Adam::new(teacher.params(), config.teacher.lr)?.averaged_over(&team),
                 rng: host_rng(config.teacher.seed, streams::TEACHER_TRAIN),
             },
             plan: BacktrackSchedule::new(config.planned_nodes(), &config.schedule),
         };
         Ok(Self {
             bounds,
-            student: Student::new(generator, config.generator.lr, config.distill.generator_ema)?,
-            path: DegradationPath::new(&run.path_dir()),
+            student: Student::new(generator, config.generator.lr, config.distill.generator_ema, &team)?,
+            path: DegradationPath::new(&run.path_dir(), team.leads()),
             phase,
             laws: NoiseLaws::new(&noise, &config.distill, config.record.sigma, &device)?,
             noise,
@@ -180,8 +259,31 @@ impl Session {
             last_checkpoint: None,
             failure: None,
             pending: Vec::new(),
+            team,
+            crew: None,
             config,
         })
+    }
+
+    /// Stage 1's settings with this rank's share of the batch.
+    pub(super) fn record_settings(&self) -> RecordConfig {
+        RecordConfig {
+            batch: self.config.record.batch / self.team.world(),
+            ..self.config.record.clone()
+        }
+    }
+
+    /// Stage 2's settings with this rank's share of the batch.
+    pub(super) fn distill_settings(&self) -> DistillConfig {
+        DistillConfig {
+            batch: self.config.distill.batch / self.team.world(),
+            ..self.config.distill.clone()
+        }
+    }
+
+    /// Whether this rank writes, measures and serves (rank 0).
+    pub(super) fn leads(&self) -> bool {
+        self.team.leads()
     }
 
     // ---- the state machine ------------------------------------------------
@@ -191,7 +293,7 @@ impl Session {
     /// every later call returns the same error: the weights are those of
     /// the last good step and the last checkpoint is untouched.
     pub fn step(&mut self) -> Result<Vec<Event>> {
-        self.guarded(|s| {
+        self.guarded(Order::Step, |s| {
             match s.phase.stage() {
                 Stage::Pretrain => s.pretrain_step()?,
                 Stage::Record => s.record_step()?,
@@ -213,7 +315,7 @@ impl Session {
     /// the current state the last node; during backtracking, move to the
     /// next target (a no-op, with a warning, on the teacher).
     pub fn skip(&mut self) -> Result<Vec<Event>> {
-        self.guarded(|s| match s.phase.stage() {
+        self.guarded(Order::Skip, |s| match s.phase.stage() {
             Stage::Pretrain => s.finish_pretraining(),
             Stage::Record => s.finish_recording(),
             Stage::Backtrack => s.skip_target(),
@@ -221,18 +323,20 @@ impl Session {
         })
     }
 
-    /// Runs `action` unless the session failed before; a failure is kept,
-    /// so every later call reports it.
-    fn guarded(&mut self, action: impl FnOnce(&mut Self) -> Result<()>) -> Result<Vec<Event>> {
+    /// Runs `action` (after ordering the other ranks to do the same)
+    /// unless the session failed before; a failure is kept, so every later
+    /// call reports it, and told to the other ranks.
+    fn guarded(&mut self, order: Order, action: impl FnOnce(&mut Self) -> Result<()>) -> Result<Vec<Event>> {
         if let Some(f) = &self.failure {
             bail!("{f}");
         }
-        if let Err(e) = action(self) {
+        if let Err(e) = self.order(&order).and_then(|()| action(self)) {
             let resumable = match self.last_checkpoint {
                 Some(i) => format!("; the checkpoint of iteration {i} (state/) can be resumed"),
                 None => "; no checkpoint was written yet".into(),
             };
             let message = format!("{e:#}{}{resumable}", out_of_memory_hint(&e));
+            self.team.fail(&format!("{e:#}"));
             self.failure = Some(message.clone());
             bail!(message);
         }
@@ -242,7 +346,7 @@ impl Session {
     /// Reads the losses held on the device into the log window; a
     /// non-finite one is an error (see [`PendingLosses::settle`]).
     pub(super) fn settle(&mut self) -> Result<()> {
-        self.losses.settle(&mut self.window)
+        self.losses.settle(&mut self.window, &self.team)
     }
 
     /// Seeds the device's generator for `stage` at the current position
@@ -283,8 +387,10 @@ impl Session {
     }
 
     /// Manual mode: no automatic switches until it is turned off again.
-    pub fn set_manual(&mut self, on: bool) {
+    pub fn set_manual(&mut self, on: bool) -> Result<()> {
+        self.order(&Order::SetManual(on))?;
         self.phase.schedule_mut().set_manual(on);
+        Ok(())
     }
 
     /// The session moves to `phase` (already made, so that a stage's start
@@ -306,17 +412,19 @@ impl Session {
     pub(super) fn teacher_ready(&mut self, source: String) -> Result<()> {
         self.settle()?;
         self.seed_device_draws(Stage::Record)?;
-        self.teacher.save(&self.run.teacher())?;
+        if self.leads() {
+            self.teacher.save(&self.run.teacher())?;
+        }
         self.pending.push(Event::TeacherReady { source });
         self.student.generator.copy_teacher(&self.teacher)?;
         self.student.reset_average()?;
         if self.config.method == Method::Disback {
             let spread = self.node_spread(&self.teacher)?;
             let node = self.path.record(&self.teacher, 0, None, spread)?.clone();
-            self.node_recorded(node);
+            self.node_recorded(node)?;
         }
         if self.config.records_path() {
-            let recorder = DegradationRecorder::new(&self.teacher, &self.config.record)?;
+            let recorder = DegradationRecorder::new(&self.teacher, &self.record_settings(), &self.team)?;
             let plan = self.phase.schedule().clone();
             self.enter(Phase::Record { recorder, plan });
             Ok(())
@@ -331,7 +439,7 @@ impl Session {
             bail!("a recording step outside stage 1");
         };
         let nodes = self.config.method == Method::Disback;
-        let mut draws = Draws::new(self.device_draws, &mut self.rng);
+        let mut draws = Draws::new(self.device_draws, &mut self.rng, self.team.shard());
         let started = Instant::now();
         let step = recorder.step(&self.student.generator, self.laws.recording(), &mut draws, nodes)?;
         self.clock.seconds += started.elapsed().as_secs_f64();
@@ -360,17 +468,20 @@ impl Session {
             .path
             .record(&recorder.degrading, node.iteration, node.mean_loss, spread)?
             .clone();
-        self.node_recorded(info);
-        Ok(())
+        self.node_recorded(info)
     }
 
-    fn node_recorded(&mut self, node: NodeInfo) {
+    /// A node is on the path. The other ranks wait here until rank 0 has
+    /// written its file, which they load when they switch to it.
+    fn node_recorded(&mut self, node: NodeInfo) -> Result<()> {
+        self.team.barrier()?;
         self.pending.push(Event::NodeRecorded {
             index: node.index,
             iteration: node.iteration,
             file: self.path.file(node.index),
             spread: node.spread,
         });
+        Ok(())
     }
 
     fn finish_recording(&mut self) -> Result<()> {
@@ -417,7 +528,8 @@ impl Session {
         let mut schedule = BacktrackSchedule::new(nodes, &self.config.schedule);
         schedule.set_manual(self.phase.schedule().policy() == SchedulePolicy::Manual);
         let source = node_source(self.config.method, &self.path, &self.teacher);
-        let backtracker = Backtracker::new(fake_start, schedule, &self.config.distill, source)?;
+        let settings = self.distill_settings();
+        let backtracker = Backtracker::new(fake_start, schedule, &settings, source, &self.team)?;
         let first = backtracker.schedule.target();
         self.enter(Phase::Backtrack(backtracker));
         self.pending.push(Event::TargetSwitched {
@@ -435,7 +547,7 @@ impl Session {
         };
         let trained_on = b.schedule.target();
         let source = node_source(self.config.method, &self.path, &self.teacher);
-        let mut draws = Draws::new(self.device_draws, &mut self.rng);
+        let mut draws = Draws::new(self.device_draws, &mut self.rng, self.team.shard());
         let started = Instant::now();
         let step = b.step(&mut self.student, self.laws.distillation(), &mut draws, source)?;
         self.clock.seconds += started.elapsed().as_secs_f64();

@@ -22,7 +22,8 @@ impl Session {
     /// stream of its own, so measuring changes no training draw. `None`
     /// when `metrics.path_spread` is off.
     pub(super) fn node_spread(&self, model: &Denoiser) -> Result<Option<NodeSpread>> {
-        if !self.config.metrics.path_spread {
+        // Rank 0 measures; the others leave it out of their (unwritten) index.
+        if !self.config.metrics.path_spread || !self.leads() {
             return Ok(None);
         }
         let mut rng = host_rng(self.config.seed, streams::PATH_SPREAD);

@@ -234,7 +234,8 @@ impl Trainer {
                 self.refresh(true);
             }
             Command::SetManual(on) => {
-                self.session.set_manual(on);
+                let result = self.session.set_manual(on).map(|()| Vec::new());
+                self.forward(result);
                 self.refresh(true);
             }
             Command::SaveGenerator => {

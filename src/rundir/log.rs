@@ -75,7 +75,8 @@ impl MetricsRecord {
 #[derive(Debug)]
 pub struct MetricsLog {
     path: PathBuf,
-    file: std::fs::File,
+    /// None: a log that only counts (a rank other than 0 writes nothing).
+    file: Option<std::fs::File>,
     lines: usize,
 }
 
@@ -134,6 +135,16 @@ impl MetricsLog {
         Self::append_to(path, count)
     }
 
+    /// A log that counts its records and writes none: the log of a rank
+    /// other than 0, whose records rank 0 writes.
+    pub fn silent(lines: usize) -> Self {
+        Self {
+            path: PathBuf::new(),
+            file: None,
+            lines,
+        }
+    }
+
     fn append_to(path: &Path, lines: usize) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .append(true)
@@ -141,17 +152,18 @@ impl MetricsLog {
             .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             lines,
         })
     }
 
     pub fn append(&mut self, record: &MetricsRecord) -> Result<()> {
-        let mut line = serde_json::to_string(record)?;
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        if let Some(file) = &mut self.file {
+            let mut line = serde_json::to_string(record)?;
+            line.push('\n');
+            file.write_all(line.as_bytes())
+                .with_context(|| format!("cannot write {}", self.path.display()))?;
+        }
         self.lines += 1;
         Ok(())
     }
