@@ -150,13 +150,18 @@ pub fn memory_estimate(config: &Config) -> f64 {
         .max(config.log.final_samples.min(generation_chunk(values)));
     // A teacher given (a file, a pretrained model) is not trained here.
     let trained = config.teacher.file.is_none() && config.teacher.pretrained.is_none();
+    // Data parallelism: each rank holds every model and its share of each
+    // batch; the ranks of this machine all count.
+    let ranks = config.parallel.ranks.max(1);
+    let share = |batch: usize| batch.div_ceil(ranks) as f64;
     let rows = [
-        usize::from(trained) as f64 * config.teacher.batch as f64 * score,
-        config.record.batch as f64 * 2.0 * score,
-        config.distill.batch as f64 * (generator + 3.0 * score),
+        usize::from(trained) as f64 * share(config.teacher.batch) * score,
+        share(config.record.batch) * 2.0 * score,
+        share(config.distill.batch) * (generator + 3.0 * score),
         measured as f64 * score / 4.0,
     ];
-    host_memory_estimate(config) + 4.0 * rows.iter().copied().fold(0.0, f64::max) + weights_estimate(config)
+    let per_rank = 4.0 * rows.iter().copied().fold(0.0, f64::max) + weights_estimate(config);
+    host_memory_estimate(config) + ranks as f64 * per_rank
 }
 
 /// The weights a run holds: the teacher, the generator and its moving
@@ -206,7 +211,9 @@ fn host_memory_estimate(config: &Config) -> f64 {
     const BASE: f64 = 64.0 * 1024.0 * 1024.0;
     let m = &config.metrics;
     let held = config.log.final_samples + m.samples + m.stf_reference;
-    BASE + 4.0 * (held * values_per_sample(config)) as f64
+    // Every rank of this machine holds its data and reference samples.
+    let ranks = config.parallel.ranks.max(1) as f64;
+    ranks * (BASE + 4.0 * (held * values_per_sample(config)) as f64)
 }
 
 /// Values of one data sample: an image's pixels, or a point's 2.

@@ -4,6 +4,7 @@
 
 mod bench;
 mod compare;
+mod rank;
 mod run;
 mod show;
 mod sweep;
@@ -116,7 +117,7 @@ impl RunArgs {
 /// from its config.
 fn open_for_resume(args: &RunArgs, dir: &Path) -> Result<RunDir> {
     let run = RunDir::open(dir)?.locked()?;
-    let config = Config::load_run(&run.config())?;
+    let config = Config::load_run_on(&run.config(), &args.config.overrides)?;
     args.check_memory(&config)?;
     configure_threads(config.threads);
     Ok(run)
@@ -148,8 +149,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub force: bool,
     /// Continue a run from its last checkpoint, with the config it started
-    /// with (so --config and --set are refused with it).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "force", "config", "overrides"])]
+    /// with (--config is refused with it, and --set but for parallel.*:
+    /// a run may continue on another number of ranks).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "force", "config"])]
     pub resume: Option<PathBuf>,
     /// Start even if the memory the sizes need looks larger than what is
     /// free (the estimate is generous).
@@ -173,6 +175,9 @@ impl RunArgs {
         let mut args = Vec::new();
         if let Some(resume) = &self.resume {
             args.extend(["--resume".into(), resume.display().to_string()]);
+            for o in &self.config.overrides {
+                args.extend(["--set".into(), o.clone()]);
+            }
         } else {
             if let Some(config) = &self.config.config {
                 args.extend(["--config".into(), config.display().to_string()]);
@@ -227,6 +232,13 @@ pub struct SampleArgs {
 /// status.
 pub fn main() -> Result<Ended> {
     let cli = Cli::parse();
+    // A rank other than 0 of a launched team follows rank 0 (its own
+    // command line runs only on rank 0).
+    if let Some(launched) = crate::parallel::launched_rank()?.filter(|l| l.rank > 0)
+        && let Some(Command::Run(args) | Command::Tui(args) | Command::Serve(args)) = &cli.command
+    {
+        return rank::follow(args, &launched);
+    }
     let finished = |r: Result<()>| r.map(|()| Ended::Finished);
     match cli.command {
         Some(Command::Run(args)) => run::run(args),

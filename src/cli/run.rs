@@ -74,7 +74,7 @@ pub fn start_in_background(args: &RunArgs, lab: bool) -> Result<(PathBuf, Config
     // Check what can be checked here, where the user sees the answer.
     let (dir, config) = match &args.resume {
         Some(dir) => {
-            let config = Config::load_run(&RunDir::open(dir)?.config())?;
+            let config = Config::load_run_on(&RunDir::open(dir)?.config(), &args.config.overrides)?;
             args.check_memory(&config)?;
             (dir.clone(), config)
         }
@@ -107,10 +107,12 @@ fn prepare(args: &RunArgs, headless: bool) -> Result<(Start, PathBuf)> {
     match &args.resume {
         Some(dir) => {
             let run = open_for_resume(args, dir)?;
+            let config = Config::load_run_on(&run.config(), &args.config.overrides)?;
             if headless {
-                refuse_manual(Config::load_run(&run.config())?.schedule.policy)?;
+                refuse_manual(config.schedule.policy)?;
             }
-            Ok((Start::Resume(run), dir.clone()))
+            let parallel = (!args.config.overrides.is_empty()).then_some(config.parallel);
+            Ok((Start::Resume { run, parallel }, dir.clone()))
         }
         None => {
             let config = args.config.load()?;

@@ -42,6 +42,20 @@ impl Config {
         Self::parse(&text, &[]).with_context(|| format!("invalid config {}", path.display()))
     }
 
+    /// A run's `config.toml` with the ranks it continues on changed
+    /// (`--set parallel.…`): a resumed run may move to more or fewer
+    /// ranks, and nothing else.
+    pub fn load_run_on(path: &Path, overrides: &[String]) -> Result<Config> {
+        if let Some(o) = overrides.iter().find(|o| !o.trim_start().starts_with("parallel.")) {
+            bail!(
+                "--set {o}: a resumed run keeps the config it started with; only parallel.* (the ranks \
+                 it continues on) may change"
+            );
+        }
+        let text = crate::files::read_toml(path)?;
+        Self::parse(&text, overrides).with_context(|| format!("invalid config {}", path.display()))
+    }
+
     /// Parses TOML text with overrides applied. Every problem is reported
     /// at once (a TOML syntax error stops the parse, so it comes alone),
     /// each naming its key; one that comes from a `--set` says so.

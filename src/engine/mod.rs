@@ -25,3 +25,4 @@ pub use phase::Moment;
 
 pub use outputs::ModelKind;
 pub use session::Session;
+pub use team::team_run_dir;

@@ -119,7 +119,7 @@ impl Session {
     /// them, and opens this rank's session. A failure to open is told to
     /// the other ranks, which then stop.
     fn open(run: RunDir, mut opening: Opening) -> Result<Self> {
-        let (team, others) = join_team(opening.config_mut())?;
+        let (team, others) = join_team(opening.config_mut(), &run)?;
         if !team.leads() {
             let session = Self::open_as_follower(team.clone(), run, opening);
             if let Err(e) = &session {
@@ -157,7 +157,7 @@ impl Session {
     }
 
     /// Rank 0 of a new run: it takes the run directory.
-    fn start_leading(config: Config, run: RunDir, team: Collective) -> Result<Self> {
+    pub(super) fn start_leading(config: Config, run: RunDir, team: Collective) -> Result<Self> {
         let run = run.locked()?;
         write_toml(&run.config(), &config.to_toml()?)?;
         let log = MetricsLog::create(&run.metrics())?;

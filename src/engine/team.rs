@@ -75,7 +75,7 @@ impl Opening {
 /// environment say. Rank 0 of a `threads` team gets the threads' ranks to
 /// start; an `nccl` team with no launcher starts its other ranks as child
 /// processes of this command.
-pub(super) fn join_team(config: &mut Config) -> Result<(Collective, Vec<Collective>)> {
+pub(super) fn join_team(config: &mut Config, run: &RunDir) -> Result<(Collective, Vec<Collective>)> {
     let p = config.parallel.clone();
     let timeout = Duration::from_secs_f64(p.timeout_s);
     match p.backend {
@@ -88,7 +88,7 @@ pub(super) fn join_team(config: &mut Config) -> Result<(Collective, Vec<Collecti
         ParallelBackend::Nccl => {
             let launched = match launched_rank()? {
                 Some(launched) => launched,
-                None => launch_local_ranks(p.ranks)?,
+                None => launch_local_ranks(p.ranks, run)?,
             };
             config.validate_world(launched.world)?;
             // One GPU per rank: the launcher's local rank picks it.
@@ -99,10 +99,19 @@ pub(super) fn join_team(config: &mut Config) -> Result<(Collective, Vec<Collecti
     }
 }
 
+/// Where rank 0's own start of its box's ranks says the run directory is
+/// (its command line may leave it to a time stamp).
+const RUN_DIR_VAR: &str = "DISBACK_RUN_DIR";
+
+/// The run directory rank 0 gave the ranks it started, if it did.
+pub fn team_run_dir() -> Option<PathBuf> {
+    std::env::var_os(RUN_DIR_VAR).map(PathBuf::from)
+}
+
 /// The single-box launch: this process is rank 0 of `ranks`, and starts
 /// ranks 1 … ranks−1 as copies of its own command line with the
 /// environment torchrun would give them (they follow, writing nothing).
-fn launch_local_ranks(ranks: usize) -> Result<LaunchedRank> {
+fn launch_local_ranks(ranks: usize, run: &RunDir) -> Result<LaunchedRank> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let exe = std::env::current_exe().context("finding this program to start the other ranks")?;
     for rank in 1..ranks {
@@ -113,6 +122,7 @@ fn launch_local_ranks(ranks: usize) -> Result<LaunchedRank> {
             .env("LOCAL_RANK", rank.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
+            .env(RUN_DIR_VAR, run.root())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -162,6 +172,44 @@ fn run_follower(team: Collective, run: RunDir, opening: Opening) {
 }
 
 impl Session {
+    /// Starts this rank's session of a new run in a team made by the
+    /// caller (`parallel::start_threads`): rank 0 takes `run`; the others
+    /// only read it and are then driven by [`Session::follow`], until rank
+    /// 0 calls [`Session::dismiss`]. (`Session::start` makes the team
+    /// `config.parallel` asks for by itself.)
+    pub fn start_in_team(config: Config, run: RunDir, team: Collective) -> Result<Self> {
+        let config = crate::data::resolve(config)?;
+        config.validate()?;
+        config.validate_world(team.world())?;
+        let session = match team.leads() {
+            true => Self::start_leading(config, run, team.clone()),
+            false => Self::open_as_follower(team.clone(), run, Opening::New(config)),
+        };
+        if let Err(e) = &session {
+            team.fail(&format!("{e:#}"));
+        }
+        session
+    }
+
+    /// Rank 0: the other ranks stop following (their `follow` returns
+    /// their session). Rank 0's session stays usable alone only if it
+    /// was alone; a team's rank 0 takes no more steps.
+    pub fn dismiss(&mut self) -> Result<()> {
+        if self.team.world() == 1 || !self.team.leads() {
+            return Ok(());
+        }
+        match self.crew.take() {
+            // Its drop orders the end and waits for the threads.
+            Some(crew) => drop(crew),
+            None => self.order(&Order::End)?,
+        }
+        // Its optimisers would wait for the others: no more steps. Saves
+        // and reads go on, alone.
+        self.failure = Some("this rank 0 dismissed its team: it takes no more steps".into());
+        self.team = Collective::solo();
+        Ok(())
+    }
+
     /// Rank 0 tells the others what it does next (nothing when alone).
     pub(super) fn order(&self, order: &Order) -> Result<()> {
         if self.team.world() == 1 || !self.team.leads() {

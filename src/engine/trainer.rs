@@ -24,7 +24,11 @@ pub enum Start {
         config: Box<crate::config::Config>,
         run: RunDir,
     },
-    Resume(RunDir),
+    /// With the ranks it continues on, where they change.
+    Resume {
+        run: RunDir,
+        parallel: Option<crate::config::ParallelConfig>,
+    },
 }
 
 /// The front end's end of the training thread.
@@ -90,7 +94,7 @@ pub fn spawn(start: Start) -> TrainerHandle {
 fn train(start: Start, commands: Receiver<Command>, updates: UnboundedSender<Update>) -> Result<Session> {
     let session = match start {
         Start::New { config, run } => Session::start(*config, run),
-        Start::Resume(run) => Session::resume(run),
+        Start::Resume { run, parallel } => Session::resume_on(run, parallel),
     };
     match session {
         Ok(session) => Trainer::new(session, commands, updates).run(),

@@ -96,6 +96,15 @@ impl RunDir {
         })
     }
 
+    /// A run directory that another process writes (rank 0's, for a rank
+    /// that only reads what rank 0 wrote); it need not exist yet.
+    pub fn written_by_another(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            lock: None,
+        }
+    }
+
     /// Opens an existing run directory to read it (plots); see
     /// [`RunDir::locked`] to write it.
     pub fn open(root: &Path) -> Result<Self> {

@@ -1,0 +1,224 @@
+//! Data parallelism on the CPU with the `threads` backend: ranks that
+//! split every batch take the steps of one rank with the whole batch, stay
+//! bitwise identical, switch together, and stop together when one fails,
+//! leaving a checkpoint that resumes on another number of ranks.
+
+mod common;
+
+use common::tiny_config;
+use disback::config::{Config, ParallelBackend, ParallelConfig};
+use disback::engine::protocol::Event;
+use disback::engine::{ModelKind, Session};
+use disback::parallel::{Collective, start_threads};
+use disback::rundir::{RunDir, Stage};
+use std::path::Path;
+use std::time::Duration;
+
+fn values(params: &disback::model::Params) -> Vec<f32> {
+    params
+        .vars()
+        .flat_map(|v| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+/// Every trained weight of a session: teacher, generator (its average),
+/// s_φ and the target.
+fn weights(s: &Session) -> Vec<(&'static str, Vec<f32>)> {
+    let mut all = vec![
+        ("teacher", values(s.teacher().params())),
+        ("generator", values(s.sampled_generator().params())),
+    ];
+    for (name, kind) in [("fake score", ModelKind::FakeScore), ("target", ModelKind::Target)] {
+        if let Some(model) = s.score_model(kind) {
+            all.push((name, values(model.params())));
+        }
+    }
+    all
+}
+
+fn largest_difference(a: &Session, b: &Session) -> f32 {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x.len(), y.len(), "{name}");
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    worst
+}
+
+fn run_to_end(config: Config, dir: &Path) -> Session {
+    let mut s = Session::start(config, RunDir::create(dir, false).unwrap()).unwrap();
+    while !s.is_done() {
+        s.step().expect("a training step");
+    }
+    s
+}
+
+fn with_ranks(mut config: Config, ranks: usize) -> Config {
+    config.parallel = ParallelConfig {
+        ranks,
+        backend: ParallelBackend::Threads,
+        timeout_s: 60.0,
+    };
+    config
+}
+
+/// Teacher pretraining, recording and backtracking on 2 ranks with half
+/// the batch each end where 1 rank with the whole batch ends, up to the
+/// order of float sums; one rank with half the batch ends far from both,
+/// so the shares are the two halves of one batch and not copies.
+#[test]
+fn two_ranks_with_half_batches_take_the_steps_of_one_rank_with_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |cache: &str| tiny_config(&dir.path().join(cache));
+    let one = run_to_end(config("cache-one"), &dir.path().join("one"));
+    let two = run_to_end(with_ranks(config("cache-two"), 2), &dir.path().join("two"));
+    let mut halved = config("cache-half");
+    (halved.teacher.batch, halved.record.batch, halved.distill.batch) = (64, 32, 32);
+    let half = run_to_end(halved, &dir.path().join("half"));
+
+    let parallel_gap = largest_difference(&one, &two);
+    let batch_gap = largest_difference(&one, &half);
+    assert!(parallel_gap < 1e-4, "2 ranks ended {parallel_gap} from 1 rank");
+    assert!(
+        batch_gap > 100.0 * parallel_gap.max(1e-5),
+        "a half batch ended only {batch_gap} away (2 ranks: {parallel_gap})"
+    );
+    assert!(two.device_name().starts_with("2 × CPU"), "{}", two.device_name());
+    // Rank 0 wrote the run's files; the losses it logged are the team's.
+    let logged = disback::rundir::read_metrics(&dir.path().join("two/metrics.jsonl")).unwrap();
+    let last_one = disback::rundir::read_metrics(&dir.path().join("one/metrics.jsonl")).unwrap();
+    assert_eq!(logged.len(), last_one.len());
+    let (a, b) = (logged[3].loss_teacher.unwrap(), last_one[3].loss_teacher.unwrap());
+    assert!((a - b).abs() < 1e-4 * b.abs(), "teacher loss {a} on 2 ranks, {b} on 1");
+}
+
+/// Rank 0 and a rank started by the test: rank 0 skips a target at an
+/// iteration it picks and saves the generator; the other rank does both at
+/// the same iteration, and at the end the two hold the same bits.
+#[test]
+fn ranks_stay_bitwise_identical_and_switch_on_the_same_iteration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(&dir.path().join("cache"));
+    let root = dir.path().join("run");
+    let run = RunDir::create(&root, false).unwrap();
+    let mut team = start_threads(2, Duration::from_secs(60));
+    let other = team.pop().unwrap();
+    let follower = {
+        let (config, root) = (config.clone(), root.clone());
+        std::thread::spawn(move || {
+            Session::start_in_team(config, RunDir::written_by_another(&root), other)
+                .and_then(Session::follow)
+                .unwrap()
+        })
+    };
+    let mut leader = Session::start_in_team(config, run, team.pop().unwrap()).unwrap();
+    while leader.stage() != Stage::Backtrack {
+        leader.step().unwrap();
+    }
+    for _ in 0..3 {
+        leader.step().unwrap();
+    }
+    let skipped_at = leader.iteration();
+    let target = leader.schedule().target();
+    let events = leader.skip().unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::TargetSwitched { from: Some(f), .. } if *f == target)),
+        "{events:?}"
+    );
+    let saved = leader.save_generator(None).unwrap();
+    assert!(saved.is_file());
+    while !leader.is_done() {
+        leader.step().unwrap();
+    }
+    leader.dismiss().unwrap();
+    let follower = follower.join().unwrap();
+
+    assert_eq!(follower.iteration(), leader.iteration());
+    for ((name, a), (_, b)) in weights(&leader).iter().zip(&weights(&follower)) {
+        assert!(a == b, "{name} differs between the ranks");
+    }
+    // The schedules, steps per target included: the skip came at the same
+    // iteration on both.
+    let schedule = |s: &Session| serde_json::to_string(s.schedule()).unwrap();
+    assert_eq!(schedule(&leader), schedule(&follower));
+    assert!(skipped_at < leader.iteration());
+    // Only rank 0 wrote: the other rank's directory was never made.
+    assert!(!root.join("rank-1").exists());
+}
+
+/// Rank 1 cannot read the path's files (its run directory is wrong): it
+/// fails when backtracking starts, rank 0 stops with its error, and rank
+/// 0's last checkpoint resumes on one rank and on three to the end.
+#[test]
+fn a_failing_rank_stops_the_team_by_name_and_the_checkpoint_resumes_on_other_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("cache"));
+    (config.teacher.batch, config.record.batch, config.distill.batch) = (96, 48, 48);
+    let root = dir.path().join("run");
+    let run = RunDir::create(&root, false).unwrap();
+    let mut team: Vec<Collective> = start_threads(2, Duration::from_secs(60));
+    let other = team.pop().unwrap();
+    let follower = {
+        let (config, wrong) = (config.clone(), dir.path().join("not-the-run"));
+        std::thread::spawn(move || {
+            Session::start_in_team(config, RunDir::written_by_another(&wrong), other).and_then(Session::follow)
+        })
+    };
+    let mut leader = Session::start_in_team(config, run, team.pop().unwrap()).unwrap();
+    let error = loop {
+        match leader.step() {
+            Ok(_) => assert!(!leader.is_done(), "the run ended without rank 1 failing"),
+            Err(e) => break format!("{e:#}"),
+        }
+    };
+    assert!(error.contains("rank 1 failed: loading the last node into s_φ"), "{error}");
+    assert!(error.contains("can be resumed"), "{error}");
+    assert!(follower.join().unwrap().is_err());
+    drop(leader);
+
+    for ranks in [1, 3] {
+        let copy = dir.path().join(format!("resumed-on-{ranks}"));
+        copy_dir(&root, &copy);
+        let parallel = with_ranks(Config::default(), ranks).parallel;
+        let mut resumed = Session::resume_on(RunDir::open(&copy).unwrap(), Some(parallel)).unwrap();
+        assert_eq!(resumed.stage(), Stage::Record, "the checkpoint is of stage 1");
+        while !resumed.is_done() {
+            resumed.step().expect("a resumed step");
+        }
+        let last = resumed.latest_eval().expect("a final measurement");
+        assert!(last.energy.is_finite());
+        assert_eq!(
+            Config::load_run(&copy.join("config.toml")).unwrap().parallel.ranks,
+            ranks,
+            "the run's config says where it continued"
+        );
+    }
+}
+
+#[test]
+fn a_batch_that_does_not_split_among_the_ranks_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_ranks(tiny_config(&dir.path().join("cache")), 3);
+    let err = Session::start(config, RunDir::create(&dir.path().join("run"), false).unwrap())
+        .err()
+        .expect("refused");
+    let e = format!("{err:#}");
+    assert!(e.contains("teacher.batch: 128 does not split evenly among 3 ranks"), "{e}");
+    assert!(e.contains("record.batch: 64 does not split evenly among 3 ranks"), "{e}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "run.lock" {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
