@@ -222,3 +222,31 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `disback run` on two thread ranks says so, writes one run directory,
+/// and continues on other ranks with `--resume … --set parallel.ranks=…`;
+/// any other `--set` with `--resume` is refused by name.
+#[test]
+fn the_command_line_trains_on_two_ranks_and_resumes_only_with_other_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(&dir.path().join("cache"));
+    std::fs::write(dir.path().join("tiny.toml"), config.to_toml().unwrap()).unwrap();
+    let ranks = ["--set", "parallel.ranks=2", "--set", "parallel.backend=threads"];
+    let mut args = vec!["run", "--config", "tiny.toml", "--out", "run"];
+    args.extend(ranks);
+    let out = common::disback(&args, dir.path());
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("2 × CPU (threads)"), "{err}");
+    assert!(dir.path().join("run/generator/final.safetensors").is_file());
+
+    let other = common::disback(&["run", "--resume", "run", "--set", "seed=4"], dir.path());
+    let e = common::stderr(&other);
+    assert!(!other.status.success());
+    assert!(e.contains("--set seed=4: a resumed run keeps the config it started with"), "{e}");
+    let solo = ["run", "--resume", "run", "--set", "parallel.ranks=1", "--set", "parallel.backend=solo"];
+    let resumed = common::disback(&solo, dir.path());
+    assert!(resumed.status.success(), "{}", common::stderr(&resumed));
+    let saved = Config::load_run(&dir.path().join("run/config.toml")).unwrap();
+    assert_eq!(saved.parallel.ranks, 1);
+}

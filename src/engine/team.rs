@@ -48,6 +48,7 @@ impl Drop for Crew {
         // After a failure the broadcast fails at once and every rank is
         // already leaving.
         let _ = self.team.broadcast(Some(serde_json::to_vec(&Order::End).unwrap_or_default()));
+        self.team.end();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -136,10 +137,11 @@ fn launch_local_ranks(ranks: usize, run: &RunDir) -> Result<LaunchedRank> {
     })
 }
 
-/// Starts the ranks of a `threads` team after rank 0: each builds its own
-/// session on `run` (writing nothing) and follows rank 0's orders.
+/// Rank 0's hold on its team: the ranks of a `threads` team start here,
+/// each building its own session on `run` (writing nothing) and following
+/// rank 0's orders; for every team, its drop orders the end.
 pub(super) fn start_crew(leader: &Collective, others: Vec<Collective>, run: &RunDir, opening: Opening) -> Result<Option<Crew>> {
-    if others.is_empty() {
+    if leader.world() == 1 {
         return Ok(None);
     }
     let mut threads = Vec::new();
@@ -201,7 +203,10 @@ impl Session {
         match self.crew.take() {
             // Its drop orders the end and waits for the threads.
             Some(crew) => drop(crew),
-            None => self.order(&Order::End)?,
+            None => {
+                self.order(&Order::End)?;
+                self.team.end();
+            }
         }
         // Its optimisers would wait for the others: no more steps. Saves
         // and reads go on, alone.
@@ -234,7 +239,10 @@ impl Session {
                 Order::SaveGenerator(path) => drop(self.save_generator(path.as_deref())?),
                 Order::SaveModel(kind, path) => self.save_model(kind, &path)?,
                 Order::SaveState => self.save_state()?,
-                Order::End => return Ok(self),
+                Order::End => {
+                    self.team.end();
+                    return Ok(self);
+                }
             }
         }
     }

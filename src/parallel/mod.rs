@@ -95,6 +95,9 @@ trait Backend: Send + Sync {
     /// This rank failed: every rank's next (or current) exchange returns
     /// an error naming it and `message`.
     fn fail(&self, rank: usize, message: &str);
+    /// The team's work is over (rank 0 ordered the end): ranks that leave
+    /// from now on are not failures.
+    fn end(&self) {}
 }
 
 /// One rank's handle on the team (cheap to clone: the models, optimisers
@@ -242,6 +245,13 @@ impl Collective {
             self.rank()
         );
         Ok(())
+    }
+
+    /// The team's work is over: this rank leaves without alarming others.
+    pub fn end(&self) {
+        if let Some(backend) = &self.backend {
+            backend.end();
+        }
     }
 
     /// Tells every other rank this one failed with `message`.

@@ -117,4 +117,8 @@ impl Backend for Nccl {
     fn fail(&self, _rank: usize, message: &str) {
         self.hub.fail(message);
     }
+
+    fn end(&self) {
+        self.hub.end();
+    }
 }

@@ -30,11 +30,13 @@ pub(super) struct Hub {
 }
 
 /// The first failure any rank reported, and whether this rank's training
-/// has seen it (if not, it may be stuck in a device exchange).
+/// has seen it (if not, it may be stuck in a device exchange); and whether
+/// the team ended, after which a closed connection is no failure.
 #[derive(Default)]
 struct Failure {
     message: Mutex<Option<String>>,
     seen: AtomicBool,
+    ended: AtomicBool,
 }
 
 impl Failure {
@@ -135,6 +137,7 @@ impl Hub {
                                 _ => format!("rank {peer} failed: {text}"),
                             };
                         }
+                        Ok(_) | Err(_) if failure.ended.load(Ordering::SeqCst) => return,
                         Ok(_) | Err(_) => {
                             break format!("rank {peer}'s process ended (its connection closed) while rank {rank} ran");
                         }
@@ -192,6 +195,12 @@ impl Hub {
         }
     }
 
+    /// The team's work is over: connections that close from now on are
+    /// ranks leaving, not dying.
+    pub fn end(&self) {
+        self.failure.ended.store(true, Ordering::SeqCst);
+    }
+
     pub fn fail(&self, message: &str) {
         let message = match self.rank {
             0 => format!("rank 0 failed: {message}"),
@@ -210,6 +219,17 @@ impl Hub {
             for peer in peers {
                 let _ = write_frame(&mut self.link(peer), FAILURE, message.as_bytes());
             }
+        }
+    }
+}
+
+/// A process that ends closes its connections; a hub dropped in a living
+/// process does the same (the listening threads hold clones, which would
+/// keep them open).
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for link in &self.links {
+            let _ = link.lock().unwrap_or_else(|e| e.into_inner()).shutdown(std::net::Shutdown::Both);
         }
     }
 }

@@ -102,10 +102,14 @@ impl MetricsLog {
         let mut kept = String::new();
         let (mut count, mut found) = (0, false);
         if let Some(last) = last {
-            for (i, line) in text.lines().enumerate() {
+            // The checkpoint's record is line `lines` (an earlier line may be
+            // of the same moment: the end's measurement repeats the last
+            // step's line).
+            for (i, line) in text.lines().take(lines).enumerate() {
                 let record: MetricsRecord = serde_json::from_str(line).with_context(|| {
                     format!(
-                        "{}:{}: not a metrics record, in the part the checkpoint covers; repair                          or delete that line, then resume",
+                        "{}:{}: not a metrics record, in the part the checkpoint covers; repair \
+                         or delete that line, then resume",
                         path.display(),
                         i + 1
                     )
@@ -113,20 +117,18 @@ impl MetricsLog {
                 kept.push_str(line);
                 kept.push('\n');
                 count += 1;
-                if record.same_moment(last) {
-                    found = true;
-                    break;
-                }
+                found = record.same_moment(last);
             }
             if !found || count != lines {
                 bail!(
-                    "{}: the checkpoint's last record ({} step {}) should be line {lines}, but                      {}; the log was changed, refusing to resume over it",
+                    "{}: the checkpoint's last record ({} step {}) should be line {lines}, but {}; the \
+                     log was changed, refusing to resume over it",
                     path.display(),
                     last.stage,
                     last.step,
-                    match found {
-                        true => format!("it is line {count}"),
-                        false => "it is not in the file".to_string(),
+                    match count == lines {
+                        true => "that line is another record".to_string(),
+                        false => format!("the file has {count} lines"),
                     }
                 );
             }

@@ -24,7 +24,11 @@ impl Mirror {
 
     pub fn apply(&mut self, update: &Update) {
         let slot = match update {
-            Update::Started { .. } => &mut self.started,
+            Update::Started { view, .. } => {
+                // A run resumed after its end has nothing left to do.
+                self.finished |= view.stage == crate::rundir::Stage::Done;
+                &mut self.started
+            }
             Update::View { .. } => &mut self.view,
             Update::Preview(_) => &mut self.preview,
             Update::Paused(_) => &mut self.paused,

@@ -104,8 +104,20 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         return torch::grid(&args);
     }
     let config = args.config.load()?;
+    // On several ranks each takes its share of every batch: the rates are
+    // the team's (iterations of the whole batch per second).
+    let p = &config.parallel;
+    let world = match p.ranks {
+        1 => String::new(),
+        n => format!(
+            ", on {n} ranks ({}): {} and {} per rank",
+            p.backend,
+            config.teacher.batch / n,
+            config.distill.batch / n
+        ),
+    };
     println!(
-        "disback bench — {} ({}), teacher batch {}, distillation batch {}, {}, {:.0} s per cell",
+        "disback bench — {} ({}), teacher batch {}, distillation batch {}{world}, {}, {:.0} s per cell",
         config.run_name(),
         config.method,
         config.teacher.batch,
