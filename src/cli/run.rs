@@ -74,6 +74,7 @@ pub fn start_in_background(args: &RunArgs, lab: bool) -> Result<(PathBuf, Config
     // Check what can be checked here, where the user sees the answer.
     let (dir, config) = match &args.resume {
         Some(dir) => {
+            Config::check_resume_overrides(&args.config.overrides)?;
             let config = Config::load_run_on(&RunDir::open(dir)?.config(), &args.config.overrides)?;
             args.check_memory(&config)?;
             (dir.clone(), config)
@@ -106,6 +107,7 @@ pub fn start_in_background(args: &RunArgs, lab: bool) -> Result<(PathBuf, Config
 fn prepare(args: &RunArgs, headless: bool) -> Result<(Start, PathBuf)> {
     match &args.resume {
         Some(dir) => {
+            Config::check_resume_overrides(&args.config.overrides)?;
             let run = open_for_resume(args, dir)?;
             let config = Config::load_run_on(&run.config(), &args.config.overrides)?;
             if headless {

@@ -46,14 +46,20 @@ impl Config {
     /// (`--set parallel.…`): a resumed run may move to more or fewer
     /// ranks, and nothing else.
     pub fn load_run_on(path: &Path, overrides: &[String]) -> Result<Config> {
+        Self::check_resume_overrides(overrides)?;
+        let text = crate::files::read_toml(path)?;
+        Self::parse(&text, overrides).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Refuses overrides a resumed run would ignore: all but `parallel.*`.
+    pub fn check_resume_overrides(overrides: &[String]) -> Result<()> {
         if let Some(o) = overrides.iter().find(|o| !o.trim_start().starts_with("parallel.")) {
             bail!(
                 "--set {o}: a resumed run keeps the config it started with; only parallel.* (the ranks \
                  it continues on) may change"
             );
         }
-        let text = crate::files::read_toml(path)?;
-        Self::parse(&text, overrides).with_context(|| format!("invalid config {}", path.display()))
+        Ok(())
     }
 
     /// Parses TOML text with overrides applied. Every problem is reported

@@ -49,7 +49,12 @@ fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank
         "MASTER_ADDR is not set: rank 0's address (torchrun sets it; under srun export the first node's name)",
     )?;
     let port = var("MASTER_PORT").context("MASTER_PORT is not set: a free TCP port on rank 0's machine")?;
-    number(("MASTER_PORT".into(), port.clone()))?;
+    let mut port = number(("MASTER_PORT".into(), port))?;
+    // torchrun's agent on node 0 serves its own store on MASTER_PORT and
+    // says so: rank 0 listens on the next port.
+    if var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        port += 1;
+    }
     Ok(Some(LaunchedRank {
         rank,
         world,
@@ -82,6 +87,17 @@ mod tests {
         .unwrap();
         assert_eq!((torchrun.rank, torchrun.world, torchrun.local_rank), (5, 8, 1));
         assert_eq!(torchrun.master, "node0:29500");
+        // Under torchrun's agent store, which holds MASTER_PORT itself.
+        let agent = read(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "0"),
+            ("MASTER_ADDR", "node0"),
+            ("MASTER_PORT", "29500"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(agent.master, "node0:29501");
         let srun = read(&[
             ("SLURM_NTASKS", "4"),
             ("SLURM_PROCID", "3"),
