@@ -345,7 +345,10 @@ fn resume_refuses_a_config_or_overrides_it_would_ignore() {
     let o = disback(&["run", "--resume", "somewhere", "--set", "seed=2"], d);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("--set seed=2: a resumed run keeps the config it started with"), "{e}");
+    assert!(
+        e.contains("--set seed=2: a resumed run keeps the config it started with"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -28,7 +28,10 @@ fn weights(s: &Session) -> Vec<(&'static str, Vec<f32>)> {
         ("teacher", values(s.teacher().params())),
         ("generator", values(s.sampled_generator().params())),
     ];
-    for (name, kind) in [("fake score", ModelKind::FakeScore), ("target", ModelKind::Target)] {
+    for (name, kind) in [
+        ("fake score", ModelKind::FakeScore),
+        ("target", ModelKind::Target),
+    ] {
         if let Some(model) = s.score_model(kind) {
             all.push((name, values(model.params())));
         }
@@ -93,7 +96,10 @@ fn two_ranks_with_half_batches_take_the_steps_of_one_rank_with_the_whole_batch()
     let last_one = disback::rundir::read_metrics(&dir.path().join("one/metrics.jsonl")).unwrap();
     assert_eq!(logged.len(), last_one.len());
     let (a, b) = (logged[3].loss_teacher.unwrap(), last_one[3].loss_teacher.unwrap());
-    assert!((a - b).abs() < 1e-4 * b.abs(), "teacher loss {a} on 2 ranks, {b} on 1");
+    assert!(
+        (a - b).abs() < 1e-4 * b.abs(),
+        "teacher loss {a} on 2 ranks, {b} on 1"
+    );
 }
 
 /// Rank 0 and a rank started by the test: rank 0 skips a target at an
@@ -126,7 +132,9 @@ fn ranks_stay_bitwise_identical_and_switch_on_the_same_iteration() {
     let target = leader.schedule().target();
     let events = leader.skip().unwrap();
     assert!(
-        events.iter().any(|e| matches!(e, Event::TargetSwitched { from: Some(f), .. } if *f == target)),
+        events
+            .iter()
+            .any(|e| matches!(e, Event::TargetSwitched { from: Some(f), .. } if *f == target)),
         "{events:?}"
     );
     let saved = leader.save_generator(None).unwrap();
@@ -165,7 +173,8 @@ fn a_failing_rank_stops_the_team_by_name_and_the_checkpoint_resumes_on_other_ran
     let follower = {
         let (config, wrong) = (config.clone(), dir.path().join("not-the-run"));
         std::thread::spawn(move || {
-            Session::start_in_team(config, RunDir::written_by_another(&wrong), other).and_then(Session::follow)
+            Session::start_in_team(config, RunDir::written_by_another(&wrong), other)
+                .and_then(Session::follow)
         })
     };
     let mut leader = Session::start_in_team(config, run, team.pop().unwrap()).unwrap();
@@ -175,7 +184,10 @@ fn a_failing_rank_stops_the_team_by_name_and_the_checkpoint_resumes_on_other_ran
             Err(e) => break format!("{e:#}"),
         }
     };
-    assert!(error.contains("rank 1 failed: loading the last node into s_φ"), "{error}");
+    assert!(
+        error.contains("rank 1 failed: loading the last node into s_φ"),
+        "{error}"
+    );
     assert!(error.contains("can be resumed"), "{error}");
     assert!(follower.join().unwrap().is_err());
     drop(leader);
@@ -192,7 +204,10 @@ fn a_failing_rank_stops_the_team_by_name_and_the_checkpoint_resumes_on_other_ran
         let last = resumed.latest_eval().expect("a final measurement");
         assert!(last.energy.is_finite());
         assert_eq!(
-            Config::load_run(&copy.join("config.toml")).unwrap().parallel.ranks,
+            Config::load_run(&copy.join("config.toml"))
+                .unwrap()
+                .parallel
+                .ranks,
             ranks,
             "the run's config says where it continued"
         );
@@ -207,8 +222,14 @@ fn a_batch_that_does_not_split_among_the_ranks_is_refused_naming_both() {
         .err()
         .expect("refused");
     let e = format!("{err:#}");
-    assert!(e.contains("teacher.batch: 128 does not split evenly among 3 ranks"), "{e}");
-    assert!(e.contains("record.batch: 64 does not split evenly among 3 ranks"), "{e}");
+    assert!(
+        e.contains("teacher.batch: 128 does not split evenly among 3 ranks"),
+        "{e}"
+    );
+    assert!(
+        e.contains("record.batch: 64 does not split evenly among 3 ranks"),
+        "{e}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -243,8 +264,19 @@ fn the_command_line_trains_on_two_ranks_and_resumes_only_with_other_ranks() {
     let other = common::disback(&["run", "--resume", "run", "--set", "seed=4"], dir.path());
     let e = common::stderr(&other);
     assert!(!other.status.success());
-    assert!(e.contains("--set seed=4: a resumed run keeps the config it started with"), "{e}");
-    let solo = ["run", "--resume", "run", "--set", "parallel.ranks=1", "--set", "parallel.backend=solo"];
+    assert!(
+        e.contains("--set seed=4: a resumed run keeps the config it started with"),
+        "{e}"
+    );
+    let solo = [
+        "run",
+        "--resume",
+        "run",
+        "--set",
+        "parallel.ranks=1",
+        "--set",
+        "parallel.backend=solo",
+    ];
     let resumed = common::disback(&solo, dir.path());
     assert!(resumed.status.success(), "{}", common::stderr(&resumed));
     let saved = Config::load_run(&dir.path().join("run/config.toml")).unwrap();

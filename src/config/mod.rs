@@ -53,7 +53,10 @@ impl Config {
 
     /// Refuses overrides a resumed run would ignore: all but `parallel.*`.
     pub fn check_resume_overrides(overrides: &[String]) -> Result<()> {
-        if let Some(o) = overrides.iter().find(|o| !o.trim_start().starts_with("parallel.")) {
+        if let Some(o) = overrides
+            .iter()
+            .find(|o| !o.trim_start().starts_with("parallel."))
+        {
             bail!(
                 "--set {o}: a resumed run keeps the config it started with; only parallel.* (the ranks \
                  it continues on) may change"

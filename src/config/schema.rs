@@ -728,10 +728,11 @@ pub struct ParallelConfig {
     /// `nccl` (one process per GPU, gradients averaged by NCCL; needs the
     /// `cuda` build). Default `solo`.
     pub backend: ParallelBackend,
-    /// Seconds a rank waits for the others at a gradient exchange before
-    /// it stops the run, naming the ranks that did not come (a dead or hung
-    /// rank). Rank 0 measures the generator between steps, which the
-    /// others wait for: keep it well above one measurement. Default 600.
+    /// Seconds a rank of a `threads` team waits for the others at a
+    /// gradient exchange before it stops the run, naming the ranks that did
+    /// not come (a hung rank). Waits for rank 0's measurements are not
+    /// limited; NCCL ranks learn of a dead rank from its closed connection.
+    /// Default 600.
     pub timeout_s: f64,
 }
 

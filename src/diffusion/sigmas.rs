@@ -46,7 +46,9 @@ impl Draws<'_> {
         let (shard, all) = (self.shard, self.shard.global(n));
         let rng = match &mut self.source {
             DrawSource::Host(rng) => rng,
-            DrawSource::Device => return Ok(Sigmas::Device(shard.rows(device_sigmas(law, all, device)?, n)?)),
+            DrawSource::Device => {
+                return Ok(Sigmas::Device(shard.rows(device_sigmas(law, all, device)?, n)?));
+            }
         };
         let values = match law {
             SigmaLaw::LogNormal { mean, std } => log_normal_sigmas(*rng, all, mean, std),

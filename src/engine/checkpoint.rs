@@ -288,7 +288,8 @@ impl Session {
         let missing = |what: &str| format!("a checkpoint in {} without its {what}", saved.clock.stage);
         Ok(match saved.clock.stage {
             Stage::Pretrain => {
-                let mut opt = Adam::new(self.teacher.params(), self.config.teacher.lr)?.averaged_over(&self.team);
+                let mut opt =
+                    Adam::new(self.teacher.params(), self.config.teacher.lr)?.averaged_over(&self.team);
                 load_trained(dir, "teacher", &self.teacher, &mut opt, steps)?;
                 let rng = saved.pretrain_rng.clone().with_context(|| missing("RNG state"))?;
                 let plan = saved.plan.clone();
@@ -298,7 +299,8 @@ impl Session {
                 }
             }
             Stage::Record => {
-                let mut recorder = DegradationRecorder::new(&self.teacher, &self.record_settings(), &self.team)?;
+                let mut recorder =
+                    DegradationRecorder::new(&self.teacher, &self.record_settings(), &self.team)?;
                 load_trained(dir, "degrading", &recorder.degrading, &mut recorder.opt, steps)?;
                 recorder.progress = saved
                     .record

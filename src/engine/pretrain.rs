@@ -41,7 +41,9 @@ impl Session {
         }
         if self.team.from_leader(from_cache)? {
             if !self.leads() {
-                self.teacher.load(&cached).context("loading the teacher rank 0 took from the cache")?;
+                self.teacher
+                    .load(&cached)
+                    .context("loading the teacher rank 0 took from the cache")?;
             }
             return self.teacher_ready(format!("cached in {}", cached.display()));
         }
@@ -65,7 +67,11 @@ impl Session {
         // there); noise and σ where the other training draws are. Each rank
         // keeps its share of the global batch (see `Draws`).
         let (shard, local) = (self.team.shard(), t.batch / self.team.world());
-        let x0 = self.data.sample(t.batch, &mut p.rng).shard(shard, local).to_tensor(&self.device)?;
+        let x0 = self
+            .data
+            .sample(t.batch, &mut p.rng)
+            .shard(shard, local)
+            .to_tensor(&self.device)?;
         let mut draws = Draws::new(self.device_draws, &mut p.rng, shard);
         let sigmas = draws.sigmas(self.noise.training_law(), local, &self.device)?;
         let loss = denoising_loss(&self.teacher, &x0, sigmas, &mut draws)?;

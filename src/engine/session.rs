@@ -11,8 +11,8 @@ use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
 use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
-use super::team::{Crew, Opening, Order, join_team, start_crew};
 use super::teacher::teacher_samples_as_data;
+use super::team::{Crew, Opening, Order, join_team, start_crew};
 use crate::config::{
     Config, DataConfig, DistillConfig, GeneratorSpec, Method, ParallelConfig, RecordConfig, SchedulePolicy,
 };
@@ -235,7 +235,12 @@ impl Session {
         };
         Ok(Self {
             bounds,
-            student: Student::new(generator, config.generator.lr, config.distill.generator_ema, &team)?,
+            student: Student::new(
+                generator,
+                config.generator.lr,
+                config.distill.generator_ema,
+                &team,
+            )?,
             path: DegradationPath::new(&run.path_dir(), team.leads()),
             phase,
             laws: NoiseLaws::new(&noise, &config.distill, config.record.sigma, &device)?,

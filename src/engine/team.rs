@@ -47,7 +47,9 @@ impl Drop for Crew {
     fn drop(&mut self) {
         // After a failure the broadcast fails at once and every rank is
         // already leaving.
-        let _ = self.team.broadcast(Some(serde_json::to_vec(&Order::End).unwrap_or_default()));
+        let _ = self
+            .team
+            .broadcast(Some(serde_json::to_vec(&Order::End).unwrap_or_default()));
         self.team.end();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -140,7 +142,12 @@ fn launch_local_ranks(ranks: usize, run: &RunDir) -> Result<LaunchedRank> {
 /// Rank 0's hold on its team: the ranks of a `threads` team start here,
 /// each building its own session on `run` (writing nothing) and following
 /// rank 0's orders; for every team, its drop orders the end.
-pub(super) fn start_crew(leader: &Collective, others: Vec<Collective>, run: &RunDir, opening: Opening) -> Result<Option<Crew>> {
+pub(super) fn start_crew(
+    leader: &Collective,
+    others: Vec<Collective>,
+    run: &RunDir,
+    opening: Opening,
+) -> Result<Option<Crew>> {
     if leader.world() == 1 {
         return Ok(None);
     }

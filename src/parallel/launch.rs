@@ -25,7 +25,11 @@ pub fn launched_rank() -> Result<Option<LaunchedRank>> {
 
 fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank>> {
     // torchrun's names first; srun's where torchrun's are absent.
-    let pick = |torch: &str, slurm: &str| var(torch).map(|v| (torch.to_string(), v)).or(var(slurm).map(|v| (slurm.to_string(), v)));
+    let pick = |torch: &str, slurm: &str| {
+        var(torch)
+            .map(|v| (torch.to_string(), v))
+            .or(var(slurm).map(|v| (slurm.to_string(), v)))
+    };
     let Some(world) = pick("WORLD_SIZE", "SLURM_NTASKS") else {
         return Ok(None);
     };
@@ -37,7 +41,9 @@ fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank
     };
     let world_name = world.0.clone();
     let world = number(world)?;
-    let rank = number(pick("RANK", "SLURM_PROCID").context("WORLD_SIZE is set but RANK is not: a launcher sets both")?)?;
+    let rank = number(
+        pick("RANK", "SLURM_PROCID").context("WORLD_SIZE is set but RANK is not: a launcher sets both")?,
+    )?;
     let local_rank = match pick("LOCAL_RANK", "SLURM_LOCALID") {
         Some(v) => number(v)?,
         None => rank,
@@ -69,7 +75,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn read(pairs: &[(&str, &str)]) -> Result<Option<LaunchedRank>> {
-        let vars: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         from_vars(|name| vars.get(name).cloned())
     }
 

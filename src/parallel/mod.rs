@@ -82,8 +82,9 @@ impl Shard {
 /// What a backend does; [`Collective`] adds the rank and the averaging.
 trait Backend: Send + Sync {
     /// Replaces `values` by their sum over the ranks (every rank passes the
-    /// same length).
-    fn sum(&self, rank: usize, values: &mut [f32]) -> Result<()>;
+    /// same length). `patient`: wait as long as it takes (the others may
+    /// be waiting for rank 0's measurement), not the team's timeout.
+    fn sum(&self, rank: usize, values: &mut [f32], patient: bool) -> Result<()>;
     /// The sum of `t` over the ranks where the backend sums on the device
     /// (NCCL); `None` sends it through [`Backend::sum`] on the host.
     fn sum_on_device(&self, _rank: usize, _t: &Tensor) -> Result<Option<Tensor>> {
@@ -112,7 +113,13 @@ pub struct Collective {
 
 impl std::fmt::Debug for Collective {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Collective({}, rank {} of {})", self.kind, self.rank(), self.world())
+        write!(
+            f,
+            "Collective({}, rank {} of {})",
+            self.kind,
+            self.rank(),
+            self.world()
+        )
     }
 }
 
@@ -162,12 +169,17 @@ impl Collective {
         self.kind
     }
 
-    /// Replaces `values` by their mean over the ranks.
+    /// Replaces `values` by their mean over the ranks: a gradient
+    /// exchange, which a rank waits for at most the team's timeout.
     pub fn average(&self, values: &mut [f32]) -> Result<()> {
+        self.average_within(values, false)
+    }
+
+    fn average_within(&self, values: &mut [f32], patient: bool) -> Result<()> {
         let Some(backend) = &self.backend else {
             return Ok(());
         };
-        backend.sum(self.rank(), values)?;
+        backend.sum(self.rank(), values, patient)?;
         let world = self.world() as f32;
         values.iter_mut().for_each(|v| *v /= world);
         Ok(())
@@ -188,19 +200,21 @@ impl Collective {
     }
 
     /// Host values (losses, gaps) averaged over the ranks. They were read
-    /// from f32 tensors, so the round trip through f32 loses nothing.
+    /// from f32 tensors, so the round trip through f32 loses nothing. The
+    /// ranks wait for each other as long as it takes: rank 0 may be
+    /// measuring (the end's 10,000 samples take minutes on a CPU).
     pub fn average_values(&self, values: Vec<f64>) -> Result<Vec<f64>> {
         if self.backend.is_none() {
             return Ok(values);
         }
         let mut f32s: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-        self.average(&mut f32s)?;
+        self.average_within(&mut f32s, true)?;
         Ok(f32s.into_iter().map(f64::from).collect())
     }
 
     /// Waits until every rank is here.
     pub fn barrier(&self) -> Result<()> {
-        self.average(&mut [0.0])
+        self.average_within(&mut [0.0], true)
     }
 
     /// Rank 0's `message` on every rank (rank 0 passes `Some`).

@@ -53,8 +53,19 @@ pub fn start_nccl(launched: &LaunchedRank, device: &Device, timeout: Duration) -
         .collect::<Vec<_>>()
         .try_into()
         .map_err(|_| anyhow!("rank 0's NCCL id is {} bytes, not 128", token.len()))?;
-    let comm = Comm::from_rank(cuda.cuda_stream(), launched.rank, launched.world, Id::uninit(internal))
-        .map_err(|e| anyhow!("NCCL could not join rank {} of {}: {e:?}", launched.rank, launched.world))?;
+    let comm = Comm::from_rank(
+        cuda.cuda_stream(),
+        launched.rank,
+        launched.world,
+        Id::uninit(internal),
+    )
+    .map_err(|e| {
+        anyhow!(
+            "NCCL could not join rank {} of {}: {e:?}",
+            launched.rank,
+            launched.world
+        )
+    })?;
     let backend = Nccl {
         comm,
         hub,
@@ -76,7 +87,11 @@ impl CustomOp1 for AllReduce<'_> {
         "nccl-all-reduce"
     }
 
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
         candle_core::bail!("NCCL sums tensors on a GPU")
     }
 
@@ -97,7 +112,7 @@ impl CustomOp1 for AllReduce<'_> {
 }
 
 impl Backend for Nccl {
-    fn sum(&self, rank: usize, values: &mut [f32]) -> Result<()> {
+    fn sum(&self, rank: usize, values: &mut [f32], _patient: bool) -> Result<()> {
         let t = crate::transfer::upload(values.to_vec(), values.len(), &self.device)?;
         let sum = self.sum_on_device(rank, &t)?.expect("NCCL sums on the device");
         values.copy_from_slice(&crate::transfer::read(&sum)?);

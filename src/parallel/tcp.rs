@@ -109,7 +109,12 @@ impl Hub {
 
     /// A thread reading rank `peer`'s frames: orders into `orders`
     /// (ranks > 0), failures and closed connections into `failure`.
-    fn listen(&self, peer: usize, orders: Option<Sender<Vec<u8>>>, exit_after: Option<Duration>) -> Result<()> {
+    fn listen(
+        &self,
+        peer: usize,
+        orders: Option<Sender<Vec<u8>>>,
+        exit_after: Option<Duration>,
+    ) -> Result<()> {
         let link = self.link(peer).try_clone()?;
         let (failure, rank) = (self.failure.clone(), self.rank);
         let others: Vec<TcpStream> = match rank {
@@ -229,7 +234,10 @@ impl Hub {
 impl Drop for Hub {
     fn drop(&mut self) {
         for link in &self.links {
-            let _ = link.lock().unwrap_or_else(|e| e.into_inner()).shutdown(std::net::Shutdown::Both);
+            let _ = link
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .shutdown(std::net::Shutdown::Both);
         }
     }
 }
@@ -256,12 +264,24 @@ fn gather(
                 link.set_nonblocking(false)?;
                 link.set_read_timeout(Some(timeout))?;
                 let (kind, hello) = read_frame(&mut link)?;
-                ensure!(kind == HELLO && hello.len() == 8, "a connection on MASTER_PORT that is no disback rank");
+                ensure!(
+                    kind == HELLO && hello.len() == 8,
+                    "a connection on MASTER_PORT that is no disback rank"
+                );
                 let peer = u32::from_le_bytes(hello[..4].try_into()?) as usize;
                 let theirs = u32::from_le_bytes(hello[4..].try_into()?) as usize;
-                ensure!(theirs == world, "rank {peer} says the world is {theirs} ranks, rank 0 says {world}");
-                ensure!((1..world).contains(&peer), "a rank {peer} joined a world of {world}");
-                ensure!(links[peer - 1].is_none(), "two processes say they are rank {peer}");
+                ensure!(
+                    theirs == world,
+                    "rank {peer} says the world is {theirs} ranks, rank 0 says {world}"
+                );
+                ensure!(
+                    (1..world).contains(&peer),
+                    "a rank {peer} joined a world of {world}"
+                );
+                ensure!(
+                    links[peer - 1].is_none(),
+                    "two processes say they are rank {peer}"
+                );
                 link.set_read_timeout(None)?;
                 links[peer - 1] = Some(link);
             }
@@ -338,7 +358,11 @@ mod tests {
     use super::*;
 
     fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     /// Three ranks on this machine: each gets rank 0's token, hears its
@@ -405,7 +429,11 @@ mod tests {
             })
             .collect();
         let errors: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert!(errors[0].contains("rank 1 failed: the generator loss is NaN at iteration 7"), "{}", errors[0]);
+        assert!(
+            errors[0].contains("rank 1 failed: the generator loss is NaN at iteration 7"),
+            "{}",
+            errors[0]
+        );
 
         let master = format!("127.0.0.1:{}", free_port());
         let leader = {
@@ -414,7 +442,10 @@ mod tests {
         };
         let member = Hub::join(1, 3, &master, timeout, || Ok(vec![]), None);
         let e = format!("{:#}", leader.join().unwrap().expect("refused"));
-        assert!(e.contains("rank 1 says the world is 3 ranks, rank 0 says 2"), "{e}");
+        assert!(
+            e.contains("rank 1 says the world is 3 ranks, rank 0 says 2"),
+            "{e}"
+        );
         assert!(member.is_err());
     }
 }

@@ -110,7 +110,10 @@ impl Room {
                         self.turn.notify_all();
                         bail!(message);
                     }
-                    self.turn.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0
+                    self.turn
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
             };
         }
@@ -127,7 +130,9 @@ fn close(parts: &mut [Option<Part>]) -> Result<Part> {
             let mut sum = first.clone();
             for (rank, part) in parts.iter().enumerate().skip(1) {
                 let Part::Sum(values) = part else {
-                    bail!("rank {rank} sent an order where rank 0 summed values: the ranks went different ways");
+                    bail!(
+                        "rank {rank} sent an order where rank 0 summed values: the ranks went different ways"
+                    );
                 };
                 if values.len() != sum.len() {
                     bail!(
@@ -150,8 +155,9 @@ fn close(parts: &mut [Option<Part>]) -> Result<Part> {
 }
 
 impl Backend for Room {
-    fn sum(&self, rank: usize, values: &mut [f32]) -> Result<()> {
-        match self.exchange(rank, Part::Sum(values.to_vec()), Some(self.timeout))? {
+    fn sum(&self, rank: usize, values: &mut [f32], patient: bool) -> Result<()> {
+        let timeout = (!patient).then_some(self.timeout);
+        match self.exchange(rank, Part::Sum(values.to_vec()), timeout)? {
             Part::Sum(sum) => values.copy_from_slice(&sum),
             Part::Message(_) => unreachable!("a sum round closes with a sum"),
         }
@@ -243,7 +249,11 @@ mod tests {
             }
             format!("{:#}", c.average(&mut [1.0]).unwrap_err())
         });
-        assert!(results[0].contains("rank 1 did not reach the gradient exchange within 0.2 s"), "{}", results[0]);
+        assert!(
+            results[0].contains("rank 1 did not reach the gradient exchange within 0.2 s"),
+            "{}",
+            results[0]
+        );
     }
 
     #[test]
