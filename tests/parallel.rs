@@ -282,3 +282,18 @@ fn the_command_line_trains_on_two_ranks_and_resumes_only_with_other_ranks() {
     let saved = Config::load_run(&dir.path().join("run/config.toml")).unwrap();
     assert_eq!(saved.parallel.ranks, 1);
 }
+
+/// Without the CUDA build there is no NCCL: said before any rank starts.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn the_nccl_backend_without_the_cuda_build_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = with_ranks(tiny_config(&dir.path().join("cache")), 2);
+    config.parallel.backend = ParallelBackend::Nccl;
+    let run = RunDir::create(&dir.path().join("run"), false).unwrap();
+    let e = format!("{:#}", Session::start(config, run).err().expect("refused"));
+    assert!(
+        e.contains("needs the CUDA build (cargo build --release --features cuda)"),
+        "{e}"
+    );
+}

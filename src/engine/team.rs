@@ -15,7 +15,7 @@
 use super::outputs::ModelKind;
 use super::session::Session;
 use crate::config::{Config, DeviceChoice, ParallelBackend};
-use crate::parallel::{Collective, LaunchedRank, launched_rank, start_nccl, start_threads};
+use crate::parallel::{Collective, LaunchedRank, launched_rank, nccl_built, start_nccl, start_threads};
 use crate::rundir::RunDir;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,8 @@ pub(super) fn join_team(config: &mut Config, run: &RunDir) -> Result<(Collective
             Ok((leader, team))
         }
         ParallelBackend::Nccl => {
+            // Before any rank is started on this box.
+            nccl_built()?;
             let launched = match launched_rank()? {
                 Some(launched) => launched,
                 None => launch_local_ranks(p.ranks, run)?,

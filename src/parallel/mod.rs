@@ -29,13 +29,21 @@ pub use launch::{LaunchedRank, launched_rank};
 pub use nccl::start_nccl;
 pub use threads::start_threads;
 
-/// Without CUDA there is no NCCL: say how to get it.
-#[cfg(not(feature = "cuda"))]
-pub fn start_nccl(_: &LaunchedRank, _: &candle_core::Device, _: std::time::Duration) -> Result<Collective> {
+/// Whether this build has NCCL; without CUDA it has not, and says how to
+/// get it.
+pub fn nccl_built() -> Result<()> {
+    if cfg!(feature = "cuda") {
+        return Ok(());
+    }
     anyhow::bail!(
         "parallel.backend = \"nccl\" needs the CUDA build (cargo build --release --features cuda); \
          on the CPU use parallel.backend = \"threads\""
     )
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn start_nccl(_: &LaunchedRank, _: &candle_core::Device, _: std::time::Duration) -> Result<Collective> {
+    nccl_built().map(|()| unreachable!("checked: no CUDA build"))
 }
 
 use anyhow::Result;
