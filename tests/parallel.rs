@@ -154,8 +154,6 @@ fn ranks_stay_bitwise_identical_and_switch_on_the_same_iteration() {
     let schedule = |s: &Session| serde_json::to_string(s.schedule()).unwrap();
     assert_eq!(schedule(&leader), schedule(&follower));
     assert!(skipped_at < leader.iteration());
-    // Only rank 0 wrote: the other rank's directory was never made.
-    assert!(!root.join("rank-1").exists());
 }
 
 /// Rank 1 cannot read the path's files (its run directory is wrong): it

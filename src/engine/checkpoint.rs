@@ -250,10 +250,10 @@ impl Session {
 
     /// Loads the checkpoint's models, optimisers, counters and streams.
     fn restore(mut self, dir: &Path, saved: SavedState) -> Result<Self> {
-        let (s, dir) = (&mut self, dir.to_path_buf());
+        let s = &mut self;
         let student = &mut s.student;
         student.generator.load(&dir.join("generator.safetensors"))?;
-        load_adam(&dir, "generator", &mut student.opt, &saved.adam_steps)?;
+        load_adam(dir, "generator", &mut student.opt, &saved.adam_steps)?;
         student.average.load(&dir.join("generator-average.safetensors"))?;
         let stage = saved.clock.stage;
         if stage != Stage::Pretrain {
@@ -264,7 +264,7 @@ impl Session {
         if s.config.method == Method::Disback && stage != Stage::Pretrain && s.path.is_empty() {
             bail!("{}: the degradation path is missing", s.run.path_dir().display());
         }
-        s.phase = s.saved_phase(&dir, &saved)?;
+        s.phase = s.saved_phase(dir, &saved)?;
         s.clock = Clock {
             stage_step: saved.clock.stage_step,
             iteration: saved.clock.iteration,
