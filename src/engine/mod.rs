@@ -19,7 +19,7 @@ mod team;
 pub mod trainer;
 mod view;
 
-pub use checkpoint::checkpoint_iteration;
+pub use checkpoint::{checkpoint_iteration, checkpoint_stage};
 pub use cost::PassCost;
 pub use phase::Moment;
 
