@@ -1,6 +1,6 @@
 //! The command line: `disback` / `disback tui` (the terminal lab), `run`,
 //! `attach`, `ls`, `stop`, `compare`, `sweep`, `plot`, `sample`, `show`,
-//! `bench`.
+//! `bench`, `teacher`.
 
 mod bench;
 mod compare;
@@ -8,6 +8,7 @@ mod rank;
 mod run;
 mod show;
 mod sweep;
+mod teacher;
 
 use crate::config::Config;
 use crate::data::Samples;
@@ -90,6 +91,10 @@ pub enum Command {
     },
     /// Measure training speed (steps per second) and print a table.
     Bench(bench::BenchArgs),
+    /// Show what the lab understood of a pretrained diffusers model
+    /// (blocks, attention heads, schedule, σ range, size); `--check REF`
+    /// proves it computes diffusers' outputs.
+    Teacher(teacher::TeacherArgs),
 }
 
 /// Which config to use, with overrides.
@@ -253,6 +258,7 @@ pub fn main() -> Result<Ended> {
         Some(Command::Sample(args)) => finished(sample(args)),
         Some(Command::Show { path, width }) => finished(show::show(&path, width)),
         Some(Command::Bench(args)) => finished(bench::bench(args)),
+        Some(Command::Teacher(args)) => teacher::teacher(args),
         None => tui(RunArgs {
             linger: RunArgs::LINGER,
             ..RunArgs::default()

@@ -15,7 +15,10 @@ mod schema;
 mod shared;
 mod validate;
 
-pub use diffusers::{Betas, DiffusersFiles, DiffusersSpec, DiffusersUNet, Prediction, VpSchedule};
+pub use diffusers::{
+    Activation, Betas, BlockSummary, DiffusersFiles, DiffusersSpec, DiffusersUNet, Prediction, Resampler,
+    VpSchedule,
+};
 pub use schema::*;
 pub use shared::*;
 
