@@ -238,9 +238,10 @@ pub struct SampleArgs {
 pub fn main() -> Result<Ended> {
     let cli = Cli::parse();
     // A rank other than 0 of a launched team follows rank 0 (its own
-    // command line runs only on rank 0).
-    if let Some(launched) = crate::parallel::launched_rank()?.filter(|l| l.rank > 0)
-        && let Some(Command::Run(args) | Command::Tui(args) | Command::Serve(args)) = &cli.command
+    // command line runs only on rank 0). Only a command that trains on
+    // several ranks reads the launcher's environment.
+    if let Some(Command::Run(args) | Command::Tui(args) | Command::Serve(args)) = &cli.command
+        && let Some(launched) = rank::launched_follower(args)?
     {
         return rank::follow(args, &launched);
     }

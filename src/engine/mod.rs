@@ -4,6 +4,7 @@
 mod checkpoint;
 mod clock;
 mod cost;
+mod crew;
 mod field;
 mod losses;
 mod outputs;
@@ -23,6 +24,6 @@ pub use checkpoint::{checkpoint_iteration, checkpoint_stage};
 pub use cost::PassCost;
 pub use phase::Moment;
 
-pub use outputs::ModelKind;
+pub use crew::team_run_dir;
+pub use protocol::ModelKind;
 pub use session::Session;
-pub use team::team_run_dir;

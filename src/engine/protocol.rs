@@ -288,6 +288,20 @@ impl NodeSpread {
     }
 }
 
+/// The models of a session, for `Session::save_model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// The generator as sampled (the moving average of its weights).
+    Generator,
+    /// s'_θ, the teacher's copy being degraded (stage 1 only).
+    Degrading,
+    /// s_φ, the fake score (stage 2 on).
+    FakeScore,
+    /// The current backtracking target (stage 2 on).
+    Target,
+    Teacher,
+}
+
 /// A distance in at most five characters: 0.76, 26.3, 483, 8341, 834k, 1.7M.
 pub fn short_number(v: f64) -> String {
     match v.abs() {

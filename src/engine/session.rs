@@ -7,12 +7,12 @@
 //! nothing of terminals, and every driver leaves the same files.
 
 use super::cost::PassCost;
+use super::crew::{Crew, Opening, Order, join_team, start_crew};
 use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
 use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
 use super::teacher::teacher_samples_as_data;
-use super::team::{Crew, Opening, Order, join_team, start_crew};
 use crate::config::{
     Config, DataConfig, DistillConfig, GeneratorSpec, Method, ParallelConfig, RecordConfig, SchedulePolicy,
 };
@@ -127,7 +127,7 @@ impl Session {
             }
             return session;
         }
-        let crew = start_crew(&team, others, &run, opening.clone())?;
+        let crew = start_crew(&team, others, &run, opening.clone(), Self::run_follower)?;
         let session = match opening {
             Opening::New(config) => Self::start_leading(config, run, team.clone()),
             Opening::Resume(config) => Self::resume_leading(config, run, team.clone()),
