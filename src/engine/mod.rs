@@ -11,6 +11,7 @@ mod path;
 mod phase;
 mod pretrain;
 mod previews;
+mod probe;
 pub mod protocol;
 mod session;
 mod spread;
@@ -22,6 +23,7 @@ mod view;
 pub use checkpoint::checkpoint_iteration;
 pub use cost::PassCost;
 pub use phase::Moment;
+pub use probe::FunctionalProbe;
 
 pub use outputs::ModelKind;
 pub use session::Session;
