@@ -12,6 +12,7 @@ mod path;
 mod phase;
 mod pretrain;
 mod previews;
+mod probe;
 pub mod protocol;
 mod session;
 mod spread;
@@ -23,6 +24,7 @@ mod view;
 pub use checkpoint::{checkpoint_iteration, checkpoint_stage};
 pub use cost::PassCost;
 pub use phase::Moment;
+pub use probe::FunctionalProbe;
 
 pub use crew::team_run_dir;
 pub use protocol::ModelKind;

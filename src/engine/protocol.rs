@@ -265,6 +265,19 @@ pub struct NodeView {
     pub planned: Option<usize>,
     /// Its distance to the data and to G⁰, once recorded and measured.
     pub spread: Option<NodeSpread>,
+    /// Its denoiser's distance from the teacher's and the last node's.
+    pub gap: Option<NodeGap>,
+}
+
+/// A node's functional distance (`engine::probe`): the RMS difference of
+/// its denoiser's outputs from the teacher's and from the last node's (s'θ
+/// fitted to G⁰) on a fixed probe batch of G⁰ samples at a few σ, in units
+/// of σ_data. Cheap, so always measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeGap {
+    pub to_teacher: f64,
+    /// Known once recording is over.
+    pub to_start: Option<f64>,
 }
 
 /// A node's distance to the data and to the initial generator.

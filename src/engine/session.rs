@@ -425,7 +425,8 @@ impl Session {
         self.student.reset_average()?;
         if self.config.method == Method::Disback {
             let spread = self.node_spread(&self.teacher)?;
-            let node = self.path.record(&self.teacher, 0, None, spread)?.clone();
+            let gap = self.node_gap(&self.teacher)?;
+            let node = self.path.record(&self.teacher, 0, None, spread, gap)?.clone();
             self.node_recorded(node)?;
         }
         if self.config.records_path() {
@@ -469,9 +470,10 @@ impl Session {
             bail!("a node to save outside stage 1");
         };
         let spread = self.node_spread(&recorder.degrading)?;
+        let gap = self.node_gap(&recorder.degrading)?;
         let info = self
             .path
-            .record(&recorder.degrading, node.iteration, node.mean_loss, spread)?
+            .record(&recorder.degrading, node.iteration, node.mean_loss, spread, gap)?
             .clone();
         self.node_recorded(info)
     }
@@ -517,6 +519,7 @@ impl Session {
                 // s_φ already equals the last node (the degrading copy);
                 // loading the node's file makes the start as checked as
                 // every later switch.
+                self.measure_path_ends()?;
                 let last = self.path.len() - 1;
                 let fake = self.teacher.deep_clone()?;
                 self.path
