@@ -32,6 +32,7 @@ const FLOORS: &[&str] = &[
     "runtime",
     "engine",
     "compare",
+    "export",
     "runner",
     "ui",
     "cli",
