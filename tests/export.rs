@@ -324,3 +324,25 @@ fn the_projects_own_generators_export_for_pytorch() {
         }
     }
 }
+
+/// The image U-Net's generator: its PyTorch rebuild draws the check's
+/// images.
+#[test]
+fn the_unet_generator_exports_for_pytorch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = common::tiny_digits_config(&tmp.path().join("teachers"));
+    let run = tmp.path().join("run");
+    finish(config, &run);
+    let out = tmp.path().join("export");
+    let done = export(&run, None, &out).unwrap();
+    assert!(done.kind.contains("U-Net"), "{}", done.kind);
+    let architecture: Architecture = disback::files::read_json(&out.join("generator.json")).unwrap();
+    assert!(
+        matches!(architecture, Architecture::UnetDenoiser { image: [1, 8, 8], .. }),
+        "{architecture:?}"
+    );
+    assert_eq!(tensors(&out.join(CHECK_FILE))["images"].dims(), [16, 1, 8, 8]);
+    if python_with("torch, safetensors", "unet").is_some() {
+        sample_py_matches_check(&out, "images");
+    }
+}

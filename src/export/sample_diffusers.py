@@ -80,7 +80,10 @@ def main():
     args = parser.parse_args()
     with open(os.path.join(HERE, "one_step.json")) as f:
         step = json.load(f)
-    unet = UNet2DModel.from_pretrained(os.path.join(HERE, "unet")).to(args.device).eval()
+    unet, loading = UNet2DModel.from_pretrained(os.path.join(HERE, "unet"), output_loading_info=True)
+    if any(loading.values()):  # missing, unexpected or misshapen weights: not this generator
+        raise SystemExit(f"unet/ does not load strictly: {loading}")
+    unet = unet.to(args.device).eval()
     z = load_file(args.latents)["z"].to(args.device, torch.float32)
     if tuple(z.shape[1:]) != tuple(step["latent_shape"]):
         raise SystemExit(f"{args.latents}: z has shape {tuple(z.shape)}, the generator takes (N, {step['latent_shape']})")
