@@ -19,6 +19,7 @@
 //! - [`runtime`]: devices, threads and the memory check.
 //! - [`engine`]: the steppable session, its protocol with front ends, the training thread.
 //! - [`compare`]: comparisons and sweeps of DisBack against Diff-Instruct.
+//! - [`export`]: a run's generator for other tools (a `diffusers` folder, or PyTorch).
 //! - [`runner`]: a run in its own process, serving labs over a socket.
 //! - [`ui`]: the terminal lab.
 //! - [`cli`]: the command line.
@@ -30,6 +31,7 @@ pub mod data;
 pub mod diffusion;
 pub mod distill;
 pub mod engine;
+pub mod export;
 pub mod files;
 pub mod kernels;
 pub mod metrics;

@@ -33,6 +33,7 @@ const FLOORS: &[&str] = &[
     "runtime",
     "engine",
     "compare",
+    "export",
     "runner",
     "ui",
     "cli",

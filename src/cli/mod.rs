@@ -1,9 +1,10 @@
 //! The command line: `disback` / `disback tui` (the terminal lab), `run`,
 //! `attach`, `ls`, `stop`, `compare`, `sweep`, `plot`, `sample`, `show`,
-//! `bench`, `teacher`.
+//! `bench`, `teacher`, `export`.
 
 mod bench;
 mod compare;
+mod export;
 mod rank;
 mod run;
 mod show;
@@ -95,6 +96,9 @@ pub enum Command {
     /// (blocks, attention heads, schedule, σ range, size); `--check REF`
     /// proves it computes diffusers' outputs.
     Teacher(teacher::TeacherArgs),
+    /// Write a run's generator for other tools: a diffusers model folder
+    /// (for a diffusers teacher) or its weights with a PyTorch sample.py.
+    Export(export::ExportArgs),
 }
 
 /// Which config to use, with overrides.
@@ -170,10 +174,21 @@ pub struct RunArgs {
     /// attached.
     #[arg(long, default_value_t = RunArgs::LINGER, value_name = "SECONDS")]
     pub linger: u64,
+    /// Also write TensorBoard event files into RUN_DIR/tensorboard/ (the
+    /// same as --set log.tensorboard=true).
+    #[arg(long, conflicts_with = "resume")]
+    pub tensorboard: bool,
 }
 
 impl RunArgs {
     const LINGER: u64 = 600;
+
+    /// The flags that are config settings, as the overrides they stand for.
+    fn flags_as_settings(&mut self) {
+        if std::mem::take(&mut self.tensorboard) {
+            self.config.overrides.push("log.tensorboard=true".into());
+        }
+    }
 
     /// The arguments of `disback serve` for this run, in `dir`.
     fn serve_args(&self, dir: &Path) -> Vec<String> {
@@ -236,7 +251,10 @@ pub struct SampleArgs {
 /// Runs the command line; the result says how it ended, for the exit
 /// status.
 pub fn main() -> Result<Ended> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Run(args) | Command::Tui(args) | Command::Serve(args)) = &mut cli.command {
+        args.flags_as_settings();
+    }
     // A rank other than 0 of a launched team follows rank 0 (its own
     // command line runs only on rank 0). Only a command that trains on
     // several ranks reads the launcher's environment.
@@ -260,6 +278,7 @@ pub fn main() -> Result<Ended> {
         Some(Command::Show { path, width }) => finished(show::show(&path, width)),
         Some(Command::Bench(args)) => finished(bench::bench(args)),
         Some(Command::Teacher(args)) => teacher::teacher(args),
+        Some(Command::Export(args)) => finished(export::export(args)),
         None => tui(RunArgs {
             linger: RunArgs::LINGER,
             ..RunArgs::default()

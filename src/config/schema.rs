@@ -728,6 +728,10 @@ pub struct LogConfig {
     pub checkpoint_every: usize,
     /// Generator samples written to `samples.csv` at the end. Default 10000.
     pub final_samples: usize,
+    /// Also write TensorBoard event files, `tensorboard/events.out.tfevents.*`:
+    /// every number of `metrics.jsonl`, the rate, node switches, and a
+    /// picture of the samples at each measurement. Default false.
+    pub tensorboard: bool,
 }
 
 impl Default for LogConfig {
@@ -736,6 +740,7 @@ impl Default for LogConfig {
             every: 10,
             checkpoint_every: 500,
             final_samples: 10_000,
+            tensorboard: false,
         }
     }
 }

@@ -70,6 +70,9 @@ impl Session {
             eval,
         };
         self.log.append(&record)?;
+        if record.eval.is_some() {
+            self.board_picture()?;
+        }
         if let Some(e) = &record.eval {
             self.latest_eval = Some(e.clone());
             self.timeline.push(Moment {

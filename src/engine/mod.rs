@@ -1,6 +1,7 @@
 //! The engine: the steppable [`Session`], its run directory, metrics log
 //! and checkpoints, and a plain-data view of its state for drivers.
 
+mod board;
 mod checkpoint;
 mod clock;
 mod cost;

@@ -48,6 +48,7 @@ impl Session {
                 .join(format!("at-node-{from}.safetensors"));
             self.student.average.save(&file)?;
             self.write_snapshot(&format!("at-node-{from}"))?;
+            self.board_switch(from, to)?;
         }
         self.pending.push(Event::TargetSwitched { from: Some(from), to });
         Ok(())

@@ -160,7 +160,7 @@ impl Session {
     pub(super) fn start_leading(config: Config, run: RunDir, team: Collective) -> Result<Self> {
         let run = run.locked()?;
         write_toml(&run.config(), &config.to_toml()?)?;
-        let log = MetricsLog::create(&run.metrics())?;
+        let log = super::board::with_board(MetricsLog::create(&run.metrics())?, &config, &run)?;
         let mut session = Self::build(config, run, log, team)?;
         if let Some(problem) = session.evaluator.classifier_cache_problem() {
             session.pending.push(Event::Warning(problem.to_string()));

@@ -6,11 +6,13 @@
 mod figures;
 mod grid;
 mod heatmap;
+mod picture;
 
 pub use figures::plot_run;
 pub(crate) use figures::{Curves, Line, evaluations};
 pub use grid::{write_image_grid, write_image_samples};
 pub(crate) use heatmap::{Cell, Heatmap, Panel};
+pub use picture::samples_picture;
 
 use crate::files::atomic_write;
 use anyhow::{Context, Result, anyhow};

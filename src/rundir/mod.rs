@@ -11,6 +11,7 @@
 //! samples/             initial.csv, at-node-<i>.csv: generator snapshots
 //! fields/              initial.json, final.json: teacher and s_φ fields
 //! plots/               the figures (PNG and SVG)
+//! tensorboard/         events.out.tfevents.* (with log.tensorboard)
 //! state/               the resumable checkpoint
 //! samples.csv          generator samples at the end (header x,y)
 //! run.lock             held by the process writing the run
@@ -19,10 +20,16 @@
 mod fields;
 mod lock;
 mod log;
+mod tensorboard;
 
 pub use fields::{FIELD_GRID, ScoreField};
 pub use lock::RunLock;
 pub use log::{MetricsLog, MetricsRecord, Stage, read_metrics};
+pub use tensorboard::{EventLog, TENSORBOARD_DIR, read_events};
+/// The event file's messages, for readers (tests, tools).
+pub mod events {
+    pub use super::tensorboard::{Event, Image, Kind, Summary, Value, What};
+}
 
 use crate::data::Point;
 use crate::files::atomic_write;
@@ -165,6 +172,10 @@ impl RunDir {
     }
     pub fn plots_dir(&self) -> PathBuf {
         self.root.join("plots")
+    }
+    /// TensorBoard's event files (`log.tensorboard`).
+    pub fn tensorboard_dir(&self) -> PathBuf {
+        self.root.join(TENSORBOARD_DIR)
     }
     /// `samples/<name>.csv`: generator samples at a moment of a 2-D run.
     pub fn snapshot(&self, name: &str) -> PathBuf {
