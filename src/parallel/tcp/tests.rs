@@ -143,7 +143,7 @@ fn a_strangers_connection_is_refused_while_the_team_starts() {
     let place = Place::new();
     let leader = {
         let place = place.clone();
-        std::thread::spawn(move || place.join(0, 2, None).map(|(hub, _)| hub.refused().to_vec()))
+        std::thread::spawn(move || place.join(0, 2, None).map(|(hub, _)| hub))
     };
     let mut scanner = TcpStream::connect(&place.master).unwrap();
     std::io::Write::write_all(&mut scanner, b"GET / HTTP/1.1\r\n\r\n").unwrap();
@@ -160,7 +160,8 @@ fn a_strangers_connection_is_refused_while_the_team_starts() {
     }
     let (member, token) = place.join(1, 2, None).unwrap();
     assert_eq!(token, b"nccl-id");
-    let refused = leader.join().unwrap().expect("the team started");
+    let leader = leader.join().unwrap().expect("the team started");
+    let refused = leader.refused();
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(
         refused[0].contains("from 127.0.0.1") && refused[0].contains("no disback HELLO"),
@@ -287,4 +288,73 @@ fn a_rank_hung_in_a_gradient_exchange_is_ended_after_the_timeout() {
         "{heard}"
     );
     assert!(rank_0_exits.is_empty(), "{rank_0_exits:?}");
+}
+
+/// The environment through which the next test starts itself again as a
+/// rank process: its rank, rank 0's address, the run directory.
+const RANK_VAR: &str = "DISBACK_TEST_TCP_RANK";
+const MASTER_VAR: &str = "DISBACK_TEST_TCP_MASTER";
+const DIR_VAR: &str = "DISBACK_TEST_TCP_DIR";
+
+/// Rank 0 here, ranks 1 and 2 as processes on loopback (this test binary
+/// run again for this test, as a rank: [`be_a_rank_process`]): rank 0
+/// orders the end and every process exits 0, with nothing in its log.
+#[test]
+fn a_team_of_processes_ends_with_every_process_exiting_0() {
+    if let Ok(rank) = std::env::var(RANK_VAR) {
+        return be_a_rank_process(rank.parse().unwrap());
+    }
+    let place = Place::new();
+    let children: Vec<_> = (1..3)
+        .map(|rank| {
+            let test = "parallel::tcp::tests::a_team_of_processes_ends_with_every_process_exiting_0";
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([test, "--exact", "--nocapture"])
+                .env(RANK_VAR, rank.to_string())
+                .env(MASTER_VAR, &place.master)
+                .env(DIR_VAR, place.dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (hub, _) = place.join(0, 3, None).unwrap();
+    hub.broadcast(Some(b"end".to_vec())).unwrap();
+    hub.end();
+    hub.check().unwrap();
+    drop(hub);
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {log}", out.status);
+        assert!(!log.contains("disback:"), "{log}");
+    }
+}
+
+/// A rank other than 0 as the processes of an NCCL team run it, with the
+/// watchdog that ends the process.
+fn be_a_rank_process(rank: usize) {
+    let (master, dir) = (
+        std::env::var(MASTER_VAR).unwrap(),
+        std::env::var(DIR_VAR).unwrap(),
+    );
+    let how = Joining {
+        rank,
+        world: 3,
+        master: &master,
+        run_dir: Path::new(&dir),
+        door: None,
+        timeout: LONG,
+        watching: Some(Watching {
+            timeout: LONG,
+            grace: Duration::from_millis(100),
+            resume: "resume".into(),
+            exit: crate::parallel::watchdog::exit_process(),
+        }),
+    };
+    let (hub, _) = Hub::join(how, || unreachable!("rank 0 makes the token")).unwrap();
+    assert_eq!(hub.broadcast(None).unwrap(), b"end");
+    hub.end();
+    hub.check().unwrap();
 }
