@@ -5,6 +5,7 @@
 
 use crate::config::{
     Activation, Betas, Config, DataConfig, DeviceChoice, DiffusersFiles, DiffusersSpec, NetSpec, Prediction,
+    Resampler,
 };
 use crate::model::{Denoiser, VpTable, load_diffusers_weights};
 use crate::rng::host_rng;
@@ -102,6 +103,28 @@ fn describe(
             attention
         );
     }
+    let in_attention = |r: Resampler, plain: &str, resnet: &str| match r {
+        Resampler::Conv => plain.to_string(),
+        Resampler::Resnet => format!("{plain} ({resnet} in attention blocks)"),
+    };
+    println!(
+        "  resampling  down: {} (padding {}); up: {}{}",
+        in_attention(
+            u.downsample,
+            "stride-2 convolution",
+            "residual block, 2 × 2 average pooling"
+        ),
+        u.downsample_padding,
+        in_attention(
+            u.upsample,
+            "nearest ×2, convolution",
+            "residual block, nearest ×2"
+        ),
+        match u.mid_block && u.mid_block_scale_factor != 1.0 {
+            true => format!("; middle block output ÷ {}", u.mid_block_scale_factor),
+            false => String::new(),
+        }
+    );
     let act = match u.act_fn {
         Activation::Silu => "SiLU",
         Activation::Mish => "Mish",
@@ -147,8 +170,9 @@ fn describe(
     Ok(())
 }
 
-/// What a run with this teacher at the default sizes needs, beside what
-/// is free.
+/// What a run with this teacher needs at the sizes of
+/// `configs/pretrained.toml` (batches of 32, 256 measured samples; the
+/// lab's own defaults are for the 2-D toy), beside what is free.
 fn memory_line(dir: &Path, spec: &DiffusersSpec, device: &str) -> Result<String> {
     let mut config = Config::default_with(&[])?;
     config.teacher.pretrained = Some(dir.to_path_buf());
@@ -157,13 +181,13 @@ fn memory_line(dir: &Path, spec: &DiffusersSpec, device: &str) -> Result<String>
         channels: spec.unet.in_channels,
         size: spec.unet.sample_size,
     };
+    (config.record.batch, config.distill.batch, config.metrics.samples) = (32, 32, 256);
     let config = crate::data::resolve(config)?;
     let gib = |bytes: f64| bytes / (1024.0 * 1024.0 * 1024.0);
-    let free = available_memory().map_or(String::new(), |f| format!("; {:.1} GiB free", gib(f)));
+    let free = available_memory().map_or(String::new(), |f| format!("; {:.1} GiB free here", gib(f)));
     Ok(format!(
-        "a run at the default batches (record {}, distill {}) needs about {:.2} GiB on {device}{free}",
-        config.record.batch,
-        config.distill.batch,
+        "a run at batch 32 (record and distil, as configs/pretrained.toml) holds about twelve copies \
+         of the weights and needs about {:.1} GiB on {device}{free}",
         gib(memory_estimate(&config))
     ))
 }

@@ -571,6 +571,12 @@ mod tests {
         // `add_attention: null` is false too: a middle block, no attention.
         let quiet = unet_of(&format!(r#"{{{base}, "add_attention": null}}"#)).unwrap();
         assert!(quiet.mid_block && !quiet.mid_attention);
+        // Any name but null builds diffusers' UNetMidBlock2D.
+        let named = unet_of(&format!(
+            r#"{{{base}, "mid_block_type": "UNetMidBlock2DCrossAttn"}}"#
+        ))
+        .unwrap();
+        assert!(named.mid_block && named.mid_attention);
         // A key diffusers cannot take as None is refused, by name.
         let e = unet_of(&format!(r#"{{{base}, "norm_eps": null}}"#)).unwrap_err();
         assert!(format!("{e:#}").contains("norm_eps: null"), "{e:#}");
