@@ -193,3 +193,33 @@ fn edm_units_scale_with_the_data() {
     assert_eq!(edm_to_data_units(0.5, 1.77), 1.77);
     assert!((edm_to_data_units(2.5, 2.0) - 10.0).abs() < 1e-12);
 }
+
+#[test]
+fn images_default_to_every_core_and_cheap_measurements_unless_the_file_says() {
+    let toy = Config::parse("", &[]).unwrap();
+    assert_eq!(toy.threads, 1);
+    assert_eq!((toy.metrics.samples, toy.metrics.sampler_steps), (1000, 18));
+    assert!(toy.metrics.path_spread);
+
+    let images = Config::parse("[data]\nkind = \"shapes\"\n", &[]).unwrap();
+    assert_eq!(images.threads, 0, "0: every core");
+    assert_eq!((toy.log.final_samples, images.log.final_samples), (10_000, 1000));
+    assert_eq!((images.metrics.samples, images.metrics.sampler_steps), (64, 5));
+    assert!(!images.metrics.path_spread);
+
+    // What the file (or a --set) says is kept, on images too.
+    let set = "threads = 1\n[data]\nkind = \"shapes\"\n[metrics]\nsamples = 300\npath_spread = true\n";
+    let kept = Config::parse(set, &["metrics.sampler_steps=9".into()]).unwrap();
+    assert_eq!(kept.threads, 1);
+    assert_eq!((kept.metrics.samples, kept.metrics.sampler_steps), (300, 9));
+    assert!(kept.metrics.path_spread);
+
+    // A run's config.toml writes the image defaults out: it reads back the same.
+    assert_eq!(Config::parse(&images.to_toml().unwrap(), &[]).unwrap(), images);
+}
+
+#[test]
+fn measurement_sampler_steps_below_two_are_refused() {
+    let e = err("[metrics]\nsampler_steps = 1\n", &[]);
+    assert!(e.contains("metrics.sampler_steps"), "{e}");
+}
