@@ -9,6 +9,12 @@ The same networks as src/model/nets.rs and src/model/unet.rs:
                noise embedding as per-channel scale and shift, stride-2 conv
                down, nearest-neighbour up + conv, skip concatenation,
                zero-initialised last convs);
+  --net diffusers --model DIR:  a diffusers UNet2DModel folder (a pipeline's
+               or its unet/), diffusers' own network, with the EDM
+               preconditioning of a VP model as src/model/edm.rs wraps one
+               (input scaled by 1/√(1+σ²), the timestep of the nearest
+               training σ, the output read by the scheduler's prediction
+               type);
 the same EDM preconditioning, and the same two workloads that
 `disback bench` times:
 
@@ -26,12 +32,20 @@ sizes; by hand, beside `disback bench --config configs/digits.toml`:
 
     python3 benches/torch_mirror.py --net unet --threads 1 --device cpu
 
+and beside a pretrained teacher (`disback bench --worker --plain --config
+C` with `teacher.pretrained = DIR`, whose teacher step the bench times on
+procedural shapes of the teacher's image size):
+
+    python3 benches/torch_mirror.py --net diffusers --model DIR --threads 2 \
+        --teacher-batch 8 --distill-batch 4 --fake-steps 2
+
 Prints one JSON line. Not needed by the build or tests.
 """
 
 import argparse
 import json
 import math
+import os
 import resource
 import time
 
@@ -42,7 +56,8 @@ import torch.nn.functional as F
 
 def parse():
     p = argparse.ArgumentParser()
-    p.add_argument("--net", choices=["mlp", "unet"], default="mlp")
+    p.add_argument("--net", choices=["mlp", "unet", "diffusers"], default="mlp")
+    p.add_argument("--model", default=None, help="--net diffusers: the model folder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=4.0)
@@ -64,6 +79,13 @@ def parse():
     a.emb_dim = a.emb_dim if a.emb_dim is not None else (16 if mlp else 32)
     if mlp:
         a.image = "2"
+    if a.net == "diffusers":
+        if a.model is None:
+            p.error("--net diffusers needs --model DIR")
+        config = Diffusers.folders(a.model)[0]
+        with open(os.path.join(config, "config.json")) as f:
+            c = json.load(f)
+        a.image = f"{c['in_channels']},{c['sample_size']},{c['sample_size']}"
     return a
 
 
@@ -166,6 +188,41 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class Diffusers(nn.Module):
+    """A diffusers UNet2DModel as an EDM denoiser's network: `forward(x, σ)`
+    takes the EDM input and gives D's raw output, as `VpTable` does."""
+
+    def __init__(self, a):
+        super().__init__()
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        unet_dir, scheduler_dir = Diffusers.folders(a.model)
+        self.unet = UNet2DModel.from_pretrained(unet_dir)
+        scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
+        ac = scheduler.alphas_cumprod.double()
+        self.register_buffer("table", ((1 - ac) / ac).sqrt().float(), persistent=False)
+        self.prediction = scheduler.config.prediction_type
+
+    @staticmethod
+    def folders(model):
+        """(the UNet's folder, the scheduler's) of a pipeline or unet/ folder."""
+        unet = os.path.join(model, "unet")
+        unet = unet if os.path.isdir(unet) else model
+        scheduler = os.path.join(os.path.dirname(unet.rstrip("/")), "scheduler")
+        return unet, scheduler
+
+    def preconditioned(self, x, sigma):
+        s = column(sigma, x)
+        c_in = 1 / (1 + s**2).sqrt()
+        t = (self.table[None, :] - sigma[:, None]).abs().argmin(1).float()
+        out = self.unet(c_in * x, t).sample
+        if self.prediction == "epsilon":
+            return x - s * out
+        if self.prediction == "v_prediction":
+            return c_in**2 * x - s * c_in * out
+        return out
+
+
 SIGMA_DATA = 0.5
 
 
@@ -176,6 +233,8 @@ def column(v, like):
 
 def denoise(net, x, sigma):
     """EDM preconditioning, σ per sample, broadcast over a sample."""
+    if isinstance(net, Diffusers):
+        return net.preconditioned(x, sigma)
     s = column(sigma, x)
     c_skip = SIGMA_DATA**2 / (s**2 + SIGMA_DATA**2)
     c_out = s * SIGMA_DATA / (s**2 + SIGMA_DATA**2).sqrt()
@@ -220,7 +279,7 @@ def main():
     dev = a.device
     shape = [int(v) for v in a.image.split(",")]
 
-    Net = ResMLP if a.net == "mlp" else UNet
+    Net = {"mlp": ResMLP, "unet": UNet, "diffusers": Diffusers}[a.net]
     teacher = Net(a).to(dev)
     opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
     data = torch.rand(a.teacher_batch, *shape, device=dev) * 2 - 1
@@ -241,7 +300,7 @@ def main():
     g_params, a_params = list(generator.parameters()), list(average.parameters())
     g_opt = torch.optim.Adam(generator.parameters(), lr=5e-5)
     f_opt = torch.optim.Adam(fake.parameters(), lr=3e-4)
-    sigma_g = a.sigma_g if a.sigma_g is not None else (2.5 if a.net == "unet" else 0.5)
+    sigma_g = a.sigma_g if a.sigma_g is not None else (0.5 if a.net == "mlp" else 2.5)
     b = a.distill_batch
 
     def generate():

@@ -62,6 +62,12 @@ pub fn configure_threads(threads: usize) {
     }
 }
 
+/// The threads the CPU's tensor work runs on: rayon's pool, as
+/// [`configure_threads`] sized it (what a header says).
+pub fn cpu_threads() -> usize {
+    rayon::current_num_threads()
+}
+
 /// The threads to run for a config's `threads` on a machine with `cpus`:
 /// 0 means all of them, and no more than them.
 fn thread_count(threads: usize, cpus: usize) -> usize {

@@ -182,6 +182,29 @@ fn a_tiny_digits_run_trains_every_stage_and_writes_image_files() {
     assert!(eval.classifier_fd.unwrap().is_finite() && eval.pixel_fd.unwrap().is_finite());
     assert_eq!(eval.mismatch_teacher.len(), 2);
     assert!(eval.mismatch_teacher.iter().all(|m| m.is_finite() && *m > 0.0));
+    // How it was measured is said with it (metrics.jsonl: the 20 final
+    // samples), and in the header with when, the threads, and the seconds
+    // it took.
+    assert!(
+        eval.measured
+            .starts_with("20 generator samples against 20 drawn from UCI digits"),
+        "{}",
+        eval.measured
+    );
+    let view = session.view();
+    for said in [
+        "measuring every 10 generator steps and at the end: class coverage",
+        "mismatch degree at 2 σ on 32 generator samples",
+        "nodes' samples: not measured (metrics.path_spread)",
+    ] {
+        assert!(view.measuring.contains(said), "{said}: {}", view.measuring);
+    }
+    assert!(view.device.ends_with(" threads"), "{}", view.device);
+    assert!(
+        view.seconds.training > 0.0 && view.seconds.measuring > 0.0,
+        "{:?}",
+        view.seconds
+    );
     // The generator is a U-Net the size of the teacher, loaded back by the
     // same strict rules.
     let saved = run.generator_dir().join("final.safetensors");

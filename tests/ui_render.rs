@@ -49,6 +49,8 @@ fn view(stage: Stage, target: Option<usize>, statuses: [NodeStatus; 5]) -> Sessi
         latest: None,
         latest_eval: None,
         failure: None,
+        measuring: String::new(),
+        seconds: Default::default(),
     }
 }
 
@@ -578,6 +580,7 @@ fn the_class_coverage_chart_shows_the_given_shares() {
         mismatch_target: vec![],
         mismatch_teacher: vec![],
         mismatch_data: vec![],
+        measured: String::new(),
     });
     a.on_update(Update::View {
         view: Box::new(v),

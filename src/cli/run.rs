@@ -7,7 +7,7 @@
 
 use super::{RunArgs, open_for_resume};
 use crate::config::{Config, SchedulePolicy};
-use crate::engine::protocol::{Event, SessionView, Update};
+use crate::engine::protocol::{Event, Seconds, SessionView, Update};
 use crate::engine::trainer::Start;
 use crate::metrics::Evaluation;
 use crate::rundir::{MetricsRecord, RunDir};
@@ -179,6 +179,9 @@ impl Printer {
                     view.device,
                     view.run_dir.display()
                 );
+                if !view.measuring.is_empty() {
+                    eprintln!("{}", view.measuring);
+                }
                 if view.iteration > 0 {
                     eprintln!(
                         "resuming {} at iteration {} ({})",
@@ -221,6 +224,12 @@ impl Printer {
                     self.started.elapsed().as_secs_f64(),
                     dir.display()
                 );
+                if let Some(v) = &self.view {
+                    eprintln!(
+                        "{}",
+                        describe_seconds(v.seconds, self.started.elapsed().as_secs_f64())
+                    );
+                }
                 if let Some(e) = &self.last_eval {
                     eprintln!("final: {}", describe_eval(e));
                 }
@@ -298,6 +307,19 @@ fn print_event(event: &Event) {
         Event::Warning(w) => eprintln!("warning: {w}"),
         Event::Checkpointed { .. } | Event::Finished => {}
     }
+}
+
+/// Where a run's time went: training, measuring, and their shares of the
+/// whole (the rest: the teacher's loading, snapshots, final samples, files).
+fn describe_seconds(s: Seconds, total: f64) -> String {
+    let share = |x: f64| 100.0 * x / total.max(1e-9);
+    format!(
+        "training {:.1} s ({:.0}%), measuring {:.1} s ({:.0}%) of {total:.1} s",
+        s.training,
+        share(s.training),
+        s.measuring,
+        share(s.measuring)
+    )
 }
 
 /// One line summarising a measurement.

@@ -551,6 +551,7 @@ mod tests {
             mismatch_target: vec![1.0],
             mismatch_teacher: vec![1.0],
             mismatch_data: Vec::new(),
+            measured: String::new(),
         };
         let curve: Vec<Measured> = qualities
             .iter()

@@ -84,7 +84,11 @@ impl Config {
             none.insert("kind".into(), "none".into());
             table.insert("data".into(), toml::Value::Table(none));
         }
-        let (config, mut problems) = deserialize_all(table);
+        let left_out = image_defaults_left_out(&table);
+        let (mut config, mut problems) = deserialize_all(table);
+        if let Some(c) = &mut config {
+            c.apply_image_defaults(&left_out);
+        }
         if let Some(c) = &config
             && let Err(e) = c.validate()
         {
@@ -158,6 +162,49 @@ impl Config {
     /// The config as TOML text.
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+/// The keys whose default differs on images ([`Config::apply_image_defaults`]).
+const IMAGE_DEFAULT_KEYS: [&str; 5] = [
+    "threads",
+    "log.final_samples",
+    "metrics.samples",
+    "metrics.sampler_steps",
+    "metrics.path_spread",
+];
+
+/// Which of [`IMAGE_DEFAULT_KEYS`] a config table leaves out.
+fn image_defaults_left_out(table: &toml::Table) -> Vec<&'static str> {
+    let set = |key: &str| match key.split_once('.') {
+        Some((section, key)) => table.get(section).and_then(|t| t.get(key)).is_some(),
+        None => table.contains_key(key),
+    };
+    IMAGE_DEFAULT_KEYS.into_iter().filter(|key| !set(key)).collect()
+}
+
+impl Config {
+    /// Images' own defaults for the keys the file left out: every core
+    /// (an image network's convolutions pay for each thread, where the
+    /// toys' small products do not), a thousand final samples (each a
+    /// network evaluation), and measurements that stay a small
+    /// share of the run (each image sample costs network evaluations; see
+    /// `MetricsConfig`). A run's `config.toml` writes them out, so a
+    /// resumed run keeps them.
+    fn apply_image_defaults(&mut self, left_out: &[&str]) {
+        if !self.data.is_image() {
+            return;
+        }
+        for &key in left_out {
+            match key {
+                "threads" => self.threads = 0,
+                "log.final_samples" => self.log.final_samples = 1000,
+                "metrics.samples" => self.metrics.samples = 64,
+                "metrics.sampler_steps" => self.metrics.sampler_steps = 5,
+                "metrics.path_spread" => self.metrics.path_spread = false,
+                _ => unreachable!("{key} is not in IMAGE_DEFAULT_KEYS"),
+            }
+        }
     }
 }
 

@@ -24,10 +24,11 @@ pub struct Config {
     /// CPU), `cpu`, or `cuda:N`. Default `auto`.
     pub device: DeviceChoice,
     /// CPU threads for tensor work; 0 uses every available core, and more
-    /// than the machine has are cut to them (with a note). Default 1:
-    /// at the default sizes a second thread gives no speed-up on a 2-core
-    /// machine and collapses under load (`disback bench` shows both), and
-    /// one thread leaves a core for the terminal lab.
+    /// than the machine has are cut to them (with a note). Default 1 on
+    /// 2-D data: at the toys' sizes a second thread gives no speed-up on a
+    /// 2-core machine and collapses under load (`disback bench` shows
+    /// both), and one thread leaves a core for the terminal lab. Default 0
+    /// (every core) on images, whose convolutions pay for every thread.
     pub threads: usize,
     pub data: DataConfig,
     pub diffusion: DiffusionConfig,
@@ -726,7 +727,9 @@ pub struct LogConfig {
     /// The resumable state (generator, s_φ, optimisers, RNG) is saved every
     /// this many iterations. Default 500.
     pub checkpoint_every: usize,
-    /// Generator samples written to `samples.csv` at the end. Default 10000.
+    /// Generator samples written to `samples.csv` at the end (images:
+    /// `samples.safetensors`). Default 10000 on 2-D data, 1000 on images,
+    /// where each is a network evaluation.
     pub final_samples: usize,
     /// Also write TensorBoard event files, `tensorboard/events.out.tfevents.*`:
     /// every number of `metrics.jsonl`, the rate, node switches, and a
@@ -753,9 +756,18 @@ pub struct MetricsConfig {
     /// many generator steps (0: only at the end). Default 100.
     pub every: usize,
     /// Generator samples per measurement (the energy distance is quadratic
-    /// in it). Default 1000: a measurement costs about 50 ms on the default
-    /// config, 6% of training at `every = 100`.
+    /// in it), and without data the teacher samples that stand in for it.
+    /// Default 1000 on 2-D data: a measurement costs about 50 ms on the
+    /// default config, 6% of training at `every = 100`. Default 64 on
+    /// images, where every sample is a network pass (see `docs/images.md`,
+    /// "What measuring costs").
     pub samples: usize,
+    /// Heun steps of the samples a measurement draws from a score model
+    /// (each costs 2 × steps − 1 network evaluations): the teacher's samples
+    /// standing in for data a run has none of, and each node's samples
+    /// (`path_spread`). Default 18 on 2-D data (EDM's CIFAR-10 sampler),
+    /// 5 on images.
+    pub sampler_steps: usize,
     /// σ grid for the mismatch degree. Default 0.05 … 5 (7 values).
     pub mismatch_sigmas: Vec<f64>,
     /// Data samples of the Stable Target Field reference batch (data
@@ -763,7 +775,9 @@ pub struct MetricsConfig {
     pub stf_reference: usize,
     /// Measure every node of the path as it is recorded: its Heun samples'
     /// distance to the data and to G⁰ (`path/nodes.json`, the lab's path
-    /// panel). Default true.
+    /// panel). Default true on 2-D data; false on images, where each node's
+    /// samples cost `samples` × (2 × `sampler_steps` − 1) network
+    /// evaluations.
     pub path_spread: bool,
 }
 
@@ -772,6 +786,7 @@ impl Default for MetricsConfig {
         Self {
             every: 100,
             samples: 1000,
+            sampler_steps: 18,
             mismatch_sigmas: vec![0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0],
             stf_reference: 4096,
             path_spread: true,

@@ -273,3 +273,33 @@ fn badly_placed_nodes_are_refused_with_the_reason() {
     let e = err("[record]\nnodes = [2, 200]\n", &[]);
     assert!(e.contains("schedule.steps") && e.contains("2 targets"), "{e}");
 }
+
+#[test]
+fn images_default_to_every_core_and_cheap_measurements_unless_the_file_says() {
+    let toy = Config::parse("", &[]).unwrap();
+    assert_eq!(toy.threads, 1);
+    assert_eq!((toy.metrics.samples, toy.metrics.sampler_steps), (1000, 18));
+    assert!(toy.metrics.path_spread);
+
+    let images = Config::parse("[data]\nkind = \"shapes\"\n", &[]).unwrap();
+    assert_eq!(images.threads, 0, "0: every core");
+    assert_eq!((toy.log.final_samples, images.log.final_samples), (10_000, 1000));
+    assert_eq!((images.metrics.samples, images.metrics.sampler_steps), (64, 5));
+    assert!(!images.metrics.path_spread);
+
+    // What the file (or a --set) says is kept, on images too.
+    let set = "threads = 1\n[data]\nkind = \"shapes\"\n[metrics]\nsamples = 300\npath_spread = true\n";
+    let kept = Config::parse(set, &["metrics.sampler_steps=9".into()]).unwrap();
+    assert_eq!(kept.threads, 1);
+    assert_eq!((kept.metrics.samples, kept.metrics.sampler_steps), (300, 9));
+    assert!(kept.metrics.path_spread);
+
+    // A run's config.toml writes the image defaults out: it reads back the same.
+    assert_eq!(Config::parse(&images.to_toml().unwrap(), &[]).unwrap(), images);
+}
+
+#[test]
+fn measurement_sampler_steps_below_two_are_refused() {
+    let e = err("[metrics]\nsampler_steps = 1\n", &[]);
+    assert!(e.contains("metrics.sampler_steps"), "{e}");
+}

@@ -254,6 +254,7 @@ impl Config {
         p.at_least(self.log.final_samples, 1, "log.final_samples");
         let m = &self.metrics;
         p.at_least(m.samples, 2, "metrics.samples");
+        p.at_least(m.sampler_steps, 2, "metrics.sampler_steps");
         p.require(!m.mismatch_sigmas.is_empty(), "metrics.mismatch_sigmas", || {
             "needs at least one σ".into()
         });

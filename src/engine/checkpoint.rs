@@ -272,6 +272,8 @@ impl Session {
             cost: saved.clock.cost,
             passes: saved.clock.passes,
             seconds: 0.0,
+            // The teacher's stand-in samples were measured when it opened.
+            measuring: s.clock.measuring,
         };
         s.rng = saved.rng;
         s.window = saved.window;

@@ -31,7 +31,7 @@ impl Session {
             // over the ranks).
             self.settle()?;
             match self.leads() {
-                true => Some(self.evaluate()?),
+                true => Some(self.timed_evaluate()?),
                 false => None,
             }
         } else {

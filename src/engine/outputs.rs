@@ -17,6 +17,7 @@ use crate::rng::{HostRng, host_rng, streams};
 use crate::rundir::{MetricsRecord, RunDir, Stage, write_points_csv};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Images in a snapshot grid (8 × 8).
 const SNAPSHOT_IMAGES: usize = 64;
@@ -30,10 +31,12 @@ impl Session {
         }
         self.write_snapshot("initial")?;
         self.write_fields("initial")?;
+        let started = Instant::now();
         let mut eval = self.evaluate()?;
         eval.mismatch_data = self
             .evaluator
             .mismatch_on_data(&self.teacher, &mut self.eval_rng())?;
+        self.clock.measuring += started.elapsed().as_secs_f64();
         self.log_line(Some(eval))
     }
 
@@ -71,10 +74,12 @@ impl Session {
         self.write_final_samples(&samples)?;
         // The final measurement uses those samples: mode shares from all of
         // them, so the numbers a user reads at the end are not noisy.
+        let started = Instant::now();
         let mut eval = self.measure(&samples, &mut self.eval_rng())?;
         eval.mismatch_data = self
             .evaluator
             .mismatch_on_data(&self.teacher, &mut self.eval_rng())?;
+        self.clock.measuring += started.elapsed().as_secs_f64();
         self.log_line(Some(eval))?;
         self.write_fields("final")?;
         let final_file = self.run.generator_dir().join("final.safetensors");
@@ -127,6 +132,14 @@ impl Session {
         }
         let field = self.score_field("teacher".into(), &self.teacher, self.default_field_sigma())?;
         write_json(&self.run.field(name), &field)
+    }
+
+    /// [`Session::evaluate`], its seconds counted as measuring.
+    pub(super) fn timed_evaluate(&mut self) -> Result<Evaluation> {
+        let started = Instant::now();
+        let eval = self.evaluate();
+        self.clock.measuring += started.elapsed().as_secs_f64();
+        eval
     }
 
     /// Measures the generator now, on `metrics.samples` fresh samples.

@@ -16,7 +16,11 @@ use crate::rundir::Stage;
 /// - `passes`: what those iterations cost in network passes
 ///   ([`super::cost::PassCost`]), the unit comparisons count in;
 /// - `seconds`: the compute time of those iterations in this process (not
-///   saved with a checkpoint: it differs from run to run).
+///   saved with a checkpoint: it differs from run to run);
+/// - `measuring`: this process's seconds spent measuring (the distances,
+///   the teacher's samples standing in for absent data, the nodes'
+///   samples), likewise not saved: what the measurements cost beside the
+///   training's `seconds`.
 ///
 /// Per-target generator steps are the schedule's (`BacktrackSchedule::spent`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -26,6 +30,7 @@ pub struct Clock {
     pub cost: usize,
     pub passes: f64,
     pub seconds: f64,
+    pub measuring: f64,
 }
 
 /// Where a measurement was taken, in every unit of cost.

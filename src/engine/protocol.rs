@@ -345,6 +345,19 @@ pub struct SessionView {
     pub latest: Option<MetricsRecord>,
     pub latest_eval: Option<Evaluation>,
     pub failure: Option<String>,
+    /// What the run measures, when and how, in words (the header).
+    #[serde(default)]
+    pub measuring: String,
+    /// This process's compute seconds: training iterations, and measuring.
+    #[serde(default)]
+    pub seconds: Seconds,
+}
+
+/// Where a process's compute time went (see `phase::Clock`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Seconds {
+    pub training: f64,
+    pub measuring: f64,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
 use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
-use super::teacher::teacher_samples_as_data;
+use super::teacher::{heun_sampler, teacher_samples_as_data};
 use crate::config::{
     Config, DataConfig, DistillConfig, GeneratorSpec, Method, ParallelConfig, RecordConfig, SchedulePolicy,
 };
@@ -28,7 +28,7 @@ use crate::optim::Adam;
 use crate::parallel::Collective;
 use crate::rng::{Draws, HostRng, host_rng, seed_device, streams};
 use crate::rundir::{MetricsLog, MetricsRecord, RunDir, Stage};
-use crate::runtime::select_device;
+use crate::runtime::{cpu_threads, select_device};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use std::time::Instant;
@@ -180,6 +180,10 @@ impl Session {
             1 => device_name,
             n => format!("{n} × {device_name} ({})", team.kind()),
         };
+        let device_name = match device.is_cpu() {
+            true => format!("{device_name} · {} threads", cpu_threads()),
+            false => device_name,
+        };
         let sigma_data = config.sigma_data();
         let generator = Generator::new(
             &config.generator_spec(),
@@ -190,10 +194,16 @@ impl Session {
         let teacher = Denoiser::new(&config.net_spec(), sigma_data, &device, teacher_rng)?;
         let noise = NoiseSchedule::new(&config.diffusion, sigma_data);
         let has_data = !matches!(config.data, DataConfig::None { .. });
+        let started = Instant::now();
         let data = match has_data {
             true => Dataset::load(&config.data).context("loading the data")?,
             // Without data the teacher's own samples stand in for it.
             false => teacher_samples_as_data(&config, &teacher, &run, &noise)?,
+        };
+        let stand_in_seconds = if has_data {
+            0.0
+        } else {
+            started.elapsed().as_secs_f64()
         };
         let m = &config.metrics;
         let mut evaluator = Evaluator::new(&data, &m.mismatch_sigmas, m.samples, || {
@@ -205,7 +215,12 @@ impl Session {
         if !has_data {
             // The mismatch degree compares the teacher with the data's
             // score: there is none.
-            evaluator = evaluator.without_true_score();
+            let reference = format!(
+                "the teacher's {} samples ({})",
+                m.samples,
+                heun_sampler(m.sampler_steps)
+            );
+            evaluator = evaluator.without_true_score().comparing_with(reference);
         }
         // Labelled images are also measured by a classifier, trained once
         // per data set and cached beside the teachers (by rank 0, the one
@@ -247,7 +262,10 @@ impl Session {
             noise,
             rng: host_rng(config.seed, streams::TRAIN),
             device_draws: !device.is_cpu(),
-            clock: Clock::default(),
+            clock: Clock {
+                measuring: stand_in_seconds,
+                ..Clock::default()
+            },
             pass_cost: PassCost::new(&config, generator_share),
             timeline: Vec::new(),
             device,
@@ -424,8 +442,10 @@ impl Session {
         self.student.generator.copy_teacher(&self.teacher)?;
         self.student.reset_average()?;
         if self.config.method == Method::Disback {
+            let started = Instant::now();
             let spread = self.node_spread(&self.teacher)?;
             let gap = self.node_gap(&self.teacher)?;
+            self.clock.measuring += started.elapsed().as_secs_f64();
             let node = self.path.record(&self.teacher, 0, None, spread, gap)?.clone();
             self.node_recorded(node)?;
         }
@@ -469,8 +489,10 @@ impl Session {
         let Some(recorder) = self.phase.recorder() else {
             bail!("a node to save outside stage 1");
         };
+        let started = Instant::now();
         let spread = self.node_spread(&recorder.degrading)?;
         let gap = self.node_gap(&recorder.degrading)?;
+        self.clock.measuring += started.elapsed().as_secs_f64();
         let info = self
             .path
             .record(&recorder.degrading, node.iteration, node.mean_loss, spread, gap)?

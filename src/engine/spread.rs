@@ -12,13 +12,10 @@ use crate::model::Denoiser;
 use crate::rng::{host_rng, normal_tensor, streams};
 use anyhow::Result;
 
-/// Heun steps of a node's samples: a measurement, made once per node, at
-/// the step count EDM samples CIFAR-10 with.
-const HEUN_STEPS: usize = 18;
-
 impl Session {
     /// `model`'s distance to the data and to G⁰, each on `metrics.samples`
-    /// samples, by the measure comparisons are judged on. Drawn from a
+    /// samples (Heun samples in `metrics.sampler_steps` steps), by the
+    /// measure comparisons are judged on. Drawn from a
     /// stream of its own, so measuring changes no training draw. `None`
     /// when `metrics.path_spread` is off.
     pub(super) fn node_spread(&self, model: &Denoiser) -> Result<Option<NodeSpread>> {
@@ -30,9 +27,7 @@ impl Session {
         let n = self.evaluator.samples();
         let data = self.evaluator.data_samples(&mut rng);
         let start = Samples::from_tensor(&self.student.average.generate(n, &mut rng)?)?;
-        let grid = self
-            .noise
-            .karras(self.config.diffusion.sampler_steps.min(HEUN_STEPS));
+        let grid = self.noise.karras(self.config.metrics.sampler_steps);
         let mut shape = vec![n];
         shape.extend(self.data.sample_shape());
         let noise = (normal_tensor(&mut rng, shape, &model.device())? * grid[0])?;

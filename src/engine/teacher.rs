@@ -18,10 +18,10 @@ pub(super) fn load_pretrained(teacher: &Denoiser, dir: &Path) -> Result<()> {
 }
 
 /// Images of a pretrained teacher (`metrics.samples` of them, Heun
-/// samples at the previews' step count, from a stream of their own) to
-/// stand in for the data when there is none: what measurements compare the
-/// generator with. The teacher's weights come from the run (resumed) or
-/// from its folder (new).
+/// samples in `metrics.sampler_steps` steps, from a stream of their own)
+/// to stand in for the data when there is none: what measurements compare
+/// the generator with. The teacher's weights come from the run (resumed)
+/// or from its folder (new).
 pub(super) fn teacher_samples_as_data(
     config: &Config,
     teacher: &Denoiser,
@@ -37,8 +37,8 @@ pub(super) fn teacher_samples_as_data(
         .data
         .image_shape()
         .context("a run without data has the teacher's image shape")?;
-    let n = config.metrics.samples;
-    let grid = noise.karras(config.diffusion.sampler_steps.min(HEUN_STEPS));
+    let (n, steps) = (config.metrics.samples, config.metrics.sampler_steps);
+    let grid = noise.karras(steps);
     let mut rng = host_rng(config.seed, streams::TEACHER_REFERENCE);
     let chunk = generation_chunk(shape.len());
     let mut pixels = Vec::with_capacity(n * shape.len());
@@ -62,9 +62,12 @@ pub(super) fn teacher_samples_as_data(
     }))
 }
 
-/// Heun steps of the teacher's stand-in samples (EDM samples CIFAR-10 in
-/// 18).
-const HEUN_STEPS: usize = 18;
+/// A Heun sampler of `steps` steps and what a sample costs, in words: each
+/// step one network evaluation and a second for its correction, but the
+/// last (to σ = 0).
+pub(super) fn heun_sampler(steps: usize) -> String {
+    format!("Heun, {steps} steps, {} network evaluations each", 2 * steps - 1)
+}
 
 /// The name of a config's pretrained teacher in the cache: a hash of
 /// everything that shapes it (data, diffusion, network, pretraining

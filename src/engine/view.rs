@@ -1,8 +1,10 @@
 //! The session's state as the lab sees it ([`SessionView`], plain data:
 //! no tensors, nothing to lock).
 
-use super::protocol::{NodeStatus, NodeView, SessionView};
+use super::protocol::{NodeStatus, NodeView, Seconds, SessionView};
 use super::session::Session;
+use super::teacher::heun_sampler;
+use crate::config::Method;
 use crate::rundir::Stage;
 
 impl Session {
@@ -30,7 +32,30 @@ impl Session {
             latest: self.latest.clone(),
             latest_eval: self.latest_eval.clone(),
             failure: self.failure.clone(),
+            measuring: self.describe_measuring(),
+            seconds: Seconds {
+                training: self.clock.seconds,
+                measuring: self.clock.measuring,
+            },
         }
+    }
+
+    /// What the run measures, when, and on how many of which samples.
+    fn describe_measuring(&self) -> String {
+        let m = &self.config.metrics;
+        let when = match m.every {
+            0 => "at the start and the end of backtracking".to_string(),
+            n => format!("every {n} generator steps and at the end"),
+        };
+        let nodes = match m.path_spread && self.config.method == Method::Disback {
+            true => format!(
+                "each node: {} of its samples ({}) against the data and G⁰",
+                m.samples,
+                heun_sampler(m.sampler_steps)
+            ),
+            false => "nodes' samples: not measured (metrics.path_spread)".into(),
+        };
+        format!("measuring {when}: {}; {nodes}", self.evaluator.describe())
     }
 
     /// The data, and for a pretrained teacher its folder and size: what

@@ -52,6 +52,12 @@ pub struct Evaluation {
     /// perfect generator would see (measured at the start and the end).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mismatch_data: Vec<f64>,
+    /// How the distances were measured, in words: how many generator
+    /// samples, against how many of what (data, or the teacher's samples
+    /// standing in for it, with their sampler). Absent in logs written
+    /// before it was said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub measured: String,
 }
 
 impl Evaluation {
@@ -89,6 +95,9 @@ pub struct Evaluator {
     samples: usize,
     /// Labelled images: the classifier and each class's share of the data.
     classifier: Option<(Classifier, Vec<f64>)>,
+    /// What the generator is compared with, in words (the data's
+    /// description unless [`Evaluator::comparing_with`] says otherwise).
+    reference: String,
 }
 
 impl Evaluator {
@@ -105,7 +114,15 @@ impl Evaluator {
             sigmas: sigmas.to_vec(),
             samples,
             classifier: None,
+            reference: data.describe(),
         }
+    }
+
+    /// Says what the data stands for, where it is not the data itself (a
+    /// teacher's samples standing in for it).
+    pub fn comparing_with(mut self, reference: String) -> Self {
+        self.reference = reference;
+        self
     }
 
     /// No mismatch degree: the data's score is unknown (a pretrained
@@ -133,6 +150,30 @@ impl Evaluator {
         self.classifier
             .as_ref()
             .and_then(|(c, _)| c.cache_problem.as_deref())
+    }
+
+    /// What every measurement holds, on what, in words (the run's header).
+    pub fn describe(&self) -> String {
+        let mut what = Vec::new();
+        if self.classifier.is_some() {
+            what.push("class coverage, classifier Fréchet distance".to_string());
+        }
+        if self.data.images().is_some() {
+            what.push("pixel Fréchet distance".into());
+        }
+        if self.data.mixture().is_some() {
+            what.push("mode statistics".into());
+        }
+        what.push("energy and sliced-W distances".into());
+        if self.truth.is_some() {
+            what.push(format!("mismatch degree at {} σ", self.sigmas.len()));
+        }
+        format!(
+            "{} on {} generator samples against as many drawn from {}",
+            what.join(", "),
+            self.samples,
+            self.reference
+        )
     }
 
     /// How many generator samples one measurement uses.
@@ -169,6 +210,12 @@ impl Evaluator {
             mismatch_target: Vec::new(),
             mismatch_teacher: Vec::new(),
             mismatch_data: Vec::new(),
+            measured: format!(
+                "{} generator samples against {} drawn from {}",
+                head.len(),
+                data.len(),
+                self.reference
+            ),
         })
     }
 
