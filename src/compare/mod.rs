@@ -10,12 +10,14 @@
 //! point of a grid of settings.
 
 mod figure;
+mod judge;
 mod pool;
 mod stats;
 mod sweep;
 mod table;
 
 pub use figure::plot_comparison;
+pub use judge::Judged;
 pub use pool::run_jobs;
 pub use stats::{ArmSummary, Comparison, Level, RunOutcome, Speedup, Spread, Unit, compare_runs};
 pub use sweep::{Grid, SWEEP_RESULT, Sweep, SweepRow, SweepRun, run_sweep};
@@ -23,6 +25,7 @@ pub use sweep::{Grid, SWEEP_RESULT, Sweep, SweepRow, SweepRun, run_sweep};
 use crate::config::{Config, FakeInit, Method};
 use crate::engine::Session;
 use crate::files::{atomic_write, write_json};
+use crate::metrics::Evaluation;
 use crate::rundir::{RunDir, Stage};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -112,14 +115,15 @@ pub struct CompareJob {
 }
 
 /// The teacher every run will use: trained (or found in the cache) once,
-/// and kept as `teacher.safetensors` in the comparison's folder.
-fn shared_teacher(config: &Config, out: &Path) -> Result<PathBuf> {
+/// and kept as `teacher.safetensors` in the comparison's folder; with its
+/// own samples' measurement.
+fn shared_teacher(config: &Config, out: &Path) -> Result<(PathBuf, Evaluation)> {
     let teacher_only = Arm::DiffInstruct.config(config);
     let mut session = Session::start(teacher_only, RunDir::create(&out.join("teacher"), false)?)?;
     while session.stage() == Stage::Pretrain {
         session.step()?;
     }
-    Ok(session.run_dir().teacher())
+    Ok((session.run_dir().teacher(), session.teacher_evaluation()?))
 }
 
 /// Creates the comparison's folder `out` and plans the runs: for each
@@ -137,7 +141,7 @@ pub fn plan(config: &Config, seeds: usize, out: &Path, overwrite: bool) -> Resul
     let folder = RunDir::create(out, overwrite)?;
     let out = out.canonicalize()?;
     let out = out.as_path();
-    let teacher = shared_teacher(config, out)?;
+    let (teacher, teacher_eval) = shared_teacher(config, out)?;
     let mut jobs = Vec::new();
     for k in 0..seeds as u64 {
         let seed = config.seed + k;
@@ -161,6 +165,7 @@ pub fn plan(config: &Config, seeds: usize, out: &Path, overwrite: bool) -> Resul
     Ok(Plan {
         out: out.to_path_buf(),
         jobs,
+        teacher_eval,
         _folder: folder,
     })
 }
@@ -184,6 +189,8 @@ pub struct Plan {
     /// file by it, so they resolve from anywhere.
     pub out: PathBuf,
     pub jobs: Vec<CompareJob>,
+    /// The shared teacher's own samples, measured.
+    pub teacher_eval: Evaluation,
     /// The folder, locked for as long as the comparison runs.
     _folder: RunDir,
 }
@@ -226,7 +233,8 @@ pub fn run_comparison(
         })
         .collect::<Result<Vec<_>>>()?;
     let updates = config.schedule.steps.iter().sum();
-    let comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;
+    let mut comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;
+    comparison.teacher = Some(plan.teacher_eval.clone());
     atomic_write(&plan.out.join("compare.txt"), comparison.table().as_bytes())?;
     write_json(&plan.out.join(RESULT), &comparison)?;
     plot_comparison(&plan.out.join("plots"), &comparison)?;
