@@ -9,7 +9,7 @@ use common::{Observed, run_checked, start};
 use disback::config::Config;
 use disback::data::{Dataset, Point, Samples};
 use disback::diffusion::{NoiseSchedule, heun_sample, model_denoise_fn};
-use disback::engine::{ModelKind, Session};
+use disback::engine::{FunctionalProbe, ModelKind, Session};
 use disback::metrics::{ModeStats, energy_distance, model_scores, noised};
 use disback::model::{points_to_tensor, tensor_to_points};
 use disback::rng::{host_rng, normal_vec};
@@ -197,4 +197,51 @@ fn tight_close_modes_on_a_grid_stay_apart() {
     // `compare` with the defaults, seeds 0–4: precision 0.890–0.937,
     // smallest share 0.57–0.88 (seed 0, this test: 0.890 and 0.57).
     assert_converged(&run_shipped("gmm2d-grid.toml"));
+}
+
+#[test]
+fn the_demo_path_stores_each_node_s_iteration_and_functional_distances() {
+    let run = default_run();
+    let dir = run.session.run_dir().root().join("path");
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("nodes.json")).unwrap()).unwrap();
+    let nodes = index["nodes"].as_array().unwrap();
+    let iterations: Vec<u64> = nodes.iter().map(|n| n["iteration"].as_u64().unwrap()).collect();
+    // The default geometric placement: 2 · 100^(k/3).
+    assert_eq!(iterations, [0, 2, 9, 43, 200]);
+    // G⁰ as the run began: the teacher's net at σ_g, before any update.
+    let s = &run.session;
+    let g0 = s.sampled_generator().deep_clone().unwrap();
+    g0.copy_teacher(s.teacher()).unwrap();
+    let probe = FunctionalProbe::new(&g0, s.config().sigma_data(), s.config().seed).unwrap();
+    let load = |file: &str| {
+        let model = s.teacher().deep_clone().unwrap();
+        model.load(&dir.join(file)).unwrap();
+        model
+    };
+    let last = load(nodes.last().unwrap()["file"].as_str().unwrap());
+    let (mut to_teacher, mut to_start) = (Vec::new(), Vec::new());
+    for node in nodes {
+        let model = load(node["file"].as_str().unwrap());
+        let stored = (
+            node["gap"]["to_teacher"].as_f64().unwrap(),
+            node["gap"]["to_start"].as_f64().unwrap(),
+        );
+        let again = (
+            probe.distance(&model, s.teacher()).unwrap(),
+            probe.distance(&model, &last).unwrap(),
+        );
+        assert!(
+            (stored.0 - again.0).abs() <= 1e-9 && (stored.1 - again.1).abs() <= 1e-9,
+            "node {}: stored {stored:?}, recomputed {again:?}",
+            node["index"]
+        );
+        to_teacher.push(stored.0);
+        to_start.push(stored.1);
+    }
+    // Node 0 is the teacher, the last node G⁰'s fitted copy; in between the
+    // copy walks away from one toward the other.
+    assert_eq!((to_teacher[0], to_start[4]), (0.0, 0.0));
+    assert!(to_teacher.windows(2).all(|w| w[0] < w[1]), "{to_teacher:?}");
+    assert!(to_start.windows(2).all(|w| w[0] > w[1]), "{to_start:?}");
 }

@@ -7,8 +7,8 @@ use disback::config::{Method, SchedulePolicy};
 use disback::data::PixelImages;
 use disback::data::{Bounds, GaussianMixture, Point};
 use disback::engine::protocol::{
-    Command, DataInfo, Event, NodeSpread, NodeStatus, NodeView, Preview, PreviewData, SessionView, Shown,
-    Update,
+    Command, DataInfo, Event, NodeGap, NodeSpread, NodeStatus, NodeView, Preview, PreviewData, SessionView,
+    Shown, Update,
 };
 use disback::metrics::{ClassStats, Evaluation};
 use disback::rng::host_rng;
@@ -220,6 +220,40 @@ fn the_path_panel_shows_each_node_s_distance_to_the_data_and_to_g0() {
     ] {
         assert!(screen.contains(row), "missing {row:?}:\n{screen}");
     }
+}
+
+#[test]
+fn the_path_panel_shows_each_node_s_denoiser_distances_beside_its_samples() {
+    let mut v = backtracking();
+    // Node i's denoiser distance from the teacher and from the last node.
+    let gaps = [(0.0, 0.61), (0.05, 0.58), (0.19, 0.44), (0.42, 0.21), (0.63, 0.0)];
+    for (n, (to_teacher, to_start)) in v.nodes.iter_mut().zip(gaps) {
+        n.gap = Some(NodeGap {
+            to_teacher,
+            to_start: Some(to_start),
+        });
+        n.spread = Some(NodeSpread {
+            to_data: 0.01 + to_teacher,
+            to_start: 0.5 - to_teacher / 2.0,
+            measure: "energy distance".into(),
+        });
+    }
+    // Four columns leave room for the status only, at 130 × 30.
+    let screen = text(&render(&app(v.clone()), 130, 30));
+    for row in [
+        " fn θ0 fn G⁰  data    G⁰┐",
+        "│▶ s'θ2  TARGET       0.19  0.44  0.20  0.41│",
+        "│● s'θ0  teacher      0.00  0.61  0.01  0.50│",
+    ] {
+        assert!(screen.contains(row), "missing {row:?}:\n{screen}");
+    }
+    // Before recording ends the distance from G⁰'s copy is not known yet.
+    v.nodes[2].gap.as_mut().unwrap().to_start = None;
+    let screen = text(&render(&app(v), 130, 30));
+    assert!(
+        screen.contains("│▶ s'θ2  TARGET       0.19     ·  0.20  0.41│"),
+        "{screen}"
+    );
 }
 
 #[test]

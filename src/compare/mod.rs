@@ -11,12 +11,14 @@
 
 mod figure;
 mod identity;
+mod judge;
 mod pool;
 mod stats;
 mod sweep;
 mod table;
 
 pub use figure::plot_comparison;
+pub use judge::Judged;
 pub use pool::{Ended, run_jobs};
 pub use stats::{ArmSummary, Comparison, Level, RunOutcome, Speedup, Spread, Unit, compare_runs};
 pub use sweep::{Grid, SWEEP_RESULT, Sweep, SweepRow, SweepRun, run_sweep};
@@ -24,6 +26,7 @@ pub use sweep::{Grid, SWEEP_RESULT, Sweep, SweepRow, SweepRun, run_sweep};
 use crate::config::{Config, FakeInit, Method};
 use crate::engine::Session;
 use crate::files::{atomic_write, write_json};
+use crate::metrics::Evaluation;
 use crate::rundir::{RunDir, Stage};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -113,19 +116,24 @@ pub struct CompareJob {
 }
 
 /// The teacher every run will use: trained (or found in the cache) once,
-/// and kept as `teacher.safetensors` in the comparison's folder (written
-/// whole once the teacher is final: one found there is used as it is).
-fn shared_teacher(config: &Config, out: &Path) -> Result<PathBuf> {
-    let saved = RunDir::written_by_another(&out.join("teacher")).teacher();
-    if saved.is_file() {
-        return Ok(saved);
-    }
-    let teacher_only = Arm::DiffInstruct.config(config);
-    let mut session = Session::start(teacher_only, RunDir::create(&out.join("teacher"), true)?)?;
+/// and kept as `teacher.safetensors` in the comparison's folder, with its
+/// own samples' measurement. A teacher found there was written whole once
+/// final (an interrupted sweep point): it is used as it is, only measured.
+fn shared_teacher(config: &Config, out: &Path) -> Result<(PathBuf, Evaluation)> {
+    let folder = out.join("teacher");
+    let saved = RunDir::written_by_another(&folder).teacher();
+    let mut teacher_only = Arm::DiffInstruct.config(config);
+    let dir = if saved.is_file() {
+        teacher_only.teacher.file = Some(saved);
+        RunDir::reopen(&folder)?
+    } else {
+        RunDir::create(&folder, true)?
+    };
+    let mut session = Session::start(teacher_only, dir)?;
     while session.stage() == Stage::Pretrain {
         session.step()?;
     }
-    Ok(session.run_dir().teacher())
+    Ok((session.run_dir().teacher(), session.teacher_evaluation()?))
 }
 
 /// Creates the comparison's folder `out` and plans the runs: for each
@@ -160,7 +168,7 @@ fn check_plan(config: &Config, seeds: usize) -> Result<()> {
 fn planned(config: &Config, seeds: usize, folder: RunDir) -> Result<Plan> {
     let out = folder.root().canonicalize()?;
     let out = out.as_path();
-    let teacher = shared_teacher(config, out)?;
+    let (teacher, teacher_eval) = shared_teacher(config, out)?;
     let mut jobs = Vec::new();
     for k in 0..seeds as u64 {
         let seed = config.seed + k;
@@ -184,6 +192,7 @@ fn planned(config: &Config, seeds: usize, folder: RunDir) -> Result<Plan> {
     Ok(Plan {
         out: out.to_path_buf(),
         jobs,
+        teacher_eval,
         _folder: folder,
     })
 }
@@ -207,6 +216,8 @@ pub struct Plan {
     /// file by it, so they resolve from anywhere.
     pub out: PathBuf,
     pub jobs: Vec<CompareJob>,
+    /// The shared teacher's own samples, measured.
+    pub teacher_eval: Evaluation,
     /// The folder, locked for as long as the comparison runs.
     _folder: RunDir,
 }
@@ -264,7 +275,8 @@ pub fn run_comparison(
         })
         .collect::<Result<Vec<_>>>()?;
     let updates = config.schedule.steps.iter().sum();
-    let comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;
+    let mut comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;
+    comparison.teacher = Some(plan.teacher_eval.clone());
     atomic_write(&plan.out.join("compare.txt"), comparison.table().as_bytes())?;
     write_json(&plan.out.join(RESULT), &comparison)?;
     plot_comparison(&plan.out.join("plots"), &comparison)?;

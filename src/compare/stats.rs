@@ -22,6 +22,7 @@
 //!   1 counted, as the paper counts it.
 
 use super::Arm;
+use super::judge::Judged;
 use crate::engine::Moment;
 use crate::metrics::{Evaluation, ModeStats};
 use crate::report::evaluations;
@@ -237,6 +238,10 @@ pub struct ArmSummary {
     pub nll: Option<Spread>,
     pub precision: Option<Spread>,
     pub mismatch_teacher: Spread,
+    /// Mixtures only: the seeds whose final samples clear the demo's bar
+    /// (`judge`).
+    #[serde(default)]
+    pub judged_good: Option<usize>,
     /// Cost to each level, in the order of [`Comparison::levels`].
     pub to_level: Vec<LevelCost>,
     /// Stage 1's cost (DisBack's recording, the fitted baseline's fit).
@@ -318,6 +323,10 @@ pub struct Comparison {
     pub arms: Vec<ArmSummary>,
     pub speedups: Vec<Speedup>,
     pub runs: Vec<RunOutcome>,
+    /// The shared teacher's own samples, measured (where the comparison
+    /// trained or loaded it; not re-read from runs).
+    #[serde(default)]
+    pub teacher: Option<Evaluation>,
 }
 
 const RULE: &str = "levels 50%, 80% and 95% of the way from G⁰'s quality to the best arm's \
@@ -403,6 +412,7 @@ pub fn compare_runs(
         arms: summaries,
         speedups,
         runs,
+        teacher: None,
     })
 }
 
@@ -513,6 +523,11 @@ fn summarise(arm: Arm, runs: &[RunOutcome], levels: usize) -> Result<ArmSummary>
         nll: modes(&|m| m.nll),
         precision: modes(&|m| m.precision),
         mismatch_teacher: spread(&|e| e.mismatch_teacher_mean().unwrap_or(f64::NAN)).context("no runs")?,
+        judged_good: runs
+            .iter()
+            .map(|r| Judged::of(&r.final_eval))
+            .collect::<Option<Vec<_>>>()
+            .map(|j| j.iter().filter(|j| j.good).count()),
         to_level,
         stage1_passes: median(runs.iter().map(|r| r.stage1.passes).collect()),
         budget_passes: median(runs.iter().map(RunOutcome::budget).collect()),

@@ -2,6 +2,7 @@
 //! to `compare.txt`: the headline first, then the rule, the final metrics,
 //! each arm's cost to each level, and every speed-up.
 
+use super::judge::{Judged, bar};
 use super::stats::{ArmSummary, Comparison, Spread, Unit};
 use std::fmt::Write;
 
@@ -96,6 +97,27 @@ impl Comparison {
         self.row(t, "teacher mismatch (mean σ)", &|m| {
             Some(m.mismatch_teacher.show(3))
         });
+        let seeds = self.seeds.len();
+        self.row(t, "judged good (seeds)", &|m| {
+            m.judged_good.map(|g| format!("{g}/{seeds}"))
+        });
+        let teacher = self.teacher.as_ref();
+        if let Some((e, judged)) = teacher.and_then(|e| Some((e, Judged::of(e)?))) {
+            let modes = e.modes.as_ref().map_or(String::new(), |m| {
+                format!(
+                    ", smallest mode share {:.2}, precision {:.3}",
+                    m.min_share(),
+                    m.precision
+                )
+            });
+            let _ = writeln!(
+                t,
+                "judged by the demo's bar ({}): the teacher's own samples {} (energy {:.4}{modes})",
+                bar(),
+                judged.describe(),
+                e.energy
+            );
+        }
     }
 
     /// DisBack's speed-up against each baseline: per level and unit, then

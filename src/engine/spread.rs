@@ -41,3 +41,22 @@ impl Session {
         }))
     }
 }
+
+impl Session {
+    /// The teacher's own samples (`log.final_samples` of them, Heun) judged
+    /// like a generator's final ones, so that a comparison shows whether
+    /// the teacher itself clears the bar its students are held to.
+    pub fn teacher_evaluation(&self) -> Result<crate::metrics::Evaluation> {
+        let mut rng = host_rng(self.config.seed, streams::PATH_SPREAD);
+        let n = self.config.log.final_samples;
+        let grid = self
+            .noise
+            .karras(self.config.diffusion.sampler_steps.min(HEUN_STEPS));
+        let mut shape = vec![n];
+        shape.extend(self.data.sample_shape());
+        let noise = (normal_tensor(&mut rng, shape, &self.teacher.device())? * grid[0])?;
+        let samples = heun_sample(model_denoise_fn(&self.teacher), noise, &grid)?;
+        self.evaluator
+            .distribution(&Samples::from_tensor(&samples)?, &mut rng)
+    }
+}

@@ -233,10 +233,15 @@ fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App, width: u16) -> Line<'
             Some(_) if v.stage >= Stage::Backtrack => format!("{:>5}", n.steps),
             _ => String::new(),
         };
-        let left = match full.chars().count() < room {
-            true => full,
-            false => format!("{name}{status:<9}{spent}"),
-        };
+        // Narrower still (both pairs of distances): the status alone.
+        let left = [
+            full,
+            format!("{name}{status:<9}{spent}"),
+            format!("{name}{status}"),
+        ]
+        .into_iter()
+        .find(|l| l.chars().count() < room)
+        .unwrap_or_else(|| name.trim_end().chars().take(room).collect());
         format!("{left:<room$}{distances}")
     };
     // The cursor of ↑ ↓ is underlined (the row keeps its meaning's style).
