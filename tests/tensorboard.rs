@@ -199,3 +199,20 @@ fn without_the_setting_no_event_file_is_written() {
     assert!(run.join("metrics.jsonl").is_file());
     assert!(!run.join("tensorboard").exists());
 }
+
+/// `--tensorboard` on the command line is `log.tensorboard = true`, and
+/// the run's config says so.
+#[test]
+fn the_command_line_flag_turns_it_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = common::tiny_config(&tmp.path().join("teachers"));
+    disback::files::write_toml(&tmp.path().join("tiny.toml"), &config.to_toml().unwrap()).unwrap();
+    let o = common::disback(
+        &["run", "--config", "tiny.toml", "--out", "run", "--tensorboard"],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(event_files(&tmp.path().join("run/tensorboard")).len(), 1);
+    let written = Config::load_run(&tmp.path().join("run/config.toml")).unwrap();
+    assert!(written.log.tensorboard);
+}

@@ -306,8 +306,8 @@ impl EventLog {
         file.write(step, What::Summary(Summary { value }))
     }
 
-    /// Numbers under `tag`: objects by key, lists of numbers by their mean
-    /// and (the mismatch degree) each σ.
+    /// Numbers under `tag`: objects by key, mismatch degrees by their mean
+    /// and each σ.
     fn flatten(&self, tag: &str, value: &serde_json::Value, out: &mut Vec<(String, f64)>) {
         use serde_json::Value as J;
         match value {
@@ -318,23 +318,22 @@ impl EventLog {
                     self.flatten(&format!("{tag}/{key}"), v, out);
                 }
             }
-            J::Array(items) => {
+            // A mismatch degree, one value per σ: their mean (the lab's
+            // number) and each σ's. Other lists (the shares per mode or
+            // class) are read better from the figures.
+            J::Array(items) if tag.contains("mismatch") && !items.is_empty() => {
                 let numbers: Vec<f64> = items.iter().filter_map(J::as_f64).collect();
-                if numbers.is_empty() || numbers.len() != items.len() {
-                    return;
-                }
                 out.push((
                     format!("{tag}/mean"),
                     numbers.iter().sum::<f64>() / numbers.len() as f64,
                 ));
-                // Per σ where the list is one value per mismatch σ (shares
-                // per mode or class are read better from the figures).
-                if tag.contains("mismatch") && numbers.len() == self.sigmas.len() {
+                if numbers.len() == self.sigmas.len() {
                     for (sigma, v) in self.sigmas.iter().zip(&numbers) {
                         out.push((format!("{tag}/sigma={sigma}"), *v));
                     }
                 }
             }
+            J::Array(_) => {}
             J::Null | J::String(_) => {}
         }
     }
