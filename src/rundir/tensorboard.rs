@@ -154,15 +154,25 @@ impl EventFile {
         let seconds = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let path = dir.join(format!(
-            "events.out.tfevents.{seconds}.disback.{}",
-            std::process::id()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        let name = format!("events.out.tfevents.{seconds}.disback.{}", std::process::id());
+        // A process that resumes within the same second would make a
+        // second file of that name: it gets a suffix (sorting after).
+        let mut attempt = 0;
+        let (path, file) = loop {
+            let path = match attempt {
+                0 => dir.join(&name),
+                n => dir.join(format!("{name}.{n}")),
+            };
+            match std::fs::OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+            {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            }
+        };
         let mut events = Self { path, file };
         events.write(0, What::FileVersion("brain.Event:2".into()))?;
         Ok(events)
