@@ -24,6 +24,16 @@ use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically (see the module comment).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, bytes, false)
+}
+
+/// [`atomic_write`] for a file only its owner may read (mode 0600 from
+/// its first byte on): a secret.
+pub fn atomic_write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, bytes, true)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     let path = &resolve_symlink(path);
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.is_dir() {
@@ -42,7 +52,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if private {
+            // The mode is given at creation only: no older file may lend its own.
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        }
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

@@ -36,6 +36,8 @@ pub mod streams {
     pub const PATH_SPREAD: u64 = 14;
     /// A pretrained teacher's samples standing in for data it came without.
     pub const TEACHER_REFERENCE: u64 = 15;
+    /// The probe batch of G⁰ samples each node's denoiser is measured on.
+    pub const PATH_PROBE: u64 = 16;
 }
 
 /// The RNG used everywhere; its state is serialisable, so resumed runs

@@ -233,7 +233,7 @@ fn tensors_on_gpu(choice: DeviceChoice) -> bool {
 }
 
 /// The memory this machine has free now (Linux's `MemAvailable`), if known.
-fn available_memory() -> Option<f64> {
+pub fn available_memory() -> Option<f64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -190,6 +190,7 @@ fn a_failing_rank_stops_the_team_by_name_and_the_checkpoint_resumes_on_other_ran
     assert!(follower.join().unwrap().is_err());
     drop(leader);
 
+    let mut resumed_runs = Vec::new();
     for ranks in [1, 3] {
         let copy = dir.path().join(format!("resumed-on-{ranks}"));
         copy_dir(&root, &copy);
@@ -209,7 +210,25 @@ fn a_failing_rank_stops_the_team_by_name_and_the_checkpoint_resumes_on_other_ran
             ranks,
             "the run's config says where it continued"
         );
+        resumed_runs.push(resumed);
     }
+    // The same checkpoint continued on 1 and on 3 ranks is the same run,
+    // up to the order of float sums: every weight and the final measure.
+    let (one, three) = (&resumed_runs[0], &resumed_runs[1]);
+    assert_eq!(one.iteration(), three.iteration());
+    let gap = largest_difference(one, three);
+    assert!(
+        gap < 1e-4,
+        "resumed on 3 ranks, the weights ended {gap} from 1 rank's"
+    );
+    let (e1, e3) = (
+        one.latest_eval().unwrap().energy,
+        three.latest_eval().unwrap().energy,
+    );
+    assert!(
+        (e1 - e3).abs() <= 1e-3 * e1.abs().max(1e-3),
+        "energy {e1} on 1 rank, {e3} on 3"
+    );
 }
 
 #[test]
@@ -258,6 +277,13 @@ fn the_command_line_trains_on_two_ranks_and_resumes_only_with_other_ranks() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("2 × CPU (threads)"), "{err}");
     assert!(dir.path().join("run/generator/final.safetensors").is_file());
+    // The team ended cleanly: every rank left, none was taken for dead.
+    for alarm in ["fail", "error", "ended (its connection", "did not reach"] {
+        assert!(
+            !err.to_lowercase().contains(alarm),
+            "{alarm:?} in a clean run's log:\n{err}"
+        );
+    }
 
     let other = common::disback(&["run", "--resume", "run", "--set", "seed=4"], dir.path());
     let e = common::stderr(&other);
@@ -281,17 +307,117 @@ fn the_command_line_trains_on_two_ranks_and_resumes_only_with_other_ranks() {
     assert_eq!(saved.parallel.ranks, 1);
 }
 
-/// Without the CUDA build there is no NCCL: said before any rank starts.
-#[cfg(not(feature = "cuda"))]
+/// Without the NCCL build there is no NCCL: said before any rank starts.
+#[cfg(not(feature = "nccl"))]
 #[test]
-fn the_nccl_backend_without_the_cuda_build_says_how_to_get_it() {
+fn the_nccl_backend_without_the_nccl_build_says_how_to_get_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = with_ranks(tiny_config(&dir.path().join("cache")), 2);
     config.parallel.backend = ParallelBackend::Nccl;
     let run = RunDir::create(&dir.path().join("run"), false).unwrap();
     let e = format!("{:#}", Session::start(config, run).err().expect("refused"));
     assert!(
-        e.contains("needs the CUDA build (cargo build --release --features cuda)"),
+        e.contains("needs the NCCL build (cargo build --release --features nccl"),
         "{e}"
     );
+}
+
+/// `disback` with a launcher's environment (and no other).
+fn disback_launched(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_disback"));
+    command.args(args).current_dir(cwd);
+    for name in [
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
+
+/// Inside a Slurm allocation (no MASTER_ADDR): commands that train on
+/// one rank never read the launcher's environment, and a world of one is
+/// solo. A `threads` team under a launcher of several processes is
+/// refused, naming the variable.
+#[test]
+fn inside_a_slurm_allocation_commands_that_need_no_team_just_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let four = [
+        ("SLURM_NTASKS", "4"),
+        ("SLURM_PROCID", "1"),
+        ("SLURM_LOCALID", "1"),
+    ];
+    let ls = disback_launched(&["ls"], dir.path(), &four);
+    assert!(ls.status.success(), "{}", common::stderr(&ls));
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("no runs under runs"));
+
+    let config = tiny_config(&dir.path().join("cache"));
+    std::fs::write(dir.path().join("tiny.toml"), config.to_toml().unwrap()).unwrap();
+    let one_task = [
+        ("SLURM_NTASKS", "1"),
+        ("SLURM_PROCID", "0"),
+        ("SLURM_LOCALID", "0"),
+    ];
+    let run = ["run", "--config", "tiny.toml", "--out", "solo"];
+    let solo = disback_launched(&run, dir.path(), &one_task);
+    assert!(solo.status.success(), "{}", common::stderr(&solo));
+    assert!(dir.path().join("solo/generator/final.safetensors").is_file());
+
+    let threads = [
+        "run",
+        "--config",
+        "tiny.toml",
+        "--out",
+        "threads",
+        "--set",
+        "parallel.ranks=2",
+        "--set",
+        "parallel.backend=threads",
+    ];
+    let refused = disback_launched(&threads, dir.path(), &four);
+    let e = common::stderr(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        e.contains("SLURM_NTASKS=4: a launcher started 4 processes"),
+        "{e}"
+    );
+    assert!(!e.contains("MASTER_ADDR"), "{e}");
+}
+
+/// A rank other than 0 of an NCCL team (`rank::follow`) needs the run
+/// directory every rank shares, and says so; given one, a build without
+/// NCCL says how to get it, before waiting for any rank.
+#[test]
+fn a_launched_nccl_rank_names_what_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("WORLD_SIZE", "2"),
+        ("RANK", "1"),
+        ("LOCAL_RANK", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "9"),
+    ];
+    let nccl = ["--set", "parallel.ranks=2", "--set", "parallel.backend=nccl"];
+    let no_dir = disback_launched(&[&["run"][..], &nccl].concat(), dir.path(), &env);
+    let e = common::stderr(&no_dir);
+    assert!(!no_dir.status.success());
+    assert!(
+        e.contains("rank 1 of 2: every rank must name the same run directory"),
+        "{e}"
+    );
+    if cfg!(not(feature = "nccl")) {
+        let with_dir = disback_launched(&[&["run", "--out", "run"][..], &nccl].concat(), dir.path(), &env);
+        let e = common::stderr(&with_dir);
+        assert!(!with_dir.status.success());
+        assert!(e.contains("needs the NCCL build"), "{e}");
+    }
 }

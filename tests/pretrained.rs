@@ -1,14 +1,16 @@
 //! Pretrained `diffusers` teachers: the small UNet2DModels of
 //! `tests/fixtures/diffusers` (made by `tests/fixtures/make_diffusers_fixtures.py`
 //! with diffusers 0.42.1, random weights) give the outputs diffusers gave
-//! for the same inputs; broken folders are refused by name; the VP
-//! preconditioning makes them EDM denoisers.
+//! for the same inputs, and their EDM denoisers the clean samples
+//! diffusers' scheduler makes of them; broken folders and settings the
+//! lab does not build are refused by name; `disback teacher --check`
+//! proves a folder loaded right.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use disback::config::{DiffusersFiles, DiffusersSpec, NetSpec, Prediction};
-use disback::model::{Denoiser, load_diffusers_weights};
+use disback::model::{Denoiser, Sigmas, load_diffusers_weights};
 use disback::rng::host_rng;
 use std::path::{Path, PathBuf};
 
@@ -48,9 +50,19 @@ fn teacher(dir: &Path) -> anyhow::Result<Denoiser> {
     Ok(model)
 }
 
+/// Every fixture, each with settings the others lack (see the script).
+const FIXTURES: [&str; 6] = [
+    "plain-eps",
+    "attention-v",
+    "deep-sample",
+    "null-heads",
+    "odd-keys",
+    "resnet-resample",
+];
+
 #[test]
 fn every_fixture_gives_diffusers_outputs() {
-    for name in ["plain-eps", "attention-v", "deep-sample"] {
+    for name in FIXTURES {
         let dir = fixture(name);
         let model = teacher(&dir).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let expected =
@@ -64,6 +76,54 @@ fn every_fixture_gives_diffusers_outputs() {
             err <= 1e-4 * scale,
             "{name}: largest difference {err} on outputs up to {scale}"
         );
+    }
+}
+
+/// The prediction types, against diffusers' own scheduler: at σ = σ_t and
+/// x = x_t / √ᾱ_t (EDM's units), the denoiser D(x; σ) is the clean sample
+/// `DDPMScheduler.step` derives from the network's ε, v or x₀ prediction
+/// (its `pred_original_sample`), and the schedule's ᾱ are diffusers'.
+#[test]
+fn denoisers_give_the_clean_sample_diffusers_scheduler_derives() {
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let model = teacher(&dir).unwrap();
+        let spec = DiffusersSpec::read(&dir).unwrap();
+        let file = candle_core::safetensors::load(dir.join("prediction.safetensors"), &Device::Cpu).unwrap();
+        let theirs: Vec<f32> = file["alphas_cumprod"].to_vec1().unwrap();
+        let ours = spec.schedule.alphas_cumprod();
+        assert_eq!(theirs.len(), ours.len(), "{name}");
+        for (t, (a, b)) in theirs.iter().zip(&ours).enumerate() {
+            // Float32 products of up to 1,000 factors, in another order.
+            assert!(
+                (*a as f64 - b).abs() <= 2e-5 * b,
+                "{name}: ᾱ_{t} = {b}, diffusers {a}"
+            );
+        }
+        let timesteps: Vec<f32> = file["timestep"].to_vec1().unwrap();
+        let sigmas = spec.schedule.sigmas();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let t = t as usize;
+            let noisy = file["noisy"].narrow(0, i, 1).unwrap();
+            let x = (noisy / ours[t].sqrt()).unwrap();
+            let want = file["denoised"].narrow(0, i, 1).unwrap();
+            let scale = largest_difference(&want, &want.zeros_like().unwrap());
+            // σ from the host and σ already on the device: the two paths.
+            let sigma = vec![sigmas[t] as f32];
+            let column = Tensor::from_vec(sigma.clone(), (1, 1), &Device::Cpu).unwrap();
+            for levels in [
+                model.levels(sigma, &Device::Cpu).unwrap(),
+                model.levels(Sigmas::Device(column), &Device::Cpu).unwrap(),
+            ] {
+                let d = model.denoise(&x, &levels).unwrap();
+                let err = largest_difference(&d, &want);
+                assert!(
+                    err <= 1e-4 * scale,
+                    "{name} ({:?}) at t = {t}: largest difference {err} on clean samples up to {scale}",
+                    spec.schedule.prediction
+                );
+            }
+        }
     }
 }
 
@@ -253,4 +313,174 @@ fn a_pretrained_teacher_distils_without_data() {
     let o = common::disback(&args, d);
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("pixel Fréchet distance"));
+}
+
+/// Runs `disback teacher DIR [--check REF]` in `cwd`.
+fn teacher_command(dir: &Path, check: Option<&Path>, cwd: &Path) -> std::process::Output {
+    let mut args = vec!["teacher".to_string(), dir.display().to_string()];
+    if let Some(reference) = check {
+        args.extend(["--check".into(), reference.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::disback(&args, cwd)
+}
+
+/// google/ddpm-* models write `"attention_head_dim": null`: one head over
+/// each attention block's channels. `disback teacher` says so, and its
+/// check passes against diffusers' outputs; a reference nudged by 1% fails
+/// it with exit status 1.
+#[test]
+fn teacher_check_proves_a_null_head_model_and_catches_a_nudge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("null-heads");
+    let reference = dir.join("expected.safetensors");
+    let o = teacher_command(&dir, Some(&reference), tmp.path());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", common::stderr(&o));
+    for needle in [
+        "down_blocks.1   AttnDownBlock2D",
+        "1 head × 16",
+        "predicts    the noise ε",
+        "linear 0.0001 … 0.02, 1000 timesteps",
+        "36543",
+        "check       passed",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    let mut tensors = candle_core::safetensors::load(&reference, &Device::Cpu).unwrap();
+    let nudged = (&tensors["output"] * 1.01).unwrap();
+    tensors.insert("output".into(), nudged);
+    let nudged = tmp.path().join("nudged.safetensors");
+    candle_core::safetensors::save(&tensors, &nudged).unwrap();
+    let o = teacher_command(&dir, Some(&nudged), tmp.path());
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--check failed") && err.contains("nudged.safetensors"),
+        "{err}"
+    );
+}
+
+/// A weights file cut short is refused, naming it, by the command and by
+/// the loader (nothing is half-loaded).
+#[test]
+fn a_truncated_weights_file_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy("null-heads", tmp.path());
+    let weights = dir.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let o = teacher_command(&dir, None, tmp.path());
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("diffusion_pytorch_model.safetensors"), "{err}");
+    refused(&dir, &["cannot read", "diffusion_pytorch_model.safetensors"]);
+}
+
+/// Every setting the lab does not build is refused with the file, the key
+/// and the value, rather than built as something else.
+#[test]
+fn settings_the_lab_does_not_build_are_refused_by_key() {
+    let cases: [(&str, &str, &str, &[&str]); 13] = [
+        (
+            "plain-eps",
+            "\"time_embedding_type\": \"positional\"",
+            "\"time_embedding_type\": \"fourier\"",
+            &["time_embedding_type", "fourier"],
+        ),
+        (
+            "plain-eps",
+            "\"time_embedding_type\": \"positional\"",
+            "\"time_embedding_type\": \"learned\"",
+            &["time_embedding_type", "learned"],
+        ),
+        (
+            "plain-eps",
+            "\"act_fn\": \"silu\"",
+            "\"act_fn\": \"tanh\"",
+            &["act_fn", "tanh"],
+        ),
+        (
+            "plain-eps",
+            "\"class_embed_type\": null",
+            "\"class_embed_type\": \"timestep\"",
+            &["class_embed_type", "class-conditional"],
+        ),
+        (
+            "plain-eps",
+            "\"resnet_time_scale_shift\": \"default\"",
+            "\"resnet_time_scale_shift\": \"spatial\"",
+            &["resnet_time_scale_shift", "spatial"],
+        ),
+        (
+            "attention-v",
+            "\"downsample_type\": \"conv\"",
+            "\"downsample_type\": \"blur\"",
+            &["downsample_type", "blur"],
+        ),
+        (
+            "attention-v",
+            "\"upsample_type\": \"conv\"",
+            "\"upsample_type\": \"fir\"",
+            &["upsample_type", "fir"],
+        ),
+        (
+            "plain-eps",
+            "\"norm_num_groups\": 4",
+            "\"norm_num_groups\": null",
+            &["norm_num_groups", "null"],
+        ),
+        (
+            "plain-eps",
+            "\"norm_num_groups\": 4",
+            "\"norm_num_groups\": 3",
+            &["norm_num_groups", "3 does not divide"],
+        ),
+        (
+            "null-heads",
+            "\"attention_head_dim\": null",
+            "\"attention_head_dim\": 6",
+            &[
+                "attention_head_dim",
+                "6 does not divide the 16 channels of down_blocks.1",
+            ],
+        ),
+        (
+            "plain-eps",
+            "\"sample_size\": 8",
+            "\"sample_size\": null",
+            &["sample_size", "the image size is needed"],
+        ),
+        (
+            "plain-eps",
+            "\"layers_per_block\": 1",
+            "\"layers_per_block\": 0",
+            &["layers_per_block"],
+        ),
+        (
+            "odd-keys",
+            "\"attn_norm_num_groups\": 2",
+            "\"attn_norm_num_groups\": 3",
+            &["attn_norm_num_groups", "3 does not divide"],
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (name, from, to, needles)) in cases.iter().enumerate() {
+        let dir = copy(name, &tmp.path().join(i.to_string()));
+        edit_config(&dir, from, to);
+        let mut needles = needles.to_vec();
+        needles.push("config.json");
+        refused(&dir, &needles);
+    }
+    // A zero-SNR schedule has an infinite σ.
+    let dir = copy("plain-eps", &tmp.path().join("snr"));
+    let file = dir.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = text.replace(
+        "\"rescale_betas_zero_snr\": false",
+        "\"rescale_betas_zero_snr\": true",
+    );
+    assert_ne!(text, edited);
+    std::fs::write(&file, edited).unwrap();
+    refused(&dir, &["scheduler_config.json", "rescale_betas_zero_snr"]);
 }

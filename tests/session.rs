@@ -219,7 +219,7 @@ fn the_device_path_copies_nothing_between_log_lines() {
     config.log.every = 8;
     config.log.checkpoint_every = 1000;
     config.metrics.every = 0;
-    config.record.node_every = 40;
+    config.record.node_every = Some(40);
     config.record.iterations = 40;
     config.schedule.steps = vec![200];
     let mut s = start(config, &dir.path().join("run"));
@@ -498,4 +498,61 @@ fn skipping_recording_before_its_first_iteration_saves_no_copy_of_the_teacher() 
     assert_eq!(s.schedule().targets(), &[0]);
     let (s, _) = run_checked(s);
     assert!(s.is_done());
+}
+
+/// Nodes placed unevenly (here listed; `geometric` places them by the same
+/// code) are saved after exactly those recording iterations, and a run
+/// killed between two of them resumes to the same path.
+#[test]
+fn nodes_are_saved_where_placed_and_a_resumed_recording_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("teachers");
+    let placed = |cache: &std::path::Path| {
+        let mut c = tiny_config(cache);
+        c.record.node_every = None;
+        c.record.nodes = Some(vec![1, 3, 12, 20]);
+        c.log.checkpoint_every = 5;
+        c
+    };
+    let (whole, _) = run_checked(start(placed(&cache), &dir.path().join("whole")));
+    let iterations = |s: &Session| s.path().nodes().iter().map(|n| n.iteration).collect::<Vec<_>>();
+    assert_eq!(iterations(&whole), [0, 1, 3, 12, 20]);
+
+    // Killed at recording iteration 18: the last checkpoint (every 5) lies
+    // between nodes 3 and 4.
+    let run_dir = dir.path().join("killed");
+    let mut s = start(placed(&cache), &run_dir);
+    while s.stage() != Stage::Record || s.stage_step() < 18 {
+        s.step().unwrap();
+    }
+    drop(s);
+    let resumed = Session::resume(RunDir::open(&run_dir).unwrap()).unwrap();
+    assert_eq!(resumed.stage(), Stage::Record);
+    assert!(
+        (13..18).contains(&resumed.stage_step()),
+        "{}",
+        resumed.stage_step()
+    );
+    assert_eq!(resumed.path().len(), 4, "nodes 0–3 kept, node 4 still to come");
+    let (done, _) = run_checked(resumed);
+    assert_eq!(iterations(&done), [0, 1, 3, 12, 20]);
+    for (a, b) in done.path().nodes().iter().zip(whole.path().nodes()) {
+        assert_eq!(a.loss, b.loss, "node {}", a.index);
+        let (a, b) = (a.gap.clone().unwrap(), b.gap.clone().unwrap());
+        assert!((a.to_teacher - b.to_teacher).abs() < 1e-9, "{a:?} vs {b:?}");
+        assert!(
+            (a.to_start.unwrap() - b.to_start.unwrap()).abs() < 1e-9,
+            "{a:?} vs {b:?}"
+        );
+    }
+    // The same run after the teacher (the whole run trained it, the killed
+    // one found it cached).
+    let distill = |s: &Session| {
+        let text = metrics_text(s);
+        text.lines()
+            .filter(|l| !l.contains("\"pretrain\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(distill(&done), distill(&whole));
 }

@@ -1,7 +1,8 @@
 //! The house rule of `src/`: imports only go down. Each top-level module
 //! (a "room": a folder or a single file) has a floor, and a room may name
 //! only rooms on floors below its own, through `crate::` or `super::`
-//! paths (doc links count: they are dependencies a reader follows too).
+//! paths (doc links count: they are dependencies a reader follows too);
+//! and inside a folder, files name each other without circles.
 //! Test code is exempt (`#[cfg(test)] mod tests` blocks and `tests.rs`
 //! files), as it may build whatever it checks.
 //!
@@ -183,6 +184,166 @@ fn imports_only_go_down() {
     // A floor whose room is gone would let the list drift from the house.
     let missing: Vec<_> = FLOORS.iter().filter(|r| !rooms_seen.contains(**r)).collect();
     assert!(missing.is_empty(), "FLOORS names rooms not in src/: {missing:?}");
+}
+
+/// The files a file names inside its own folder (`super::x` and
+/// `crate::…::folder::x` paths that land on a sibling file), as module
+/// paths. `mod.rs` is the folder itself, which names its files by nature,
+/// so it takes no part.
+fn siblings_named(module: &[String], source: &str, files: &BTreeSet<Vec<String>>) -> BTreeSet<Vec<String>> {
+    let folder = &module[..module.len() - 1];
+    let mut named = BTreeSet::new();
+    let mut land = |path: Vec<String>| {
+        if path.len() == module.len()
+            && path[..folder.len()] == *folder
+            && path != module
+            && files.contains(&path)
+        {
+            named.insert(path);
+        }
+    };
+    for (at, _) in source.match_indices("crate::") {
+        let before = source[..at].chars().last();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+            continue;
+        }
+        // `crate::engine::{session::Session, team}`: the folder's part,
+        // then the names after it.
+        let rest = &source[at + "crate::".len()..];
+        let mut path = Vec::new();
+        let mut tail = rest;
+        while path.len() < folder.len() {
+            let name = identifier_at(tail);
+            if name.is_empty() || !tail[name.len()..].starts_with("::") {
+                break;
+            }
+            tail = &tail[name.len() + 2..];
+            path.push(name);
+        }
+        if path == folder {
+            let offset = rest.len() - tail.len();
+            for name in names_after(rest, offset) {
+                land([folder.to_vec(), vec![name]].concat());
+            }
+        }
+    }
+    for (at, _) in source.match_indices("super::") {
+        let before = &source[..at];
+        if before.ends_with("super::") || before.ends_with("self::") {
+            continue;
+        }
+        if source[at..].starts_with("super::super::") {
+            continue; // out of the folder
+        }
+        for name in names_after(source, at + "super::".len()) {
+            land([folder.to_vec(), vec![name]].concat());
+        }
+    }
+    named
+}
+
+/// The circles of a graph (each once, as the files of one strongly
+/// connected part, sorted).
+fn circles(edges: &[(Vec<String>, Vec<String>)]) -> Vec<Vec<String>> {
+    let nodes: BTreeSet<&Vec<String>> = edges.iter().flat_map(|(a, b)| [a, b]).collect();
+    let reaches = |from: &Vec<String>| {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.clone()];
+        while let Some(n) = todo.pop() {
+            for (a, b) in edges {
+                if *a == n && seen.insert(b.clone()) {
+                    todo.push(b.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reach: Vec<(&Vec<String>, BTreeSet<Vec<String>>)> = nodes.iter().map(|n| (*n, reaches(n))).collect();
+    let mut parts: BTreeSet<Vec<String>> = BTreeSet::new();
+    for (n, from_n) in &reach {
+        if !from_n.contains(*n) {
+            continue;
+        }
+        let part: Vec<String> = (reach.iter())
+            .filter(|(m, from_m)| from_n.contains(*m) && from_m.contains(*n))
+            .map(|(m, _)| m.join("/") + ".rs")
+            .collect();
+        parts.insert(part);
+    }
+    parts.into_iter().collect()
+}
+
+/// Within a folder, files name each other one way only: a circle (`a`
+/// names `b`, `b` names `a`, through any number of files) makes two files
+/// one idea split in two, which nobody can read alone.
+#[test]
+fn no_import_circles_between_the_files_of_a_folder() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut modules = Vec::new();
+    for path in rust_files(&src) {
+        let relative = path.strip_prefix(&src).unwrap().to_path_buf();
+        let is_folder_or_test = relative
+            .file_name()
+            .is_some_and(|n| n == "mod.rs" || n == "tests.rs" || n == "lib.rs" || n == "main.rs");
+        if !is_folder_or_test && relative.components().count() > 1 {
+            modules.push((module_path(&relative), path));
+        }
+    }
+    let files: BTreeSet<Vec<String>> = modules.iter().map(|(m, _)| m.clone()).collect();
+    let mut edges = Vec::new();
+    for (module, path) in &modules {
+        let source = std::fs::read_to_string(path).unwrap();
+        for named in siblings_named(module, without_tests(&source), &files) {
+            edges.push((module.clone(), named));
+        }
+    }
+    let found = circles(&edges);
+    assert!(
+        found.is_empty(),
+        "import circles between the files of a folder ({}):\n  {}",
+        found.len(),
+        found
+            .iter()
+            .map(|c| c.join(" ↔ "))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
+
+#[test]
+fn the_circle_finder_sees_a_circle_through_a_folder() {
+    let m = |s: &str| s.split('/').map(String::from).collect::<Vec<_>>();
+    let files: BTreeSet<Vec<String>> = ["engine/a", "engine/b", "engine/c", "ui/a"]
+        .iter()
+        .map(|s| m(s))
+        .collect();
+    let a = "use super::b::B;\nuse crate::ui::a::X;\n";
+    let b = "use crate::engine::{c::C, protocol};\n";
+    let c = "fn f() { super::a::run(); super::super::ui::x(); }\n";
+    assert_eq!(
+        siblings_named(&m("engine/a"), a, &files),
+        BTreeSet::from([m("engine/b")])
+    );
+    assert_eq!(
+        siblings_named(&m("engine/b"), b, &files),
+        BTreeSet::from([m("engine/c")])
+    );
+    assert_eq!(
+        siblings_named(&m("engine/c"), c, &files),
+        BTreeSet::from([m("engine/a")])
+    );
+    let mut edges = vec![
+        (m("engine/a"), m("engine/b")),
+        (m("engine/b"), m("engine/c")),
+        (m("engine/c"), m("engine/a")),
+        (m("ui/x"), m("ui/y")),
+    ];
+    assert_eq!(
+        circles(&edges),
+        vec![vec!["engine/a.rs", "engine/b.rs", "engine/c.rs"]]
+    );
+    edges.remove(2);
+    assert!(circles(&edges).is_empty());
 }
 
 #[test]

@@ -26,6 +26,10 @@ struct Lab {
     /// and the end of the last chunk, for an escape split between two.
     pictures: Option<Answers>,
     tail: Vec<u8>,
+    /// When the terminal sends its late replies ([`Answers::Late`]), and
+    /// whether it has.
+    late: Option<Instant>,
+    late_sent: bool,
 }
 
 /// Terminals the tests emulate, by what they answer the lab's query with.
@@ -39,7 +43,18 @@ enum Answers {
     Kitty,
     /// Device attributes with sixel (4), 10×20-pixel cells, status.
     Sixel,
+    /// The status at once (tmux answers it itself), and every other reply
+    /// 300 ms later, after the lab stopped waiting (the outer terminal's,
+    /// over a slow SSH link): [`LATE_REPLIES`].
+    Late,
 }
+
+/// A terminal's replies to queries, full of digits: kitty's graphics,
+/// device attributes 1 and 2, the cell size, the background colour, a
+/// DCS status string.
+const LATE_REPLIES: &str = "\x1b_Gi=31;OK\x1b\\\x1b[?62;4;22c\x1b[>1;4000;29c\x1b[6;20;10t\
+                            \x1b]11;rgb:1e1e/1e1e/2e2e\x1b\\\x1bP1$r0;1m\x1b\\";
+const LATE_BY: Duration = Duration::from_millis(300);
 
 impl Answers {
     fn reply(self) -> &'static str {
@@ -48,6 +63,7 @@ impl Answers {
             Answers::Nothing => "",
             Answers::Kitty => "\x1b_Gi=31;OK\x1b\\\x1b[?62;22c\x1b[6;20;10t\x1b[0n",
             Answers::Sixel => "\x1b[?62;4;22c\x1b[6;20;10t\x1b[0n",
+            Answers::Late => "\x1b[0n",
         }
     }
 }
@@ -135,6 +151,8 @@ impl Lab {
             answers: Answers::Status,
             pictures: None,
             tail: Vec::new(),
+            late: None,
+            late_sent: false,
         }
     }
 
@@ -183,13 +201,24 @@ impl Lab {
     }
 
     fn pump(&mut self) {
-        while let Ok(chunk) = self.bytes.recv_timeout(Duration::from_millis(20)) {
+        loop {
+            if self.late.is_some_and(|at| Instant::now() >= at) {
+                self.late = None;
+                self.late_sent = true;
+                self.press(LATE_REPLIES);
+            }
+            let Ok(chunk) = self.bytes.recv_timeout(Duration::from_millis(20)) else {
+                return;
+            };
             // The lab on image data asks the terminal for graphics support
             // (the query ends with a status request): answer as this
             // terminal would.
             if chunk.windows(4).any(|w| w == b"\x1b[5n") {
                 let reply = self.answers.reply();
                 self.press(reply);
+                if self.answers == Answers::Late {
+                    self.late = Some(Instant::now() + LATE_BY);
+                }
             }
             // Pictures: kitty's image escape (ESC _ G …), or sixel's
             // (ESC P … q).
@@ -369,6 +398,52 @@ fn the_first_key_acts_on_an_image_run_whatever_the_terminal_answers() {
             lab.wait_for("[PAUSED]");
             lab.save_then_stop();
         }
+    }
+}
+
+/// Over SSH, or through tmux, the terminal's replies to the graphics query
+/// can come after the lab stopped waiting for them. Whenever they come,
+/// they are not keys: their digits select no path node, their letters do
+/// nothing (the `m` of the DCS reply would turn the manual schedule on).
+#[test]
+fn late_terminal_replies_never_act_as_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let teachers = dir.path().join("teachers");
+    let mut lab = Lab::start_digits_with(&teachers, dir, Answers::Late);
+    // The replies go 300 ms after the query, while the teacher trains.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lab.late_sent {
+        assert!(Instant::now() < deadline, "the lab never asked the terminal");
+        lab.pump();
+    }
+    // Keys act in order: once `v` has moved the preview on, every byte
+    // before it has been read, and what it did is in the last events.
+    lab.press("v");
+    lab.wait_for("Preview 2/3");
+    no_key_acted(&lab.text());
+    lab.wait_for("TARGET");
+    no_key_acted(&lab.text());
+    lab.press(" ");
+    lab.wait_for("[PAUSED]");
+    lab.save_then_stop();
+}
+
+/// What keys hidden in a terminal's replies would have done, on screen.
+fn no_key_acted(screen: &str) {
+    let effects = [
+        "has no node",
+        "not recorded yet",
+        "Preview: node",
+        "manual schedule",
+        "[MANUAL]",
+        "Leave the lab?",
+        "saved run/generator",
+    ];
+    for effect in effects {
+        assert!(
+            !screen.contains(effect),
+            "a reply acted as keys ({effect:?}):\n{screen}"
+        );
     }
 }
 

@@ -41,6 +41,7 @@ fn view(stage: Stage, target: Option<usize>, statuses: [NodeStatus; 5]) -> Sessi
                 steps: if stage >= Stage::Backtrack { spent[i] } else { 0 },
                 planned: (i < 4).then_some(if i == 0 { 1250 } else { 250 }),
                 spread: None,
+                gap: None,
             })
             .collect(),
         target,

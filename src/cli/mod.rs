@@ -1,6 +1,6 @@
 //! The command line: `disback` / `disback tui` (the terminal lab), `run`,
 //! `attach`, `ls`, `stop`, `compare`, `sweep`, `plot`, `sample`, `show`,
-//! `bench`, `export`.
+//! `bench`, `teacher`, `export`.
 
 mod bench;
 mod compare;
@@ -9,6 +9,7 @@ mod rank;
 mod run;
 mod show;
 mod sweep;
+mod teacher;
 
 use crate::config::Config;
 use crate::data::Samples;
@@ -91,6 +92,10 @@ pub enum Command {
     },
     /// Measure training speed (steps per second) and print a table.
     Bench(bench::BenchArgs),
+    /// Show what the lab understood of a pretrained diffusers model
+    /// (blocks, attention heads, schedule, σ range, size); `--check REF`
+    /// proves it computes diffusers' outputs.
+    Teacher(teacher::TeacherArgs),
     /// Write a run's generator for other tools: a diffusers model folder
     /// (for a diffusers teacher) or its weights with a PyTorch sample.py.
     Export(export::ExportArgs),
@@ -251,9 +256,10 @@ pub fn main() -> Result<Ended> {
         args.flags_as_settings();
     }
     // A rank other than 0 of a launched team follows rank 0 (its own
-    // command line runs only on rank 0).
-    if let Some(launched) = crate::parallel::launched_rank()?.filter(|l| l.rank > 0)
-        && let Some(Command::Run(args) | Command::Tui(args) | Command::Serve(args)) = &cli.command
+    // command line runs only on rank 0). Only a command that trains on
+    // several ranks reads the launcher's environment.
+    if let Some(Command::Run(args) | Command::Tui(args) | Command::Serve(args)) = &cli.command
+        && let Some(launched) = rank::launched_follower(args)?
     {
         return rank::follow(args, &launched);
     }
@@ -271,6 +277,7 @@ pub fn main() -> Result<Ended> {
         Some(Command::Sample(args)) => finished(sample(args)),
         Some(Command::Show { path, width }) => finished(show::show(&path, width)),
         Some(Command::Bench(args)) => finished(bench::bench(args)),
+        Some(Command::Teacher(args)) => teacher::teacher(args),
         Some(Command::Export(args)) => finished(export::export(args)),
         None => tui(RunArgs {
             linger: RunArgs::LINGER,

@@ -25,7 +25,8 @@ pub struct SweepArgs {
     #[arg(long)]
     pub jobs: Option<usize>,
     /// Output folder (default: runs/sweep-<config name>-<time stamp>).
-    /// Run again with the same folder to continue a sweep.
+    /// Run again with the same folder to continue a sweep; a config that
+    /// changed since it began is refused, naming the keys that changed.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Start even if the memory the runs at once need looks larger than

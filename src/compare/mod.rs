@@ -10,13 +10,14 @@
 //! point of a grid of settings.
 
 mod figure;
+mod identity;
 mod pool;
 mod stats;
 mod sweep;
 mod table;
 
 pub use figure::plot_comparison;
-pub use pool::run_jobs;
+pub use pool::{Ended, run_jobs};
 pub use stats::{ArmSummary, Comparison, Level, RunOutcome, Speedup, Spread, Unit, compare_runs};
 pub use sweep::{Grid, SWEEP_RESULT, Sweep, SweepRow, SweepRun, run_sweep};
 
@@ -112,10 +113,15 @@ pub struct CompareJob {
 }
 
 /// The teacher every run will use: trained (or found in the cache) once,
-/// and kept as `teacher.safetensors` in the comparison's folder.
+/// and kept as `teacher.safetensors` in the comparison's folder (written
+/// whole once the teacher is final: one found there is used as it is).
 fn shared_teacher(config: &Config, out: &Path) -> Result<PathBuf> {
+    let saved = RunDir::written_by_another(&out.join("teacher")).teacher();
+    if saved.is_file() {
+        return Ok(saved);
+    }
     let teacher_only = Arm::DiffInstruct.config(config);
-    let mut session = Session::start(teacher_only, RunDir::create(&out.join("teacher"), false)?)?;
+    let mut session = Session::start(teacher_only, RunDir::create(&out.join("teacher"), true)?)?;
     while session.stage() == Stage::Pretrain {
         session.step()?;
     }
@@ -125,17 +131,34 @@ fn shared_teacher(config: &Config, out: &Path) -> Result<PathBuf> {
 /// Creates the comparison's folder `out` and plans the runs: for each
 /// seed, DisBack then the two baselines, all with one shared teacher.
 pub fn plan(config: &Config, seeds: usize, out: &Path, overwrite: bool) -> Result<Plan> {
+    check_plan(config, seeds)?;
+    if !overwrite {
+        RunDir::check_free(out, None)?;
+    }
+    planned(config, seeds, RunDir::create(out, overwrite)?)
+}
+
+/// The same plan in a folder that may hold part of it (a sweep point
+/// that was interrupted): nothing there is cleared; its teacher is used,
+/// and its runs are kept or continued (see `pool`).
+pub fn plan_continued(config: &Config, seeds: usize, out: &Path) -> Result<Plan> {
+    check_plan(config, seeds)?;
+    planned(config, seeds, RunDir::reopen(out)?)
+}
+
+fn check_plan(config: &Config, seeds: usize) -> Result<()> {
     if config.method != Method::Disback {
         bail!("compare takes a DisBack config (method = \"disback\"); the baseline is derived from it");
     }
     if seeds == 0 {
         bail!("--seeds 0: a comparison needs at least one seed");
     }
-    if !overwrite {
-        RunDir::check_free(out, None)?;
-    }
-    let folder = RunDir::create(out, overwrite)?;
-    let out = out.canonicalize()?;
+    Ok(())
+}
+
+/// The runs of a comparison in `folder` (held), with its shared teacher.
+fn planned(config: &Config, seeds: usize, folder: RunDir) -> Result<Plan> {
+    let out = folder.root().canonicalize()?;
     let out = out.as_path();
     let teacher = shared_teacher(config, out)?;
     let mut jobs = Vec::new();
@@ -199,18 +222,33 @@ pub fn run_comparison(
 ) -> Result<Comparison> {
     let started = std::time::Instant::now();
     let timelines = Mutex::new(HashMap::new());
-    run_jobs(&plan.jobs, workers, |job: &CompareJob, session| {
+    run_jobs(&plan.jobs, workers, |job: &CompareJob, ended| {
+        let whole = matches!(ended, Ended::Ran(_) | Ended::Restarted(..));
+        let (session, how) = match ended {
+            Ended::Kept => {
+                say(format!("  {} seed {}: finished before, kept", job.arm, job.seed));
+                return;
+            }
+            Ended::Ran(session) => (session, String::new()),
+            Ended::Restarted(session, why) => (session, format!(" (run again from the start: {why})")),
+            Ended::Resumed(session, iteration) => {
+                (session, format!(" (continued from iteration {iteration})"))
+            }
+        };
         let (value, measure) = session
             .latest_eval()
             .map_or((f64::NAN, "quality"), |e| e.quality());
         say(format!(
-            "  {} seed {}: done at {:.0} s, final {measure} {value:.4}",
+            "  {} seed {}: done at {:.0} s, final {measure} {value:.4}{how}",
             job.arm,
             job.seed,
             started.elapsed().as_secs_f64()
         ));
-        let mut timelines = timelines.lock().unwrap_or_else(|e| e.into_inner());
-        timelines.insert(job.run_dir.clone(), session.timeline().to_vec());
+        // Seconds are compared only for runs made whole in this process.
+        if whole {
+            let mut timelines = timelines.lock().unwrap_or_else(|e| e.into_inner());
+            timelines.insert(job.run_dir.clone(), session.timeline().to_vec());
+        }
     })?;
     let timelines = timelines.into_inner().unwrap_or_else(|e| e.into_inner());
     let runs = plan

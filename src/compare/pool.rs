@@ -1,20 +1,34 @@
 //! The job pool: a comparison's runs on worker threads, one session
-//! each, so two cores finish in half the time.
+//! each, so two cores finish in half the time. A job whose folder already
+//! holds its run (a sweep point that was interrupted) is not started
+//! again: a finished run is kept, one cut short continues from its
+//! checkpoint, and only one without a usable checkpoint starts over.
 
 use super::CompareJob;
-use crate::engine::Session;
-use crate::rundir::RunDir;
+use crate::engine::{Session, checkpoint_stage};
+use crate::rundir::{RunDir, Stage};
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::Mutex;
+
+/// How a job's run came to its end.
+pub enum Ended<'a> {
+    /// Run here from its first step.
+    Ran(&'a Session),
+    /// Run here from its first step, over a run that could not be
+    /// continued (why).
+    Restarted(&'a Session, String),
+    /// Continued here from the checkpoint at this iteration: the seconds
+    /// before it are not known.
+    Resumed(&'a Session, usize),
+    /// Finished before: its files are read as they are.
+    Kept,
+}
 
 /// Runs every job to the end on `workers` threads; `done` hears of each
 /// finished run (in completion order).
-pub fn run_jobs(
-    jobs: &[CompareJob],
-    workers: usize,
-    done: impl Fn(&CompareJob, &Session) + Sync,
-) -> Result<()> {
+pub fn run_jobs(jobs: &[CompareJob], workers: usize, done: impl Fn(&CompareJob, Ended) + Sync) -> Result<()> {
     let queue = Mutex::new(jobs.iter().collect::<VecDeque<_>>());
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
@@ -27,12 +41,9 @@ pub fn run_jobs(
                     let Some(job) = queue.lock().expect("lock").pop_front() else {
                         return;
                     };
-                    match run_one(job) {
-                        Ok(session) => done(job, &session),
-                        Err(e) => {
-                            *failure.lock().expect("lock") = Some(e);
-                            return;
-                        }
+                    if let Err(e) = run_one(job, &done) {
+                        *failure.lock().expect("lock") = Some(e);
+                        return;
                     }
                 }
             });
@@ -44,13 +55,52 @@ pub fn run_jobs(
     }
 }
 
-fn run_one(job: &CompareJob) -> Result<Session> {
-    let run = RunDir::create(&job.run_dir, false)?;
-    let mut session = Session::start(job.config.clone(), run)?;
-    while !session.is_done() {
-        session
-            .step()
-            .with_context(|| format!("{} seed {} ({})", job.arm, job.seed, job.run_dir.display()))?;
+/// What a job's folder holds.
+enum Found {
+    Nothing,
+    Finished,
+    Checkpoint(usize),
+    /// Files but no checkpoint to continue from (why).
+    Unusable(String),
+}
+
+fn found(dir: &Path) -> Found {
+    let empty = dir.read_dir().map_or(true, |mut d| {
+        d.all(|e| e.is_ok_and(|e| e.file_name() == "run.lock"))
+    });
+    if empty {
+        return Found::Nothing;
     }
-    Ok(session)
+    let run = RunDir::written_by_another(dir);
+    match checkpoint_stage(&run) {
+        // The last checkpoint of a run is written after its final files.
+        Ok((Stage::Done, _)) => Found::Finished,
+        Ok((_, iteration)) => Found::Checkpoint(iteration),
+        Err(e) => Found::Unusable(format!("{e:#}")),
+    }
+}
+
+fn run_one(job: &CompareJob, done: &impl Fn(&CompareJob, Ended)) -> Result<()> {
+    let what = || format!("{} seed {} ({})", job.arm, job.seed, job.run_dir.display());
+    let to_the_end = |mut session: Session| -> Result<Session> {
+        while !session.is_done() {
+            session.step().with_context(what)?;
+        }
+        Ok(session)
+    };
+    let fresh = |overwrite: bool| -> Result<Session> {
+        let run = RunDir::create(&job.run_dir, overwrite)?;
+        to_the_end(Session::start(job.config.clone(), run)?)
+    };
+    match found(&job.run_dir) {
+        Found::Nothing => done(job, Ended::Ran(&fresh(false)?)),
+        Found::Finished => done(job, Ended::Kept),
+        Found::Checkpoint(iteration) => {
+            let run = RunDir::open(&job.run_dir)?.locked()?;
+            let session = Session::resume(run).with_context(what)?;
+            done(job, Ended::Resumed(&to_the_end(session)?, iteration));
+        }
+        Found::Unusable(why) => done(job, Ended::Restarted(&fresh(true)?, why)),
+    }
+    Ok(())
 }

@@ -3,17 +3,25 @@
 //! settings, to find where backtracking pays. Points whose teachers'
 //! settings agree share one teacher (the teacher cache is keyed by them).
 //!
-//! The folder holds `sweep-spec.json` (what was asked), `points/<n>-…/`
-//! (one comparison folder each), and the results: `sweep.json` (one row
-//! a point: its settings, each arm's cost to each level, the speed-ups
-//! against both baselines, the final qualities), `sweep.md` (a table) and
-//! `sweep.png` (the headline speed-up per point; a heat map over two keys).
-//! A point is done when its `compare.json` is there: run again on the same
-//! folder, a sweep takes the finished points as they are and redoes the
-//! rest.
+//! The folder holds `sweep-spec.json` (what was asked: the grid, the
+//! seeds and every point's resolved config), `points/<n>-<settings>-<hash>/`
+//! (one comparison folder each, named by its config's hash), and the
+//! results: `sweep.json` (one row a point: its settings, each arm's cost
+//! to each level, the speed-ups against both baselines, the final
+//! qualities), `sweep.md` (a table) and `sweep.png` (the headline speed-up
+//! per point; a heat map over two keys).
+//!
+//! Run again on the same folder, a sweep continues: a point whose
+//! `compare.json` is there is kept as it is, and the others continue their
+//! runs (finished runs kept, the rest from their checkpoints). It must be
+//! the same study: a config that changed since (its file edited, another
+//! `--set`) is refused with the keys that changed, because its points'
+//! results would be reported as the new config's. An unreadable
+//! `compare.json` is an error that names it; nothing is deleted.
 
+use super::identity::Identity;
 use super::stats::{Comparison, Spread, Unit, compare_runs};
-use super::{Arm, RESULT, plan, read_comparison, run_comparison};
+use super::{Arm, RESULT, plan_continued, read_comparison, run_comparison};
 use crate::config::Config;
 use crate::files::{atomic_write, read_json, write_json};
 use crate::report::{Cell, Heatmap, Panel, save};
@@ -27,6 +35,9 @@ use std::path::{Path, PathBuf};
 pub const SWEEP_RESULT: &str = "sweep.json";
 const SPEC: &str = "sweep-spec.json";
 const FORMAT: u32 = 1;
+/// The spec's format: 2 records each point's resolved config (1, the
+/// config's name only).
+const SPEC_FORMAT: u32 = 2;
 
 /// One swept key and its values, each a TOML value as `--set` takes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,12 +103,27 @@ pub fn points(grids: &[Grid]) -> Vec<Vec<(String, String)>> {
 
 /// What a sweep was asked for: a second run on the same folder must ask
 /// the same, or its points would not be one study.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Spec {
+    format: u32,
+    /// The config's name and `--set`s, for the reader: what identifies the
+    /// study is the grid, the seeds and the points' configs.
     config: String,
     overrides: Vec<String>,
     grid: Vec<Grid>,
     seeds: usize,
+    points: Vec<PointSpec>,
+}
+
+/// One point as asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PointSpec {
+    settings: Vec<(String, String)>,
+    /// The SHA-256 of `config`: the point's identity.
+    sha256: String,
+    /// Its resolved config as identified (`Identity::text`), to name what
+    /// changed.
+    config: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,13 +240,6 @@ pub fn run_sweep(run: &SweepRun<'_>, say: &(dyn Fn(String) + Sync)) -> Result<Sw
     let out = &run.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let _lock = RunLock::acquire(out)?;
-    let spec = Spec {
-        config: run.config_name.clone(),
-        overrides: run.overrides.clone(),
-        grid: run.grid.clone(),
-        seeds: run.seeds,
-    };
-    check_spec(out, &spec)?;
     let points = points(&run.grid);
     // Every point's config is checked before the first one runs.
     let configs = points
@@ -231,29 +250,52 @@ pub fn run_sweep(run: &SweepRun<'_>, say: &(dyn Fn(String) + Sync)) -> Result<Sw
             (run.load)(&sets).with_context(|| format!("the point {}", describe(p)))
         })
         .collect::<Result<Vec<_>>>()?;
+    let spec = Spec {
+        format: SPEC_FORMAT,
+        config: run.config_name.clone(),
+        overrides: run.overrides.clone(),
+        grid: run.grid.clone(),
+        seeds: run.seeds,
+        points: points
+            .iter()
+            .zip(&configs)
+            .map(|(settings, config)| {
+                let identity = Identity::of(config)?;
+                Ok(PointSpec {
+                    settings: settings.clone(),
+                    sha256: identity.hash(),
+                    config: identity.text(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    check_spec(out, &spec)?;
     let mut rows = Vec::new();
     let mut quality_measure = String::new();
-    for (n, (point, config)) in points.iter().zip(&configs).enumerate() {
-        let dir = format!("points/{:02}-{}", n + 1, slug(point));
+    for (n, ((point, config), asked)) in points.iter().zip(&configs).zip(&spec.points).enumerate() {
+        // Named by its config's hash: a point of another config never
+        // finds this one's results.
+        let dir = format!("points/{:02}-{}-{}", n + 1, slug(point), &asked.sha256[..8]);
         let folder = out.join(&dir);
         let what = format!("point {}/{} ({})", n + 1, points.len(), describe(point));
-        let comparison = match read_comparison(&folder.join(RESULT)) {
+        let result = folder.join(RESULT);
+        let comparison = if result.exists() {
+            let done = read_comparison(&result).with_context(|| unreadable(&result, &folder))?;
             // Its runs are kept; their measurements are read again by
             // this version's rule.
-            Ok(done) => {
-                say(format!("{what}: done before, kept"));
-                compare_runs(
-                    &done.config,
-                    done.runs,
-                    done.generator_updates,
-                    done.stage1_iterations,
-                )?
-            }
-            Err(_) => {
-                say(format!("{what}: {} runs…", 3 * run.seeds));
-                let plan = plan(config, run.seeds, &folder, true)?;
-                run_comparison(config, &plan, run.workers, say)?
-            }
+            say(format!("{what}: done before, kept"));
+            compare_runs(
+                &done.config,
+                done.runs,
+                done.generator_updates,
+                done.stage1_iterations,
+            )?
+        } else {
+            let started = folder.join("teacher").exists();
+            let how = if started { " continued" } else { "" };
+            say(format!("{what}: {} runs{how}…", 3 * run.seeds));
+            let plan = plan_continued(config, run.seeds, &folder)?;
+            run_comparison(config, &plan, run.workers, say)?
         };
         let row = SweepRow::of(point.clone(), dir, &comparison);
         say(format!("{what}: headline speed-up {}", headline_words(&row)));
@@ -274,17 +316,54 @@ pub fn run_sweep(run: &SweepRun<'_>, say: &(dyn Fn(String) + Sync)) -> Result<Sw
     Ok(sweep)
 }
 
-/// Refuses a folder that holds a sweep of another question; records the
-/// question in a new one.
+/// What to do about a point's `compare.json` that cannot be read: it is
+/// left as it is, and so are the point's runs, from which it can be made
+/// again.
+fn unreadable(result: &Path, folder: &Path) -> String {
+    format!(
+        "the point's result {} cannot be read; it and the point's runs in {} are left as they \
+         are. To measure the point again from its runs (finished runs are kept, not redone), \
+         move {} away and run the sweep again",
+        result.display(),
+        folder.display(),
+        result.display()
+    )
+}
+
+/// Refuses a folder that holds a sweep of another question (another grid,
+/// seed count or config); records the question in a new one.
 fn check_spec(out: &Path, spec: &Spec) -> Result<()> {
     let file = out.join(SPEC);
     if file.is_file() {
-        let before: Spec = read_json(&file)?;
-        if &before != spec {
+        let before: serde_json::Value = read_json(&file)?;
+        let format = before.get("format").and_then(|f| f.as_u64());
+        if format != Some(SPEC_FORMAT as u64) {
             bail!(
-                "{} holds a sweep of another config, grid or seed count ({}); choose another --out",
+                "{} was written by an older disback, which recorded the config's name but not its \
+                 content: its points cannot be told from those of an edited config. Choose another \
+                 --out for this sweep",
+                file.display()
+            );
+        }
+        let before: Spec = serde_json::from_value(before)
+            .with_context(|| format!("{}: unexpected content", file.display()))?;
+        if before.grid != spec.grid || before.seeds != spec.seeds {
+            bail!(
+                "{} holds a sweep of another grid or seed count ({}); choose another --out",
                 out.display(),
                 file.display()
+            );
+        }
+        let same = |(a, b): (&PointSpec, &PointSpec)| a.sha256 == b.sha256;
+        if !before.points.iter().zip(&spec.points).all(same) {
+            let changes = config_changes(&before, spec)?;
+            bail!(
+                "{} holds a sweep of another config: since it began, the config (its file or \
+                 --set) changed {}. Its results are of the config as it was, and are left as \
+                 they are. To study the changed config, choose another --out; to continue this \
+                 sweep, undo the change",
+                out.display(),
+                changes
             );
         }
         return Ok(());
@@ -299,6 +378,30 @@ fn check_spec(out: &Path, spec: &Spec) -> Result<()> {
         );
     }
     write_json(&file, spec)
+}
+
+/// The keys in which the points' configs changed, with their values before
+/// and now: "(distill.lr: 0.0001 → 0.0002)".
+fn config_changes(before: &Spec, now: &Spec) -> Result<String> {
+    let mut changes = Vec::new();
+    for (was, is) in before.points.iter().zip(&now.points) {
+        if was.sha256 != is.sha256 {
+            let old = Identity::parse(&was.config)
+                .with_context(|| format!("a point's config in {SPEC}: unexpected content"))?;
+            for change in old.changes_to(&Identity::parse(&is.config)?) {
+                if !changes.contains(&change) {
+                    changes.push(change);
+                }
+            }
+        }
+    }
+    const SHOWN: usize = 8;
+    let more = match changes.len() {
+        n if n > SHOWN => format!("; and {} more", n - SHOWN),
+        _ => String::new(),
+    };
+    changes.truncate(SHOWN);
+    Ok(format!("({}{more})", changes.join("; ")))
 }
 
 /// "generator.sigma_g=80, schedule.policy=auto".

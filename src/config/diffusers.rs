@@ -1,17 +1,48 @@
 //! A pretrained `diffusers` model as a plain description: the `UNet2DModel`
-//! architecture of its `config.json` and the noise schedule of its
-//! scheduler's `scheduler_config.json`, read and checked here (the files
-//! only: the weights are the model's business). What this lab cannot build
+//! architecture of its `config.json`, read and checked here as diffusers
+//! reads it (null, absent and every default included), and the noise
+//! schedule of its scheduler's `scheduler_config.json` (`vp.rs`): the files
+//! only, the weights are the model's business. What this lab cannot build
 //! is refused with the file, the key and the value.
 
+use super::vp::VpSchedule;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// Block types this lab builds.
+/// Block types this lab builds (`UNetRes…` names are diffusers' aliases of
+/// the same blocks).
 const DOWN_BLOCKS: [&str; 2] = ["DownBlock2D", "AttnDownBlock2D"];
 const UP_BLOCKS: [&str; 2] = ["UpBlock2D", "AttnUpBlock2D"];
+
+/// The nonlinearity of the residual blocks (`act_fn`; the time embedding's
+/// own and the output's are always SiLU in diffusers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// SiLU, also called swish.
+    #[default]
+    Silu,
+    Mish,
+    /// The exact (erf) GELU.
+    Gelu,
+    Relu,
+}
+
+/// How an attention block changes the resolution at the end of a level
+/// (`downsample_type`, `upsample_type`; plain blocks always convolve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resampler {
+    /// A stride-2 convolution down; nearest-neighbour ×2, then a
+    /// convolution, up.
+    #[default]
+    Conv,
+    /// A residual block that average-pools (down) or repeats pixels (up)
+    /// after its first norm.
+    Resnet,
+}
 
 /// A `UNet2DModel`'s architecture: every setting that fixes its weights'
 /// names and shapes and what its forward pass does.
@@ -33,92 +64,123 @@ pub struct DiffusersUNet {
     pub mid_attention: bool,
     pub mid_block_scale_factor: f64,
     pub downsample_padding: usize,
-    /// Channels per attention head (None: one head of all channels).
+    /// Channels per attention head; None (`"attention_head_dim": null`):
+    /// one head over all of a block's channels.
     pub attention_head_dim: Option<usize>,
     pub norm_num_groups: usize,
+    /// The middle attention's norm groups (None: `norm_num_groups`, or no
+    /// norm at all with `scale_shift`, as diffusers decides).
     pub attn_norm_num_groups: Option<usize>,
     pub norm_eps: f64,
     /// `resnet_time_scale_shift = "scale_shift"`: the time embedding
     /// scales and shifts each block's second norm (else it is added).
     pub scale_shift: bool,
     pub time_embedding_dim: Option<usize>,
+    // The later settings are left out where they are the default, so that
+    // runs written before them (whose files carry this description) still
+    // resume.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub act_fn: Activation,
+    /// The resampling of attention blocks (`downsample_type`,
+    /// `upsample_type`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub downsample: Resampler,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub upsample: Resampler,
 }
 
-/// What a VP model predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Prediction {
-    /// The noise ε (DDPM).
-    Epsilon,
-    /// v = √ᾱ ε − √(1 − ᾱ) x₀.
-    V,
-    /// The clean sample x₀.
-    Sample,
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
-/// The β schedule a VP model was trained with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Betas {
-    Linear { start: f64, end: f64 },
-    ScaledLinear { start: f64, end: f64 },
-    SquaredcosCapV2,
-    Given { betas: Vec<f64> },
+/// One block of a U-Net as `disback teacher` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockSummary {
+    /// diffusers' name of the block (`down_blocks.1`).
+    pub name: String,
+    /// Its type (`AttnDownBlock2D`).
+    pub kind: &'static str,
+    /// Channels in and out.
+    pub channels: (usize, usize),
+    /// Residual layers.
+    pub layers: usize,
+    /// Attention heads × channels per head, if it attends.
+    pub heads: Option<(usize, usize)>,
+    /// Group-norm groups of its residual layers and of its attention
+    /// (None: the attention has no norm).
+    pub groups: usize,
+    pub attention_groups: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VpSchedule {
-    pub betas: Betas,
-    pub train_timesteps: usize,
-    pub prediction: Prediction,
-}
-
-impl VpSchedule {
-    /// ᾱ_t for t = 0 … T − 1, in the f32 arithmetic `diffusers` uses.
-    pub fn alphas_cumprod(&self) -> Vec<f64> {
-        let t = self.train_timesteps;
-        let linear = |a: f32, b: f32| -> Vec<f32> {
-            (0..t)
-                .map(|i| match t {
-                    1 => a,
-                    _ => a + (b - a) * i as f32 / (t - 1) as f32,
-                })
-                .collect()
-        };
-        let betas: Vec<f32> = match &self.betas {
-            Betas::Linear { start, end } => linear(*start as f32, *end as f32),
-            Betas::ScaledLinear { start, end } => linear((*start as f32).sqrt(), (*end as f32).sqrt())
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
-            Betas::SquaredcosCapV2 => {
-                let alpha_bar = |x: f64| ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
-                (0..t)
-                    .map(|i| {
-                        let (t1, t2) = (i as f64 / t as f64, (i + 1) as f64 / t as f64);
-                        (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
-                    })
-                    .collect()
-            }
-            Betas::Given { betas } => betas.iter().map(|&b| b as f32).collect(),
-        };
-        let mut product = 1f32;
-        betas
-            .iter()
-            .map(|b| {
-                product *= 1.0 - b;
-                product as f64
-            })
-            .collect()
+impl DiffusersUNet {
+    /// The channels of each attention head in a block of `channels`
+    /// channels: `attention_head_dim`, or all of them (null).
+    pub fn head_dim(&self, channels: usize) -> usize {
+        self.attention_head_dim.unwrap_or(channels)
     }
 
-    /// σ_t = √((1 − ᾱ_t) / ᾱ_t): the VP model's noise levels in EDM's
-    /// variance-exploding units, increasing with t.
-    pub fn sigmas(&self) -> Vec<f64> {
-        self.alphas_cumprod()
-            .iter()
-            .map(|a| ((1.0 - a) / a).sqrt())
-            .collect()
+    /// The middle attention's norm groups, None for no norm (diffusers'
+    /// `UNetMidBlock2D` rule).
+    pub fn mid_attention_groups(&self) -> Option<usize> {
+        match (self.attn_norm_num_groups, self.scale_shift) {
+            (Some(g), _) => Some(g),
+            (None, false) => Some(self.norm_num_groups),
+            (None, true) => None,
+        }
+    }
+
+    /// The time embedding's width: `time_embedding_dim`, or four times
+    /// the first level's channels.
+    pub fn time_embed_dim(&self) -> usize {
+        self.time_embedding_dim.unwrap_or(4 * self.block_out_channels[0])
+    }
+
+    /// The blocks in the order the forward pass runs them.
+    pub fn blocks(&self) -> Vec<BlockSummary> {
+        let ch = &self.block_out_channels;
+        let levels = ch.len();
+        let heads = |attends: bool, c: usize| {
+            attends.then(|| (c.checked_div(self.head_dim(c)).unwrap_or(0), self.head_dim(c)))
+        };
+        let groups = self.norm_num_groups;
+        let mut blocks = Vec::new();
+        for (i, &attends) in self.down_attention.iter().enumerate() {
+            let input = ch[i.saturating_sub(1)];
+            blocks.push(BlockSummary {
+                name: format!("down_blocks.{i}"),
+                kind: DOWN_BLOCKS[usize::from(attends)],
+                channels: (input, ch[i]),
+                layers: self.layers_per_block,
+                heads: heads(attends, ch[i]),
+                groups,
+                attention_groups: attends.then_some(groups),
+            });
+        }
+        if self.mid_block {
+            let c = ch[levels - 1];
+            blocks.push(BlockSummary {
+                name: "mid_block".into(),
+                kind: "UNetMidBlock2D",
+                channels: (c, c),
+                layers: 2,
+                heads: heads(self.mid_attention, c),
+                groups,
+                attention_groups: self.mid_attention_groups().filter(|_| self.mid_attention),
+            });
+        }
+        for (i, &attends) in self.up_attention.iter().enumerate() {
+            let (input, output) = (ch[levels - i.max(1)], ch[levels - 1 - i]);
+            blocks.push(BlockSummary {
+                name: format!("up_blocks.{i}"),
+                kind: UP_BLOCKS[usize::from(attends)],
+                channels: (input, output),
+                layers: self.layers_per_block + 1,
+                heads: heads(attends, output),
+                groups,
+                attention_groups: attends.then_some(groups),
+            });
+        }
+        blocks
     }
 }
 
@@ -199,20 +261,20 @@ impl DiffusersSpec {
         let files = DiffusersFiles::find(dir)?;
         Ok(Self {
             unet: read_unet(&files.config)?,
-            schedule: read_scheduler(&files.scheduler)?,
+            schedule: super::vp::read_scheduler(&files.scheduler)?,
         })
     }
 }
 
 /// A JSON file's top-level object, with keys read by name and problems
 /// named by file and key.
-struct Keys<'a> {
+pub(super) struct Keys<'a> {
     file: &'a Path,
     map: serde_json::Map<String, Value>,
 }
 
 impl<'a> Keys<'a> {
-    fn read(file: &'a Path) -> Result<Self> {
+    pub(super) fn read(file: &'a Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let value: Value =
@@ -223,31 +285,108 @@ impl<'a> Keys<'a> {
         }
     }
 
-    fn refuse<T>(&self, key: &str, why: String) -> Result<T> {
+    pub(super) fn refuse<T>(&self, key: &str, why: String) -> Result<T> {
         bail!("{}: {key}: {why}", self.file.display())
     }
 
-    /// The key's value; `default` when it is absent or null.
-    fn get<T: serde::de::DeserializeOwned>(&self, key: &str, default: T) -> Result<T> {
+    /// The key's value; `default` (diffusers' own) when it is absent. A
+    /// null is refused: diffusers passes it on as `None`, which no key
+    /// read this way can take (those where null means something are read
+    /// on their own).
+    pub(super) fn get<T: serde::de::DeserializeOwned>(&self, key: &str, default: T) -> Result<T> {
         match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
+            None => Ok(default),
+            Some(Value::Null) => self.refuse(key, "null: diffusers cannot build a model with it".into()),
             Some(v) => serde_json::from_value(v.clone())
                 .or_else(|e| self.refuse(key, format!("{v} cannot be read ({e})"))),
         }
     }
 
     /// An optional value (absent or null: None).
-    fn optional<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.get(key, None)
+    pub(super) fn optional<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.get(key, None),
+        }
     }
 
-    /// Refuses any value but `allowed` (absent or null: allowed).
-    fn only(&self, key: &str, allowed: Value, what: &str) -> Result<()> {
+    /// A switch diffusers tests for truth: null is false, as Python's
+    /// `if None` is (so `"add_attention": null` means no attention).
+    pub(super) fn flag(&self, key: &str, default: bool) -> Result<bool> {
+        match self.map.get(key) {
+            Some(Value::Null) => Ok(false),
+            _ => self.get(key, default),
+        }
+    }
+
+    /// A string setting, one of `allowed` (absent: `default`).
+    pub(super) fn choice(&self, key: &str, default: &str, allowed: &[&str]) -> Result<String> {
+        let value: String = self.get(key, default.to_string())?;
+        match allowed.contains(&value.as_str()) {
+            true => Ok(value),
+            false => self.refuse(
+                key,
+                format!("{value:?} is not supported (only {})", allowed.join(", ")),
+            ),
+        }
+    }
+
+    /// Refuses any value but null (absent: null), saying why.
+    pub(super) fn absent(&self, key: &str, why: &str) -> Result<()> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(()),
-            Some(v) if *v == allowed => Ok(()),
-            Some(v) => self.refuse(key, format!("{v} is not supported ({what})")),
+            Some(v) => self.refuse(key, format!("{v} is not supported ({why})")),
         }
+    }
+}
+
+/// diffusers' `UNet2DModel` defaults, for keys a config leaves out.
+const DEFAULT_DOWN: [&str; 4] = [
+    "DownBlock2D",
+    "AttnDownBlock2D",
+    "AttnDownBlock2D",
+    "AttnDownBlock2D",
+];
+const DEFAULT_UP: [&str; 4] = ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"];
+const DEFAULT_CHANNELS: [usize; 4] = [224, 448, 672, 896];
+
+/// Whether each block of `key` attends (the second of `allowed`).
+fn block_kinds(k: &Keys, key: &str, default: [&str; 4], allowed: [&str; 2]) -> Result<Vec<bool>> {
+    let blocks: Vec<String> = k.get(key, default.map(String::from).to_vec())?;
+    blocks
+        .iter()
+        .map(|b| {
+            let name = b.strip_prefix("UNetRes").unwrap_or(b);
+            match allowed.iter().position(|a| *a == name) {
+                Some(i) => Ok(i == 1),
+                None => k.refuse(
+                    key,
+                    format!("{b:?} is not supported (only {} and {})", allowed[0], allowed[1]),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// `sample_size`: the side of the square images (diffusers allows none,
+/// for any size; the lab needs the size).
+fn read_size(k: &Keys) -> Result<usize> {
+    let size = match k.map.get("sample_size") {
+        Some(Value::Array(sides)) if sides.len() == 2 && sides[0] == sides[1] => {
+            sides[0].as_u64().unwrap_or(0) as usize
+        }
+        Some(Value::Array(sides)) => {
+            return k.refuse("sample_size", format!("{sides:?}: only square images"));
+        }
+        None | Some(Value::Null) => 0,
+        _ => k.get("sample_size", 0usize)?,
+    };
+    match size {
+        0 => k.refuse(
+            "sample_size",
+            "missing: the image size is needed (add it to config.json)".into(),
+        ),
+        size => Ok(size),
     }
 }
 
@@ -261,98 +400,89 @@ fn read_unet(file: &Path) -> Result<DiffusersUNet> {
             format!("{class:?}: only UNet2DModel teachers are supported"),
         );
     }
-    k.only(
-        "time_embedding_type",
-        "positional".into(),
-        "only the positional time embedding",
-    )?;
-    k.only("act_fn", "silu".into(), "only SiLU")?;
-    k.only("downsample_type", "conv".into(), "only convolution downsampling")?;
-    k.only("upsample_type", "conv".into(), "only convolution upsampling")?;
-    k.only(
-        "num_class_embeds",
-        Value::Null,
-        "class-conditional teachers are not distilled here: the lab makes one-step unconditional generators",
-    )?;
-    k.only("class_embed_type", Value::Null, "no class embedding")?;
-    let down: Vec<String> = k.get("down_block_types", Vec::new())?;
-    let up: Vec<String> = k.get("up_block_types", Vec::new())?;
-    let channels: Vec<usize> = k.get("block_out_channels", Vec::new())?;
-    let kinds = |key: &str, blocks: &[String], allowed: [&str; 2]| -> Result<Vec<bool>> {
-        blocks
-            .iter()
-            .map(|b| match allowed.iter().position(|a| a == b) {
-                Some(i) => Ok(i == 1),
-                None => k.refuse(
-                    key,
-                    format!("{b:?} is not supported (only {} and {})", allowed[0], allowed[1]),
-                ),
-            })
-            .collect()
+    k.choice("time_embedding_type", "positional", &["positional"])?;
+    let act_fn = match k.get("act_fn", "silu".to_string())?.to_lowercase().as_str() {
+        "silu" | "swish" => Activation::Silu,
+        "mish" => Activation::Mish,
+        "gelu" => Activation::Gelu,
+        "relu" => Activation::Relu,
+        other => {
+            return k.refuse(
+                "act_fn",
+                format!("{other:?} is not supported (silu, swish, mish, gelu, relu)"),
+            );
+        }
     };
-    let down_attention = kinds("down_block_types", &down, DOWN_BLOCKS)?;
-    let up_attention = kinds("up_block_types", &up, UP_BLOCKS)?;
-    if channels.is_empty() || down.len() != channels.len() || up.len() != channels.len() {
+    let class_conditional = "class-conditional teachers are not distilled here: the lab makes one-step \
+                             unconditional generators";
+    k.absent("num_class_embeds", class_conditional)?;
+    k.absent("class_embed_type", class_conditional)?;
+    let down_attention = block_kinds(&k, "down_block_types", DEFAULT_DOWN, DOWN_BLOCKS)?;
+    let up_attention = block_kinds(&k, "up_block_types", DEFAULT_UP, UP_BLOCKS)?;
+    let channels: Vec<usize> = k.get("block_out_channels", DEFAULT_CHANNELS.to_vec())?;
+    if channels.is_empty() || down_attention.len() != channels.len() || up_attention.len() != channels.len() {
         return k.refuse(
             "block_out_channels",
             format!(
                 "{} levels, but {} down and {} up blocks",
                 channels.len(),
-                down.len(),
-                up.len()
+                down_attention.len(),
+                up_attention.len()
             ),
         );
     }
-    let mid_block = match k.map.get("mid_block_type") {
-        Some(Value::Null) => false,
-        None => true,
-        Some(v) if v == "UNetMidBlock2D" => true,
-        Some(v) => {
-            return k.refuse(
-                "mid_block_type",
-                format!("{v} is not supported (only UNetMidBlock2D)"),
-            );
+    // diffusers builds its UNetMidBlock2D for any name but null.
+    let mid_block = !matches!(k.map.get("mid_block_type"), Some(Value::Null));
+    let scale_shift =
+        k.choice("resnet_time_scale_shift", "default", &["default", "scale_shift"])? == "scale_shift";
+    let resampler = |key: &str| -> Result<Resampler> {
+        // diffusers reads null as "conv" (`downsample_type or "conv"`).
+        match k.map.get(key) {
+            Some(Value::Null) => Ok(Resampler::Conv),
+            _ => Ok(match k.choice(key, "conv", &["conv", "resnet"])?.as_str() {
+                "conv" => Resampler::Conv,
+                _ => Resampler::Resnet,
+            }),
         }
     };
-    let scale_shift = match k.get("resnet_time_scale_shift", "default".to_string())?.as_str() {
-        "default" => false,
-        "scale_shift" => true,
-        other => return k.refuse("resnet_time_scale_shift", format!("{other:?} is not supported")),
+    let attention_head_dim = match k.map.get("attention_head_dim") {
+        Some(Value::Null) => None,
+        _ => Some(k.get("attention_head_dim", 8usize)?),
     };
-    let size = match k.map.get("sample_size") {
-        Some(Value::Array(sides)) if sides.len() == 2 && sides[0] == sides[1] => {
-            sides[0].as_u64().unwrap_or(0) as usize
-        }
-        Some(Value::Array(sides)) => {
-            return k.refuse("sample_size", format!("{sides:?}: only square images"));
-        }
-        _ => k.get("sample_size", 0usize)?,
-    };
-    if size == 0 {
-        return k.refuse("sample_size", "missing: the image size is needed".into());
-    }
     let unet = DiffusersUNet {
-        sample_size: size,
+        sample_size: read_size(&k)?,
         in_channels: k.get("in_channels", 3)?,
         out_channels: k.get("out_channels", 3)?,
-        center_input_sample: k.get("center_input_sample", false)?,
-        flip_sin_to_cos: k.get("flip_sin_to_cos", true)?,
+        center_input_sample: k.flag("center_input_sample", false)?,
+        flip_sin_to_cos: k.flag("flip_sin_to_cos", true)?,
         freq_shift: k.get("freq_shift", 0.0)?,
         down_attention,
         up_attention,
         layers_per_block: k.get("layers_per_block", 2)?,
         mid_block,
-        mid_attention: mid_block && k.get("add_attention", true)?,
+        mid_attention: mid_block && k.flag("add_attention", true)?,
         mid_block_scale_factor: k.get("mid_block_scale_factor", 1.0)?,
         downsample_padding: k.get("downsample_padding", 1)?,
-        attention_head_dim: k.get("attention_head_dim", Some(8))?,
+        attention_head_dim,
         norm_num_groups: k.get("norm_num_groups", 32)?,
         attn_norm_num_groups: k.optional("attn_norm_num_groups")?,
         norm_eps: k.get("norm_eps", 1e-5)?,
         scale_shift,
-        time_embedding_dim: k.optional("time_embedding_dim")?,
+        // diffusers' `time_embedding_dim or …`: 0 is the default too.
+        time_embedding_dim: k.optional("time_embedding_dim")?.filter(|&d: &usize| d > 0),
+        act_fn,
+        downsample: resampler("downsample_type")?,
+        upsample: resampler("upsample_type")?,
         block_out_channels: channels,
     };
+    // Dropout is a training device: the network is the same without it.
+    let _: f64 = k.get("dropout", 0.0)?;
+    check_unet(&k, &unet)?;
+    Ok(unet)
+}
+
+/// What diffusers would build differently or not at all, by key.
+fn check_unet(k: &Keys, unet: &DiffusersUNet) -> Result<()> {
     if unet.in_channels != unet.out_channels {
         return k.refuse(
             "out_channels",
@@ -362,105 +492,105 @@ fn read_unet(file: &Path) -> Result<DiffusersUNet> {
             ),
         );
     }
+    if unet.layers_per_block == 0 {
+        return k.refuse("layers_per_block", "0: every block has a layer".into());
+    }
+    let divides = |key: &str, groups: usize, c: usize| -> Result<()> {
+        match groups > 0 && c.is_multiple_of(groups) {
+            true => Ok(()),
+            false => k.refuse(
+                key,
+                format!("{groups} does not divide the {c} channels of a level"),
+            ),
+        }
+    };
     for &c in &unet.block_out_channels {
-        if unet.norm_num_groups == 0 || !c.is_multiple_of(unet.norm_num_groups) {
+        divides("norm_num_groups", unet.norm_num_groups, c)?;
+    }
+    let last = unet.block_out_channels[unet.block_out_channels.len() - 1];
+    if unet.mid_attention
+        && let Some(g) = unet.attn_norm_num_groups
+    {
+        divides("attn_norm_num_groups", g, last)?;
+    }
+    for block in unet.blocks() {
+        if let Some((heads, dim)) = block.heads
+            && (heads == 0 || heads * dim != block.channels.1)
+        {
             return k.refuse(
-                "norm_num_groups",
+                "attention_head_dim",
                 format!(
-                    "{} does not divide the {c} channels of a level",
-                    unet.norm_num_groups
+                    "{dim} does not divide the {} channels of {} (heads of unequal size are not built here)",
+                    block.channels.1, block.name
                 ),
             );
         }
     }
-    Ok(unet)
-}
-
-fn read_scheduler(file: &Path) -> Result<VpSchedule> {
-    let k = Keys::read(file)?;
-    k.only(
-        "rescale_betas_zero_snr",
-        false.into(),
-        "zero-SNR schedules have an infinite σ",
-    )?;
-    let train_timesteps: usize = k.get("num_train_timesteps", 1000)?;
-    let start: f64 = k.get("beta_start", 0.0001)?;
-    let end: f64 = k.get("beta_end", 0.02)?;
-    let given: Option<Vec<f64>> = k.optional("trained_betas")?;
-    let betas = match (given, k.get("beta_schedule", "linear".to_string())?.as_str()) {
-        (Some(betas), _) => Betas::Given { betas },
-        (None, "linear") => Betas::Linear { start, end },
-        (None, "scaled_linear") => Betas::ScaledLinear { start, end },
-        (None, "squaredcos_cap_v2") => Betas::SquaredcosCapV2,
-        (None, other) => {
-            return k.refuse(
-                "beta_schedule",
-                format!("{other:?} is not supported (linear, scaled_linear, squaredcos_cap_v2)"),
-            );
-        }
-    };
-    let prediction = match k.get("prediction_type", "epsilon".to_string())?.as_str() {
-        "epsilon" => Prediction::Epsilon,
-        "v_prediction" => Prediction::V,
-        "sample" => Prediction::Sample,
-        other => {
-            return k.refuse(
-                "prediction_type",
-                format!("{other:?} is not supported (epsilon, v_prediction, sample)"),
-            );
-        }
-    };
-    if train_timesteps < 2 {
-        return k.refuse("num_train_timesteps", format!("{train_timesteps} is too few"));
-    }
-    if let Betas::Given { betas } = &betas
-        && betas.len() != train_timesteps
-    {
-        return k.refuse(
-            "trained_betas",
-            format!("{} values for {train_timesteps} timesteps", betas.len()),
-        );
-    }
-    Ok(VpSchedule {
-        betas,
-        train_timesteps,
-        prediction,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Reads a `config.json` of `text`.
+    fn unet_of(text: &str) -> Result<DiffusersUNet> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, text).unwrap();
+        read_unet(&file)
+    }
+
+    /// Where null and absent differ, each is read as diffusers reads it.
     #[test]
-    fn the_schedules_match_diffusers_values() {
-        // DDPM's linear schedule: ᾱ_0 = 1 − 1e-4; σ_999 ≈ 157 (EDM's
-        // "VP" maximum for it).
-        let linear = VpSchedule {
-            betas: Betas::Linear {
-                start: 1e-4,
-                end: 0.02,
-            },
-            train_timesteps: 1000,
-            prediction: Prediction::Epsilon,
-        };
-        let s = linear.sigmas();
-        assert!((s[0] - (1e-4f64 / (1.0 - 1e-4)).sqrt()).abs() < 1e-6, "{}", s[0]);
-        assert!((s[999] - 157.4).abs() < 1.0, "{}", s[999]);
-        assert!(s.windows(2).all(|w| w[1] > w[0]));
-        // The cosine schedule's ᾱ follows cos²((t/T + 0.008)/1.008 · π/2).
-        let cosine = VpSchedule {
-            betas: Betas::SquaredcosCapV2,
-            train_timesteps: 1000,
-            prediction: Prediction::Epsilon,
-        };
-        let a = cosine.alphas_cumprod();
-        let f = |x: f64| ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
-        assert!(
-            (a[499] - f(0.5) / f(0.0)).abs() < 1e-4,
-            "{} vs {}",
-            a[499],
-            f(0.5) / f(0.0)
-        );
+    fn null_and_absent_mean_what_they_mean_to_diffusers() {
+        let base = r#""sample_size": 32, "block_out_channels": [32, 64], "norm_num_groups": 8,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]"#;
+        let absent = unet_of(&format!("{{{base}}}")).unwrap();
+        let null = unet_of(&format!(
+            r#"{{{base}, "attention_head_dim": null, "mid_block_type": null, "flip_sin_to_cos": null,
+                "downsample_type": null, "time_embedding_dim": null, "attn_norm_num_groups": null}}"#
+        ))
+        .unwrap();
+        // Absent: 8-channel heads; null: one head over the block.
+        assert_eq!(absent.attention_head_dim, Some(8));
+        assert_eq!(null.attention_head_dim, None);
+        let heads = |u: &DiffusersUNet| u.blocks().iter().filter_map(|b| b.heads).collect::<Vec<_>>();
+        assert_eq!(heads(&absent), vec![(8, 8), (8, 8), (8, 8)]);
+        assert_eq!(heads(&null), vec![(1, 64), (1, 64)]);
+        // Absent: a middle block; null: none.
+        assert!(absent.mid_block && absent.mid_attention);
+        assert!(!null.mid_block && !null.mid_attention);
+        // `flip_sin_to_cos`: absent is true, null false (Python's `if None`).
+        assert!(absent.flip_sin_to_cos && !null.flip_sin_to_cos);
+        // The same either way.
+        assert_eq!(null.downsample, Resampler::Conv);
+        assert_eq!(absent.time_embed_dim(), 128);
+        assert_eq!(null.time_embed_dim(), 128);
+        // `add_attention: null` is false too: a middle block, no attention.
+        let quiet = unet_of(&format!(r#"{{{base}, "add_attention": null}}"#)).unwrap();
+        assert!(quiet.mid_block && !quiet.mid_attention);
+        // A key diffusers cannot take as None is refused, by name.
+        let e = unet_of(&format!(r#"{{{base}, "norm_eps": null}}"#)).unwrap_err();
+        assert!(format!("{e:#}").contains("norm_eps: null"), "{e:#}");
+    }
+
+    /// A config that leaves keys out gets diffusers' defaults for them,
+    /// the blocks and channels included.
+    #[test]
+    fn absent_keys_take_diffusers_defaults() {
+        let u = unet_of(
+            r#"{"sample_size": 16, "act_fn": "swish", "down_block_types": ["UNetResDownBlock2D",
+            "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]}"#,
+        )
+        .unwrap();
+        assert_eq!(u.block_out_channels, vec![224, 448, 672, 896]);
+        assert_eq!(u.down_attention, vec![false, true, true, true]);
+        assert_eq!(u.up_attention, vec![true, true, true, false]);
+        assert_eq!((u.layers_per_block, u.norm_num_groups, u.in_channels), (2, 32, 3));
+        assert_eq!((u.norm_eps, u.freq_shift, u.downsample_padding), (1e-5, 0.0, 1));
+        assert_eq!(u.act_fn, Activation::Silu);
+        assert!(u.mid_block && u.mid_attention && u.flip_sin_to_cos && !u.scale_shift);
     }
 }

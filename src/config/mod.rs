@@ -14,10 +14,12 @@ mod diffusers;
 mod schema;
 mod shared;
 mod validate;
+mod vp;
 
-pub use diffusers::{Betas, DiffusersFiles, DiffusersSpec, DiffusersUNet, Prediction, VpSchedule};
+pub use diffusers::{Activation, BlockSummary, DiffusersFiles, DiffusersSpec, DiffusersUNet, Resampler};
 pub use schema::*;
 pub use shared::*;
+pub use vp::{Betas, Prediction, VpSchedule};
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;

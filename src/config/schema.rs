@@ -476,14 +476,37 @@ pub struct RecordConfig {
     /// Fine-tuning iterations of the teacher copy on G⁰'s samples.
     /// Default 200 (the paper's EDM runs).
     pub iterations: usize,
-    /// A node is saved every this many iterations; must divide
-    /// `iterations`. Default 50, giving nodes 1..4 after the teacher (node 0).
-    pub node_every: usize,
+    /// Where on the recording the N nodes after the teacher are saved, when
+    /// neither `nodes` nor `node_every` is given: `geometric` (nodes after
+    /// `first_node` · f^(k−1) iterations, k = 1 … N, with the factor f that
+    /// puts node N at `iterations`: 2, 9, 43, 200 by default — most nodes
+    /// near the teacher, where the generator gains most per step) or
+    /// `uniform` (after k · iterations / N: 50, 100, 150, 200, the paper's
+    /// choice, every K/N iterations). Default `geometric`
+    /// (docs/backtracking.md: it made DisBack pay where uniform did not).
+    pub placement: Placement,
+    /// N, the nodes after the teacher (node 0). Default 4 (the paper's EDM
+    /// runs).
+    pub node_count: usize,
+    /// `geometric` only: the recording iteration of the first node. Default
+    /// 2: one step of fine-tuning barely moves the copy, and the nodes
+    /// nearest the teacher are the ones that pay.
+    pub first_node: usize,
+    /// The old key, kept working: a node every this many iterations (uniform
+    /// placement, N = iterations / node_every, which it must divide). Not
+    /// set by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_every: Option<usize>,
+    /// The nodes' recording iterations, listed (e.g. [2, 6, 20, 200]):
+    /// increasing, the last at `iterations`. Overrides `placement`,
+    /// `node_count` and `first_node`. Not set by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<usize>>,
     /// Adam learning rate. Sets how far the path reaches: it should end
     /// near G⁰ with the nodes spread along the way. Default 2e-4 (measured
-    /// on the default ring: the four nodes' energy distances to the data are
-    /// 0.03, 0.26, 0.76, 1.26 and G⁰'s is 1.80; at 1e-3 nodes 2–4 already
-    /// equal G⁰ and give backtracking nothing to follow).
+    /// on the default ring with uniform nodes: their energy distances to
+    /// the data are 0.03, 0.26, 0.76, 1.26 and G⁰'s is 1.80; at 1e-3 nodes
+    /// 2–4 already equal G⁰ and give backtracking nothing to follow).
     pub lr: f64,
     /// Batch size. Default 512.
     pub batch: usize,
@@ -500,12 +523,23 @@ impl Default for RecordConfig {
     fn default() -> Self {
         Self {
             iterations: 200,
-            node_every: 50,
+            placement: Placement::Geometric,
+            node_count: 4,
+            first_node: 2,
+            node_every: None,
+            nodes: None,
             lr: 2e-4,
             batch: 512,
             sigma: RecordSigma::Teacher,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    Uniform,
+    Geometric,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -516,9 +550,36 @@ pub enum RecordSigma {
 }
 
 impl RecordConfig {
+    /// The recording iterations after which nodes 1 … N are saved, by the
+    /// first rule given: `nodes`, `node_every`, `placement`. Validation
+    /// checks they increase and end at `iterations`.
+    pub fn node_iterations(&self) -> Vec<usize> {
+        if let Some(nodes) = &self.nodes {
+            return nodes.clone();
+        }
+        if let Some(every) = self.node_every {
+            let n = self.iterations.checked_div(every).unwrap_or(0);
+            return (1..=n).map(|k| k * every).collect();
+        }
+        let (n, total) = (self.node_count, self.iterations as f64);
+        match self.placement {
+            Placement::Uniform => (1..=n)
+                .map(|k| (k as f64 * total / n as f64).round() as usize)
+                .collect(),
+            Placement::Geometric if n <= 1 => vec![self.iterations; n],
+            Placement::Geometric => {
+                let first = self.first_node as f64;
+                let factor = (total / first).powf(1.0 / (n - 1) as f64);
+                (0..n)
+                    .map(|k| (first * factor.powi(k as i32)).round() as usize)
+                    .collect()
+            }
+        }
+    }
+
     /// Number of recorded nodes after the teacher (N).
     pub fn nodes(&self) -> usize {
-        self.iterations.checked_div(self.node_every).unwrap_or(0)
+        self.node_iterations().len()
     }
 }
 

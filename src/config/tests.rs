@@ -193,3 +193,83 @@ fn edm_units_scale_with_the_data() {
     assert_eq!(edm_to_data_units(0.5, 1.77), 1.77);
     assert!((edm_to_data_units(2.5, 2.0) - 10.0).abs() < 1e-12);
 }
+
+/// The `[record]` section alone (its node count need not match the
+/// default schedule).
+fn record(text: &str) -> RecordConfig {
+    toml::from_str(text).unwrap()
+}
+
+#[test]
+fn nodes_are_placed_by_the_rule_given() {
+    // The default: geometric, 4 nodes from iteration 2 to 200 (factor
+    // 100^(1/3) = 4.64: 2, 9.3, 43.1, 200).
+    assert_eq!(record("").node_iterations(), [2, 9, 43, 200]);
+    assert_eq!(record("").nodes(), 4);
+    assert_eq!(
+        record("placement = \"geometric\"\niterations = 1000\nnode_count = 3\nfirst_node = 10")
+            .node_iterations(),
+        [10, 100, 1000]
+    );
+    assert_eq!(
+        record("placement = \"uniform\"").node_iterations(),
+        [50, 100, 150, 200]
+    );
+    assert_eq!(
+        record("placement = \"uniform\"\niterations = 10\nnode_count = 3").node_iterations(),
+        [3, 7, 10]
+    );
+    // The old key keeps its meaning, whatever the placement.
+    assert_eq!(
+        record("iterations = 120\nnode_every = 40").node_iterations(),
+        [40, 80, 120]
+    );
+    assert_eq!(
+        record("nodes = [2, 6, 20, 200]").node_iterations(),
+        [2, 6, 20, 200]
+    );
+    let overrides = [
+        "record.nodes=[3, 200]".into(),
+        "schedule.steps=[100, 1900]".into(),
+    ];
+    let listed = Config::parse("", &overrides).unwrap();
+    assert_eq!(listed.record.node_iterations(), [3, 200]);
+    assert_eq!(listed.record.nodes(), 2);
+}
+
+#[test]
+fn badly_placed_nodes_are_refused_with_the_reason() {
+    let e = err("[record]\nnodes = [2, 20, 6, 200]\n", &[]);
+    assert!(
+        e.contains("record.nodes") && e.contains("strictly increasing"),
+        "{e}"
+    );
+    let e = err("[record]\nnodes = [2, 6, 6, 200]\n", &[]);
+    assert!(
+        e.contains("record.nodes") && e.contains("strictly increasing"),
+        "{e}"
+    );
+    let e = err("[record]\nnodes = [0, 6, 20, 200]\n", &[]);
+    assert!(e.contains("at least 1"), "{e}");
+    let e = err("[record]\nnodes = [2, 6, 20, 300]\n", &[]);
+    assert!(e.contains("record.nodes") && e.contains("never reached"), "{e}");
+    let e = err("[record]\nnodes = [2, 6, 20, 100]\n", &[]);
+    assert!(e.contains("never used"), "{e}");
+    let e = err("[record]\nnodes = []\n", &[]);
+    assert!(e.contains("zero nodes"), "{e}");
+    let e = err("[record]\nnodes = [2, 6, 20, 200]\nnode_every = 50\n", &[]);
+    assert!(e.contains("give one of them"), "{e}");
+    // Geometric placement that would put two nodes at one iteration.
+    let e = err("[record]\niterations = 6\nnode_count = 5\n", &[]);
+    assert!(
+        e.contains("record.node_count") && e.contains("fewer nodes"),
+        "{e}"
+    );
+    let e = err("[record]\nfirst_node = 200\n", &[]);
+    assert!(e.contains("record.first_node"), "{e}");
+    let e = err("[record]\nnode_count = 0\n", &[]);
+    assert!(e.contains("record.node_count"), "{e}");
+    // Node count and schedule must agree, as before.
+    let e = err("[record]\nnodes = [2, 200]\n", &[]);
+    assert!(e.contains("schedule.steps") && e.contains("2 targets"), "{e}");
+}

@@ -179,21 +179,7 @@ impl Config {
         let r = &self.record;
         if self.records_path() {
             p.at_least(r.iterations, 1, "record.iterations");
-            p.at_least(r.node_every, 1, "record.node_every");
-            p.require(
-                r.node_every == 0 || r.iterations.is_multiple_of(r.node_every),
-                "record.node_every",
-                || {
-                    format!(
-                        "{} must divide record.iterations = {}",
-                        r.node_every, r.iterations
-                    )
-                },
-            );
-            p.require(r.node_every == 0 || r.nodes() >= 1, "record", || {
-                "the degradation path has zero nodes: record.iterations must be at least record.node_every"
-                    .into()
-            });
+            r.check_nodes(p);
         }
         p.positive(r.lr, "record.lr");
         p.at_least(r.batch, 1, "record.batch");
@@ -398,4 +384,81 @@ fn check_image_size(size: usize, p: &mut Problems) {
     p.require((4..=256).contains(&size), "data.size", || {
         format!("{size} must be from 4 to 256 pixels")
     });
+}
+
+impl RecordConfig {
+    /// The nodes' recording iterations, by whichever rule places them:
+    /// increasing, at least one, the last at `iterations` (recording past
+    /// the last node would be paid for and never used).
+    fn check_nodes(&self, p: &mut Problems) {
+        let before = p.0.len();
+        p.require(
+            self.nodes.is_none() || self.node_every.is_none(),
+            "record.nodes",
+            || "is given together with record.node_every: give one of them".into(),
+        );
+        let key = if self.nodes.is_some() {
+            "record.nodes"
+        } else if let Some(every) = self.node_every {
+            p.at_least(every, 1, "record.node_every");
+            p.require(
+                every == 0 || self.iterations.is_multiple_of(every),
+                "record.node_every",
+                || format!("{every} must divide record.iterations = {}", self.iterations),
+            );
+            "record.node_every"
+        } else {
+            p.at_least(self.node_count, 1, "record.node_count");
+            if self.placement == Placement::Geometric {
+                p.require(
+                    (1..self.iterations.max(2)).contains(&self.first_node) || self.node_count == 1,
+                    "record.first_node",
+                    || {
+                        format!(
+                            "{} must be at least 1 and below record.iterations = {}",
+                            self.first_node, self.iterations
+                        )
+                    },
+                );
+            }
+            "record.node_count"
+        };
+        let at = self.node_iterations();
+        let Some(&last) = at.last() else {
+            p.require(false, "record", || {
+                format!(
+                    "the degradation path has zero nodes ({key}): record.iterations = {} must \
+                     hold at least one node",
+                    self.iterations
+                )
+            });
+            return;
+        };
+        if p.0.len() > before {
+            return; // the rule itself is wrong: its nodes say nothing more
+        }
+        p.require(at[0] >= 1 && at.windows(2).all(|w| w[0] < w[1]), key, || {
+            format!(
+                "places nodes after {at:?} recording iterations: they must be at least 1 \
+                     and strictly increasing (no two nodes at one iteration){}",
+                if key == "record.nodes" {
+                    ""
+                } else {
+                    "; ask for fewer nodes or more record.iterations"
+                }
+            )
+        });
+        p.require(last == self.iterations, key, || {
+            format!(
+                "places the last node after {last} recording iterations, but record.iterations \
+                 = {}: the last node must be where recording ends ({})",
+                self.iterations,
+                if last > self.iterations {
+                    "a node beyond it is never reached"
+                } else {
+                    "recording past it is paid for and never used"
+                }
+            )
+        });
+    }
 }

@@ -5,8 +5,11 @@
 //! for k = 1 … K:
 //!     x_0 = G⁰(z), z ~ N(0, I)                 (G⁰ frozen)
 //!     update s'_θ by denoising score matching on x_0
-//!     every K/N iterations: save s'_θ as the next node
+//!     after the node iterations: save s'_θ as the next node
 //! ```
+//!
+//! The paper saves a node every K/N iterations; `record.placement` also
+//! places them geometrically (most near the teacher) or where listed.
 //!
 //! The recorder does the maths and says when a node is due; the engine
 //! stores the nodes (node 0, the teacher, is stored before the first step).
@@ -29,6 +32,8 @@ pub struct DegradationRecorder {
     pub opt: Adam,
     pub progress: RecordProgress,
     settings: RecordConfig,
+    /// The recording iterations after which nodes are due, increasing.
+    node_iterations: Vec<usize>,
     /// Losses since they were last added to `progress`, on the device.
     losses: Pending,
 }
@@ -73,6 +78,7 @@ impl DegradationRecorder {
             opt: Adam::new(degrading.params(), settings.lr)?.averaged_over(team),
             degrading,
             progress: RecordProgress::default(),
+            node_iterations: settings.node_iterations(),
             settings: settings.clone(),
             losses: Pending::default(),
         })
@@ -94,7 +100,7 @@ impl DegradationRecorder {
         let loss = fit_to_generator(&self.degrading, &mut self.opt, g0, sigmas, draws)?;
         self.losses.push(&loss)?;
         self.progress.iteration += 1;
-        let node_due = nodes && self.progress.iteration.is_multiple_of(self.settings.node_every);
+        let node_due = nodes && self.node_iterations.contains(&self.progress.iteration);
         Ok(RecordStep {
             loss,
             node: if node_due { Some(self.take_node()?) } else { None },

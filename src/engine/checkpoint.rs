@@ -331,6 +331,12 @@ pub fn checkpoint_iteration(run: &RunDir) -> Option<usize> {
     read_checkpoint(run).ok().map(|(_, saved)| saved.clock.iteration)
 }
 
+/// The stage and iteration of a run's newest checkpoint, or why it has no
+/// readable one: whether the run finished, or from where it continues.
+pub fn checkpoint_stage(run: &RunDir) -> Result<(Stage, usize)> {
+    read_checkpoint(run).map(|(_, saved)| (saved.clock.stage, saved.clock.iteration))
+}
+
 /// The newest complete checkpoint of a run: its folder and its state.
 fn read_checkpoint(run: &RunDir) -> Result<(std::path::PathBuf, SavedState)> {
     let state_dir = run.state_dir();

@@ -1,11 +1,11 @@
 //! What a session leaves and shows: snapshots, score fields, measurements,
 //! the final samples, saved models, and read access for drivers.
 
+use super::crew::Order;
 use super::path::DegradationPath;
 use super::phase::Moment;
-use super::protocol::Event;
+use super::protocol::{Event, ModelKind};
 use super::session::Session;
-use super::team::Order;
 use crate::config::Config;
 use crate::data::{Bounds, Dataset, Point, Samples};
 use crate::diffusion::NoiseSchedule;
@@ -20,20 +20,6 @@ use std::path::{Path, PathBuf};
 
 /// Images in a snapshot grid (8 × 8).
 const SNAPSHOT_IMAGES: usize = 64;
-
-/// The models of a session, for [`Session::save_model`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ModelKind {
-    /// The generator as sampled (the moving average of its weights).
-    Generator,
-    /// s'_θ, the teacher's copy being degraded (stage 1 only).
-    Degrading,
-    /// s_φ, the fake score (stage 2 on).
-    FakeScore,
-    /// The current backtracking target (stage 2 on).
-    Target,
-    Teacher,
-}
 
 impl Session {
     /// The start of stage 2: snapshots and the first measurement, with the

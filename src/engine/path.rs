@@ -1,9 +1,9 @@
 //! The degradation path on disk: node 0 is the teacher, node i the
-//! teacher's copy after `NodeInfo::iteration` recording iterations (i ·
-//! `node_every`, except a last node made by skipping, which is wherever the
-//! skip came). Nodes live as safetensors files beside a JSON index.
+//! teacher's copy after `NodeInfo::iteration` recording iterations (the
+//! i-th of `record.node_iterations()`, except a last node made by skipping,
+//! which is wherever the skip came). Nodes live as safetensors files beside a JSON index.
 
-use super::protocol::NodeSpread;
+use super::protocol::{NodeGap, NodeSpread};
 use crate::distill::NodeSource;
 use crate::files::{read_json, write_json};
 use crate::model::Denoiser;
@@ -26,6 +26,11 @@ pub struct NodeInfo {
     /// from the data that are no nearer G⁰ either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<NodeSpread>,
+    /// How far the node's denoiser lies from the teacher's and from the
+    /// last node's on a fixed probe (`engine::probe`): a path collapsed
+    /// onto G⁰ shows as nodes near the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<NodeGap>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +81,7 @@ impl DegradationPath {
         iteration: usize,
         loss: Option<f64>,
         spread: Option<NodeSpread>,
+        gap: Option<NodeGap>,
     ) -> Result<&NodeInfo> {
         let index = self.nodes.len();
         let file = format!("node-{index}.safetensors");
@@ -88,6 +94,7 @@ impl DegradationPath {
             file,
             loss,
             spread,
+            gap,
         });
         self.write_index()?;
         Ok(self.nodes.last().expect("just pushed"))
@@ -97,6 +104,17 @@ impl DegradationPath {
     /// the later ones again).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         self.nodes.truncate(len);
+        self.write_index()
+    }
+
+    /// Adds each node's distance from the last node, measured once
+    /// recording is over (`to_start[i]` for node i).
+    pub fn set_distances_to_start(&mut self, to_start: &[f64]) -> Result<()> {
+        for (node, &d) in self.nodes.iter_mut().zip(to_start) {
+            if let Some(gap) = &mut node.gap {
+                gap.to_start = Some(d);
+            }
+        }
         self.write_index()
     }
 

@@ -7,8 +7,7 @@
 //! model, not of the draw. Previews use their own random stream, so they
 //! never change what training draws.
 
-use super::outputs::ModelKind;
-use super::protocol::{Preview, PreviewData, Shown};
+use super::protocol::{ModelKind, Preview, PreviewData, Shown};
 use super::session::Session;
 use crate::data::{PixelImages, Samples};
 use crate::diffusion::{heun_sample, model_denoise_fn};

@@ -265,6 +265,19 @@ pub struct NodeView {
     pub planned: Option<usize>,
     /// Its distance to the data and to G⁰, once recorded and measured.
     pub spread: Option<NodeSpread>,
+    /// Its denoiser's distance from the teacher's and the last node's.
+    pub gap: Option<NodeGap>,
+}
+
+/// A node's functional distance (`engine::probe`): the RMS difference of
+/// its denoiser's outputs from the teacher's and from the last node's (s'θ
+/// fitted to G⁰) on a fixed probe batch of G⁰ samples at a few σ, in units
+/// of σ_data. Cheap, so always measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeGap {
+    pub to_teacher: f64,
+    /// Known once recording is over.
+    pub to_start: Option<f64>,
 }
 
 /// A node's distance to the data and to the initial generator.
@@ -286,6 +299,20 @@ impl NodeSpread {
             self.measure
         )
     }
+}
+
+/// The models of a session, for `Session::save_model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// The generator as sampled (the moving average of its weights).
+    Generator,
+    /// s'_θ, the teacher's copy being degraded (stage 1 only).
+    Degrading,
+    /// s_φ, the fake score (stage 2 on).
+    FakeScore,
+    /// The current backtracking target (stage 2 on).
+    Target,
+    Teacher,
 }
 
 /// A distance in at most five characters: 0.76, 26.3, 483, 8341, 834k, 1.7M.

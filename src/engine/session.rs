@@ -7,12 +7,12 @@
 //! nothing of terminals, and every driver leaves the same files.
 
 use super::cost::PassCost;
+use super::crew::{Crew, Opening, Order, join_team, start_crew};
 use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
 use super::phase::{Clock, Moment, Phase, Pretraining};
 use super::protocol::Event;
 use super::teacher::teacher_samples_as_data;
-use super::team::{Crew, Opening, Order, join_team, start_crew};
 use crate::config::{
     Config, DataConfig, DistillConfig, GeneratorSpec, Method, ParallelConfig, RecordConfig, SchedulePolicy,
 };
@@ -127,7 +127,7 @@ impl Session {
             }
             return session;
         }
-        let crew = start_crew(&team, others, &run, opening.clone())?;
+        let crew = start_crew(&team, others, &run, opening.clone(), Self::run_follower)?;
         let session = match opening {
             Opening::New(config) => Self::start_leading(config, run, team.clone()),
             Opening::Resume(config) => Self::resume_leading(config, run, team.clone()),
@@ -425,7 +425,8 @@ impl Session {
         self.student.reset_average()?;
         if self.config.method == Method::Disback {
             let spread = self.node_spread(&self.teacher)?;
-            let node = self.path.record(&self.teacher, 0, None, spread)?.clone();
+            let gap = self.node_gap(&self.teacher)?;
+            let node = self.path.record(&self.teacher, 0, None, spread, gap)?.clone();
             self.node_recorded(node)?;
         }
         if self.config.records_path() {
@@ -469,9 +470,10 @@ impl Session {
             bail!("a node to save outside stage 1");
         };
         let spread = self.node_spread(&recorder.degrading)?;
+        let gap = self.node_gap(&recorder.degrading)?;
         let info = self
             .path
-            .record(&recorder.degrading, node.iteration, node.mean_loss, spread)?
+            .record(&recorder.degrading, node.iteration, node.mean_loss, spread, gap)?
             .clone();
         self.node_recorded(info)
     }
@@ -517,6 +519,7 @@ impl Session {
                 // s_φ already equals the last node (the degrading copy);
                 // loading the node's file makes the start as checked as
                 // every later switch.
+                self.measure_path_ends()?;
                 let last = self.path.len() - 1;
                 let fake = self.teacher.deep_clone()?;
                 self.path

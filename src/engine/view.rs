@@ -86,6 +86,7 @@ impl Session {
                         .map_or(0, |p| self.schedule().spent()[p]),
                     planned: slot.map(|p| self.schedule().planned()[p]),
                     spread: self.path.nodes().get(index).and_then(|n| n.spread.clone()),
+                    gap: self.path.nodes().get(index).and_then(|n| n.gap.clone()),
                 }
             })
             .collect()

@@ -11,7 +11,7 @@
 
 use super::layers::{Conv2d, GroupNorm, Linear, silu};
 use super::params::{ParamBuilder, Params};
-use crate::config::DiffusersUNet;
+use crate::config::{Activation, DiffusersUNet, Resampler};
 use crate::transfer::upload;
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor};
@@ -29,6 +29,43 @@ struct Resnet {
     shortcut: Option<Conv2d>,
     scale_shift: bool,
     output_scale: f64,
+    act: Activation,
+    /// A resampling block's change of resolution, after the first norm.
+    resample: Option<Scale>,
+}
+
+/// How a resampling residual block changes the resolution.
+#[derive(Debug, Clone, Copy)]
+enum Scale {
+    /// 2 × 2 average pooling.
+    Down,
+    /// Each pixel repeated 2 × 2.
+    Up,
+}
+
+impl Scale {
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, height, width) = x.dims4()?;
+        Ok(match self {
+            Scale::Down => x.avg_pool2d(2)?,
+            Scale::Up => x.upsample_nearest2d(2 * height, 2 * width)?,
+        })
+    }
+}
+
+/// A residual block's nonlinearity (diffusers' `act_fn`).
+fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => silu(x)?,
+        Activation::Mish => {
+            // softplus(x) = max(x, 0) + ln(1 + e^−|x|): no overflow, and a
+            // finite gradient everywhere.
+            let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+            (x * softplus.tanh()?)?
+        }
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
+    })
 }
 
 impl Resnet {
@@ -39,7 +76,7 @@ impl Resnet {
         u: &DiffusersUNet,
         output_scale: f64,
     ) -> Result<Self> {
-        let (groups, eps, temb) = (u.norm_num_groups, u.norm_eps, time_embed_dim(u));
+        let (groups, eps, temb) = (u.norm_num_groups, u.norm_eps, u.time_embed_dim());
         let time_out = if u.scale_shift { 2 * output } else { output };
         Ok(Self {
             norm1: GroupNorm::with_eps(b, &format!("{name}.norm1"), input, groups, eps)?,
@@ -52,12 +89,20 @@ impl Resnet {
                 .transpose()?,
             scale_shift: u.scale_shift,
             output_scale,
+            act: u.act_fn,
+            resample: None,
         })
     }
 
-    /// `temb_act`: the SiLU of the time embedding (every block takes it).
+    /// `temb_act`: the time embedding through the blocks' nonlinearity
+    /// (every block takes it).
     fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
+        let h = activate(self.act, &self.norm1.forward(x)?)?;
+        let (x, h) = match self.resample {
+            Some(scale) => (scale.apply(x)?, scale.apply(&h)?),
+            None => (x.clone(), h),
+        };
+        let h = self.conv1.forward(&h)?;
         let t = self.time_emb_proj.forward(temb_act)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = match self.scale_shift {
             false => self.norm2.forward(&h.broadcast_add(&t)?)?,
@@ -70,10 +115,10 @@ impl Resnet {
                     .broadcast_add(&shift)?
             }
         };
-        let h = self.conv2.forward(&silu(&h)?)?;
+        let h = self.conv2.forward(&activate(self.act, &h)?)?;
         let skip = match &self.shortcut {
-            Some(conv) => conv.forward(x)?,
-            None => x.clone(),
+            Some(conv) => conv.forward(&x)?,
+            None => x,
         };
         Ok(((skip + h)? / self.output_scale)?)
     }
@@ -101,7 +146,7 @@ impl Attention {
         groups: Option<usize>,
         rescale: f64,
     ) -> Result<Self> {
-        let head_dim = u.attention_head_dim.unwrap_or(channels);
+        let head_dim = u.head_dim(channels);
         if head_dim == 0 || !channels.is_multiple_of(head_dim) {
             bail!("attention_head_dim {head_dim} does not divide the {channels} channels of {name}");
         }
@@ -162,12 +207,63 @@ impl Attention {
 }
 
 /// One level of the U-Net: residual blocks (each with attention or not),
-/// then a resampling convolution (none on the last level).
+/// then a change of resolution (none on the last level).
 #[derive(Debug)]
 struct Level {
     resnets: Vec<Resnet>,
     attentions: Vec<Attention>,
-    resample: Option<Conv2d>,
+    resample: Option<Resample>,
+}
+
+#[derive(Debug)]
+enum Resample {
+    /// A stride-2 convolution.
+    DownConv(Conv2d),
+    /// Nearest-neighbour ×2, then a convolution.
+    UpConv(Conv2d),
+    /// A residual block that pools or repeats pixels itself.
+    Resnet(Resnet),
+}
+
+impl Resample {
+    /// A level's resampler: `kind` in an attention block, a convolution
+    /// in a plain one (diffusers' `DownBlock2D` and `UpBlock2D` take no
+    /// `downsample_type`/`upsample_type`).
+    fn new<R: Rng>(
+        b: &mut ParamBuilder<'_, R>,
+        u: &DiffusersUNet,
+        name: &str,
+        channels: usize,
+        (scale, kind): (Scale, Resampler),
+    ) -> Result<Self> {
+        Ok(match (kind, scale) {
+            (Resampler::Resnet, _) => {
+                let mut resnet = Resnet::new(b, &format!("{name}.0"), (channels, channels), u, 1.0)?;
+                resnet.resample = Some(scale);
+                Resample::Resnet(resnet)
+            }
+            (Resampler::Conv, Scale::Down) => {
+                let conv = Conv2d::new(b, &format!("{name}.0.conv"), (channels, channels), 3, 2, 1.0)?;
+                Resample::DownConv(conv.with_padding(u.downsample_padding))
+            }
+            (Resampler::Conv, Scale::Up) => Resample::UpConv(Conv2d::new(
+                b,
+                &format!("{name}.0.conv"),
+                (channels, channels),
+                3,
+                1,
+                1.0,
+            )?),
+        })
+    }
+
+    fn forward(&self, h: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        match self {
+            Resample::DownConv(conv) => conv.forward(h),
+            Resample::UpConv(conv) => conv.forward(&Scale::Up.apply(h)?),
+            Resample::Resnet(resnet) => resnet.forward(h, temb_act),
+        }
+    }
 }
 
 impl Level {
@@ -221,18 +317,12 @@ pub struct DiffusersUNet2D {
     params: Params,
 }
 
-/// The time embedding's width: `time_embedding_dim`, or four times the
-/// first level's channels.
-fn time_embed_dim(u: &DiffusersUNet) -> usize {
-    u.time_embedding_dim.unwrap_or(4 * u.block_out_channels[0])
-}
-
 impl DiffusersUNet2D {
     pub fn new<R: Rng>(u: &DiffusersUNet, b: ParamBuilder<'_, R>) -> Result<Self> {
         let mut b = b;
         let ch = &u.block_out_channels;
         let (first, levels) = (ch[0], ch.len());
-        let temb = time_embed_dim(u);
+        let temb = u.time_embed_dim();
         let frequencies = frequency_row(first, u.freq_shift, b.device())?;
         let time_1 = Linear::new(&mut b, "time_embedding.linear_1", (first, temb), 1.0)?;
         let time_2 = Linear::new(&mut b, "time_embedding.linear_2", (temb, temb), 1.0)?;
@@ -246,15 +336,9 @@ impl DiffusersUNet2D {
             let layers = (0..u.layers_per_block).map(|j| (if j == 0 { input } else { output }, output));
             let mut level = Level::build(&mut b, u, &block, layers, attention)?;
             if i + 1 < levels {
-                let conv = Conv2d::new(
-                    &mut b,
-                    &format!("{block}.downsamplers.0.conv"),
-                    (output, output),
-                    3,
-                    2,
-                    1.0,
-                )?;
-                level.resample = Some(conv.with_padding(u.downsample_padding));
+                let kind = if attention { u.downsample } else { Resampler::Conv };
+                let name = format!("{block}.downsamplers");
+                level.resample = Some(Resample::new(&mut b, u, &name, output, (Scale::Down, kind))?);
             }
             down.push(level);
         }
@@ -263,11 +347,7 @@ impl DiffusersUNet2D {
             false => None,
             true => {
                 let scale = u.mid_block_scale_factor;
-                let groups = match (u.attn_norm_num_groups, u.scale_shift) {
-                    (Some(g), _) => Some(g),
-                    (None, false) => Some(u.norm_num_groups),
-                    (None, true) => None,
-                };
+                let groups = u.mid_attention_groups();
                 let first = Resnet::new(&mut b, "mid_block.resnets.0", (last, last), u, scale)?;
                 let attention = u
                     .mid_attention
@@ -296,14 +376,9 @@ impl DiffusersUNet2D {
             });
             let mut level = Level::build(&mut b, u, &block, layers, attention)?;
             if i + 1 < levels {
-                level.resample = Some(Conv2d::new(
-                    &mut b,
-                    &format!("{block}.upsamplers.0.conv"),
-                    (output, output),
-                    3,
-                    1,
-                    1.0,
-                )?);
+                let kind = if attention { u.upsample } else { Resampler::Conv };
+                let name = format!("{block}.upsamplers");
+                level.resample = Some(Resample::new(&mut b, u, &name, output, (Scale::Up, kind))?);
             }
             up.push(level);
         }
@@ -343,8 +418,13 @@ impl DiffusersUNet2D {
             true => Tensor::cat(&[cos, sin], 1)?,
             false => Tensor::cat(&[sin, cos], 1)?,
         };
+        // An odd width gets a zero last column, as in diffusers.
+        let sinusoid = match u.block_out_channels[0] % 2 {
+            1 => Tensor::cat(&[&sinusoid, &sinusoid.narrow(1, 0, 1)?.zeros_like()?], 1)?,
+            _ => sinusoid,
+        };
         let temb = self.time_2.forward_silu(&self.time_1.forward(&sinusoid)?)?;
-        let temb_act = silu(&temb)?;
+        let temb_act = activate(u.act_fn, &temb)?;
         let mut h = self.conv_in.forward(&x)?;
         let mut skips = vec![h.clone()];
         for level in &self.down {
@@ -355,8 +435,8 @@ impl DiffusersUNet2D {
                 }
                 skips.push(h.clone());
             }
-            if let Some(conv) = &level.resample {
-                h = conv.forward(&h)?;
+            if let Some(resample) = &level.resample {
+                h = resample.forward(&h, &temb_act)?;
                 skips.push(h.clone());
             }
         }
@@ -375,9 +455,8 @@ impl DiffusersUNet2D {
                     h = attention.forward(&h)?;
                 }
             }
-            if let Some(conv) = &level.resample {
-                let (_, _, height, width) = h.dims4()?;
-                h = conv.forward(&h.upsample_nearest2d(2 * height, 2 * width)?)?;
+            if let Some(resample) = &level.resample {
+                h = resample.forward(&h, &temb_act)?;
             }
         }
         self.conv_out.forward(&silu(&self.norm_out.forward(&h)?)?)

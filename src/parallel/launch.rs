@@ -2,25 +2,46 @@
 //! launchers set: torchrun (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
 //! `MASTER_ADDR`, `MASTER_PORT`), or Slurm's srun (`SLURM_PROCID`,
 //! `SLURM_NTASKS`, `SLURM_LOCALID`, with the master's address given as
-//! for torchrun).
+//! for torchrun); and the one-box launch, where rank 0 starts the ranks of
+//! its own machine as child processes.
 
 use anyhow::{Context, Result, bail};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// This process's place in a team that a launcher started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchedRank {
     pub rank: usize,
     pub world: usize,
-    /// The rank's index on its own machine: the GPU it takes (`cuda:N`).
-    pub local_rank: usize,
+    /// The GPU this rank takes (`cuda:N`), counted among the GPUs this
+    /// process sees.
+    pub gpu: usize,
     /// Where rank 0 hands out the team's id: `MASTER_ADDR:MASTER_PORT`.
     pub master: String,
 }
 
 /// The launched rank the environment describes; `None` when no launcher
-/// set a world (`WORLD_SIZE` or `SLURM_NTASKS`).
+/// set a world (`WORLD_SIZE` or `SLURM_NTASKS`), or a world of one: a
+/// lone task (`srun --pty bash`) is a solo process and needs no address.
 pub fn launched_rank() -> Result<Option<LaunchedRank>> {
     from_vars(|name| std::env::var(name).ok())
+}
+
+/// The number of processes a launcher started, where it started more
+/// than one and this is one of them: the variable that says so and its
+/// value.
+pub fn launcher_world() -> Option<(&'static str, usize)> {
+    [("WORLD_SIZE", "RANK"), ("SLURM_NTASKS", "SLURM_PROCID")]
+        .into_iter()
+        .find_map(|(name, rank)| {
+            std::env::var_os(rank)?;
+            let world = std::env::var(name).ok()?.trim().parse().ok()?;
+            (world > 1).then_some((name, world))
+        })
 }
 
 fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank>> {
@@ -41,16 +62,21 @@ fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank
     };
     let world_name = world.0.clone();
     let world = number(world)?;
+    // A lone task; or the shell of an allocation (sbatch's script,
+    // salloc's shell), which Slurm gives SLURM_NTASKS but no task number:
+    // one process, not a launched rank.
+    let allocation_shell =
+        world_name == "SLURM_NTASKS" && var("SLURM_PROCID").is_none() && var("RANK").is_none();
+    if world == 1 || allocation_shell {
+        return Ok(None);
+    }
     let rank = number(
         pick("RANK", "SLURM_PROCID").context("WORLD_SIZE is set but RANK is not: a launcher sets both")?,
     )?;
-    let local_rank = match pick("LOCAL_RANK", "SLURM_LOCALID") {
-        Some(v) => number(v)?,
-        None => rank,
-    };
     if world == 0 || rank >= world {
         bail!("rank {rank} of a world of {world} ({world_name}): the rank must be below the world size");
     }
+    let gpu = gpu_index(&var, rank, number)?;
     let addr = var("MASTER_ADDR").context(
         "MASTER_ADDR is not set: rank 0's address (torchrun sets it; under srun export the first node's name)",
     )?;
@@ -64,9 +90,118 @@ fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank
     Ok(Some(LaunchedRank {
         rank,
         world,
-        local_rank,
+        gpu,
         master: format!("{addr}:{port}"),
     }))
+}
+
+/// The GPU a rank takes. torchrun's `LOCAL_RANK` counts the GPUs the
+/// process sees. Slurm's `SLURM_LOCALID` counts the node's tasks, which is
+/// a GPU index only where every task sees every GPU: under
+/// `--gpus-per-task` (or any binding) `CUDA_VISIBLE_DEVICES` shows a task
+/// its own GPUs alone, and the task's first is index 0.
+fn gpu_index(
+    var: &impl Fn(&str) -> Option<String>,
+    rank: usize,
+    number: impl Fn((String, String)) -> Result<usize>,
+) -> Result<usize> {
+    if let Some(local) = var("LOCAL_RANK") {
+        return number(("LOCAL_RANK".into(), local));
+    }
+    let Some(local) = var("SLURM_LOCALID") else {
+        return Ok(rank);
+    };
+    let local = number(("SLURM_LOCALID".into(), local))?;
+    let visible = var("CUDA_VISIBLE_DEVICES").map(|v| v.split(',').filter(|d| !d.trim().is_empty()).count());
+    Ok(match visible {
+        Some(seen) if local >= seen => 0,
+        _ => local,
+    })
+}
+
+/// Starts ranks 1 … `ranks`−1 of a team whose rank 0 is this process and
+/// listens at `master` (its [`super::Door`], bound before they start):
+/// each runs `program` with `args` (this program's own command line, for
+/// `disback`) and the environment torchrun would give it, with `env`
+/// added.
+pub fn launch_local_ranks(
+    ranks: usize,
+    master: SocketAddr,
+    program: &Path,
+    args: &[OsString],
+    env: &[(&str, OsString)],
+) -> Result<Children> {
+    let mut children = Children(Vec::new());
+    for rank in 1..ranks {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", ranks.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("MASTER_ADDR", master.ip().to_string())
+            .env("MASTER_PORT", master.port().to_string())
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting rank {rank} of {ranks} ({})", program.display()))?;
+        children.0.push((rank, child));
+    }
+    Ok(children)
+}
+
+/// Child processes that are ranks of this one's team: waited for when
+/// the team is over, and how each ended said.
+pub struct Children(Vec<(usize, Child)>);
+
+impl Children {
+    /// How long the ranks may take to leave once rank 0's session is gone
+    /// (they have heard the end or the failure by then).
+    const LEAVING: Duration = Duration::from_secs(30);
+
+    /// Waits up to `within` for every child (one still running then is
+    /// killed) and says how each ended: `rank 1 (pid 42): exit status 0`.
+    pub fn wait(&mut self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut ends = Vec::new();
+        for (rank, mut child) in self.0.drain(..) {
+            let pid = child.id();
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break status.to_string(),
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(None) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break format!("still running after {} s, killed", within.as_secs_f64());
+                    }
+                    Err(e) => break format!("cannot be waited for: {e}"),
+                }
+            };
+            ends.push(format!("rank {rank} (pid {pid}): {status}"));
+        }
+        ends
+    }
+}
+
+/// No child is left unwaited (a zombie) or unreported, whatever ended the
+/// team.
+impl Drop for Children {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let ends = self.wait(Self::LEAVING);
+        eprintln!(
+            "disback: the ranks this process started ended: {}",
+            ends.join("; ")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -94,7 +229,7 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!((torchrun.rank, torchrun.world, torchrun.local_rank), (5, 8, 1));
+        assert_eq!((torchrun.rank, torchrun.world, torchrun.gpu), (5, 8, 1));
         assert_eq!(torchrun.master, "node0:29500");
         // Under torchrun's agent store, which holds MASTER_PORT itself.
         let agent = read(&[
@@ -107,16 +242,40 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(agent.master, "node0:29501");
-        let srun = read(&[
+        let srun = [
             ("SLURM_NTASKS", "4"),
             ("SLURM_PROCID", "3"),
             ("SLURM_LOCALID", "3"),
             ("MASTER_ADDR", "10.0.0.1"),
             ("MASTER_PORT", "12345"),
-        ])
-        .unwrap()
-        .unwrap();
-        assert_eq!((srun.rank, srun.world, srun.local_rank), (3, 4, 3));
+        ];
+        let every_gpu_seen = read(&srun).unwrap().unwrap();
+        assert_eq!(
+            (every_gpu_seen.rank, every_gpu_seen.world, every_gpu_seen.gpu),
+            (3, 4, 3)
+        );
+        // --gpus-per-task=1: the task sees its own GPU alone, as index 0.
+        let own_gpu = read(&[srun.as_slice(), &[("CUDA_VISIBLE_DEVICES", "3")]].concat())
+            .unwrap()
+            .unwrap();
+        assert_eq!(own_gpu.gpu, 0);
+        let all_four = read(&[srun.as_slice(), &[("CUDA_VISIBLE_DEVICES", "0,1,2,3")]].concat())
+            .unwrap()
+            .unwrap();
+        assert_eq!(all_four.gpu, 3);
+    }
+
+    /// A lone task (`srun --pty bash`, a one-task allocation) is no team:
+    /// nothing more is asked of its environment.
+    #[test]
+    fn a_world_of_one_is_solo() {
+        assert_eq!(
+            read(&[("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0")]).unwrap(),
+            None
+        );
+        assert_eq!(read(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap(), None);
+        // The shell of a 4-task allocation (salloc, an sbatch script).
+        assert_eq!(read(&[("SLURM_NTASKS", "4")]).unwrap(), None);
     }
 
     #[test]
@@ -131,5 +290,43 @@ mod tests {
         assert!(e.contains("MASTER_ADDR is not set"), "{e}");
         let e = err(&[("WORLD_SIZE", "2"), base[0], base[1]]);
         assert!(e.contains("RANK is not"), "{e}");
+    }
+
+    /// The one-box launch starts its ranks with torchrun's environment on
+    /// the port rank 0's door already holds, and waits for each, saying
+    /// how it ended (and kills one that does not end).
+    #[test]
+    fn launched_ranks_get_the_held_port_and_are_waited_for() {
+        let sh = |script: &str| -> Vec<OsString> { vec!["-c".into(), script.into()] };
+        let dir = tempfile::tempdir().unwrap();
+        let door = super::super::Door::open_local(dir.path()).unwrap();
+        let master = door.address().unwrap();
+        // The port is held: nobody else can bind it while the ranks start.
+        assert!(std::net::TcpListener::bind(master).is_err());
+        let script = sh("echo \"$MASTER_ADDR:$MASTER_PORT $RANK $WORLD_SIZE $LOCAL_RANK\" > \"$OUT/$RANK\"");
+        let out = [("OUT", dir.path().as_os_str().to_owned())];
+        let mut children = launch_local_ranks(3, master, Path::new("/bin/sh"), &script, &out).unwrap();
+        let ends = children.wait(Duration::from_secs(20));
+        assert!(ends.iter().all(|e| e.ends_with("exit status: 0")), "{ends:?}");
+        for rank in 1..3 {
+            let seen = std::fs::read_to_string(dir.path().join(rank.to_string())).unwrap();
+            assert_eq!(seen.trim(), format!("{master} {rank} 3 {rank}"));
+        }
+
+        let mut children =
+            launch_local_ranks(3, master, Path::new("/bin/sh"), &sh("exit $((RANK + 2))"), &[]).unwrap();
+        let ends = children.wait(Duration::from_secs(20));
+        assert!(
+            ends[0].starts_with("rank 1 (pid ") && ends[0].ends_with("exit status: 3"),
+            "{ends:?}"
+        );
+        assert!(
+            ends[1].starts_with("rank 2 (pid ") && ends[1].ends_with("exit status: 4"),
+            "{ends:?}"
+        );
+
+        let mut children = launch_local_ranks(2, master, Path::new("/bin/sh"), &sh("sleep 30"), &[]).unwrap();
+        let ends = children.wait(Duration::from_millis(200));
+        assert!(ends[0].ends_with("still running after 0.2 s, killed"), "{ends:?}");
     }
 }

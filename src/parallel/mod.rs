@@ -9,41 +9,58 @@
 //! - `solo`: one rank; every exchange is a no-op.
 //! - `threads` ([`threads`]): ranks as threads of one process, meeting in
 //!   shared memory. Tests and CPU machines run data-parallel with it.
-//! - `nccl` (`nccl.rs`, in the `cuda` build): one process per GPU,
-//!   gradients summed by NCCL on the device, orders and failures over the
-//!   TCP connections that handed out NCCL's id.
+//! - `nccl` (`nccl.rs`, in the `nccl` build): one process per GPU,
+//!   gradients summed by NCCL on the device, orders, failures and the end
+//!   over TCP connections to rank 0 (`tcp.rs`), which admits only ranks
+//!   that show the run's secret (`door.rs`); a watchdog ends a rank stuck
+//!   in NCCL (`watchdog.rs`).
 //!
 //! Sums run in rank order on every backend but NCCL's (whose order NCCL
 //! chooses, the same on every rank), so every rank gets the same bits.
 
+mod door;
 mod launch;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "nccl")]
 mod nccl;
-// Only NCCL's team uses the TCP hub; without CUDA it is built for its tests.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+// Only NCCL's team uses the hub and its watchdog; without NCCL they are
+// built for their tests.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
 mod tcp;
 mod threads;
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+mod watchdog;
+mod wire;
 
-pub use launch::{LaunchedRank, launched_rank};
-#[cfg(feature = "cuda")]
+pub use door::{Door, SECRET_FILE};
+pub use launch::{Children, LaunchedRank, launch_local_ranks, launched_rank, launcher_world};
+#[cfg(feature = "nccl")]
 pub use nccl::start_nccl;
 pub use threads::start_threads;
 
-/// Whether this build has NCCL; without CUDA it has not, and says how to
-/// get it.
+/// Whether this build has NCCL; without it, says how to get it.
 pub fn nccl_built() -> Result<()> {
-    if cfg!(feature = "cuda") {
+    if cfg!(feature = "nccl") {
         return Ok(());
     }
     anyhow::bail!(
-        "parallel.backend = \"nccl\" needs the CUDA build (cargo build --release --features cuda); \
-         on the CPU use parallel.backend = \"threads\""
+        "parallel.backend = \"nccl\" needs the NCCL build (cargo build --release --features nccl; \
+         the CUDA toolkit and NCCL's library); on the CPU use parallel.backend = \"threads\""
     )
 }
 
-#[cfg(not(feature = "cuda"))]
-pub fn start_nccl(_: &LaunchedRank, _: &candle_core::Device, _: std::time::Duration) -> Result<Collective> {
-    nccl_built().map(|()| unreachable!("checked: no CUDA build"))
+/// Where a rank of an NCCL team meets the others: its place in the team,
+/// rank 0's door if this process already holds it (the one-box launch),
+/// the run directory every rank shares, and the team's timeout.
+pub struct Meeting<'a> {
+    pub launched: &'a LaunchedRank,
+    pub door: Option<Door>,
+    pub run_dir: &'a std::path::Path,
+    pub timeout: std::time::Duration,
+}
+
+#[cfg(not(feature = "nccl"))]
+pub fn start_nccl(_: Meeting<'_>, _: &candle_core::Device) -> Result<Collective> {
+    nccl_built().map(|()| unreachable!("checked: no NCCL build"))
 }
 
 use anyhow::Result;
@@ -104,8 +121,9 @@ trait Backend: Send + Sync {
     /// This rank failed: every rank's next (or current) exchange returns
     /// an error naming it and `message`.
     fn fail(&self, rank: usize, message: &str);
-    /// The team's work is over (rank 0 ordered the end): ranks that leave
-    /// from now on are not failures.
+    /// This rank's part of the team's work is over (rank 0 ordered the
+    /// end): it leaves without alarming the others; rank 0 returns once
+    /// every other rank has left.
     fn end(&self) {}
 }
 
@@ -269,7 +287,8 @@ impl Collective {
         Ok(())
     }
 
-    /// The team's work is over: this rank leaves without alarming others.
+    /// The team's work is over: this rank leaves without alarming others
+    /// (rank 0 last: it waits for the others to have left).
     pub fn end(&self) {
         if let Some(backend) = &self.backend {
             backend.end();

@@ -1,16 +1,20 @@
 //! The `nccl` backend: one process per GPU. Gradients are summed by NCCL
-//! on the stream candle computes on, so the sum waits for the backward
-//! pass and the optimiser waits for the sum without the host stepping in.
-//! Rank 0 hands out NCCL's unique id over TCP ([`super::tcp::Hub`]) and
-//! the same connections carry its orders and every rank's failures.
+//! on the stream candle computes on. Rank 0 hands out NCCL's unique id
+//! over TCP ([`super::tcp::Hub`]) and the same connections carry its
+//! orders, every rank's failures and the end.
 //!
-//! NCCL waits forever for a rank that died; the hub hears of the death
-//! (its connection closes) and, if training is still stuck in NCCL a
-//! while later, ends the process with the failure: the last checkpoint
-//! resumes.
+//! NCCL waits forever for a rank that died or hangs. So each sum is a
+//! watched call ([`super::watchdog`]): the host waits for the stream to
+//! pass the all-reduce inside it, and a rank stuck there — `parallel.timeout_s`
+//! after the call began (gradient exchanges), or 20 s after another
+//! rank's failure is known — ends its process, naming itself and how the
+//! run resumes. (The wait costs the host its lead over the GPU at each
+//! exchange; without it a hang would surface at some later read, where
+//! nothing watches.)
 
-use super::tcp::Hub;
-use super::{Backend, Collective, LaunchedRank};
+use super::tcp::{Hub, Joining};
+use super::watchdog::{Watching, exit_process};
+use super::{Backend, Collective, Meeting};
 use anyhow::{Context, Result, anyhow};
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::{CudaStorage, CustomOp1, Device, Layout, Shape, Tensor};
@@ -32,21 +36,32 @@ unsafe impl Send for Nccl {}
 unsafe impl Sync for Nccl {}
 
 /// Joins the launched team on `device` (this rank's GPU).
-pub fn start_nccl(launched: &LaunchedRank, device: &Device, timeout: Duration) -> Result<Collective> {
+pub fn start_nccl(meeting: Meeting<'_>, device: &Device) -> Result<Collective> {
     let cuda = device
         .as_cuda_device()
         .context("the nccl backend needs a CUDA device (device = \"cuda:N\" or auto on a GPU)")?;
-    let (hub, token) = Hub::join(
-        launched.rank,
-        launched.world,
-        &launched.master,
-        timeout,
-        || {
-            let id = Id::new().map_err(|e| anyhow!("NCCL could not make its unique id: {e:?}"))?;
-            Ok(id.internal().iter().map(|&c| c as u8).collect())
-        },
-        Some(STUCK_GRACE),
-    )?;
+    let launched = meeting.launched;
+    let how = Joining {
+        rank: launched.rank,
+        world: launched.world,
+        master: &launched.master,
+        run_dir: meeting.run_dir,
+        door: meeting.door,
+        timeout: meeting.timeout,
+        watching: Some(Watching {
+            timeout: meeting.timeout,
+            grace: STUCK_GRACE,
+            resume: format!(
+                "the run resumes from its last checkpoint: disback run --resume {}",
+                meeting.run_dir.display()
+            ),
+            exit: exit_process(),
+        }),
+    };
+    let (hub, token) = Hub::join(how, || {
+        let id = Id::new().map_err(|e| anyhow!("NCCL could not make its unique id: {e:?}"))?;
+        Ok(id.internal().iter().map(|&c| c as u8).collect())
+    })?;
     let internal: [std::ffi::c_char; 128] = token
         .iter()
         .map(|&b| b as std::ffi::c_char)
@@ -111,18 +126,30 @@ impl CustomOp1 for AllReduce<'_> {
     }
 }
 
+impl Nccl {
+    /// The sum of `t` over the ranks, the host waiting (watched) until the
+    /// stream has passed it. `timed`: a gradient exchange, hung after the
+    /// team's timeout; untimed sums wait for rank 0's measurements.
+    fn reduce(&self, t: &Tensor, timed: bool) -> Result<Tensor> {
+        self.hub.check()?;
+        let t = t.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let _call = self.hub.call(timed);
+        let sum = t.apply_op1_no_bwd(&AllReduce(&self.comm))?;
+        self.device.synchronize()?;
+        Ok(sum)
+    }
+}
+
 impl Backend for Nccl {
-    fn sum(&self, rank: usize, values: &mut [f32], _patient: bool) -> Result<()> {
+    fn sum(&self, _rank: usize, values: &mut [f32], patient: bool) -> Result<()> {
         let t = crate::transfer::upload(values.to_vec(), values.len(), &self.device)?;
-        let sum = self.sum_on_device(rank, &t)?.expect("NCCL sums on the device");
+        let sum = self.reduce(&t, !patient)?;
         values.copy_from_slice(&crate::transfer::read(&sum)?);
         Ok(())
     }
 
     fn sum_on_device(&self, _rank: usize, t: &Tensor) -> Result<Option<Tensor>> {
-        self.hub.check()?;
-        let t = t.to_dtype(candle_core::DType::F32)?.contiguous()?;
-        Ok(Some(t.apply_op1_no_bwd(&AllReduce(&self.comm))?))
+        self.reduce(t, true).map(Some)
     }
 
     fn broadcast(&self, _rank: usize, message: Option<Vec<u8>>) -> Result<Vec<u8>> {

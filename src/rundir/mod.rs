@@ -103,6 +103,13 @@ impl RunDir {
         })
     }
 
+    /// A folder to continue what it holds (created if it is missing),
+    /// with its lock taken: nothing in it is cleared.
+    pub fn reopen(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        Self::written_by_another(root).locked()
+    }
+
     /// A run directory that another process writes (rank 0's, for a rank
     /// that only reads what rank 0 wrote); it need not exist yet.
     pub fn written_by_another(root: &Path) -> Self {

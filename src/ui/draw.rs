@@ -176,14 +176,19 @@ fn draw_path(frame: &mut Frame, area: Rect, app: &App) {
         .unwrap_or_default();
     let hint = Span::styled(" ↑↓ ⏎ preview a node ", app.theme.dim());
     let mut frame_block = block(title, app).title_bottom(Line::from(hint).right_aligned());
-    // The distance columns, named above them: to the data, to G⁰.
-    let measured = app
-        .view
-        .as_ref()
-        .is_some_and(|v| v.nodes.iter().any(|n| n.spread.is_some()));
-    if measured {
-        frame_block =
-            frame_block.title(Line::from(Span::styled("  data    G⁰", app.theme.dim())).right_aligned());
+    // The distance columns, named above them: the denoiser's (fn) from
+    // the teacher and from G⁰'s fitted copy, the samples' from the data
+    // and from G⁰'s.
+    let nodes = app.view.as_ref().map_or(&[][..], |v| &v.nodes[..]);
+    let mut names = String::new();
+    if nodes.iter().any(|n| n.gap.is_some()) {
+        names.push_str(" fn θ0 fn G⁰");
+    }
+    if nodes.iter().any(|n| n.spread.is_some()) {
+        names.push_str("  data    G⁰");
+    }
+    if !names.is_empty() {
+        frame_block = frame_block.title(Line::from(Span::styled(names, app.theme.dim())).right_aligned());
     }
     frame.render_widget(Paragraph::new(lines).block(frame_block), area);
 }
@@ -208,25 +213,31 @@ fn node_line<'a>(n: &NodeView, v: &SessionView, app: &App, width: u16) -> Line<'
         _ => String::new(),
     };
     let name = format!("{glyph} s'θ{:<2} ", n.index);
-    let text = match &n.spread {
-        None => format!("{name}{status:<9} {steps}"),
-        Some(s) => {
-            // The distances end at the panel's right edge, under their
-            // names in its title.
-            let distances = format!(" {:>5} {:>5}", short_number(s.to_data), short_number(s.to_start));
-            let room = (width as usize).saturating_sub(distances.chars().count());
-            let full = format!("{name}{status:<9} {steps}");
-            // Too narrow for the plan: the steps spent alone.
-            let spent = match n.planned {
-                Some(_) if v.stage >= Stage::Backtrack => format!("{:>5}", n.steps),
-                _ => String::new(),
-            };
-            let left = match full.chars().count() < room {
-                true => full,
-                false => format!("{name}{status:<9}{spent}"),
-            };
-            format!("{left:<room$}{distances}")
-        }
+    let mut distances = String::new();
+    if let Some(g) = &n.gap {
+        let to_start = g.to_start.map_or("·".to_string(), short_number);
+        distances += &format!(" {:>5} {:>5}", short_number(g.to_teacher), to_start);
+    }
+    if let Some(s) = &n.spread {
+        distances += &format!(" {:>5} {:>5}", short_number(s.to_data), short_number(s.to_start));
+    }
+    let text = if distances.is_empty() {
+        format!("{name}{status:<9} {steps}")
+    } else {
+        // The distances end at the panel's right edge, under their names in
+        // its title.
+        let room = (width as usize).saturating_sub(distances.chars().count());
+        let full = format!("{name}{status:<9} {steps}");
+        // Too narrow for the plan: the steps spent alone.
+        let spent = match n.planned {
+            Some(_) if v.stage >= Stage::Backtrack => format!("{:>5}", n.steps),
+            _ => String::new(),
+        };
+        let left = match full.chars().count() < room {
+            true => full,
+            false => format!("{name}{status:<9}{spent}"),
+        };
+        format!("{left:<room$}{distances}")
     };
     // The cursor of ↑ ↓ is underlined (the row keeps its meaning's style).
     let style = match app.node_cursor {

@@ -2,15 +2,18 @@
 //! only plain data (the messages of `engine::protocol`); candle stays on the other
 //! side of the channel.
 //!
-//! The event loop is a tokio `select!` over key presses, messages from
-//! training, a redraw tick (12.5 frames a second at most, and only when
-//! something changed) and signals: SIGTERM and SIGHUP (a dropped SSH
-//! connection) close the lab and leave training running in its runner.
+//! The event loop is a tokio `select!` over key presses (read by `input`,
+//! which drops the terminal's replies to queries), messages from training,
+//! a redraw tick (12.5 frames a second at most, and only when something
+//! changed) and signals: a resized window redraws; SIGTERM and SIGHUP (a
+//! dropped SSH connection) close the lab and leave training running in its
+//! runner.
 //! The terminal is restored on every way out, panics included.
 
 mod app;
 mod draw;
 mod graphics;
+mod input;
 mod pictures;
 mod plot;
 mod probe;
@@ -27,9 +30,8 @@ use draw::draw_with;
 use crate::engine::protocol::{Command, Link};
 use crate::rundir::Stage;
 use anyhow::Result;
-use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
-use futures::StreamExt;
 use graphics::{Encoded, Graphics};
+use input::{Decoder, Keys};
 use signal_hook::consts::{SIGHUP, SIGTERM};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
@@ -67,11 +69,14 @@ pub fn run(mut link: Link, images: bool) -> Result<LabEnd> {
     // the keys pressed while it waited for the answer are kept.
     let probe = (images && theme.color).then(probe::probe);
     let silent = probe.as_ref().is_some_and(|p| !p.answered);
-    let (picker, early_keys) = probe.map_or((None, Vec::new()), |p| (p.picker, p.keys));
+    let (picker, early_keys, input) = probe.map_or((None, Vec::new(), Decoder::default()), |p| {
+        (p.picker, p.keys, p.input)
+    });
     let graphics = picker.and_then(Graphics::start);
     let start = Start {
         graphics,
         early_keys,
+        input,
         silent,
     };
     let outcome = runtime.block_on(event_loop(&mut terminal, &mut link, theme, start));
@@ -143,7 +148,8 @@ async fn event_loop(
             let _ = link.commands.send(command);
         }
     }
-    let mut keys = EventStream::new();
+    let mut keys = Keys::start(start.input);
+    let mut resized = signal(SignalKind::window_change())?;
     let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -166,17 +172,16 @@ async fn event_loop(
                 }
             }
             key = keys.next() => match key {
-                Some(Ok(TermEvent::Key(k))) if k.kind == KeyEventKind::Press => {
+                Some(k) => {
                     for command in app.on_key(k) {
                         let _ = link.commands.send(command);
                     }
                     dirty = true;
                 }
-                Some(Ok(TermEvent::Resize(..))) => dirty = true,
-                Some(Ok(_)) => {}
                 // The terminal is gone: a hang-up, which only detaches.
-                Some(Err(_)) | None => return detached(Some(SIGHUP)),
+                None => return detached(Some(SIGHUP)),
             },
+            _ = resized.recv() => dirty = true,
             update = link.updates.recv() => match update {
                 Some(u) => {
                     app.on_update(u);
@@ -207,6 +212,9 @@ struct Start {
     graphics: Option<(Graphics, UnboundedReceiver<Encoded>)>,
     /// Keys pressed while the lab waited for the terminal's answer.
     early_keys: Vec<crossterm::event::KeyEvent>,
+    /// What the terminal sent so far, decoded (a reply cut short by the
+    /// end of the wait is dropped whole by the lab's reader).
+    input: Decoder,
     /// The terminal never answered the query.
     silent: bool,
 }

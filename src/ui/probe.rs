@@ -9,15 +9,17 @@
 //!   on a thread of its own that outlives its timeout when a terminal does
 //!   not answer — tmux without passthrough — and that thread then took
 //!   the user's first key: why this is written here.)
-//! - what it read is split into the terminal's replies (escape sequences
-//!   of the kinds the query asks for) and anything else, which is a key the
-//!   user pressed meanwhile: those are handed to the lab as key events, so
-//!   no key is lost or taken for a reply, and no reply for a key.
+//! - what it read is split into the terminal's replies and the keys the
+//!   user pressed meanwhile (see `input`): the keys are handed to the lab,
+//!   so no key is lost or taken for a reply, and no reply for a key. The
+//!   decoder goes to the lab's reader as it is, so a reply still arriving
+//!   when the wait ends is dropped there, whole.
 //!
 //! The replies are interpreted by ratatui-image's parser; the picker is
 //! built from what they say, as ratatui-image would have built it.
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use super::input::{Decoder, Input, Piece, read_stdin, wait_for_input};
+use crossterm::event::KeyEvent;
 use ratatui_image::FontSize;
 use ratatui_image::picker::cap_parser::{Parser, QueryStdioOptions, Response};
 use ratatui_image::picker::{Picker, ProtocolType};
@@ -38,6 +40,8 @@ pub struct Probe {
     pub keys: Vec<KeyEvent>,
     /// Whether the terminal answered at all.
     pub answered: bool,
+    /// The decoder of what the terminal sent, for the rest of it.
+    pub input: Decoder,
 }
 
 /// Asks the terminal on standard output and reads its answer from standard
@@ -63,6 +67,7 @@ impl Probe {
             picker: None,
             keys: Vec::new(),
             answered: false,
+            input: Decoder::default(),
         }
     }
 }
@@ -105,38 +110,16 @@ fn exchange(query: &[u8]) -> std::io::Result<Vec<u8>> {
     loop {
         let left = WAIT.saturating_sub(started.elapsed());
         let wait = if status_seen { QUIET.min(left) } else { left };
-        if wait.is_zero() || !readable(wait)? {
+        if wait.is_zero() || wait_for_input(wait) != Input::Ready {
             return Ok(bytes);
         }
         let mut buf = [0u8; 256];
-        // SAFETY: reading into a buffer of the given length from fd 0.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
+        let n = read_stdin(&mut buf);
+        if n == 0 {
             return Ok(bytes);
         }
-        bytes.extend_from_slice(&buf[..n as usize]);
+        bytes.extend_from_slice(&buf[..n]);
         status_seen = status_seen || contains_status(&bytes);
-    }
-}
-
-/// Whether standard input has a byte within `wait`.
-fn readable(wait: Duration) -> std::io::Result<bool> {
-    let mut fd = libc::pollfd {
-        fd: 0,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one pollfd, owned here, for the duration of the call.
-    match unsafe { libc::poll(&mut fd, 1, ms) } {
-        n if n < 0 => {
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::Interrupted => Ok(false),
-                _ => Err(e),
-            }
-        }
-        n => Ok(n > 0 && fd.revents & libc::POLLIN != 0),
     }
 }
 
@@ -144,101 +127,12 @@ fn contains_status(bytes: &[u8]) -> bool {
     bytes.windows(4).any(|w| w == b"\x1b[0n")
 }
 
-/// A piece of what the terminal sent: a reply to the query, or a key.
-#[derive(Debug, Clone, PartialEq)]
-enum Piece {
-    Reply(String),
-    Key(KeyEvent),
-}
-
-/// Splits the bytes into escape sequences and the rest. Replies are the
-/// sequences the query asks for: APC (kitty's `ESC _ G … ESC \`), OSC
-/// (`ESC ] … BEL`), and CSI ending in `c` (device attributes), `t` (cell
-/// size), `n` (status) or `R` (cursor position). Everything else is a key:
-/// characters, Enter, Tab, Backspace, Esc, Ctrl-letters and the arrows.
-fn split(bytes: &[u8]) -> Vec<Piece> {
-    let text = String::from_utf8_lossy(bytes);
-    let chars: Vec<char> = text.chars().collect();
-    let mut pieces = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c != '\x1b' {
-            pieces.extend(key_of(c).map(Piece::Key));
-            i += 1;
-            continue;
-        }
-        let (end, piece) = sequence(&chars, i);
-        pieces.extend(piece);
-        i = end;
-    }
-    pieces
-}
-
-/// The escape sequence starting at `start` (an ESC): where it ends, and
-/// what it is.
-fn sequence(chars: &[char], start: usize) -> (usize, Option<Piece>) {
-    let text = |end: usize| chars[start..end].iter().collect::<String>();
-    match chars.get(start + 1) {
-        // APC and OSC run to their terminator (BEL, or ESC \).
-        Some('_') | Some(']') | Some('P') => {
-            let mut j = start + 2;
-            while j < chars.len() {
-                if chars[j] == '\x07' {
-                    return (j + 1, Some(Piece::Reply(text(j + 1))));
-                }
-                if chars[j] == '\x1b' && chars.get(j + 1) == Some(&'\\') {
-                    return (j + 2, Some(Piece::Reply(text(j + 2))));
-                }
-                j += 1;
-            }
-            (chars.len(), Some(Piece::Reply(text(chars.len()))))
-        }
-        Some('[') | Some('O') => {
-            // CSI (or SS3): parameters, then a final byte in @..~.
-            let mut j = start + 2;
-            while j < chars.len() && !('@'..='~').contains(&chars[j]) {
-                j += 1;
-            }
-            let Some(&last) = chars.get(j) else {
-                return (chars.len(), None);
-            };
-            let piece = match (chars[start + 1], last) {
-                ('[', 'c' | 't' | 'n' | 'R') => Piece::Reply(text(j + 1)),
-                (_, 'A') => Piece::Key(plain(KeyCode::Up)),
-                (_, 'B') => Piece::Key(plain(KeyCode::Down)),
-                (_, 'C') => Piece::Key(plain(KeyCode::Right)),
-                (_, 'D') => Piece::Key(plain(KeyCode::Left)),
-                _ => return (j + 1, None),
-            };
-            (j + 1, Some(piece))
-        }
-        // A lone ESC is the Esc key.
-        _ => (start + 1, Some(Piece::Key(plain(KeyCode::Esc)))),
-    }
-}
-
-fn plain(code: KeyCode) -> KeyEvent {
-    KeyEvent::new(code, KeyModifiers::NONE)
-}
-
-/// The key a character typed in raw mode stands for.
-fn key_of(c: char) -> Option<KeyEvent> {
-    Some(match c {
-        '\r' | '\n' => plain(KeyCode::Enter),
-        '\t' => plain(KeyCode::Tab),
-        '\x7f' | '\x08' => plain(KeyCode::Backspace),
-        '\x01'..='\x1a' => KeyEvent::new(KeyCode::Char((b'a' + c as u8 - 1) as char), KeyModifiers::CONTROL),
-        c if c.is_control() => return None,
-        c => plain(KeyCode::Char(c)),
-    })
-}
-
 /// The probe's result from what the terminal sent.
 fn interpret(bytes: &[u8]) -> Probe {
     let mut parser = Parser::new();
     let (mut keys, mut responses, mut answered) = (Vec::new(), Vec::new(), false);
-    for piece in split(bytes) {
+    let mut input = Decoder::default();
+    for piece in input.feed(bytes) {
         match piece {
             Piece::Key(k) => keys.push(k),
             Piece::Reply(r) => {
@@ -266,6 +160,7 @@ fn interpret(bytes: &[u8]) -> Probe {
         picker,
         keys,
         answered,
+        input,
     }
 }
 
@@ -298,38 +193,7 @@ fn cell_size_from_window() -> Option<FontSize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keys(pieces: &[Piece]) -> Vec<KeyEvent> {
-        pieces
-            .iter()
-            .filter_map(|p| match p {
-                Piece::Key(k) => Some(*k),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn replies_and_keys_are_told_apart() {
-        // Keys typed before, between and after a kitty terminal's replies.
-        let bytes = b"v\x1b_Gi=31;OK\x1b\\q\x1b[?62;22c\x1b[6;20;10t \x1b[0n\r\x1b[A\x03";
-        let pieces = split(bytes);
-        let replies: Vec<&Piece> = pieces.iter().filter(|p| matches!(p, Piece::Reply(_))).collect();
-        assert_eq!(replies.len(), 4, "{pieces:?}");
-        assert_eq!(
-            keys(&pieces),
-            vec![
-                plain(KeyCode::Char('v')),
-                plain(KeyCode::Char('q')),
-                plain(KeyCode::Char(' ')),
-                plain(KeyCode::Enter),
-                plain(KeyCode::Up),
-                KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
-            ]
-        );
-        // A lone Esc is a key, not the start of a reply.
-        assert_eq!(keys(&split(b"\x1b")), vec![plain(KeyCode::Esc)]);
-    }
+    use crossterm::event::KeyCode;
 
     #[test]
     fn the_replies_name_the_protocol_and_the_cells() {
@@ -343,9 +207,20 @@ mod tests {
         // Only a status reply: no protocol, half-blocks.
         let plain_terminal = interpret(b"\x1b[?62;22c\x1b[6;16;8tx\x1b[0n");
         assert!(plain_terminal.picker.is_none());
-        assert_eq!(plain_terminal.keys, vec![plain(KeyCode::Char('x'))]);
+        assert_eq!(plain_terminal.keys, vec![KeyEvent::from(KeyCode::Char('x'))]);
         // Nothing at all: nothing is found, nothing is lost.
         let silent = interpret(b"");
         assert!(!silent.answered && silent.picker.is_none() && silent.keys.is_empty());
+    }
+
+    #[test]
+    fn a_reply_cut_by_the_end_of_the_wait_is_dropped_whole_by_the_lab() {
+        // The status reply came (tmux's own), the outer terminal's kitty
+        // reply only began: its rest reaches the lab's reader, not its keys.
+        let mut probe = interpret(b"\x1b[0n\x1b_Gi=3");
+        assert!(probe.keys.is_empty() && probe.picker.is_none());
+        let rest = probe.input.feed(b"1;OK\x1b\\v");
+        assert_eq!(rest.len(), 2, "{rest:?}");
+        assert_eq!(rest[1], Piece::Key(KeyEvent::from(KeyCode::Char('v'))));
     }
 }
