@@ -81,6 +81,22 @@ fn layout(file: &Path) -> BTreeMap<String, Vec<usize>> {
         .collect()
 }
 
+/// Two layouts are the same, else the names that differ are listed.
+fn assert_same_layout(ours: &BTreeMap<String, Vec<usize>>, theirs: &BTreeMap<String, Vec<usize>>) {
+    let names: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+    let differ: Vec<String> = names
+        .into_iter()
+        .filter(|n| ours.get(*n) != theirs.get(*n))
+        .map(|n| format!("{n}: {:?} against diffusers' {:?}", ours.get(n), theirs.get(n)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} tensors differ: {}",
+        differ.len(),
+        differ.join("; ")
+    );
+}
+
 /// `python3` when it imports every module, else None with the reason
 /// printed (the test then checks the Rust half only).
 fn python_with(modules: &str, test: &str) -> Option<&'static str> {
@@ -182,7 +198,7 @@ fn exports_as_diffusers(name: &str) {
     // weights, not the teacher's (training moved them).
     let weights = out.join("unet/diffusion_pytorch_model.safetensors");
     let teacher_weights = teacher.join("unet/diffusion_pytorch_model.safetensors");
-    assert_eq!(layout(&weights), layout(&teacher_weights));
+    assert_same_layout(&layout(&weights), &layout(&teacher_weights));
     let (ours, theirs) = (tensors(&weights), tensors(&teacher_weights));
     let moved = ours
         .iter()

@@ -199,3 +199,46 @@ fn without_the_setting_no_event_file_is_written() {
     assert!(run.join("metrics.jsonl").is_file());
     assert!(!run.join("tensorboard").exists());
 }
+
+/// `--tensorboard` on the command line is `log.tensorboard = true`, and
+/// the run's config says so.
+#[test]
+fn the_command_line_flag_turns_it_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = common::tiny_config(&tmp.path().join("teachers"));
+    disback::files::write_toml(&tmp.path().join("tiny.toml"), &config.to_toml().unwrap()).unwrap();
+    let o = common::disback(
+        &["run", "--config", "tiny.toml", "--out", "run", "--tensorboard"],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(event_files(&tmp.path().join("run/tensorboard")).len(), 1);
+    let written = Config::load_run(&tmp.path().join("run/config.toml")).unwrap();
+    assert!(written.log.tensorboard);
+}
+
+/// A run stopped and resumed starts a second event file beside the first
+/// (TensorBoard reads them in order as one run); both check.
+#[test]
+fn a_resumed_run_starts_another_event_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, cache) = (tmp.path().join("run"), tmp.path().join("teachers"));
+    let text = common::tiny_config(&cache).to_toml().unwrap();
+    let config = Config::parse(&text, &["log.tensorboard=true".to_string()]).unwrap();
+    let mut session = common::start(config, &run);
+    common::step_until(&mut session, disback::rundir::Stage::Backtrack);
+    session.save_state().unwrap();
+    let stopped_at = session.cost();
+    drop(session);
+    let mut resumed = disback::engine::Session::resume(disback::rundir::RunDir::open(&run).unwrap()).unwrap();
+    while !resumed.is_done() {
+        resumed.step().unwrap();
+    }
+    let mut files = event_files(&run.join("tensorboard"));
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let later = read_events(&files[1]).unwrap();
+    let steps: Vec<i64> = scalars(&later)["loss_g"].iter().map(|(s, _)| *s).collect();
+    assert!(steps[0] > stopped_at as i64, "{steps:?} after {stopped_at}");
+    assert!(read_events(&files[0]).is_ok());
+}

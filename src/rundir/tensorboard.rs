@@ -154,15 +154,25 @@ impl EventFile {
         let seconds = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let path = dir.join(format!(
-            "events.out.tfevents.{seconds}.disback.{}",
-            std::process::id()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        let name = format!("events.out.tfevents.{seconds}.disback.{}", std::process::id());
+        // A process that resumes within the same second would make a
+        // second file of that name: it gets a suffix (sorting after).
+        let mut attempt = 0;
+        let (path, file) = loop {
+            let path = match attempt {
+                0 => dir.join(&name),
+                n => dir.join(format!("{name}.{n}")),
+            };
+            match std::fs::OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+            {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            }
+        };
         let mut events = Self { path, file };
         events.write(0, What::FileVersion("brain.Event:2".into()))?;
         Ok(events)
@@ -306,8 +316,8 @@ impl EventLog {
         file.write(step, What::Summary(Summary { value }))
     }
 
-    /// Numbers under `tag`: objects by key, lists of numbers by their mean
-    /// and (the mismatch degree) each σ.
+    /// Numbers under `tag`: objects by key, mismatch degrees by their mean
+    /// and each σ.
     fn flatten(&self, tag: &str, value: &serde_json::Value, out: &mut Vec<(String, f64)>) {
         use serde_json::Value as J;
         match value {
@@ -318,23 +328,22 @@ impl EventLog {
                     self.flatten(&format!("{tag}/{key}"), v, out);
                 }
             }
-            J::Array(items) => {
+            // A mismatch degree, one value per σ: their mean (the lab's
+            // number) and each σ's. Other lists (the shares per mode or
+            // class) are read better from the figures.
+            J::Array(items) if tag.contains("mismatch") && !items.is_empty() => {
                 let numbers: Vec<f64> = items.iter().filter_map(J::as_f64).collect();
-                if numbers.is_empty() || numbers.len() != items.len() {
-                    return;
-                }
                 out.push((
                     format!("{tag}/mean"),
                     numbers.iter().sum::<f64>() / numbers.len() as f64,
                 ));
-                // Per σ where the list is one value per mismatch σ (shares
-                // per mode or class are read better from the figures).
-                if tag.contains("mismatch") && numbers.len() == self.sigmas.len() {
+                if numbers.len() == self.sigmas.len() {
                     for (sigma, v) in self.sigmas.iter().zip(&numbers) {
                         out.push((format!("{tag}/sigma={sigma}"), *v));
                     }
                 }
             }
+            J::Array(_) => {}
             J::Null | J::String(_) => {}
         }
     }
