@@ -83,6 +83,7 @@ mod tests {
             mismatch_target: Vec::new(),
             mismatch_teacher: Vec::new(),
             mismatch_data: Vec::new(),
+            measured: String::new(),
         }
     }
 

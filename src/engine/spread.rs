@@ -42,6 +42,11 @@ impl Session {
     }
 }
 
+/// Heun steps of the teacher's own samples when they are judged: the step
+/// count EDM samples CIFAR-10 with, so the judge sees the teacher at its
+/// best (a measurement made once a comparison).
+const JUDGE_HEUN_STEPS: usize = 18;
+
 impl Session {
     /// The teacher's own samples (`log.final_samples` of them, Heun) judged
     /// like a generator's final ones, so that a comparison shows whether
@@ -51,7 +56,7 @@ impl Session {
         let n = self.config.log.final_samples;
         let grid = self
             .noise
-            .karras(self.config.diffusion.sampler_steps.min(HEUN_STEPS));
+            .karras(self.config.diffusion.sampler_steps.min(JUDGE_HEUN_STEPS));
         let mut shape = vec![n];
         shape.extend(self.data.sample_shape());
         let noise = (normal_tensor(&mut rng, shape, &self.teacher.device())? * grid[0])?;
