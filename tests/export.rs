@@ -362,3 +362,40 @@ fn the_unet_generator_exports_for_pytorch() {
         sample_py_matches_check(&out, "images");
     }
 }
+
+/// What an export writes for any teacher the project reads: the config
+/// and scheduler files read back as the same architecture and schedule,
+/// for every fixture (activations, resampling blocks, null heads, odd
+/// keys, every prediction type and β schedule).
+#[test]
+fn every_fixtures_description_round_trips_through_the_exported_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(fixture("")).unwrap() {
+        let teacher = entry.unwrap().path();
+        if !teacher.join("unet").is_dir() {
+            continue;
+        }
+        let spec = DiffusersSpec::read(&teacher).unwrap();
+        let out = tmp.path().join(teacher.file_name().unwrap());
+        let write = |file: &str, value: &serde_json::Value| {
+            let path = out.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
+        };
+        write("unet/config.json", &disback::export::unet_config(&spec.unet));
+        write(
+            "scheduler/scheduler_config.json",
+            &disback::export::scheduler_config(&spec.schedule),
+        );
+        std::fs::copy(
+            teacher.join("unet/diffusion_pytorch_model.safetensors"),
+            out.join("unet/diffusion_pytorch_model.safetensors"),
+        )
+        .unwrap();
+        let again = DiffusersSpec::read(&out).unwrap_or_else(|e| panic!("{}: {e:#}", out.display()));
+        assert_eq!(again, spec, "{}", teacher.display());
+        seen += 1;
+    }
+    assert!(seen >= 3, "{seen} fixtures");
+}

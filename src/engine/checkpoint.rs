@@ -238,8 +238,9 @@ impl Session {
         }
         let (dir, saved) = read_checkpoint(&run)?;
         let log = MetricsLog::resume(&run.metrics(), saved.latest.as_ref(), saved.metrics_lines)?;
-        let log = super::board::with_board(log, &config, &run)?;
-        Session::build(config, run, log, team)?.restore(&dir, saved)
+        let mut session = Session::build(config, run, log, team)?;
+        session.open_board()?;
+        session.restore(&dir, saved)
     }
 
     /// Another rank continues from the same checkpoint, writing nothing.

@@ -70,9 +70,7 @@ impl Session {
             eval,
         };
         self.log.append(&record)?;
-        if record.eval.is_some() {
-            self.board_picture()?;
-        }
+        self.board_record(&record)?;
         if let Some(e) = &record.eval {
             self.latest_eval = Some(e.clone());
             self.timeline.push(Moment {

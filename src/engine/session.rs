@@ -27,7 +27,7 @@ use crate::model::{Denoiser, Generator};
 use crate::optim::Adam;
 use crate::parallel::Collective;
 use crate::rng::{Draws, HostRng, host_rng, seed_device, streams};
-use crate::rundir::{MetricsLog, MetricsRecord, RunDir, Stage};
+use crate::rundir::{EventLog, MetricsLog, MetricsRecord, RunDir, Stage};
 use crate::runtime::{cpu_threads, select_device};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
@@ -40,6 +40,8 @@ pub struct Session {
     pub(super) data: Dataset,
     pub(super) run: RunDir,
     pub(super) log: MetricsLog,
+    /// TensorBoard's event files (rank 0 with `log.tensorboard`).
+    pub(super) board: Option<EventLog>,
     pub(super) evaluator: Evaluator,
     /// The region previews and plots show.
     pub(super) bounds: Bounds,
@@ -160,8 +162,9 @@ impl Session {
     pub(super) fn start_leading(config: Config, run: RunDir, team: Collective) -> Result<Self> {
         let run = run.locked()?;
         write_toml(&run.config(), &config.to_toml()?)?;
-        let log = super::board::with_board(MetricsLog::create(&run.metrics())?, &config, &run)?;
+        let log = MetricsLog::create(&run.metrics())?;
         let mut session = Self::build(config, run, log, team)?;
+        session.open_board()?;
         if let Some(problem) = session.evaluator.classifier_cache_problem() {
             session.pending.push(Event::Warning(problem.to_string()));
         }
@@ -273,6 +276,7 @@ impl Session {
             data,
             run,
             log,
+            board: None,
             evaluator,
             teacher,
             window: LossWindow::default(),

@@ -5,7 +5,9 @@
 //! `one_step.json`, what turns a latent into an image.
 
 use super::{torch_tensors, write_script};
-use crate::config::{Betas, Config, DiffusersSpec, DiffusersUNet, Prediction, VpSchedule};
+use crate::config::{
+    Activation, Betas, Config, DiffusersSpec, DiffusersUNet, Prediction, Resampler, VpSchedule,
+};
 use crate::files::{write_json, write_tensors};
 use crate::model::{Generator, VpTable};
 use anyhow::Result;
@@ -102,6 +104,22 @@ fn prediction_name(p: Prediction) -> &'static str {
     }
 }
 
+fn activation(a: Activation) -> &'static str {
+    match a {
+        Activation::Silu => "silu",
+        Activation::Mish => "mish",
+        Activation::Gelu => "gelu",
+        Activation::Relu => "relu",
+    }
+}
+
+fn resampler(r: Resampler) -> &'static str {
+    match r {
+        Resampler::Conv => "conv",
+        Resampler::Resnet => "resnet",
+    }
+}
+
 /// A number as diffusers writes it: an integer when it is one.
 fn number(x: f64) -> Value {
     match x.fract() == 0.0 && x.abs() < 1e15 {
@@ -137,10 +155,10 @@ pub fn unet_config(u: &DiffusersUNet) -> Value {
         "layers_per_block": u.layers_per_block,
         "mid_block_scale_factor": number(u.mid_block_scale_factor),
         "downsample_padding": u.downsample_padding,
-        "downsample_type": "conv",
-        "upsample_type": "conv",
+        "downsample_type": resampler(u.downsample),
+        "upsample_type": resampler(u.upsample),
         "dropout": 0.0,
-        "act_fn": "silu",
+        "act_fn": activation(u.act_fn),
         "attention_head_dim": u.attention_head_dim,
         "norm_num_groups": u.norm_num_groups,
         "attn_norm_num_groups": u.attn_norm_num_groups,

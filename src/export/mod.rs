@@ -18,7 +18,7 @@
 mod diffusers;
 mod torch;
 
-pub use diffusers::OneStep;
+pub use diffusers::{OneStep, scheduler_config, unet_config};
 pub use torch::Architecture;
 
 use crate::config::{Config, GeneratorSpec, NetSpec};

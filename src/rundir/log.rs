@@ -1,7 +1,6 @@
 //! `metrics.jsonl`: one [`MetricsRecord`] per logged step. The same type
 //! feeds the terminal lab, the plots and the comparisons.
 
-use super::tensorboard::EventLog;
 use crate::files::atomic_write;
 use crate::metrics::Evaluation;
 use anyhow::{Context, Result, bail};
@@ -79,8 +78,6 @@ pub struct MetricsLog {
     /// None: a log that only counts (a rank other than 0 writes nothing).
     file: Option<std::fs::File>,
     lines: usize,
-    /// The same records for TensorBoard (`log.tensorboard`, rank 0).
-    board: Option<EventLog>,
 }
 
 impl MetricsLog {
@@ -147,7 +144,6 @@ impl MetricsLog {
             path: PathBuf::new(),
             file: None,
             lines,
-            board: None,
         }
     }
 
@@ -160,20 +156,7 @@ impl MetricsLog {
             path: path.to_path_buf(),
             file: Some(file),
             lines,
-            board: None,
         })
-    }
-
-    /// Writes every record into TensorBoard's event file too.
-    pub fn with_board(mut self, board: EventLog) -> Self {
-        self.board = Some(board);
-        self
-    }
-
-    /// The TensorBoard event file, when there is one (rank 0 with
-    /// `log.tensorboard`), for what is not a record: switches, pictures.
-    pub fn board(&mut self) -> Option<&mut EventLog> {
-        self.board.as_mut()
     }
 
     pub fn append(&mut self, record: &MetricsRecord) -> Result<()> {
@@ -182,9 +165,6 @@ impl MetricsLog {
             line.push('\n');
             file.write_all(line.as_bytes())
                 .with_context(|| format!("cannot write {}", self.path.display()))?;
-        }
-        if let Some(board) = &mut self.board {
-            board.record(record)?;
         }
         self.lines += 1;
         Ok(())
