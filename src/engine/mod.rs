@@ -24,6 +24,6 @@ pub use checkpoint::checkpoint_iteration;
 pub use cost::PassCost;
 pub use phase::Moment;
 
-pub use crew::team_run_dir;
+pub use crew::{sessions_in_this_process, team_run_dir};
 pub use protocol::ModelKind;
 pub use session::Session;
