@@ -452,6 +452,7 @@ fn compare_refuses_an_nccl_team() {
         "1",
         "--out",
         "cmp",
+        "--force",
         "--set",
         "parallel.ranks=2",
         "--set",

@@ -11,9 +11,7 @@ use crate::parallel::{LaunchedRank, launched_rank};
 use crate::rundir::RunDir;
 use crate::runtime::{Ended, configure_threads};
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// This process's place as a rank other than 0, where its config trains
 /// on NCCL ranks and a launcher started it as one; `None` for rank 0 and
@@ -50,7 +48,7 @@ pub fn follow(args: &RunArgs, launched: &LaunchedRank) -> Result<Ended> {
         None => args.config.load()?,
     };
     configure_threads(config.threads);
-    wait_for_rank_0_on_signals(launched.rank, Duration::from_secs_f64(config.parallel.timeout_s))?;
+    crate::parallel::outlast_signals(launched.rank, Duration::from_secs_f64(config.parallel.timeout_s))?;
     let session = match &args.resume {
         Some(_) => {
             let parallel = (!args.config.overrides.is_empty()).then_some(config.parallel);
@@ -60,41 +58,4 @@ pub fn follow(args: &RunArgs, launched: &LaunchedRank) -> Result<Ended> {
     };
     session.follow()?;
     Ok(Ended::Finished)
-}
-
-/// A signal that stops a run (Ctrl-C, a launcher passing SIGTERM on,
-/// scancel, Slurm's time limit) reaches every rank; rank 0 answers it by
-/// checkpointing, which needs the team whole, and then ends the team. So
-/// a follower does not die of it: it says so and goes on following, for
-/// at most `limit` (rank 0 may be gone); a second signal ends it at once.
-fn wait_for_rank_0_on_signals(rank: usize, limit: Duration) -> Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("handling signals")?;
-    std::thread::Builder::new()
-        .name("disback-rank-signals".into())
-        .spawn(move || {
-            let Some(first) = signals.forever().next() else {
-                return;
-            };
-            eprintln!(
-                "disback: rank {rank} got signal {first}: it follows on until rank 0 has checkpointed \
-                 and ended the team (at most {} s; a second signal ends it now)",
-                limit.as_secs_f64()
-            );
-            let deadline = Instant::now() + limit;
-            let signal = loop {
-                if let Some(second) = signals.pending().next() {
-                    break second;
-                }
-                if Instant::now() >= deadline {
-                    eprintln!("disback: rank {rank}: rank 0 did not end the team; ending");
-                    break first;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            // SAFETY: _exit ends the process without running teardown that
-            // could wait behind a collective call still in flight.
-            unsafe { libc::_exit(128 + signal) }
-        })
-        .context("starting the signal watcher")?;
-    Ok(())
 }

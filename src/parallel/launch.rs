@@ -12,6 +12,8 @@
 //! launches.
 
 use anyhow::{Context, Result, bail};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -236,6 +238,43 @@ impl Drop for Children {
             ends.join("; ")
         );
     }
+}
+
+/// A signal that stops a run (Ctrl-C, a launcher passing SIGTERM on,
+/// scancel, Slurm's time limit) reaches every rank; rank 0 answers it by
+/// checkpointing, which needs the team whole, and then ends the team. So
+/// a follower does not die of it: it says so and goes on following, for
+/// at most `limit` (rank 0 may be gone); a second signal ends it at once.
+pub fn outlast_signals(rank: usize, limit: Duration) -> Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("handling signals")?;
+    std::thread::Builder::new()
+        .name("disback-rank-signals".into())
+        .spawn(move || {
+            let Some(first) = signals.forever().next() else {
+                return;
+            };
+            eprintln!(
+                "disback: rank {rank} got signal {first}: it follows on until rank 0 has checkpointed \
+                 and ended the team (at most {} s; a second signal ends it now)",
+                limit.as_secs_f64()
+            );
+            let deadline = Instant::now() + limit;
+            let signal = loop {
+                if let Some(second) = signals.pending().next() {
+                    break second;
+                }
+                if Instant::now() >= deadline {
+                    eprintln!("disback: rank {rank}: rank 0 did not end the team; ending");
+                    break first;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            // SAFETY: _exit ends the process without running teardown that
+            // could wait behind a collective call still in flight.
+            unsafe { libc::_exit(128 + signal) }
+        })
+        .context("starting the signal watcher")?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -298,7 +298,8 @@ const DIR_VAR: &str = "DISBACK_TEST_TCP_DIR";
 
 /// Rank 0 here, ranks 1 and 2 as processes on loopback (this test binary
 /// run again for this test, as a rank: [`be_a_rank_process`]): rank 0
-/// orders the end and every process exits 0, with nothing in its log.
+/// orders the end and every process exits 0, though each got a SIGTERM
+/// first, with nothing in its log but that.
 #[test]
 fn a_team_of_processes_ends_with_every_process_exiting_0() {
     if let Ok(rank) = std::env::var(RANK_VAR) {
@@ -320,15 +321,38 @@ fn a_team_of_processes_ends_with_every_process_exiting_0() {
         })
         .collect();
     let (hub, _) = place.join(0, 3, None).unwrap();
+    // A Ctrl-C or a launcher's SIGTERM reaches every rank: the ranks
+    // other than 0 outlast it, waiting for rank 0's orders (rank 0 would
+    // checkpoint, which needs them).
+    let mut children: Vec<_> = children
+        .into_iter()
+        .map(|mut child| {
+            // SAFETY: kill sends a signal to a child this test started.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+            let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+            let mut heard = String::new();
+            while !heard.contains("got signal") {
+                let mut line = String::new();
+                assert!(
+                    std::io::BufRead::read_line(&mut log, &mut line).unwrap() > 0,
+                    "{heard}"
+                );
+                heard.push_str(&line);
+            }
+            (child, log, heard)
+        })
+        .collect();
     hub.broadcast(Some(b"end".to_vec())).unwrap();
     hub.end();
     hub.check().unwrap();
     drop(hub);
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{}: {log}", out.status);
-        assert!(!log.contains("disback:"), "{log}");
+    for (child, log, heard) in &mut children {
+        let status = child.wait().unwrap();
+        std::io::Read::read_to_string(log, heard).unwrap();
+        assert!(status.success(), "{status}: {heard}");
+        let lines: Vec<&str> = heard.lines().filter(|l| l.starts_with("disback:")).collect();
+        assert_eq!(lines.len(), 1, "{heard}");
+        assert!(lines[0].contains("got signal 15"), "{heard}");
     }
 }
 
@@ -353,6 +377,7 @@ fn be_a_rank_process(rank: usize) {
             exit: crate::parallel::watchdog::exit_process(),
         }),
     };
+    crate::parallel::outlast_signals(rank, LONG).unwrap();
     let (hub, _) = Hub::join(how, || unreachable!("rank 0 makes the token")).unwrap();
     assert_eq!(hub.broadcast(None).unwrap(), b"end");
     hub.end();
