@@ -333,6 +333,7 @@ fn disback_launched(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> std::pro
         "MASTER_ADDR",
         "MASTER_PORT",
         "SLURM_NTASKS",
+        "SLURM_STEP_NUM_TASKS",
         "SLURM_PROCID",
         "SLURM_LOCALID",
     ] {
@@ -353,6 +354,7 @@ fn inside_a_slurm_allocation_commands_that_need_no_team_just_work() {
     let dir = tempfile::tempdir().unwrap();
     let four = [
         ("SLURM_NTASKS", "4"),
+        ("SLURM_STEP_NUM_TASKS", "4"),
         ("SLURM_PROCID", "1"),
         ("SLURM_LOCALID", "1"),
     ];
@@ -364,6 +366,7 @@ fn inside_a_slurm_allocation_commands_that_need_no_team_just_work() {
     std::fs::write(dir.path().join("tiny.toml"), config.to_toml().unwrap()).unwrap();
     let one_task = [
         ("SLURM_NTASKS", "1"),
+        ("SLURM_STEP_NUM_TASKS", "1"),
         ("SLURM_PROCID", "0"),
         ("SLURM_LOCALID", "0"),
     ];
@@ -387,10 +390,21 @@ fn inside_a_slurm_allocation_commands_that_need_no_team_just_work() {
     let e = common::stderr(&refused);
     assert!(!refused.status.success());
     assert!(
-        e.contains("SLURM_NTASKS=4: a launcher started 4 processes"),
+        e.contains("SLURM_STEP_NUM_TASKS=4: a launcher started 4 processes"),
         "{e}"
     );
     assert!(!e.contains("MASTER_ADDR"), "{e}");
+
+    // An `sbatch -n4` script is task 0 of the batch step (SLURM_NTASKS=4,
+    // SLURM_PROCID=0) but no srun step: a `threads` team runs there.
+    let batch_script = [
+        ("SLURM_NTASKS", "4"),
+        ("SLURM_PROCID", "0"),
+        ("SLURM_LOCALID", "0"),
+    ];
+    let threads = disback_launched(&threads, dir.path(), &batch_script);
+    assert!(threads.status.success(), "{}", common::stderr(&threads));
+    assert!(dir.path().join("threads/generator/final.safetensors").is_file());
 }
 
 /// A rank other than 0 of an NCCL team (`rank::follow`) needs the run
@@ -419,5 +433,40 @@ fn a_launched_nccl_rank_names_what_it_lacks() {
         let e = common::stderr(&with_dir);
         assert!(!with_dir.status.success());
         assert!(e.contains("needs the NCCL build"), "{e}");
+    }
+}
+
+/// compare (and sweep, bench) run their sessions in their own process: an
+/// `nccl` config is refused by name, before the launcher's environment is
+/// read or a copy of the compare's command line is started as a rank.
+#[test]
+fn compare_refuses_an_nccl_team() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(&dir.path().join("cache"));
+    std::fs::write(dir.path().join("tiny.toml"), config.to_toml().unwrap()).unwrap();
+    let nccl = [
+        "compare",
+        "--config",
+        "tiny.toml",
+        "--seeds",
+        "1",
+        "--out",
+        "cmp",
+        "--force",
+        "--set",
+        "parallel.ranks=2",
+        "--set",
+        "parallel.backend=nccl",
+    ];
+    let launched = [("WORLD_SIZE", "2"), ("RANK", "0")];
+    for env in [&launched[..], &[]] {
+        let refused = disback_launched(&nccl, dir.path(), env);
+        let e = common::stderr(&refused);
+        assert!(!refused.status.success());
+        assert!(
+            e.contains("`disback compare` runs its sessions in this process"),
+            "{e}"
+        );
+        assert!(!e.contains("MASTER_ADDR"), "{e}");
     }
 }

@@ -10,7 +10,7 @@
 //! rule over path prefixes, which no Rust import-graph crate states, and
 //! a few dozen lines of scanning keep it dependency-free.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The floors, bottom first: config at the bottom, then data, models,
@@ -112,6 +112,7 @@ fn names_after(source: &str, at: usize) -> Vec<String> {
     let rest = &source[at..];
     match rest.strip_prefix('{') {
         Some(group) => group_heads(group),
+        None if rest.starts_with('*') => vec!["*".into()],
         None => vec![identifier_at(rest)],
     }
 }
@@ -190,16 +191,29 @@ fn imports_only_go_down() {
 /// `crate::…::folder::x` paths that land on a sibling file), as module
 /// paths. `mod.rs` is the folder itself, which names its files by nature,
 /// so it takes no part.
-fn siblings_named(module: &[String], source: &str, files: &BTreeSet<Vec<String>>) -> BTreeSet<Vec<String>> {
+fn siblings_named(
+    module: &[String],
+    source: &str,
+    files: &BTreeSet<Vec<String>>,
+    reexports: &Reexports,
+) -> BTreeSet<Vec<String>> {
     let folder = &module[..module.len() - 1];
     let mut named = BTreeSet::new();
     let mut land = |path: Vec<String>| {
-        if path.len() == module.len()
-            && path[..folder.len()] == *folder
-            && path != module
-            && files.contains(&path)
-        {
-            named.insert(path);
+        // `super::Session`, re-exported by mod.rs, is session.rs; a glob
+        // (`super::*`) is every file mod.rs re-exports from.
+        let paths: Vec<Vec<String>> = match path.last().map(String::as_str) {
+            Some("*") => reexports.values().cloned().collect(),
+            _ => vec![reexports.get(&path).cloned().unwrap_or(path)],
+        };
+        for path in paths {
+            if path.len() == module.len()
+                && path[..folder.len()] == *folder
+                && path != module
+                && files.contains(&path)
+            {
+                named.insert(path);
+            }
         }
     };
     for (at, _) in source.match_indices("crate::") {
@@ -240,6 +254,28 @@ fn siblings_named(module: &[String], source: &str, files: &BTreeSet<Vec<String>>
         }
     }
     named
+}
+
+/// Items a folder's mod.rs re-exports (`pub use session::Session;`),
+/// each as the module path of the file that defines it:
+/// [engine, Session] → [engine, session].
+type Reexports = BTreeMap<Vec<String>, Vec<String>>;
+
+/// The re-exports of the folder `folder` whose mod.rs is `source`.
+fn reexports_of(folder: &[String], source: &str, files: &BTreeSet<Vec<String>>) -> Reexports {
+    let mut found = Reexports::new();
+    for (at, _) in without_tests(source).match_indices("pub use ") {
+        let rest = &source[at + "pub use ".len()..];
+        let file = identifier_at(rest);
+        let file_path = [folder.to_vec(), vec![file.clone()]].concat();
+        if !files.contains(&file_path) || !rest[file.len()..].starts_with("::") {
+            continue;
+        }
+        for item in names_after(rest, file.len() + 2) {
+            found.insert([folder.to_vec(), vec![item]].concat(), file_path.clone());
+        }
+    }
+    found
 }
 
 /// The circles of a graph (each once, as the files of one strongly
@@ -290,10 +326,18 @@ fn no_import_circles_between_the_files_of_a_folder() {
         }
     }
     let files: BTreeSet<Vec<String>> = modules.iter().map(|(m, _)| m.clone()).collect();
+    let mut reexports = Reexports::new();
+    for path in rust_files(&src) {
+        let relative = path.strip_prefix(&src).unwrap();
+        if relative.file_name().is_some_and(|n| n == "mod.rs") {
+            let source = std::fs::read_to_string(&path).unwrap();
+            reexports.extend(reexports_of(&module_path(relative), &source, &files));
+        }
+    }
     let mut edges = Vec::new();
     for (module, path) in &modules {
         let source = std::fs::read_to_string(path).unwrap();
-        for named in siblings_named(module, without_tests(&source), &files) {
+        for named in siblings_named(module, without_tests(&source), &files, &reexports) {
             edges.push((module.clone(), named));
         }
     }
@@ -321,15 +365,15 @@ fn the_circle_finder_sees_a_circle_through_a_folder() {
     let b = "use crate::engine::{c::C, protocol};\n";
     let c = "fn f() { super::a::run(); super::super::ui::x(); }\n";
     assert_eq!(
-        siblings_named(&m("engine/a"), a, &files),
+        siblings_named(&m("engine/a"), a, &files, &Reexports::new()),
         BTreeSet::from([m("engine/b")])
     );
     assert_eq!(
-        siblings_named(&m("engine/b"), b, &files),
+        siblings_named(&m("engine/b"), b, &files, &Reexports::new()),
         BTreeSet::from([m("engine/c")])
     );
     assert_eq!(
-        siblings_named(&m("engine/c"), c, &files),
+        siblings_named(&m("engine/c"), c, &files, &Reexports::new()),
         BTreeSet::from([m("engine/a")])
     );
     let mut edges = vec![
@@ -344,6 +388,19 @@ fn the_circle_finder_sees_a_circle_through_a_folder() {
     );
     edges.remove(2);
     assert!(circles(&edges).is_empty());
+
+    // Through mod.rs's re-exports: `super::C` and a glob land on c.rs.
+    let reexports = reexports_of(&m("engine"), "mod c;\npub use c::{C, D};\n", &files);
+    assert_eq!(reexports.get(&m("engine/C")), Some(&m("engine/c")));
+    let via = "/// [`super::C::run`]\nfn f() {}\n";
+    assert_eq!(
+        siblings_named(&m("engine/a"), via, &files, &reexports),
+        BTreeSet::from([m("engine/c")])
+    );
+    assert_eq!(
+        siblings_named(&m("engine/a"), "use super::*;\n", &files, &reexports),
+        BTreeSet::from([m("engine/c")])
+    );
 }
 
 #[test]

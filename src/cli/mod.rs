@@ -271,12 +271,21 @@ pub fn main() -> Result<Ended> {
         Some(Command::Attach { dir }) => attach(dir),
         Some(Command::Ls { dir }) => finished(ls(&dir)),
         Some(Command::Stop { dir }) => finished(crate::runner::stop(&dir)),
-        Some(Command::Compare(args)) => finished(compare::compare(args)),
-        Some(Command::Sweep(args)) => finished(sweep::sweep(args)),
+        Some(Command::Compare(args)) => {
+            crate::engine::sessions_in_this_process("compare");
+            finished(compare::compare(args))
+        }
+        Some(Command::Sweep(args)) => {
+            crate::engine::sessions_in_this_process("sweep");
+            finished(sweep::sweep(args))
+        }
         Some(Command::Plot { dir }) => finished(plot(&dir)),
         Some(Command::Sample(args)) => finished(sample(args)),
         Some(Command::Show { path, width }) => finished(show::show(&path, width)),
-        Some(Command::Bench(args)) => finished(bench::bench(args)),
+        Some(Command::Bench(args)) => {
+            crate::engine::sessions_in_this_process("bench");
+            finished(bench::bench(args))
+        }
         Some(Command::Teacher(args)) => teacher::teacher(args),
         Some(Command::Export(args)) => finished(export::export(args)),
         None => tui(RunArgs {

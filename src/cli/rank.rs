@@ -11,6 +11,7 @@ use crate::parallel::{LaunchedRank, launched_rank};
 use crate::rundir::RunDir;
 use crate::runtime::{Ended, configure_threads};
 use anyhow::{Context, Result};
+use std::time::Duration;
 
 /// This process's place as a rank other than 0, where its config trains
 /// on NCCL ranks and a launcher started it as one; `None` for rank 0 and
@@ -42,18 +43,18 @@ pub fn follow(args: &RunArgs, launched: &LaunchedRank) -> Result<Ended> {
             )
         })?;
     let run = RunDir::written_by_another(&dir);
+    let config = match &args.resume {
+        Some(_) => Config::load_run_on(&run.config(), &args.config.overrides)?,
+        None => args.config.load()?,
+    };
+    configure_threads(config.threads);
+    crate::parallel::outlast_signals(launched.rank, Duration::from_secs_f64(config.parallel.timeout_s))?;
     let session = match &args.resume {
         Some(_) => {
-            let config = Config::load_run_on(&run.config(), &args.config.overrides)?;
-            configure_threads(config.threads);
             let parallel = (!args.config.overrides.is_empty()).then_some(config.parallel);
             Session::resume_on(run, parallel)?
         }
-        None => {
-            let config = args.config.load()?;
-            configure_threads(config.threads);
-            Session::start(config, run)?
-        }
+        None => Session::start(config, run)?,
     };
     session.follow()?;
     Ok(Ended::Finished)

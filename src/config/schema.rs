@@ -809,11 +809,14 @@ pub struct ParallelConfig {
     /// `nccl` (one process per GPU, gradients averaged by NCCL; needs the
     /// `cuda` build). Default `solo`.
     pub backend: ParallelBackend,
-    /// Seconds a rank of a `threads` team waits for the others at a
-    /// gradient exchange before it stops the run, naming the ranks that did
-    /// not come (a hung rank). Waits for rank 0's measurements are not
-    /// limited; NCCL ranks learn of a dead rank from its closed connection.
-    /// Default 600.
+    /// Seconds a rank waits for the others at a gradient exchange before
+    /// it stops the run, naming the ranks that did not come (a hung rank):
+    /// a `threads` rank at its exchange, an `nccl` rank by its watchdog,
+    /// which ends the hung process. Also how long ranks may take to join at
+    /// the start and to leave at the end, and how long a follower that got
+    /// a signal waits for rank 0 to end the team. Waits for rank 0's
+    /// measurements are not limited; NCCL ranks learn of a dead rank from
+    /// its closed connection at once. Default 600.
     pub timeout_s: f64,
 }
 

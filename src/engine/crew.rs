@@ -98,7 +98,10 @@ pub(super) fn join_team(config: &mut Config, run: &RunDir) -> Result<(Collective
     match p.backend {
         ParallelBackend::Solo => Ok((Collective::solo(), Crewmates::none())),
         ParallelBackend::Threads => {
-            if let Some((name, world)) = launcher_world() {
+            // One rank is one thread: no launcher's business.
+            if p.ranks > 1
+                && let Some((name, world)) = launcher_world()
+            {
                 bail!(
                     "{name}={world}: a launcher started {world} processes, but parallel.backend = \"threads\" \
                      runs every rank in one process: use parallel.backend = \"nccl\" (one GPU per process), \
@@ -116,6 +119,13 @@ pub(super) fn join_team(config: &mut Config, run: &RunDir) -> Result<(Collective
             ))
         }
         ParallelBackend::Nccl => {
+            if let Some(command) = ONE_PROCESS_COMMAND.get() {
+                bail!(
+                    "`disback {command}` runs its sessions in this process: parallel.backend = \"nccl\" \
+                     (one process per GPU) is for `disback run`, `tui` and `serve`; set \
+                     parallel.backend = \"threads\" or \"solo\" here"
+                );
+            }
             // Before any rank is started on this box.
             nccl_built()?;
             let (launched, door, children) = match launched_rank()? {
@@ -144,6 +154,17 @@ pub(super) fn join_team(config: &mut Config, run: &RunDir) -> Result<(Collective
     }
 }
 
+/// The command of this process, where it runs its sessions itself
+/// (compare, sweep, bench): an `nccl` team would read the launcher's
+/// environment and start copies of *that* command line as its ranks.
+static ONE_PROCESS_COMMAND: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Says that this process's `command` runs its sessions itself: any
+/// session of an `nccl` config is refused, naming the command.
+pub fn sessions_in_this_process(command: &'static str) {
+    let _ = ONE_PROCESS_COMMAND.set(command);
+}
+
 /// Where rank 0's own start of its box's ranks says the run directory is
 /// (its command line may leave it to a time stamp).
 const RUN_DIR_VAR: &str = "DISBACK_RUN_DIR";
@@ -163,6 +184,7 @@ fn launch_local_ranks_of(ranks: usize, run: &RunDir) -> Result<(LaunchedRank, Do
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let env = [(RUN_DIR_VAR, run.root().as_os_str().to_owned())];
     let children = launch_local_ranks(ranks, master, &exe, &args, &env)?;
+    let door = door.watching(children.watch());
     let launched = LaunchedRank {
         rank: 0,
         world: ranks,

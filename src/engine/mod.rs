@@ -27,6 +27,6 @@ pub use cost::PassCost;
 pub use phase::Moment;
 pub use probe::FunctionalProbe;
 
-pub use crew::team_run_dir;
+pub use crew::{sessions_in_this_process, team_run_dir};
 pub use protocol::ModelKind;
 pub use session::Session;

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The headless runner (`disback run`) reads the same [`Event`]s straight
-//! from [`super::Session::step`]. Plain data only: no tensors cross. This
+//! from `Session::step`. Plain data only: no tensors cross. This
 //! file imports no file that holds `impl Session`: it is the vocabulary the
 //! session, the runner and the lab share.
 

@@ -8,6 +8,7 @@
 
 use super::wire::{FAILURE, HELLO, MESSAGE, REFUSED, read_frame, write_frame};
 use anyhow::{Context, Result, bail};
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,15 +19,20 @@ pub const SECRET_FILE: &str = "team.secret";
 
 const SECRET_LEN: usize = 32;
 
+/// A HELLO's length: rank and world (four bytes each), the secret.
+const HELLO_LEN: usize = 8 + SECRET_LEN;
+
 /// How long a connection may take to say HELLO: ranks say it at once; a
 /// silent stranger holds the door no longer than this.
 const HELLO_WAIT: Duration = Duration::from_secs(2);
 
-/// Rank 0's door: the listening socket and the secret.
+/// Rank 0's door: the listening socket, the secret, and what it watches
+/// while the team gathers.
 pub struct Door {
     listener: TcpListener,
     secret: Vec<u8>,
     secret_file: PathBuf,
+    watch: Option<Box<dyn FnMut() -> Result<()> + Send>>,
 }
 
 impl Door {
@@ -61,6 +67,7 @@ impl Door {
             listener,
             secret,
             secret_file,
+            watch: None,
         })
     }
 
@@ -68,21 +75,33 @@ impl Door {
         Ok(self.listener.local_addr()?)
     }
 
+    /// Polls `watch` while the team gathers: an error from it (a rank
+    /// this process started has ended before it joined) stops the start
+    /// at once instead of at the timeout.
+    pub fn watching(mut self, watch: impl FnMut() -> Result<()> + Send + 'static) -> Self {
+        self.watch = Some(Box::new(watch));
+        self
+    }
+
     /// Admits ranks 1 … `world`−1, refusing strangers, within `timeout`;
     /// then hands each the token `make_token` makes. Returns their
-    /// connections (rank r at r − 1), the token, and the refusals.
+    /// connections (rank r at r − 1), the token, and the refusals. If the
+    /// start fails, every rank already admitted hears why at once (not at
+    /// its own timeout).
     pub fn admit(
-        self,
+        mut self,
         world: usize,
         timeout: Duration,
         make_token: impl FnOnce() -> Result<Vec<u8>>,
     ) -> Result<(Vec<TcpStream>, Vec<u8>, Vec<String>)> {
         let mut refused = Vec::new();
-        let gathered = self.gather(world, timeout, &mut refused);
+        let mut links: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
+        let gathered = self.gather(&mut links, world, timeout, &mut refused);
         // The secret's work is done once the team is whole (or not to be).
         let _ = std::fs::remove_file(&self.secret_file);
-        let mut links = gathered?;
-        let token = match make_token() {
+        let mut links: Vec<TcpStream> = links.into_iter().flatten().collect();
+        let token = gathered.and_then(|()| make_token());
+        let token = match token {
             Ok(token) => token,
             Err(e) => {
                 for link in &mut links {
@@ -97,66 +116,73 @@ impl Door {
         Ok((links, token, refused))
     }
 
-    fn gather(&self, world: usize, timeout: Duration, refused: &mut Vec<String>) -> Result<Vec<TcpStream>> {
+    fn gather(
+        &mut self,
+        links: &mut [Option<TcpStream>],
+        world: usize,
+        timeout: Duration,
+        refused: &mut Vec<String>,
+    ) -> Result<()> {
         self.listener.set_nonblocking(true)?;
         let deadline = Instant::now() + timeout;
-        let mut links: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
         while links.iter().any(Option::is_none) {
+            if let Some(watch) = &mut self.watch {
+                watch()?;
+            }
+            // After every connection too: strangers arriving one after
+            // another must not hold the start past its deadline.
+            if Instant::now() > deadline {
+                let missing: Vec<String> = (links.iter().enumerate())
+                    .filter(|(_, l)| l.is_none())
+                    .map(|(i, _)| (i + 1).to_string())
+                    .collect();
+                bail!(
+                    "rank {} did not join rank 0 at {} within {} s",
+                    missing.join(", rank "),
+                    self.address()?,
+                    timeout.as_secs_f64()
+                );
+            }
             match self.listener.accept() {
                 Ok((link, from)) => {
-                    let Some((peer, link)) = self.hear(link, world, &links, from, refused)? else {
-                        continue;
-                    };
-                    links[peer - 1] = Some(link);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        let missing: Vec<String> = (links.iter().enumerate())
-                            .filter(|(_, l)| l.is_none())
-                            .map(|(i, _)| (i + 1).to_string())
-                            .collect();
-                        bail!(
-                            "rank {} did not join rank 0 at {} within {} s",
-                            missing.join(", rank "),
-                            self.address()?,
-                            timeout.as_secs_f64()
-                        );
+                    let hello_by = deadline.min(Instant::now() + HELLO_WAIT);
+                    if let Some((peer, link)) = self.hear(link, world, links, from, hello_by, refused)? {
+                        links[peer - 1] = Some(link);
                     }
-                    std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                // A signal, or a connection that closed before it was
+                // accepted: nothing to do with the team's start.
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => return Err(e).context("rank 0: accepting the ranks' connections"),
             }
         }
-        Ok(links.into_iter().map(|l| l.expect("all joined")).collect())
+        Ok(())
     }
 
-    /// One connection's HELLO: the rank it is (`None`: refused, logged).
-    /// A rank that shows the secret but cannot join stops the start.
+    /// One connection's HELLO, heard by `by` (`None`: refused, logged). A
+    /// rank that shows the secret but cannot join stops the start.
     fn hear(
         &self,
         mut link: TcpStream,
         world: usize,
         links: &[Option<TcpStream>],
         from: SocketAddr,
+        by: Instant,
         refused: &mut Vec<String>,
     ) -> Result<Option<(usize, TcpStream)>> {
         link.set_nonblocking(false)?;
         link.set_nodelay(true)?;
-        link.set_read_timeout(Some(HELLO_WAIT))?;
         let mut refuse = |link: &mut TcpStream, why: &str| {
             let _ = write_frame(link, REFUSED, why.as_bytes());
             let line = format!("rank 0 refused a connection from {from}: {why}");
             eprintln!("disback: {line}");
             refused.push(line);
         };
-        let hello = match read_frame(&mut link) {
-            Ok((HELLO, hello)) if hello.len() == 8 + SECRET_LEN => hello,
-            Ok(_) => {
-                refuse(&mut link, "it sent no disback HELLO");
-                return Ok(None);
-            }
+        let hello = match read_hello(&mut link, by) {
+            Ok(hello) => hello,
             Err(e) => {
-                refuse(&mut link, &format!("it sent no disback HELLO ({e})"));
+                refuse(&mut link, &format!("it sent no disback HELLO ({e:#})"));
                 return Ok(None);
             }
         };
@@ -185,6 +211,41 @@ impl Door {
         link.set_read_timeout(None)?;
         Ok(Some((peer, link)))
     }
+}
+
+/// A HELLO frame read by `by`: its five-byte head is checked (the kind,
+/// the one length a HELLO has) before its body is read, so a stranger
+/// makes rank 0 allocate nothing, and trickling bytes wins no more time.
+fn read_hello(link: &mut TcpStream, by: Instant) -> Result<[u8; HELLO_LEN]> {
+    let mut head = [0u8; 5];
+    read_by(link, &mut head, by)?;
+    let len = u32::from_le_bytes(head[1..].try_into()?) as usize;
+    if head[0] != HELLO || len != HELLO_LEN {
+        bail!("its first 5 bytes are no HELLO's");
+    }
+    let mut hello = [0u8; HELLO_LEN];
+    read_by(link, &mut hello, by)?;
+    Ok(hello)
+}
+
+/// Fills `buf` from `link` by `by`, whatever the pace of the bytes.
+fn read_by(link: &mut TcpStream, buf: &mut [u8], by: Instant) -> Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = by.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("not said within {} s", HELLO_WAIT.as_secs_f64());
+        }
+        link.set_read_timeout(Some(left))?;
+        match link.read(&mut buf[filled..]) {
+            Ok(0) => bail!("the connection closed"),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// A rank other than 0 joins at `master`: it reads the secret from

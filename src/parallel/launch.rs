@@ -1,15 +1,25 @@
 //! Where a process stands in a launched team, from the environment that
 //! launchers set: torchrun (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
 //! `MASTER_ADDR`, `MASTER_PORT`), or Slurm's srun (`SLURM_PROCID`,
-//! `SLURM_NTASKS`, `SLURM_LOCALID`, with the master's address given as
-//! for torchrun); and the one-box launch, where rank 0 starts the ranks of
-//! its own machine as child processes.
+//! `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`, with the master's address given
+//! as for torchrun); and the one-box launch, where rank 0 starts the ranks
+//! of its own machine as child processes.
+//!
+//! Slurm's world is the job *step*'s task count, not `SLURM_NTASKS`: an
+//! `sbatch -n4` script is task 0 of the batch step and has
+//! `SLURM_NTASKS=4`, `SLURM_PROCID=0` and `SLURM_LOCALID=0` too, but no
+//! `SLURM_STEP_NUM_TASKS`, which srun sets in each task of the step it
+//! launches.
 
 use anyhow::{Context, Result, bail};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// This process's place in a team that a launcher started.
@@ -25,8 +35,9 @@ pub struct LaunchedRank {
 }
 
 /// The launched rank the environment describes; `None` when no launcher
-/// set a world (`WORLD_SIZE` or `SLURM_NTASKS`), or a world of one: a
-/// lone task (`srun --pty bash`) is a solo process and needs no address.
+/// set a world (`WORLD_SIZE` or `SLURM_STEP_NUM_TASKS`), or a world of
+/// one: a lone task (`srun --pty bash`) is a solo process and needs no
+/// address, and so is an allocation's shell or batch script.
 pub fn launched_rank() -> Result<Option<LaunchedRank>> {
     from_vars(|name| std::env::var(name).ok())
 }
@@ -35,7 +46,7 @@ pub fn launched_rank() -> Result<Option<LaunchedRank>> {
 /// than one and this is one of them: the variable that says so and its
 /// value.
 pub fn launcher_world() -> Option<(&'static str, usize)> {
-    [("WORLD_SIZE", "RANK"), ("SLURM_NTASKS", "SLURM_PROCID")]
+    [("WORLD_SIZE", "RANK"), (SLURM_WORLD, "SLURM_PROCID")]
         .into_iter()
         .find_map(|(name, rank)| {
             std::env::var_os(rank)?;
@@ -44,6 +55,10 @@ pub fn launcher_world() -> Option<(&'static str, usize)> {
         })
 }
 
+/// The number of tasks of the Slurm job step this process is a task of
+/// (srun sets it; a batch script or an allocation's shell has none).
+const SLURM_WORLD: &str = "SLURM_STEP_NUM_TASKS";
+
 fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank>> {
     // torchrun's names first; srun's where torchrun's are absent.
     let pick = |torch: &str, slurm: &str| {
@@ -51,7 +66,7 @@ fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank
             .map(|v| (torch.to_string(), v))
             .or(var(slurm).map(|v| (slurm.to_string(), v)))
     };
-    let Some(world) = pick("WORLD_SIZE", "SLURM_NTASKS") else {
+    let Some(world) = pick("WORLD_SIZE", SLURM_WORLD) else {
         return Ok(None);
     };
     let number = |(name, value): (String, String)| -> Result<usize> {
@@ -62,12 +77,8 @@ fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchedRank
     };
     let world_name = world.0.clone();
     let world = number(world)?;
-    // A lone task; or the shell of an allocation (sbatch's script,
-    // salloc's shell), which Slurm gives SLURM_NTASKS but no task number:
-    // one process, not a launched rank.
-    let allocation_shell =
-        world_name == "SLURM_NTASKS" && var("SLURM_PROCID").is_none() && var("RANK").is_none();
-    if world == 1 || allocation_shell {
+    // A lone task: one process, not a launched rank.
+    if world == 1 {
         return Ok(None);
     }
     let rank = number(
@@ -131,7 +142,7 @@ pub fn launch_local_ranks(
     args: &[OsString],
     env: &[(&str, OsString)],
 ) -> Result<Children> {
-    let mut children = Children(Vec::new());
+    let mut children = Vec::new();
     for rank in 1..ranks {
         let mut command = Command::new(program);
         command
@@ -142,6 +153,10 @@ pub fn launch_local_ranks(
             .env("MASTER_ADDR", master.ip().to_string())
             .env("MASTER_PORT", master.port().to_string())
             .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+            // Its own process group: Ctrl-C in the terminal reaches rank
+            // 0 alone, which checkpoints and then ends the team; a rank
+            // killed at once would leave rank 0 unable to save.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         for (name, value) in env {
@@ -150,16 +165,36 @@ pub fn launch_local_ranks(
         let child = command
             .spawn()
             .with_context(|| format!("starting rank {rank} of {ranks} ({})", program.display()))?;
-        children.0.push((rank, child));
+        children.push((rank, child));
     }
-    Ok(children)
+    Ok(Children(Arc::new(Mutex::new(children))))
 }
 
 /// Child processes that are ranks of this one's team: waited for when
 /// the team is over, and how each ended said.
-pub struct Children(Vec<(usize, Child)>);
+pub struct Children(Arc<Mutex<Vec<(usize, Child)>>>);
 
 impl Children {
+    /// A check, for rank 0 while its team gathers, that fails once any
+    /// child has ended: a rank that died before it joined (a bad command
+    /// line, no GPU) stops the start at once.
+    pub fn watch(&self) -> impl FnMut() -> Result<()> + Send + 'static {
+        let children = self.0.clone();
+        move || {
+            let mut children = children.lock().unwrap_or_else(|e| e.into_inner());
+            for (rank, child) in children.iter_mut() {
+                // try_wait keeps the status for the final wait.
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!(
+                        "rank {rank} (pid {}) ended before it joined the team: {status}",
+                        child.id()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+
     /// How long the ranks may take to leave once rank 0's session is gone
     /// (they have heard the end or the failure by then).
     const LEAVING: Duration = Duration::from_secs(30);
@@ -169,7 +204,8 @@ impl Children {
     pub fn wait(&mut self, within: Duration) -> Vec<String> {
         let deadline = Instant::now() + within;
         let mut ends = Vec::new();
-        for (rank, mut child) in self.0.drain(..) {
+        let mut children = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (rank, mut child) in children.drain(..) {
             let pid = child.id();
             let status = loop {
                 match child.try_wait() {
@@ -193,7 +229,7 @@ impl Children {
 /// team.
 impl Drop for Children {
     fn drop(&mut self) {
-        if self.0.is_empty() {
+        if self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             return;
         }
         let ends = self.wait(Self::LEAVING);
@@ -202,6 +238,43 @@ impl Drop for Children {
             ends.join("; ")
         );
     }
+}
+
+/// A signal that stops a run (Ctrl-C, a launcher passing SIGTERM on,
+/// scancel, Slurm's time limit) reaches every rank; rank 0 answers it by
+/// checkpointing, which needs the team whole, and then ends the team. So
+/// a follower does not die of it: it says so and goes on following, for
+/// at most `limit` (rank 0 may be gone); a second signal ends it at once.
+pub fn outlast_signals(rank: usize, limit: Duration) -> Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("handling signals")?;
+    std::thread::Builder::new()
+        .name("disback-rank-signals".into())
+        .spawn(move || {
+            let Some(first) = signals.forever().next() else {
+                return;
+            };
+            eprintln!(
+                "disback: rank {rank} got signal {first}: it follows on until rank 0 has checkpointed \
+                 and ended the team (at most {} s; a second signal ends it now)",
+                limit.as_secs_f64()
+            );
+            let deadline = Instant::now() + limit;
+            let signal = loop {
+                if let Some(second) = signals.pending().next() {
+                    break second;
+                }
+                if Instant::now() >= deadline {
+                    eprintln!("disback: rank {rank}: rank 0 did not end the team; ending");
+                    break first;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            // SAFETY: _exit ends the process without running teardown that
+            // could wait behind a collective call still in flight.
+            unsafe { libc::_exit(128 + signal) }
+        })
+        .context("starting the signal watcher")?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,6 +317,7 @@ mod tests {
         assert_eq!(agent.master, "node0:29501");
         let srun = [
             ("SLURM_NTASKS", "4"),
+            ("SLURM_STEP_NUM_TASKS", "4"),
             ("SLURM_PROCID", "3"),
             ("SLURM_LOCALID", "3"),
             ("MASTER_ADDR", "10.0.0.1"),
@@ -270,12 +344,20 @@ mod tests {
     #[test]
     fn a_world_of_one_is_solo() {
         assert_eq!(
-            read(&[("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0")]).unwrap(),
+            read(&[("SLURM_STEP_NUM_TASKS", "1"), ("SLURM_PROCID", "0")]).unwrap(),
             None
         );
         assert_eq!(read(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap(), None);
-        // The shell of a 4-task allocation (salloc, an sbatch script).
+        // The shell of a 4-task allocation (salloc): no task number.
         assert_eq!(read(&[("SLURM_NTASKS", "4")]).unwrap(), None);
+        // An `sbatch -n4` script: task 0 of the batch step, which Slurm
+        // numbers like a task of a 4-task step, but no step of 4 tasks.
+        let batch = [
+            ("SLURM_NTASKS", "4"),
+            ("SLURM_PROCID", "0"),
+            ("SLURM_LOCALID", "0"),
+        ];
+        assert_eq!(read(&batch).unwrap(), None);
     }
 
     #[test]
@@ -328,5 +410,25 @@ mod tests {
         let mut children = launch_local_ranks(2, master, Path::new("/bin/sh"), &sh("sleep 30"), &[]).unwrap();
         let ends = children.wait(Duration::from_millis(200));
         assert!(ends[0].ends_with("still running after 0.2 s, killed"), "{ends:?}");
+    }
+
+    /// A rank started on this box that dies before it joins stops the
+    /// start at once, named with how it ended (not at the timeout).
+    #[test]
+    fn a_rank_that_died_before_joining_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let door = super::super::Door::open_local(dir.path()).unwrap();
+        let master = door.address().unwrap();
+        let script: Vec<OsString> = vec!["-c".into(), "exit 3".into()];
+        let children = launch_local_ranks(2, master, Path::new("/bin/sh"), &script, &[]).unwrap();
+        let door = door.watching(children.watch());
+        let e = door
+            .admit(2, Duration::from_secs(60), || Ok(Vec::new()))
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("rank 1 (pid ") && e.contains("ended before it joined the team: exit status: 3"),
+            "{e}"
+        );
     }
 }

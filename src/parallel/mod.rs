@@ -32,7 +32,9 @@ mod watchdog;
 mod wire;
 
 pub use door::{Door, SECRET_FILE};
-pub use launch::{Children, LaunchedRank, launch_local_ranks, launched_rank, launcher_world};
+pub use launch::{
+    Children, LaunchedRank, launch_local_ranks, launched_rank, launcher_world, outlast_signals,
+};
 #[cfg(feature = "nccl")]
 pub use nccl::start_nccl;
 pub use threads::start_threads;

@@ -52,7 +52,8 @@ pub fn start_nccl(meeting: Meeting<'_>, device: &Device) -> Result<Collective> {
             timeout: meeting.timeout,
             grace: STUCK_GRACE,
             resume: format!(
-                "the run resumes from its last checkpoint: disback run --resume {}",
+                "the run resumes from its last checkpoint: disback {} --resume {}",
+                command_run(),
                 meeting.run_dir.display()
             ),
             exit: exit_process(),
@@ -162,5 +163,15 @@ impl Backend for Nccl {
 
     fn end(&self) {
         self.hub.end();
+    }
+}
+
+/// The command this process runs (`run`, `tui` or `serve`), for the
+/// resume hint: a run started in the lab resumes in the lab.
+fn command_run() -> String {
+    match std::env::args().nth(1) {
+        None => "tui".into(),
+        Some(c) if ["run", "tui", "serve"].contains(&c.as_str()) => c,
+        Some(_) => "run".into(),
     }
 }

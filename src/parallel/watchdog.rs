@@ -25,7 +25,10 @@ pub type Exit = Arc<dyn Fn(&str) + Send + Sync>;
 pub fn exit_process() -> Exit {
     Arc::new(|message: &str| {
         eprintln!("disback: {message}");
-        std::process::exit(1);
+        // Not std::process::exit: its teardown (the CUDA context's, NCCL's)
+        // can wait forever behind the kernel that hangs.
+        // SAFETY: _exit ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(1) }
     })
 }
 

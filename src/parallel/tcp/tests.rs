@@ -298,7 +298,8 @@ const DIR_VAR: &str = "DISBACK_TEST_TCP_DIR";
 
 /// Rank 0 here, ranks 1 and 2 as processes on loopback (this test binary
 /// run again for this test, as a rank: [`be_a_rank_process`]): rank 0
-/// orders the end and every process exits 0, with nothing in its log.
+/// orders the end and every process exits 0, though each got a SIGTERM
+/// first, with nothing in its log but that.
 #[test]
 fn a_team_of_processes_ends_with_every_process_exiting_0() {
     if let Ok(rank) = std::env::var(RANK_VAR) {
@@ -320,15 +321,38 @@ fn a_team_of_processes_ends_with_every_process_exiting_0() {
         })
         .collect();
     let (hub, _) = place.join(0, 3, None).unwrap();
+    // A Ctrl-C or a launcher's SIGTERM reaches every rank: the ranks
+    // other than 0 outlast it, waiting for rank 0's orders (rank 0 would
+    // checkpoint, which needs them).
+    let mut children: Vec<_> = children
+        .into_iter()
+        .map(|mut child| {
+            // SAFETY: kill sends a signal to a child this test started.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+            let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+            let mut heard = String::new();
+            while !heard.contains("got signal") {
+                let mut line = String::new();
+                assert!(
+                    std::io::BufRead::read_line(&mut log, &mut line).unwrap() > 0,
+                    "{heard}"
+                );
+                heard.push_str(&line);
+            }
+            (child, log, heard)
+        })
+        .collect();
     hub.broadcast(Some(b"end".to_vec())).unwrap();
     hub.end();
     hub.check().unwrap();
     drop(hub);
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{}: {log}", out.status);
-        assert!(!log.contains("disback:"), "{log}");
+    for (child, log, heard) in &mut children {
+        let status = child.wait().unwrap();
+        std::io::Read::read_to_string(log, heard).unwrap();
+        assert!(status.success(), "{status}: {heard}");
+        let lines: Vec<&str> = heard.lines().filter(|l| l.starts_with("disback:")).collect();
+        assert_eq!(lines.len(), 1, "{heard}");
+        assert!(lines[0].contains("got signal 15"), "{heard}");
     }
 }
 
@@ -353,8 +377,91 @@ fn be_a_rank_process(rank: usize) {
             exit: crate::parallel::watchdog::exit_process(),
         }),
     };
+    crate::parallel::outlast_signals(rank, LONG).unwrap();
     let (hub, _) = Hub::join(how, || unreachable!("rank 0 makes the token")).unwrap();
     assert_eq!(hub.broadcast(None).unwrap(), b"end");
     hub.end();
     hub.check().unwrap();
+}
+
+/// A HELLO with the team's secret, as rank `rank` of `world` says it.
+fn hello_of(place: &Place, rank: u32, world: u32) -> Vec<u8> {
+    let secret = std::fs::read(place.dir.path().join(super::super::door::SECRET_FILE)).unwrap();
+    [&rank.to_le_bytes()[..], &world.to_le_bytes(), &secret].concat()
+}
+
+/// A stranger that trickles a HELLO-shaped frame, one byte a second
+/// (each byte within any per-read timeout), holds the door no longer than
+/// the time a HELLO may take: the team starts.
+#[test]
+fn a_slow_stranger_does_not_hold_the_door() {
+    let place = Place::new();
+    let leader = {
+        let place = place.clone();
+        std::thread::spawn(move || place.join(0, 2, None).map(|(hub, _)| hub))
+    };
+    let mut slow = TcpStream::connect(&place.master).unwrap();
+    let frame = [&[super::super::wire::HELLO][..], &40u32.to_le_bytes(), &[9u8; 40]].concat();
+    std::thread::spawn(move || {
+        for byte in frame {
+            if std::io::Write::write_all(&mut slow, &[byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let (member, token) = place.join(1, 2, None).expect("the team started");
+    assert_eq!(token, b"nccl-id");
+    let leader = leader.join().unwrap().expect("the team started");
+    let refused = leader.refused();
+    assert!(refused[0].contains("it sent no disback HELLO"), "{refused:?}");
+    member.check().unwrap();
+}
+
+/// A frame head that is no HELLO's is refused on its five bytes: no
+/// body of the length it claims is waited for or allocated.
+#[test]
+fn a_head_that_is_no_hello_is_refused_at_once() {
+    let place = Place::new();
+    let leader = {
+        let place = place.clone();
+        std::thread::spawn(move || place.join(0, 2, None).map(|(hub, _)| hub))
+    };
+    let mut big = TcpStream::connect(&place.master).unwrap();
+    let head = [&[super::super::wire::HELLO][..], &(60u32 << 20).to_le_bytes()].concat();
+    std::io::Write::write_all(&mut big, &head).unwrap();
+    let (kind, why) = read_frame(&mut big).unwrap();
+    assert_eq!(kind, super::super::wire::REFUSED);
+    assert!(String::from_utf8_lossy(&why).contains("no HELLO's"), "{why:?}");
+    let (_member, _) = place.join(1, 2, None).unwrap();
+    leader.join().unwrap().expect("the team started");
+}
+
+/// When the start fails (here a rank with the wrong world), a rank
+/// already admitted hears rank 0's failure at once, not at its own
+/// timeout.
+#[test]
+fn admitted_ranks_hear_a_failed_start() {
+    let place = Place::new();
+    let leader = {
+        let place = place.clone();
+        std::thread::spawn(move || place.join(0, 3, None).map(|_| ()))
+    };
+    // Accepted in the order they connect: rank 1 is admitted first.
+    let mut rank_1 = TcpStream::connect(&place.master).unwrap();
+    write_frame(&mut rank_1, super::super::wire::HELLO, &hello_of(&place, 1, 3)).unwrap();
+    let mut rank_2 = TcpStream::connect(&place.master).unwrap();
+    write_frame(&mut rank_2, super::super::wire::HELLO, &hello_of(&place, 2, 4)).unwrap();
+    let e = format!("{:#}", leader.join().unwrap().unwrap_err());
+    assert!(
+        e.contains("rank 2 says the world is 4 ranks, rank 0 says 3"),
+        "{e}"
+    );
+    rank_1.set_read_timeout(Some(LONG)).unwrap();
+    let (kind, why) = read_frame(&mut rank_1).expect("rank 0 told the admitted rank");
+    assert_eq!(kind, FAILURE);
+    assert!(
+        String::from_utf8_lossy(&why).contains("rank 2 says the world is 4 ranks"),
+        "{why:?}"
+    );
 }
