@@ -70,7 +70,7 @@ pub fn cpu_threads() -> usize {
 
 /// The threads to run for a config's `threads` on a machine with `cpus`:
 /// 0 means all of them, and no more than them.
-fn thread_count(threads: usize, cpus: usize) -> usize {
+pub fn thread_count(threads: usize, cpus: usize) -> usize {
     match threads {
         0 => cpus,
         n => n.min(cpus),

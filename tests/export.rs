@@ -164,6 +164,15 @@ fn a_v_prediction_teacher_exports_with_its_own_formula() {
     exports_as_diffusers("attention-v");
 }
 
+/// The same for a sample-prediction teacher with no middle block and
+/// unpadded downsampling, and for one with one attention head over each
+/// block (`attention_head_dim: null`).
+#[test]
+fn sample_prediction_and_null_head_teachers_export_too() {
+    exports_as_diffusers("deep-sample");
+    exports_as_diffusers("null-heads");
+}
+
 fn exports_as_diffusers(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (run, out) = (tmp.path().join("run"), tmp.path().join("export"));

@@ -45,7 +45,10 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         args.seeds
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = args.jobs.unwrap_or((cores / config.threads.max(1)).max(1));
+    // `threads = 0` takes every core for one run: one run at a time.
+    let workers = args
+        .jobs
+        .unwrap_or((cores / crate::runtime::thread_count(config.threads, cores)).max(1));
     if !args.no_memory_check {
         crate::runtime::check_memory(&config, workers)?;
     }

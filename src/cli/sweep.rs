@@ -59,7 +59,10 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &format!("sweep-{}", base.run_name())));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = args.jobs.unwrap_or((cores / base.threads.max(1)).max(1));
+    // `threads = 0` takes every core for one run: one run at a time.
+    let workers = args
+        .jobs
+        .unwrap_or((cores / crate::runtime::thread_count(base.threads, cores)).max(1));
     if !args.no_memory_check {
         crate::runtime::check_memory(&base, workers)?;
     }

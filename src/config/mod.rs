@@ -41,7 +41,8 @@ impl Config {
     /// since: a resumed run continues the run that was checkpointed.
     pub fn load_run(path: &Path) -> Result<Config> {
         let text = crate::files::read_toml(path)?;
-        Self::parse(&text, &[]).with_context(|| format!("invalid config {}", path.display()))
+        Self::parse_as(&text, &[], Written::ByRun)
+            .with_context(|| format!("invalid config {}", path.display()))
     }
 
     /// A run's `config.toml` with the ranks it continues on changed
@@ -50,7 +51,8 @@ impl Config {
     pub fn load_run_on(path: &Path, overrides: &[String]) -> Result<Config> {
         Self::check_resume_overrides(overrides)?;
         let text = crate::files::read_toml(path)?;
-        Self::parse(&text, overrides).with_context(|| format!("invalid config {}", path.display()))
+        Self::parse_as(&text, overrides, Written::ByRun)
+            .with_context(|| format!("invalid config {}", path.display()))
     }
 
     /// Refuses overrides a resumed run would ignore: all but `parallel.*`.
@@ -71,6 +73,10 @@ impl Config {
     /// at once (a TOML syntax error stops the parse, so it comes alone),
     /// each naming its key; one that comes from a `--set` says so.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Config> {
+        Self::parse_as(text, overrides, Written::ByUser)
+    }
+
+    fn parse_as(text: &str, overrides: &[String], written: Written) -> Result<Config> {
         let mut table: toml::Table = toml::from_str(text)?;
         let mut set = Vec::new();
         for o in overrides {
@@ -86,7 +92,12 @@ impl Config {
         }
         let left_out = image_defaults_left_out(&table);
         let (mut config, mut problems) = deserialize_all(table);
-        if let Some(c) = &mut config {
+        // A run's own config.toml holds every key it ran with; one written
+        // before a key had an image default ran with the plain default,
+        // and a resumed run keeps measuring as it did.
+        if let Some(c) = &mut config
+            && written == Written::ByUser
+        {
             c.apply_image_defaults(&left_out);
         }
         if let Some(c) = &config
@@ -163,6 +174,15 @@ impl Config {
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
+}
+
+/// Who wrote a config's text: a user (defaults for images apply to the
+/// keys left out) or a run, as its `config.toml` (nothing is filled in
+/// that the run did not run with).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    ByUser,
+    ByRun,
 }
 
 /// The keys whose default differs on images ([`Config::apply_image_defaults`]).

@@ -303,3 +303,25 @@ fn measurement_sampler_steps_below_two_are_refused() {
     let e = err("[metrics]\nsampler_steps = 1\n", &[]);
     assert!(e.contains("metrics.sampler_steps"), "{e}");
 }
+
+#[test]
+fn a_runs_own_config_gets_no_image_defaults_it_did_not_run_with() {
+    // A run's config.toml from before the image defaults: it ran with the
+    // plain ones, and a resumed run must keep them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let text = "[data]\nkind = \"shapes\"\n";
+    crate::files::write_toml(&path, text).unwrap();
+    let resumed = Config::load_run(&path).unwrap();
+    let fresh = Config::parse(text, &[]).unwrap();
+    assert_eq!((fresh.threads, fresh.metrics.samples), (0, 64));
+    let plain = Config::parse("", &[]).unwrap();
+    assert_eq!(
+        (
+            resumed.threads,
+            resumed.metrics.samples,
+            resumed.metrics.sampler_steps
+        ),
+        (plain.threads, plain.metrics.samples, plain.metrics.sampler_steps)
+    );
+}
