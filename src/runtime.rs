@@ -230,7 +230,7 @@ fn values_per_sample(config: &Config) -> usize {
 /// Whether a run of `choice` keeps its tensors on a GPU (then the GPU's
 /// memory bounds its batches, not the host's), known before the device is
 /// made: [`select_device`] goes by it too.
-fn tensors_on_gpu(choice: DeviceChoice) -> bool {
+pub fn tensors_on_gpu(choice: DeviceChoice) -> bool {
     match choice {
         DeviceChoice::Cpu => false,
         DeviceChoice::Cuda(_) => cfg!(feature = "cuda"),

@@ -140,6 +140,19 @@ fn point_dir(d: &std::path::Path) -> std::path::PathBuf {
     points.pop().unwrap()
 }
 
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => files.extend(walk(&path)),
+            false => files.push(path),
+        }
+    }
+    files
+}
+
 /// Every run's log in a point, by run folder.
 fn run_logs(point: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut logs: Vec<_> = std::fs::read_dir(point)
@@ -271,6 +284,27 @@ fn an_interrupted_point_keeps_its_finished_runs_and_continues_the_others() {
     child.wait().unwrap();
     assert!(!point.join("compare.json").exists());
     let disback_log = std::fs::read(point.join("disback-seed3/metrics.jsonl")).unwrap();
+
+    // A checkpoint that cannot be read is named; the run is not started
+    // over and keeps its files.
+    let latest = std::fs::read(&next).unwrap();
+    std::fs::write(&next, &latest[..latest.len() / 2]).unwrap();
+    let cut = point.join("diff-instruct-seed3");
+    let files = |dir: &std::path::Path| {
+        let mut names: Vec<_> = walk(dir)
+            .into_iter()
+            .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files(&cut);
+    let o = run(&args, d);
+    let said = stderr(&o);
+    assert!(!o.status.success(), "a damaged checkpoint was run over:\n{said}");
+    assert!(said.contains("latest.json") && said.contains("move "), "{said}");
+    assert_eq!(files(&cut), before, "the run's files were touched");
+    std::fs::write(&next, &latest).unwrap();
 
     let o = run(&args, d);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -29,6 +29,8 @@ struct Lab {
     /// When the terminal sends its late replies ([`Answers::Late`]), and
     /// whether it has.
     late: Option<Instant>,
+    /// When the rest of the reply cut by a slow link ([`CUT_REPLY`]) comes.
+    late_rest: Option<Instant>,
     late_sent: bool,
 }
 
@@ -55,6 +57,10 @@ enum Answers {
 const LATE_REPLIES: &str = "\x1b_Gi=31;OK\x1b\\\x1b[?62;4;22c\x1b[>1;4000;29c\x1b[6;20;10t\
                             \x1b]11;rgb:1e1e/1e1e/2e2e\x1b\\\x1bP1$r0;1m\x1b\\";
 const LATE_BY: Duration = Duration::from_millis(300);
+/// A reply a slow link cut in two, the second part [`CUT_GAP`] after the
+/// first (which comes with the late replies).
+const CUT_REPLY: (&str, &str) = ("\x1b[>1;40", "00;29c");
+const CUT_GAP: Duration = Duration::from_millis(200);
 
 impl Answers {
     fn reply(self) -> &'static str {
@@ -152,6 +158,7 @@ impl Lab {
             pictures: None,
             tail: Vec::new(),
             late: None,
+            late_rest: None,
             late_sent: false,
         }
     }
@@ -204,8 +211,13 @@ impl Lab {
         loop {
             if self.late.is_some_and(|at| Instant::now() >= at) {
                 self.late = None;
+                self.late_rest = Some(Instant::now() + CUT_GAP);
+                self.press(&format!("{LATE_REPLIES}{}", CUT_REPLY.0));
+            }
+            if self.late_rest.is_some_and(|at| Instant::now() >= at) {
+                self.late_rest = None;
                 self.late_sent = true;
-                self.press(LATE_REPLIES);
+                self.press(CUT_REPLY.1);
             }
             let Ok(chunk) = self.bytes.recv_timeout(Duration::from_millis(20)) else {
                 return;
@@ -410,7 +422,8 @@ fn late_terminal_replies_never_act_as_keys() {
     let dir = tempfile::tempdir().unwrap();
     let teachers = dir.path().join("teachers");
     let mut lab = Lab::start_digits_with(&teachers, dir, Answers::Late);
-    // The replies go 300 ms after the query, while the teacher trains.
+    // The replies go 300 ms after the query, while the teacher trains, the
+    // last one cut in two 200 ms apart.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !lab.late_sent {
         assert!(Instant::now() < deadline, "the lab never asked the terminal");

@@ -233,7 +233,7 @@ pub fn run_comparison(
 ) -> Result<Comparison> {
     let started = std::time::Instant::now();
     let timelines = Mutex::new(HashMap::new());
-    run_jobs(&plan.jobs, workers, |job: &CompareJob, ended| {
+    run_jobs(&plan.jobs, workers, say, |job: &CompareJob, ended| {
         let whole = matches!(ended, Ended::Ran(_) | Ended::Restarted(..));
         let (session, how) = match ended {
             Ended::Kept => {
@@ -241,7 +241,7 @@ pub fn run_comparison(
                 return;
             }
             Ended::Ran(session) => (session, String::new()),
-            Ended::Restarted(session, why) => (session, format!(" (run again from the start: {why})")),
+            Ended::Restarted(session) => (session, " (run again from the start)".into()),
             Ended::Resumed(session, iteration) => {
                 (session, format!(" (continued from iteration {iteration})"))
             }

@@ -2,7 +2,10 @@
 //! each, so two cores finish in half the time. A job whose folder already
 //! holds its run (a sweep point that was interrupted) is not started
 //! again: a finished run is kept, one cut short continues from its
-//! checkpoint, and only one without a usable checkpoint starts over.
+//! checkpoint, and only one that never wrote a checkpoint starts over. A
+//! checkpoint that cannot be read (damaged, or written by another version
+//! of disback) is named and the comparison refused: nothing is deleted,
+//! since the files may be all there is of hours of training.
 
 use super::CompareJob;
 use crate::engine::{Session, checkpoint_stage};
@@ -16,9 +19,9 @@ use std::sync::Mutex;
 pub enum Ended<'a> {
     /// Run here from its first step.
     Ran(&'a Session),
-    /// Run here from its first step, over a run that could not be
-    /// continued (why).
-    Restarted(&'a Session, String),
+    /// Run here from its first step, over a run cut short before its first
+    /// checkpoint.
+    Restarted(&'a Session),
     /// Continued here from the checkpoint at this iteration: the seconds
     /// before it are not known.
     Resumed(&'a Session, usize),
@@ -27,8 +30,13 @@ pub enum Ended<'a> {
 }
 
 /// Runs every job to the end on `workers` threads; `done` hears of each
-/// finished run (in completion order).
-pub fn run_jobs(jobs: &[CompareJob], workers: usize, done: impl Fn(&CompareJob, Ended) + Sync) -> Result<()> {
+/// finished run (in completion order), `say` of a run started over.
+pub fn run_jobs(
+    jobs: &[CompareJob],
+    workers: usize,
+    say: &(dyn Fn(String) + Sync),
+    done: impl Fn(&CompareJob, Ended) + Sync,
+) -> Result<()> {
     let queue = Mutex::new(jobs.iter().collect::<VecDeque<_>>());
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
@@ -41,7 +49,7 @@ pub fn run_jobs(jobs: &[CompareJob], workers: usize, done: impl Fn(&CompareJob, 
                     let Some(job) = queue.lock().expect("lock").pop_front() else {
                         return;
                     };
-                    if let Err(e) = run_one(job, &done) {
+                    if let Err(e) = run_one(job, say, &done) {
                         *failure.lock().expect("lock") = Some(e);
                         return;
                     }
@@ -60,27 +68,37 @@ enum Found {
     Nothing,
     Finished,
     Checkpoint(usize),
-    /// Files but no checkpoint to continue from (why).
-    Unusable(String),
+    /// Files but no checkpoint at all: cut short before the first.
+    NoCheckpoint,
 }
 
-fn found(dir: &Path) -> Found {
+fn found(dir: &Path) -> Result<Found> {
     let empty = dir.read_dir().map_or(true, |mut d| {
         d.all(|e| e.is_ok_and(|e| e.file_name() == "run.lock"))
     });
     if empty {
-        return Found::Nothing;
+        return Ok(Found::Nothing);
     }
     let run = RunDir::written_by_another(dir);
-    match checkpoint_stage(&run) {
-        // The last checkpoint of a run is written after its final files.
-        Ok((Stage::Done, _)) => Found::Finished,
-        Ok((_, iteration)) => Found::Checkpoint(iteration),
-        Err(e) => Found::Unusable(format!("{e:#}")),
+    if !run.state_dir().join("latest.json").exists() {
+        return Ok(Found::NoCheckpoint);
     }
+    let refused = |e: anyhow::Error| {
+        anyhow::anyhow!(
+            "{e:#}\nthe run in {} has a checkpoint that cannot be read; nothing in it was deleted. \
+             To run it again from the start, move {} away and run again",
+            dir.display(),
+            dir.display()
+        )
+    };
+    // The last checkpoint of a run is written after its final files.
+    Ok(match checkpoint_stage(&run).map_err(refused)? {
+        (Stage::Done, _) => Found::Finished,
+        (_, iteration) => Found::Checkpoint(iteration),
+    })
 }
 
-fn run_one(job: &CompareJob, done: &impl Fn(&CompareJob, Ended)) -> Result<()> {
+fn run_one(job: &CompareJob, say: &dyn Fn(String), done: &impl Fn(&CompareJob, Ended)) -> Result<()> {
     let what = || format!("{} seed {} ({})", job.arm, job.seed, job.run_dir.display());
     let to_the_end = |mut session: Session| -> Result<Session> {
         while !session.is_done() {
@@ -92,7 +110,7 @@ fn run_one(job: &CompareJob, done: &impl Fn(&CompareJob, Ended)) -> Result<()> {
         let run = RunDir::create(&job.run_dir, overwrite)?;
         to_the_end(Session::start(job.config.clone(), run)?)
     };
-    match found(&job.run_dir) {
+    match found(&job.run_dir)? {
         Found::Nothing => done(job, Ended::Ran(&fresh(false)?)),
         Found::Finished => done(job, Ended::Kept),
         Found::Checkpoint(iteration) => {
@@ -100,7 +118,13 @@ fn run_one(job: &CompareJob, done: &impl Fn(&CompareJob, Ended)) -> Result<()> {
             let session = Session::resume(run).with_context(what)?;
             done(job, Ended::Resumed(&to_the_end(session)?, iteration));
         }
-        Found::Unusable(why) => done(job, Ended::Restarted(&fresh(true)?, why)),
+        Found::NoCheckpoint => {
+            say(format!(
+                "  {}: cut short before its first checkpoint; running it again from the start",
+                what()
+            ));
+            done(job, Ended::Restarted(&fresh(true)?));
+        }
     }
     Ok(())
 }

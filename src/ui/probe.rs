@@ -132,7 +132,7 @@ fn interpret(bytes: &[u8]) -> Probe {
     let mut parser = Parser::new();
     let (mut keys, mut responses, mut answered) = (Vec::new(), Vec::new(), false);
     let mut input = Decoder::default();
-    for piece in input.feed(bytes) {
+    for piece in input.feed(bytes, Instant::now()) {
         match piece {
             Piece::Key(k) => keys.push(k),
             Piece::Reply(r) => {
@@ -219,7 +219,7 @@ mod tests {
         // reply only began: its rest reaches the lab's reader, not its keys.
         let mut probe = interpret(b"\x1b[0n\x1b_Gi=3");
         assert!(probe.keys.is_empty() && probe.picker.is_none());
-        let rest = probe.input.feed(b"1;OK\x1b\\v");
+        let rest = probe.input.feed(b"1;OK\x1b\\v", Instant::now());
         assert_eq!(rest.len(), 2, "{rest:?}");
         assert_eq!(rest[1], Piece::Key(KeyEvent::from(KeyCode::Char('v'))));
     }
