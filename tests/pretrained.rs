@@ -472,15 +472,85 @@ fn settings_the_lab_does_not_build_are_refused_by_key() {
         needles.push("config.json");
         refused(&dir, &needles);
     }
-    // A zero-SNR schedule has an infinite σ.
-    let dir = copy("plain-eps", &tmp.path().join("snr"));
+}
+
+/// Replaces `from` by `to` in a copied fixture's scheduler config.
+fn edit_scheduler(dir: &Path, from: &str, to: &str) {
     let file = dir.join("scheduler/scheduler_config.json");
     let text = std::fs::read_to_string(&file).unwrap();
-    let edited = text.replace(
-        "\"rescale_betas_zero_snr\": false",
-        "\"rescale_betas_zero_snr\": true",
+    assert!(text.contains(from), "{from} not in the fixture's scheduler");
+    std::fs::write(&file, text.replacen(from, to, 1)).unwrap();
+}
+
+/// A scheduler of another kind of model (flow matching, variance
+/// exploding, EDM's own σ), or a VP one set for another model, is refused
+/// with the file, the key and the value, rather than read as DDPM's
+/// linear ε schedule; a VP scheduler used only for sampling reads the
+/// same schedule.
+#[test]
+fn schedulers_of_other_models_are_refused_by_name() {
+    let class = "\"_class_name\": \"DDPMScheduler\"";
+    let cases: [(&str, &str, &[&str]); 9] = [
+        (
+            class,
+            "\"_class_name\": \"FlowMatchEulerDiscreteScheduler\"",
+            &["_class_name", "FlowMatchEulerDiscreteScheduler"],
+        ),
+        (
+            class,
+            "\"_class_name\": \"ScoreSdeVeScheduler\"",
+            &["_class_name", "ScoreSdeVeScheduler"],
+        ),
+        (
+            class,
+            "\"_class_name\": \"EDMEulerScheduler\"",
+            &["_class_name", "EDMEulerScheduler"],
+        ),
+        (
+            class,
+            "\"_comment\": \"DDPMScheduler\"",
+            &["_class_name", "missing"],
+        ),
+        (
+            "\"beta_schedule\": \"linear\"",
+            "\"beta_schedule\": \"sigmoid\"",
+            &["beta_schedule", "sigmoid"],
+        ),
+        (
+            "\"prediction_type\": \"epsilon\"",
+            "\"prediction_type\": \"flow_prediction\"",
+            &["prediction_type", "flow_prediction"],
+        ),
+        (
+            "\"prediction_type\": \"epsilon\"",
+            "\"prediction_type\": \"epsilon\", \"timestep_type\": \"continuous\"",
+            &["timestep_type", "continuous"],
+        ),
+        (
+            class,
+            "\"_class_name\": \"DPMSolverMultistepScheduler\", \"use_flow_sigmas\": true",
+            &["use_flow_sigmas", "flow-matching"],
+        ),
+        // A zero-SNR schedule has an infinite σ.
+        (
+            "\"rescale_betas_zero_snr\": false",
+            "\"rescale_betas_zero_snr\": true",
+            &["rescale_betas_zero_snr"],
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (from, to, needles)) in cases.iter().enumerate() {
+        let dir = copy("plain-eps", &tmp.path().join(i.to_string()));
+        edit_scheduler(&dir, from, to);
+        let mut needles = needles.to_vec();
+        needles.push("scheduler_config.json");
+        refused(&dir, &needles);
+    }
+    let dir = copy("plain-eps", &tmp.path().join("euler"));
+    edit_scheduler(&dir, class, "\"_class_name\": \"EulerDiscreteScheduler\"");
+    let euler = DiffusersSpec::read(&dir).unwrap().schedule;
+    assert_eq!(
+        euler,
+        DiffusersSpec::read(&fixture("plain-eps")).unwrap().schedule
     );
-    assert_ne!(text, edited);
-    std::fs::write(&file, edited).unwrap();
-    refused(&dir, &["scheduler_config.json", "rescale_betas_zero_snr"]);
 }
