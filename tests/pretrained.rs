@@ -20,16 +20,24 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// max |a − b| over every element.
+/// max |a − b| over every element, on the host, with every value of both
+/// finite (candle's `max_all` passes over a NaN not at the first element).
 fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let (a, b) = (values(a), values(b));
+    assert!(a.iter().chain(&b).all(|v| v.is_finite()), "a value is not finite");
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The comparison every parity test here relies on sees a NaN anywhere.
+#[test]
+#[should_panic(expected = "not finite")]
+fn a_nan_in_the_middle_fails_the_comparison() {
+    let mut values = vec![0.5f32; 48];
+    values[29] = f32::NAN;
+    let a = Tensor::from_vec(values, (1, 3, 4, 4), &Device::Cpu).unwrap();
+    largest_difference(&a, &a.ones_like().unwrap());
 }
 
 /// The network a fixture's `config.json` describes, with fresh weights.
@@ -357,6 +365,51 @@ fn teacher_check_proves_a_null_head_model_and_catches_a_nudge() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("--check failed") && err.contains("nudged.safetensors"),
+        "{err}"
+    );
+}
+
+/// A NaN past the first element, in the reference or in the network's
+/// output, fails the check with exit status 1 saying which is not finite.
+#[test]
+fn teacher_check_refuses_nan_in_the_middle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy("null-heads", tmp.path());
+    let reference = tmp.path().join("nan.safetensors");
+    let mut tensors =
+        candle_core::safetensors::load(fixture("null-heads").join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let output = &tensors["output"];
+    let mut values: Vec<f32> = output.flatten_all().unwrap().to_vec1().unwrap();
+    let middle = values.len() / 2;
+    values[middle] = f32::NAN;
+    let nan = Tensor::from_vec(values, output.dims(), &Device::Cpu).unwrap();
+    tensors.insert("output".into(), nan);
+    candle_core::safetensors::save(&tensors, &reference).unwrap();
+    let o = teacher_command(&dir, Some(&reference), tmp.path());
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("nan.safetensors: `output`")
+            && err.contains(&format!("not finite (the first, NaN, at flat index {middle})")),
+        "{err}"
+    );
+    // The network's output, from an infinite pixel in the middle of the
+    // sample (NaN weights are refused when loaded).
+    let mut tensors =
+        candle_core::safetensors::load(fixture("null-heads").join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let sample = &tensors["sample"];
+    let mut values: Vec<f32> = sample.flatten_all().unwrap().to_vec1().unwrap();
+    values[middle] = f32::INFINITY;
+    let infinite = Tensor::from_vec(values, sample.dims(), &Device::Cpu).unwrap();
+    tensors.insert("sample".into(), infinite);
+    candle_core::safetensors::save(&tensors, &reference).unwrap();
+    let o = teacher_command(&dir, Some(&reference), tmp.path());
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--check failed: the network's output") && err.contains("not finite"),
         "{err}"
     );
 }
