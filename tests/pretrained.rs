@@ -87,6 +87,25 @@ fn every_fixture_gives_diffusers_outputs() {
     }
 }
 
+/// A setting that changes no weight's shape still shows in the outputs:
+/// odd-keys' norm ε of 0.5 read as the default 1e-5 misses diffusers'
+/// outputs by far more than the parity tolerance.
+#[test]
+fn a_wrong_norm_eps_fails_parity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy("odd-keys", tmp.path());
+    edit_config(&dir, "\"norm_eps\": 0.5", "\"norm_eps\": 1e-05");
+    let model = teacher(&dir).unwrap();
+    let expected =
+        candle_core::safetensors::load(fixture("odd-keys").join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let t = expected["timestep"].reshape((3, 1)).unwrap();
+    let out = model.net.forward(&expected["sample"], &t).unwrap();
+    let want = &expected["output"];
+    let relative = largest_difference(&out, want) / largest_difference(want, &want.zeros_like().unwrap());
+    assert!(relative > 1e-2, "only {relative} of the largest output");
+}
+
 /// The prediction types, against diffusers' own scheduler: at σ = σ_t and
 /// x = x_t / √ᾱ_t (EDM's units), the denoiser D(x; σ) is the clean sample
 /// `DDPMScheduler.step` derives from the network's ε, v or x₀ prediction
