@@ -369,6 +369,7 @@ fn teacher_check_proves_a_null_head_model_and_catches_a_nudge() {
         "1 head × 16",
         "predicts    the noise ε",
         "linear 0.0001 … 0.02, 1000 timesteps",
+        "clip_sample true, thresholding false: the scheduler's sampler settings, not applied",
         "36543",
         "check       passed",
     ] {

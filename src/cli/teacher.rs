@@ -158,6 +158,7 @@ fn describe(
         Betas::Given { .. } => "given (trained_betas)".into(),
     };
     println!("  β schedule  {betas}, {} timesteps", s.train_timesteps);
+    println!("  sampling    {}", sampler_line(&files.scheduler)?);
     let (low, high) = VpTable::new(s).range();
     println!("  σ range     {low:.4} … {high:.1} (EDM units: x_t / √ᾱ_t)");
     let count = model.params().count();
@@ -168,6 +169,22 @@ fn describe(
     );
     println!("  memory      {}", memory_line(dir, spec, device)?);
     Ok(())
+}
+
+/// The scheduler's `clip_sample` and `thresholding`: settings of its
+/// sampler, applied to the clean-sample estimate between steps. DisBack
+/// distils the raw denoiser, so they are not applied; said, not silent.
+fn sampler_line(scheduler: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(scheduler).with_context(|| format!("cannot read {}", scheduler.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", scheduler.display()))?;
+    let setting = |key: &str| json.get(key).map_or("absent".to_string(), |v| v.to_string());
+    Ok(format!(
+        "clip_sample {}, thresholding {}: the scheduler's sampler settings, not applied (the raw denoiser is distilled)",
+        setting("clip_sample"),
+        setting("thresholding")
+    ))
 }
 
 /// What a run with this teacher needs at the sizes of
