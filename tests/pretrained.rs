@@ -627,3 +627,30 @@ fn schedulers_of_other_models_are_refused_by_name() {
         DiffusersSpec::read(&fixture("plain-eps")).unwrap().schedule
     );
 }
+
+/// A run made before null heads were read right stored
+/// `attention_head_dim = 8` in its config: resumed while the teacher's
+/// folder is there, the stored description is checked against the folder
+/// and refused, naming the key; without the folder it is used as stored.
+#[test]
+fn a_stored_description_that_differs_from_the_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy("null-heads", tmp.path());
+    let mut stored = DiffusersSpec::read(&dir).unwrap();
+    stored.unet.attention_head_dim = Some(8);
+    let mut config = disback::config::Config::default_with(&[]).unwrap();
+    config.teacher.pretrained = Some(dir.clone());
+    config.teacher.diffusers = Some(stored.clone());
+    let e = format!("{:#}", disback::data::resolve(config.clone()).unwrap_err());
+    assert!(
+        e.contains("unet.attention_head_dim") && e.contains("null-heads"),
+        "{e}"
+    );
+    // The same description passes; with the folder gone, the stored one is used.
+    let mut same = config.clone();
+    same.teacher.diffusers = Some(DiffusersSpec::read(&dir).unwrap());
+    disback::data::resolve(same).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let resolved = disback::data::resolve(config).unwrap();
+    assert_eq!(resolved.teacher.diffusers, Some(stored));
+}
