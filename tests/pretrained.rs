@@ -454,7 +454,13 @@ fn a_truncated_weights_file_is_refused_by_name() {
 /// and the value, rather than built as something else.
 #[test]
 fn settings_the_lab_does_not_build_are_refused_by_key() {
-    let cases: [(&str, &str, &str, &[&str]); 13] = [
+    let cases: [(&str, &str, &str, &[&str]); 14] = [
+        (
+            "plain-eps",
+            "\"sample_size\": 8",
+            "\"sample_size\": 9",
+            &["sample_size", "9 is not divisible by 2^"],
+        ),
         (
             "plain-eps",
             "\"time_embedding_type\": \"positional\"",

@@ -492,6 +492,16 @@ fn check_unet(k: &Keys, unet: &DiffusersUNet) -> Result<()> {
             ),
         );
     }
+    let halvings = unet.block_out_channels.len() - 1;
+    if !unet.sample_size.is_multiple_of(1 << halvings) {
+        return k.refuse(
+            "sample_size",
+            format!(
+                "{} is not divisible by 2^{halvings} (the images are halved {halvings} times)",
+                unet.sample_size
+            ),
+        );
+    }
     if unet.layers_per_block == 0 {
         return k.refuse("layers_per_block", "0: every block has a layer".into());
     }
