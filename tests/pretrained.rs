@@ -20,16 +20,24 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// max |a − b| over every element.
+/// max |a − b| over every element, on the host, with every value of both
+/// finite (candle's `max_all` passes over a NaN not at the first element).
 fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let (a, b) = (values(a), values(b));
+    assert!(a.iter().chain(&b).all(|v| v.is_finite()), "a value is not finite");
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The comparison every parity test here relies on sees a NaN anywhere.
+#[test]
+#[should_panic(expected = "not finite")]
+fn a_nan_in_the_middle_fails_the_comparison() {
+    let mut values = vec![0.5f32; 48];
+    values[29] = f32::NAN;
+    let a = Tensor::from_vec(values, (1, 3, 4, 4), &Device::Cpu).unwrap();
+    largest_difference(&a, &a.ones_like().unwrap());
 }
 
 /// The network a fixture's `config.json` describes, with fresh weights.
@@ -77,6 +85,25 @@ fn every_fixture_gives_diffusers_outputs() {
             "{name}: largest difference {err} on outputs up to {scale}"
         );
     }
+}
+
+/// A setting that changes no weight's shape still shows in the outputs:
+/// odd-keys' norm ε of 0.5 read as the default 1e-5 misses diffusers'
+/// outputs by far more than the parity tolerance.
+#[test]
+fn a_wrong_norm_eps_fails_parity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy("odd-keys", tmp.path());
+    edit_config(&dir, "\"norm_eps\": 0.5", "\"norm_eps\": 1e-05");
+    let model = teacher(&dir).unwrap();
+    let expected =
+        candle_core::safetensors::load(fixture("odd-keys").join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let t = expected["timestep"].reshape((3, 1)).unwrap();
+    let out = model.net.forward(&expected["sample"], &t).unwrap();
+    let want = &expected["output"];
+    let relative = largest_difference(&out, want) / largest_difference(want, &want.zeros_like().unwrap());
+    assert!(relative > 1e-2, "only {relative} of the largest output");
 }
 
 /// The prediction types, against diffusers' own scheduler: at σ = σ_t and
@@ -342,6 +369,7 @@ fn teacher_check_proves_a_null_head_model_and_catches_a_nudge() {
         "1 head × 16",
         "predicts    the noise ε",
         "linear 0.0001 … 0.02, 1000 timesteps",
+        "clip_sample true, thresholding false: the scheduler's sampler settings, not applied",
         "36543",
         "check       passed",
     ] {
@@ -357,6 +385,51 @@ fn teacher_check_proves_a_null_head_model_and_catches_a_nudge() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("--check failed") && err.contains("nudged.safetensors"),
+        "{err}"
+    );
+}
+
+/// A NaN past the first element, in the reference or in the network's
+/// output, fails the check with exit status 1 saying which is not finite.
+#[test]
+fn teacher_check_refuses_nan_in_the_middle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy("null-heads", tmp.path());
+    let reference = tmp.path().join("nan.safetensors");
+    let mut tensors =
+        candle_core::safetensors::load(fixture("null-heads").join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let output = &tensors["output"];
+    let mut values: Vec<f32> = output.flatten_all().unwrap().to_vec1().unwrap();
+    let middle = values.len() / 2;
+    values[middle] = f32::NAN;
+    let nan = Tensor::from_vec(values, output.dims(), &Device::Cpu).unwrap();
+    tensors.insert("output".into(), nan);
+    candle_core::safetensors::save(&tensors, &reference).unwrap();
+    let o = teacher_command(&dir, Some(&reference), tmp.path());
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("nan.safetensors: `output`")
+            && err.contains(&format!("not finite (the first, NaN, at flat index {middle})")),
+        "{err}"
+    );
+    // The network's output, from an infinite pixel in the middle of the
+    // sample (NaN weights are refused when loaded).
+    let mut tensors =
+        candle_core::safetensors::load(fixture("null-heads").join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let sample = &tensors["sample"];
+    let mut values: Vec<f32> = sample.flatten_all().unwrap().to_vec1().unwrap();
+    values[middle] = f32::INFINITY;
+    let infinite = Tensor::from_vec(values, sample.dims(), &Device::Cpu).unwrap();
+    tensors.insert("sample".into(), infinite);
+    candle_core::safetensors::save(&tensors, &reference).unwrap();
+    let o = teacher_command(&dir, Some(&reference), tmp.path());
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--check failed: the network's output") && err.contains("not finite"),
         "{err}"
     );
 }
@@ -381,7 +454,13 @@ fn a_truncated_weights_file_is_refused_by_name() {
 /// and the value, rather than built as something else.
 #[test]
 fn settings_the_lab_does_not_build_are_refused_by_key() {
-    let cases: [(&str, &str, &str, &[&str]); 13] = [
+    let cases: [(&str, &str, &str, &[&str]); 14] = [
+        (
+            "plain-eps",
+            "\"sample_size\": 8",
+            "\"sample_size\": 9",
+            &["sample_size", "9 is not divisible by 2^"],
+        ),
         (
             "plain-eps",
             "\"time_embedding_type\": \"positional\"",
@@ -472,15 +551,112 @@ fn settings_the_lab_does_not_build_are_refused_by_key() {
         needles.push("config.json");
         refused(&dir, &needles);
     }
-    // A zero-SNR schedule has an infinite σ.
-    let dir = copy("plain-eps", &tmp.path().join("snr"));
+}
+
+/// Replaces `from` by `to` in a copied fixture's scheduler config.
+fn edit_scheduler(dir: &Path, from: &str, to: &str) {
     let file = dir.join("scheduler/scheduler_config.json");
     let text = std::fs::read_to_string(&file).unwrap();
-    let edited = text.replace(
-        "\"rescale_betas_zero_snr\": false",
-        "\"rescale_betas_zero_snr\": true",
+    assert!(text.contains(from), "{from} not in the fixture's scheduler");
+    std::fs::write(&file, text.replacen(from, to, 1)).unwrap();
+}
+
+/// A scheduler of another kind of model (flow matching, variance
+/// exploding, EDM's own σ), or a VP one set for another model, is refused
+/// with the file, the key and the value, rather than read as DDPM's
+/// linear ε schedule; a VP scheduler used only for sampling reads the
+/// same schedule.
+#[test]
+fn schedulers_of_other_models_are_refused_by_name() {
+    let class = "\"_class_name\": \"DDPMScheduler\"";
+    let cases: [(&str, &str, &[&str]); 9] = [
+        (
+            class,
+            "\"_class_name\": \"FlowMatchEulerDiscreteScheduler\"",
+            &["_class_name", "FlowMatchEulerDiscreteScheduler"],
+        ),
+        (
+            class,
+            "\"_class_name\": \"ScoreSdeVeScheduler\"",
+            &["_class_name", "ScoreSdeVeScheduler"],
+        ),
+        (
+            class,
+            "\"_class_name\": \"EDMEulerScheduler\"",
+            &["_class_name", "EDMEulerScheduler"],
+        ),
+        (
+            class,
+            "\"_comment\": \"DDPMScheduler\"",
+            &["_class_name", "missing"],
+        ),
+        (
+            "\"beta_schedule\": \"linear\"",
+            "\"beta_schedule\": \"sigmoid\"",
+            &["beta_schedule", "sigmoid"],
+        ),
+        (
+            "\"prediction_type\": \"epsilon\"",
+            "\"prediction_type\": \"flow_prediction\"",
+            &["prediction_type", "flow_prediction"],
+        ),
+        (
+            "\"prediction_type\": \"epsilon\"",
+            "\"prediction_type\": \"epsilon\", \"timestep_type\": \"continuous\"",
+            &["timestep_type", "continuous"],
+        ),
+        (
+            class,
+            "\"_class_name\": \"DPMSolverMultistepScheduler\", \"use_flow_sigmas\": true",
+            &["use_flow_sigmas", "flow-matching"],
+        ),
+        // A zero-SNR schedule has an infinite σ.
+        (
+            "\"rescale_betas_zero_snr\": false",
+            "\"rescale_betas_zero_snr\": true",
+            &["rescale_betas_zero_snr"],
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (from, to, needles)) in cases.iter().enumerate() {
+        let dir = copy("plain-eps", &tmp.path().join(i.to_string()));
+        edit_scheduler(&dir, from, to);
+        let mut needles = needles.to_vec();
+        needles.push("scheduler_config.json");
+        refused(&dir, &needles);
+    }
+    let dir = copy("plain-eps", &tmp.path().join("euler"));
+    edit_scheduler(&dir, class, "\"_class_name\": \"EulerDiscreteScheduler\"");
+    let euler = DiffusersSpec::read(&dir).unwrap().schedule;
+    assert_eq!(
+        euler,
+        DiffusersSpec::read(&fixture("plain-eps")).unwrap().schedule
     );
-    assert_ne!(text, edited);
-    std::fs::write(&file, edited).unwrap();
-    refused(&dir, &["scheduler_config.json", "rescale_betas_zero_snr"]);
+}
+
+/// A run made before null heads were read right stored
+/// `attention_head_dim = 8` in its config: resumed while the teacher's
+/// folder is there, the stored description is checked against the folder
+/// and refused, naming the key; without the folder it is used as stored.
+#[test]
+fn a_stored_description_that_differs_from_the_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy("null-heads", tmp.path());
+    let mut stored = DiffusersSpec::read(&dir).unwrap();
+    stored.unet.attention_head_dim = Some(8);
+    let mut config = disback::config::Config::default_with(&[]).unwrap();
+    config.teacher.pretrained = Some(dir.clone());
+    config.teacher.diffusers = Some(stored.clone());
+    let e = format!("{:#}", disback::data::resolve(config.clone()).unwrap_err());
+    assert!(
+        e.contains("unet.attention_head_dim") && e.contains("null-heads"),
+        "{e}"
+    );
+    // The same description passes; with the folder gone, the stored one is used.
+    let mut same = config.clone();
+    same.teacher.diffusers = Some(DiffusersSpec::read(&dir).unwrap());
+    disback::data::resolve(same).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let resolved = disback::data::resolve(config).unwrap();
+    assert_eq!(resolved.teacher.diffusers, Some(stored));
 }

@@ -47,21 +47,18 @@ pub fn teacher(args: TeacherArgs) -> Result<Ended> {
         &mut host_rng(0, 0),
     )?;
     load_diffusers_weights(model.params(), &files.weights)?;
-    describe(&args.dir, &spec, &files, &model, &device_name)?;
+    describe(&args.dir, &spec, &files, &model)?;
+    // The check before the memory estimate, so that nothing the estimate
+    // needs can keep the proof from running.
     if let Some(reference) = &args.check {
         check(&model, reference, &device)?;
     }
+    println!("  memory      {}", memory_line(&args.dir, &spec, &device_name)?);
     Ok(Ended::Finished)
 }
 
 /// Prints the model as the lab will build it.
-fn describe(
-    dir: &Path,
-    spec: &DiffusersSpec,
-    files: &DiffusersFiles,
-    model: &Denoiser,
-    device: &str,
-) -> Result<()> {
+fn describe(dir: &Path, spec: &DiffusersSpec, files: &DiffusersFiles, model: &Denoiser) -> Result<()> {
     let u = &spec.unet;
     println!("diffusers UNet2DModel in {}", dir.display());
     println!(
@@ -158,6 +155,7 @@ fn describe(
         Betas::Given { .. } => "given (trained_betas)".into(),
     };
     println!("  β schedule  {betas}, {} timesteps", s.train_timesteps);
+    println!("  sampling    {}", sampler_line(&files.scheduler)?);
     let (low, high) = VpTable::new(s).range();
     println!("  σ range     {low:.4} … {high:.1} (EDM units: x_t / √ᾱ_t)");
     let count = model.params().count();
@@ -166,8 +164,23 @@ fn describe(
         "  parameters  {count} ({:.2} MiB as float32), all loaded from the weights file",
         mib(4.0 * count as f64)
     );
-    println!("  memory      {}", memory_line(dir, spec, device)?);
     Ok(())
+}
+
+/// The scheduler's `clip_sample` and `thresholding`: settings of its
+/// sampler, applied to the clean-sample estimate between steps. DisBack
+/// distils the raw denoiser, so they are not applied; said, not silent.
+fn sampler_line(scheduler: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(scheduler).with_context(|| format!("cannot read {}", scheduler.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", scheduler.display()))?;
+    let setting = |key: &str| json.get(key).map_or("absent".to_string(), |v| v.to_string());
+    Ok(format!(
+        "clip_sample {}, thresholding {}: the scheduler's sampler settings, not applied (the raw denoiser is distilled)",
+        setting("clip_sample"),
+        setting("thresholding")
+    ))
 }
 
 /// What a run with this teacher needs at the sizes of
@@ -228,14 +241,21 @@ fn check(model: &Denoiser, reference: &Path, device: &Device) -> Result<()> {
             out.dims()
         );
     }
-    let largest = |t: &Tensor| -> Result<f64> { Ok(t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar()?) };
-    let (difference, scale) = (largest(&(&out - &want)?)?, largest(&want)?);
+    let (out, want) = (host_values(&out)?, host_values(&want)?);
+    finite(&want).with_context(|| format!("--check: {}: `output`", reference.display()))?;
+    finite(&out).context("--check failed: the network's output")?;
+    let difference = out
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
     let relative = difference / scale.max(f64::MIN_POSITIVE);
     println!(
         "  check       {}: largest difference {difference:.3e} on outputs up to {scale:.3e}: {relative:.2e} of the largest",
         reference.display()
     );
-    if relative.is_nan() || relative > TOLERANCE {
+    if relative > TOLERANCE {
         bail!(
             "--check failed: the largest difference is {relative:.2e} of the largest output (more than \
              {TOLERANCE:e}): this network does not compute what diffusers computed for {}; do not \
@@ -245,4 +265,24 @@ fn check(model: &Denoiser, reference: &Path, device: &Device) -> Result<()> {
     }
     println!("  check       passed (≤ {TOLERANCE:e}): the network computes what diffusers computes");
     Ok(())
+}
+
+/// A tensor's values on the host, for comparing there: candle's `max_all`
+/// passes over a NaN that is not the first element, so a network that
+/// gives NaN over part of an image would pass a device-side check.
+fn host_values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+}
+
+/// Refuses NaN and infinities, saying where the first one is.
+fn finite(values: &[f64]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => bail!(
+            "{} of {} values are not finite (the first, {}, at flat index {i})",
+            values.iter().filter(|v| !v.is_finite()).count(),
+            values.len(),
+            values[i]
+        ),
+    }
 }

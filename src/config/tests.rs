@@ -325,3 +325,72 @@ fn a_runs_own_config_gets_no_image_defaults_it_did_not_run_with() {
         (plain.threads, plain.metrics.samples, plain.metrics.sampler_steps)
     );
 }
+
+// diffusers' UNet2DModel config, as diffusers reads it.
+
+/// Reads a `config.json` of `text`.
+fn unet_of(text: &str) -> Result<DiffusersUNet> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, text).unwrap();
+    diffusers::read_unet(&file)
+}
+
+/// Where null and absent differ, each is read as diffusers reads it.
+#[test]
+fn null_and_absent_mean_what_they_mean_to_diffusers() {
+    let base = r#""sample_size": 32, "block_out_channels": [32, 64], "norm_num_groups": 8,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]"#;
+    let absent = unet_of(&format!("{{{base}}}")).unwrap();
+    let null = unet_of(&format!(
+        r#"{{{base}, "attention_head_dim": null, "mid_block_type": null, "flip_sin_to_cos": null,
+            "downsample_type": null, "time_embedding_dim": null, "attn_norm_num_groups": null}}"#
+    ))
+    .unwrap();
+    // Absent: 8-channel heads; null: one head over the block.
+    assert_eq!(absent.attention_head_dim, Some(8));
+    assert_eq!(null.attention_head_dim, None);
+    let heads = |u: &DiffusersUNet| u.blocks().iter().filter_map(|b| b.heads).collect::<Vec<_>>();
+    assert_eq!(heads(&absent), vec![(8, 8), (8, 8), (8, 8)]);
+    assert_eq!(heads(&null), vec![(1, 64), (1, 64)]);
+    // Absent: a middle block; null: none.
+    assert!(absent.mid_block && absent.mid_attention);
+    assert!(!null.mid_block && !null.mid_attention);
+    // `flip_sin_to_cos`: absent is true, null false (Python's `if None`).
+    assert!(absent.flip_sin_to_cos && !null.flip_sin_to_cos);
+    // The same either way.
+    assert_eq!(null.downsample, Resampler::Conv);
+    assert_eq!(absent.time_embed_dim(), 128);
+    assert_eq!(null.time_embed_dim(), 128);
+    // `add_attention: null` is false too: a middle block, no attention.
+    let quiet = unet_of(&format!(r#"{{{base}, "add_attention": null}}"#)).unwrap();
+    assert!(quiet.mid_block && !quiet.mid_attention);
+    // Any name but null builds diffusers' UNetMidBlock2D.
+    let named = unet_of(&format!(
+        r#"{{{base}, "mid_block_type": "UNetMidBlock2DCrossAttn"}}"#
+    ))
+    .unwrap();
+    assert!(named.mid_block && named.mid_attention);
+    // A key diffusers cannot take as None is refused, by name.
+    let e = unet_of(&format!(r#"{{{base}, "norm_eps": null}}"#)).unwrap_err();
+    assert!(format!("{e:#}").contains("norm_eps: null"), "{e:#}");
+}
+
+/// A config that leaves keys out gets diffusers' defaults for them,
+/// the blocks and channels included.
+#[test]
+fn absent_keys_take_diffusers_defaults() {
+    let u = unet_of(
+        r#"{"sample_size": 16, "act_fn": "swish", "down_block_types": ["UNetResDownBlock2D",
+        "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]}"#,
+    )
+    .unwrap();
+    assert_eq!(u.block_out_channels, vec![224, 448, 672, 896]);
+    assert_eq!(u.down_attention, vec![false, true, true, true]);
+    assert_eq!(u.up_attention, vec![true, true, true, false]);
+    assert_eq!((u.layers_per_block, u.norm_num_groups, u.in_channels), (2, 32, 3));
+    assert_eq!((u.norm_eps, u.freq_shift, u.downsample_padding), (1e-5, 0.0, 1));
+    assert_eq!(u.act_fn, Activation::Silu);
+    assert!(u.mid_block && u.mid_attention && u.flip_sin_to_cos && !u.scale_shift);
+}

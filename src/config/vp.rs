@@ -86,8 +86,70 @@ impl VpSchedule {
     }
 }
 
+/// diffusers' schedulers that make ᾱ from `beta_schedule` /
+/// `trained_betas` as DDPM does (the same β lines, cosine and cumulative
+/// product): a model saved with any of them is the same VP model; they
+/// differ only in how they sample. Others (flow matching, variance
+/// exploding, EDM's own σ) describe another model with the same keys or
+/// none, and would be read as a DDPM one.
+const VP_SCHEDULERS: [&str; 19] = [
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "DDPMParallelScheduler",
+    "DDIMParallelScheduler",
+    "DDIMInverseScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverMultistepInverseScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "SASolverScheduler",
+];
+
+/// Refuses a scheduler whose model is not a discrete-time VP one.
+fn check_family(k: &Keys) -> Result<()> {
+    let class: Option<String> = k.optional("_class_name")?;
+    match class {
+        None => {
+            return k.refuse(
+                "_class_name",
+                "missing: which scheduler (so which kind of model) is not said; diffusers writes it".into(),
+            );
+        }
+        Some(class) if !VP_SCHEDULERS.contains(&class.as_str()) => {
+            return k.refuse(
+                "_class_name",
+                format!(
+                    "{class:?} is not supported: only schedulers of a discrete-time VP model with a \
+                     β schedule ({})",
+                    VP_SCHEDULERS.join(", ")
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+    // A VP scheduler can still describe another model.
+    if k.flag("use_flow_sigmas", false)? {
+        return k.refuse(
+            "use_flow_sigmas",
+            "true is not supported (a flow-matching model, not a VP one)".into(),
+        );
+    }
+    k.choice("timestep_type", "discrete", &["discrete"])?;
+    Ok(())
+}
+
 pub(super) fn read_scheduler(file: &Path) -> Result<VpSchedule> {
     let k = Keys::read(file)?;
+    check_family(&k)?;
     if k.flag("rescale_betas_zero_snr", false)? {
         return k.refuse(
             "rescale_betas_zero_snr",

@@ -24,11 +24,30 @@ use rand_distr::StandardNormal;
 /// folder), the σ range it was trained on and, without data, its images'
 /// shape. A run writes this form, so its `config.toml` alone reproduces it.
 pub fn resolve(mut config: Config) -> Result<Config> {
-    if let Some(dir) = &config.teacher.pretrained
-        && config.teacher.diffusers.is_none()
-    {
-        let spec = DiffusersSpec::read(dir).context("teacher.pretrained")?;
-        config.teacher.diffusers = Some(spec);
+    if let Some(dir) = &config.teacher.pretrained {
+        match &config.teacher.diffusers {
+            None => {
+                let spec = DiffusersSpec::read(dir).context("teacher.pretrained")?;
+                config.teacher.diffusers = Some(spec);
+            }
+            // A stored description (a resumed run) is checked against the
+            // folder while it is there: one written by an older reading
+            // of the same files would build another network.
+            Some(stored) if dir.exists() => {
+                let read = DiffusersSpec::read(dir).context("teacher.pretrained")?;
+                let differing = differing_keys(&serde_json::to_value(stored)?, &serde_json::to_value(&read)?);
+                if !differing.is_empty() {
+                    anyhow::bail!(
+                        "teacher.diffusers: the description stored in this run's config differs from what \
+                         {} reads as now ({}): the run was made with another reading of its teacher; \
+                         start a new run",
+                        dir.display(),
+                        differing.join(", ")
+                    );
+                }
+            }
+            Some(_) => {}
+        }
     }
     if let Some(spec) = &config.teacher.diffusers {
         if let DataConfig::None { channels, size } = &mut config.data {
@@ -53,6 +72,33 @@ pub fn resolve(mut config: Config) -> Result<Config> {
         config.data = DataConfig::Gmm { components };
     }
     Ok(config)
+}
+
+/// The dotted keys where two JSON values differ (objects by key, anything
+/// else as a whole).
+fn differing_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(a), Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let null = serde_json::Value::Null;
+            keys.into_iter()
+                .flat_map(|k| {
+                    let (x, y) = (a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null));
+                    differing_keys(x, y)
+                        .into_iter()
+                        .map(move |inner| match inner.is_empty() {
+                            true => k.clone(),
+                            false => format!("{k}.{inner}"),
+                        })
+                })
+                .collect()
+        }
+        _ if a == b => vec![],
+        _ => vec![String::new()],
+    }
 }
 
 /// A point in the plane, as the models see it.
