@@ -117,9 +117,11 @@ pub struct CompareJob {
 
 /// The teacher every run will use: trained (or found in the cache) once,
 /// and kept as `teacher.safetensors` in the comparison's folder, with its
-/// own samples' measurement. A teacher found there was written whole once
-/// final (an interrupted sweep point): it is used as it is, only measured.
-fn shared_teacher(config: &Config, out: &Path) -> Result<(PathBuf, Evaluation)> {
+/// own samples' measurement on a mixture (where the demo's bar applies:
+/// sampling thousands of images would cost minutes and judge nothing). A
+/// teacher found there was written whole once final (an interrupted sweep
+/// point): it is used as it is, only measured.
+fn shared_teacher(config: &Config, out: &Path) -> Result<(PathBuf, Option<Evaluation>)> {
     let folder = out.join("teacher");
     let saved = RunDir::written_by_another(&folder).teacher();
     let mut teacher_only = Arm::DiffInstruct.config(config);
@@ -133,7 +135,11 @@ fn shared_teacher(config: &Config, out: &Path) -> Result<(PathBuf, Evaluation)> 
     while session.stage() == Stage::Pretrain {
         session.step()?;
     }
-    Ok((session.run_dir().teacher(), session.teacher_evaluation()?))
+    let judged = match session.data().mixture() {
+        Some(_) => Some(session.teacher_evaluation()?),
+        None => None,
+    };
+    Ok((session.run_dir().teacher(), judged))
 }
 
 /// Creates the comparison's folder `out` and plans the runs: for each
@@ -216,8 +222,8 @@ pub struct Plan {
     /// file by it, so they resolve from anywhere.
     pub out: PathBuf,
     pub jobs: Vec<CompareJob>,
-    /// The shared teacher's own samples, measured.
-    pub teacher_eval: Evaluation,
+    /// The shared teacher's own samples, measured (mixtures only).
+    pub teacher_eval: Option<Evaluation>,
     /// The folder, locked for as long as the comparison runs.
     _folder: RunDir,
 }
@@ -276,7 +282,7 @@ pub fn run_comparison(
         .collect::<Result<Vec<_>>>()?;
     let updates = config.schedule.steps.iter().sum();
     let mut comparison = compare_runs(config.run_name(), runs, updates, config.record.iterations)?;
-    comparison.teacher = Some(plan.teacher_eval.clone());
+    comparison.teacher = plan.teacher_eval.clone();
     atomic_write(&plan.out.join("compare.txt"), comparison.table().as_bytes())?;
     write_json(&plan.out.join(RESULT), &comparison)?;
     plot_comparison(&plan.out.join("plots"), &comparison)?;
