@@ -11,6 +11,7 @@
 //! data, the models or the engine.
 
 mod diffusers;
+mod keys;
 mod schema;
 mod shared;
 mod validate;

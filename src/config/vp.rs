@@ -3,7 +3,7 @@
 //! training timesteps and what the network predicts. What the lab cannot
 //! use is refused with the file, the key and the value.
 
-use super::diffusers::Keys;
+use super::keys::Keys;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
