@@ -251,10 +251,12 @@ fn exports_as_diffusers(name: &str) {
         return;
     };
     sample_py_matches_check(&out, "images");
-    // A grid too, of 16 images of 8 × 8 in 8 columns.
+    // A grid too, of the 16 images in 8 columns.
     python(&["sample.py", "--latents", CHECK_FILE, "--out", "grid.png"], &out);
     let grid = image::open(out.join("grid.png")).unwrap();
-    assert_eq!((grid.width(), grid.height()), (64, 16));
+    let (height, width) = (check["z"].dims()[2] as u32, check["z"].dims()[3] as u32);
+    assert_eq!(check["z"].dims()[0], 16);
+    assert_eq!((grid.width(), grid.height()), (8 * width, 2 * height));
     // diffusers loads the folder strictly: nothing missing, unexpected or
     // misshapen.
     let report = python(

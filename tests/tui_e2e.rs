@@ -318,7 +318,7 @@ impl Lab {
 fn the_lab_runs_in_a_terminal_and_restores_it() {
     let mut lab = Lab::start();
     lab.wait_for("Backtracking path");
-    lab.wait_for("▶ s'θ3  TARGET");
+    lab.wait_for("▶ s'θ3 ");
     assert!(
         lab.parser.screen().alternate_screen(),
         "the lab draws on the alternate screen"
@@ -334,7 +334,7 @@ fn the_lab_runs_in_a_terminal_and_restores_it() {
     lab.wait_for("[PAUSED]");
     lab.press("n");
     lab.wait_for("target switched: s'θ3 → s'θ2");
-    lab.wait_for("▶ s'θ2  TARGET");
+    lab.wait_for("▶ s'θ2 ");
     lab.save_then_stop();
     assert!(
         lab.text().contains("disback: stopped and checkpointed"),
@@ -531,7 +531,7 @@ fn a_hang_up_termination_or_kill_of_the_lab_only_detaches_it() {
 #[test]
 fn detach_attach_and_stop() {
     let mut lab = Lab::start();
-    lab.wait_for("▶ s'θ3  TARGET");
+    lab.wait_for("▶ s'θ3 ");
     lab.press(" ");
     lab.wait_for("[PAUSED]");
     lab.press(" ");

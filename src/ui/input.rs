@@ -380,12 +380,7 @@ fn csi_key(params: &str, last: u8) -> Option<KeyEvent> {
     let first = numbers.next().flatten();
     let modifiers = numbers.next().flatten().map_or(KeyModifiers::NONE, modifiers_of);
     let code = match last {
-        b'A' => KeyCode::Up,
-        b'B' => KeyCode::Down,
-        b'C' => KeyCode::Right,
-        b'D' => KeyCode::Left,
-        b'H' => KeyCode::Home,
-        b'F' => KeyCode::End,
+        b'A' | b'B' | b'C' | b'D' | b'H' | b'F' => cursor_key(last),
         b'Z' => return Some(KeyEvent::new(KeyCode::BackTab, KeyModifiers::SHIFT)),
         b'~' => match first? {
             1 | 7 => KeyCode::Home,
@@ -402,6 +397,18 @@ fn csi_key(params: &str, last: u8) -> Option<KeyEvent> {
         _ => return None,
     };
     Some(KeyEvent::new(code, modifiers))
+}
+
+/// The cursor keys' final bytes, the same after CSI and after SS3.
+fn cursor_key(last: u8) -> KeyCode {
+    match last {
+        b'A' => KeyCode::Up,
+        b'B' => KeyCode::Down,
+        b'C' => KeyCode::Right,
+        b'D' => KeyCode::Left,
+        b'H' => KeyCode::Home,
+        _ => KeyCode::End,
+    }
 }
 
 /// xterm's modifier parameter: 1 + a bit each for Shift, Alt, Ctrl.
@@ -426,12 +433,7 @@ fn ss3(bytes: &[u8]) -> Next {
         return Next::Incomplete;
     };
     let code = match last {
-        b'A' => KeyCode::Up,
-        b'B' => KeyCode::Down,
-        b'C' => KeyCode::Right,
-        b'D' => KeyCode::Left,
-        b'H' => KeyCode::Home,
-        b'F' => KeyCode::End,
+        b'A' | b'B' | b'C' | b'D' | b'H' | b'F' => cursor_key(last),
         b'P'..=b'S' => KeyCode::F(1 + last - b'P'),
         _ => return Next::Keys(2),
     };
