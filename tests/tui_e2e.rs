@@ -317,7 +317,7 @@ impl Lab {
 #[test]
 fn the_lab_runs_in_a_terminal_and_restores_it() {
     let mut lab = Lab::start();
-    lab.wait_for("Backtracking path");
+    lab.wait_for("┌Backtracking");
     lab.wait_for("▶ s'θ3 ");
     assert!(
         lab.parser.screen().alternate_screen(),
@@ -547,7 +547,7 @@ fn detach_attach_and_stop() {
     let listing = String::from_utf8_lossy(&ls.stdout).into_owned();
     assert!(listing.contains("run") && listing.contains("live"), "{listing}");
     let mut lab = Lab::spawn(&["attach", "run"], lab.hand_over());
-    lab.wait_for("Backtracking path");
+    lab.wait_for("┌Backtracking");
     // The full state: the events from before the detach are replayed.
     lab.wait_for("first target: s'θ3");
     assert!(lab.records() > at_detach, "the same run, further along");
