@@ -213,7 +213,8 @@ fn the_demo_path_stores_each_node_s_iteration_and_functional_distances() {
     let s = &run.session;
     let g0 = s.sampled_generator().deep_clone().unwrap();
     g0.copy_teacher(s.teacher()).unwrap();
-    let probe = FunctionalProbe::new(&g0, s.config().sigma_data(), s.config().seed).unwrap();
+    let samples = FunctionalProbe::samples_for(s.config());
+    let probe = FunctionalProbe::new(&g0, s.config().sigma_data(), s.config().seed, samples).unwrap();
     let load = |file: &str| {
         let model = s.teacher().deep_clone().unwrap();
         model.load(&dir.join(file)).unwrap();

@@ -221,7 +221,7 @@ impl Config {
                 "threads" => self.threads = 0,
                 "log.final_samples" => self.log.final_samples = 1000,
                 "metrics.samples" => self.metrics.samples = 64,
-                "metrics.sampler_steps" => self.metrics.sampler_steps = 5,
+                "metrics.sampler_steps" => self.metrics.sampler_steps = 4,
                 "metrics.path_spread" => self.metrics.path_spread = false,
                 _ => unreachable!("{key} is not in IMAGE_DEFAULT_KEYS"),
             }

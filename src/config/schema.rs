@@ -766,7 +766,8 @@ pub struct MetricsConfig {
     /// (each costs 2 × steps − 1 network evaluations): the teacher's samples
     /// standing in for data a run has none of, and each node's samples
     /// (`path_spread`). Default 18 on 2-D data (EDM's CIFAR-10 sampler),
-    /// 5 on images.
+    /// 4 on images (7 evaluations a sample: measuring stays under a tenth
+    /// of an image run; docs/images.md).
     pub sampler_steps: usize,
     /// σ grid for the mismatch degree. Default 0.05 … 5 (7 values).
     pub mismatch_sigmas: Vec<f64>,

@@ -284,7 +284,7 @@ fn images_default_to_every_core_and_cheap_measurements_unless_the_file_says() {
     let images = Config::parse("[data]\nkind = \"shapes\"\n", &[]).unwrap();
     assert_eq!(images.threads, 0, "0: every core");
     assert_eq!((toy.log.final_samples, images.log.final_samples), (10_000, 1000));
-    assert_eq!((images.metrics.samples, images.metrics.sampler_steps), (64, 5));
+    assert_eq!((images.metrics.samples, images.metrics.sampler_steps), (64, 4));
     assert!(!images.metrics.path_spread);
 
     // What the file (or a --set) says is kept, on images too.

@@ -11,6 +11,7 @@ use super::crew::{Crew, Opening, Order, join_team, start_crew};
 use super::losses::{LossKind, LossWindow, PendingLosses};
 use super::path::{DegradationPath, NodeInfo};
 use super::phase::{Clock, Moment, Phase, Pretraining};
+use super::probe::FunctionalProbe;
 use super::protocol::Event;
 use super::teacher::{heun_sampler, teacher_samples_as_data};
 use crate::config::{
@@ -76,6 +77,8 @@ pub struct Session {
     pub(super) team: Collective,
     /// Rank 0 of a `threads` team: the other ranks' threads.
     pub(super) crew: Option<Crew>,
+    /// The path's functional probe (rank 0 of DisBack), drawn on first use.
+    pub(super) probe: Option<FunctionalProbe>,
 }
 
 /// The path a backtracker walks: the recorded nodes, or for the baseline
@@ -288,6 +291,7 @@ impl Session {
             pending: Vec::new(),
             team,
             crew: None,
+            probe: None,
             config,
         })
     }
@@ -448,7 +452,11 @@ impl Session {
         if self.config.method == Method::Disback {
             let started = Instant::now();
             let spread = self.node_spread(&self.teacher)?;
-            let gap = self.node_gap(&self.teacher)?;
+            self.ready_probe()?;
+            let gap = match &mut self.probe {
+                Some(probe) => Some(probe.gap(0, &self.teacher, &self.teacher)?),
+                None => None,
+            };
             self.clock.measuring += started.elapsed().as_secs_f64();
             let node = self.path.record(&self.teacher, 0, None, spread, gap)?.clone();
             self.node_recorded(node)?;
@@ -490,12 +498,16 @@ impl Session {
 
     fn save_node(&mut self, node: NodeDue) -> Result<()> {
         self.settle()?;
+        self.ready_probe()?;
         let Some(recorder) = self.phase.recorder() else {
             bail!("a node to save outside stage 1");
         };
         let started = Instant::now();
         let spread = self.node_spread(&recorder.degrading)?;
-        let gap = self.node_gap(&recorder.degrading)?;
+        let gap = match &mut self.probe {
+            Some(probe) => Some(probe.gap(self.path.len(), &self.teacher, &recorder.degrading)?),
+            None => None,
+        };
         self.clock.measuring += started.elapsed().as_secs_f64();
         let info = self
             .path
@@ -545,7 +557,9 @@ impl Session {
                 // s_φ already equals the last node (the degrading copy);
                 // loading the node's file makes the start as checked as
                 // every later switch.
+                let started = Instant::now();
                 self.measure_path_ends()?;
+                self.clock.measuring += started.elapsed().as_secs_f64();
                 let last = self.path.len() - 1;
                 let fake = self.teacher.deep_clone()?;
                 self.path

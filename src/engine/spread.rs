@@ -2,8 +2,10 @@
 //! samples lie from the data and from G⁰'s (`path/nodes.json`, and the
 //! lab's path panel), so that a path degraded too far (the paper's Table
 //! 6 failure: nodes that no longer make sensible samples) shows before the
-//! generator is sent down it.
+//! generator is sent down it; and how far its denoiser lies from the
+//! teacher's and the last node's on the functional probe (`probe`).
 
+use super::probe::FunctionalProbe;
 use super::protocol::NodeSpread;
 use super::session::Session;
 use crate::data::Samples;
@@ -63,5 +65,43 @@ impl Session {
         let samples = heun_sample(model_denoise_fn(&self.teacher), noise, &grid)?;
         self.evaluator
             .distribution(&Samples::from_tensor(&samples)?, &mut rng)
+    }
+}
+
+impl Session {
+    /// Draws the run's probe on first use (rank 0 only: the others measure
+    /// nothing). G⁰ is the student's average, untouched until backtracking
+    /// starts (when every node has been measured), so a resumed run draws
+    /// the same probe.
+    pub(super) fn ready_probe(&mut self) -> Result<()> {
+        if self.probe.is_none() && self.leads() {
+            let samples = FunctionalProbe::samples_for(&self.config);
+            let g0 = &self.student.average;
+            let probe = FunctionalProbe::new(g0, self.config.sigma_data(), self.config.seed, samples)?;
+            self.probe = Some(probe);
+        }
+        Ok(())
+    }
+
+    /// Recording is over: every node's distance from the last one (nodes
+    /// recorded before a resume are read back from their files).
+    pub(super) fn measure_path_ends(&mut self) -> Result<()> {
+        self.ready_probe()?;
+        let nodes = self.path.len();
+        let Some(probe) = self.probe.as_mut().filter(|_| nodes >= 2) else {
+            return Ok(());
+        };
+        let missing: Vec<usize> = (0..nodes).filter(|&i| !probe.has_node(i)).collect();
+        if !missing.is_empty() {
+            let node = self.teacher.deep_clone()?;
+            for index in missing {
+                node.load(&self.path.file(index))?;
+                probe.probe_node(index, &node)?;
+            }
+        }
+        let to_start = (0..nodes)
+            .map(|i| probe.node_distance(i, nodes - 1))
+            .collect::<Result<Vec<_>>>()?;
+        self.path.set_distances_to_start(&to_start)
     }
 }

@@ -1,6 +1,7 @@
 //! The session's state as the lab sees it ([`SessionView`], plain data:
 //! no tensors, nothing to lock).
 
+use super::probe::FunctionalProbe;
 use super::protocol::{NodeStatus, NodeView, Seconds, SessionView};
 use super::session::Session;
 use super::teacher::heun_sampler;
@@ -47,13 +48,17 @@ impl Session {
             0 => "at the start and the end of backtracking".to_string(),
             n => format!("every {n} generator steps and at the end"),
         };
-        let nodes = match m.path_spread && self.config.method == Method::Disback {
-            true => format!(
-                "each node: {} of its samples ({}) against the data and G⁰",
+        let probe = FunctionalProbe::describe(FunctionalProbe::samples_for(&self.config));
+        let nodes = match (self.config.method, m.path_spread) {
+            (Method::DiffInstruct, _) => "no path".to_string(),
+            (Method::Disback, true) => format!(
+                "each node: {probe}, and {} of its samples ({}) against the data and G⁰",
                 m.samples,
                 heun_sampler(m.sampler_steps)
             ),
-            false => "nodes' samples: not measured (metrics.path_spread)".into(),
+            (Method::Disback, false) => {
+                format!("each node: {probe}; its samples not measured (metrics.path_spread)")
+            }
         };
         format!("measuring {when}: {}; {nodes}", self.evaluator.describe())
     }
