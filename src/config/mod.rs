@@ -145,7 +145,10 @@ impl Config {
                 image,
                 config: self.unet.clone(),
             },
-            None => NetSpec::Mlp(self.score_net.clone()),
+            None => NetSpec::Mlp(ScoreNetConfig {
+                dim: self.data.point_dim().unwrap_or(2),
+                ..self.score_net.clone()
+            }),
         }
     }
 
@@ -158,6 +161,7 @@ impl Config {
         match (g.init, self.net_spec()) {
             (GeneratorInit::Random, NetSpec::Mlp(_)) => GeneratorSpec::Mlp(MlpGeneratorSpec {
                 latent_dim: g.latent_dim,
+                dim: self.data.point_dim().unwrap_or(2),
                 width: g.width,
                 depth: g.depth,
                 sigma_init: g.sigma_init,

@@ -1,9 +1,18 @@
 //! An isotropic Gaussian mixture in the plane: sampler, exact density and the
 //! exact score of every noised version `q_σ = Σ π_k N(μ_k, (s_k² + σ²) I)`.
 //! This is the project's ground truth: tests and metrics lean on it.
+//!
+//! The plane may sit in `dim` dimensions ([`Embedding`]): x = Q u + off-plane
+//! noise. Every noised component is then N(Q μ_k, Q (s_k² + σ²) Qᵀ +
+//! (off² + σ²)(I − Q Qᵀ)): the density splits into the plane's mixture at
+//! u = Qᵀ x times one Gaussian in the distance from the plane that all
+//! components share, so posteriors depend on u alone and the score is
+//! Q ∇_u ln q_σ(u) − (x − Q u) / (off² + σ²). The `*_at` methods take
+//! points of `dim` values; the others the plane's coordinates.
 
 use super::Point;
-use crate::config::ComponentConfig;
+use super::embed::Embedding;
+use crate::config::{ComponentConfig, PlaneEmbedding};
 use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal, weighted::WeightedAliasIndex};
 
@@ -19,12 +28,18 @@ pub struct Component {
 pub struct GaussianMixture {
     components: Vec<Component>,
     picker: WeightedAliasIndex<f64>,
+    embedding: Embedding,
 }
 
 impl GaussianMixture {
-    /// Builds a mixture from config components (weights are normalised).
-    /// The config is validated before this is called.
+    /// Builds a mixture in the plane from config components (weights are
+    /// normalised). The config is validated before this is called.
     pub fn new(components: &[ComponentConfig]) -> Self {
+        Self::embedded(components, PlaneEmbedding::PLANE)
+    }
+
+    /// The same, its plane in `embedding.dim` dimensions.
+    pub fn embedded(components: &[ComponentConfig], embedding: PlaneEmbedding) -> Self {
         let total: f64 = components.iter().map(|c| c.weight).sum();
         let components: Vec<Component> = components
             .iter()
@@ -36,7 +51,21 @@ impl GaussianMixture {
             .collect();
         let picker = WeightedAliasIndex::new(components.iter().map(|c| c.weight).collect())
             .expect("validated weights are positive and finite");
-        Self { components, picker }
+        Self {
+            components,
+            picker,
+            embedding: Embedding::new(embedding),
+        }
+    }
+
+    /// How the plane sits in `dim` dimensions.
+    pub fn embedding(&self) -> &Embedding {
+        &self.embedding
+    }
+
+    /// Values per sample: the embedding's dimension.
+    pub fn dim(&self) -> usize {
+        self.embedding.dim()
     }
 
     /// `modes` equal components evenly spaced on a circle, the first on the
@@ -82,6 +111,29 @@ impl GaussianMixture {
         &self.components
     }
 
+    /// `n` samples in `dim` dimensions, one after another. In the plane
+    /// (dim = 2) these are exactly [`GaussianMixture::sample`]'s points.
+    pub fn sample_values(&self, n: usize, rng: &mut impl rand::Rng) -> Vec<f32> {
+        if self.embedding.is_plane() {
+            return self.sample(n, rng).into_flattened();
+        }
+        let dim = self.dim();
+        let mut out = Vec::with_capacity(n * dim);
+        let mut scratch = Vec::with_capacity(dim);
+        for _ in 0..n {
+            let c = &self.components[self.picker.sample(rng)];
+            let e0: f64 = rng.sample(StandardNormal);
+            let e1: f64 = rng.sample(StandardNormal);
+            let start = out.len();
+            self.embedding
+                .lift_onto([c.mean[0] + c.std * e0, c.mean[1] + c.std * e1], &mut out);
+            self.embedding
+                .add_off_plane_noise(&mut out[start..], rng, &mut scratch);
+        }
+        out
+    }
+
+    /// `n` samples of the plane's mixture, in the plane's coordinates.
     pub fn sample(&self, n: usize, rng: &mut impl rand::Rng) -> Vec<Point> {
         (0..n)
             .map(|_| {
@@ -143,8 +195,64 @@ impl GaussianMixture {
             .expect("a mixture has at least one component")
     }
 
-    /// Exact standard deviation per coordinate, averaged over the two
-    /// coordinates: `sqrt(½ Σ_d Var[x_d])`.
+    /// Variance off the plane at noise level σ: off² + σ² (0 only for a
+    /// law without off-plane spread at σ = 0, which has no density in
+    /// `dim` dimensions).
+    fn off_plane_var(&self, sigma: f64) -> f64 {
+        sq(self.embedding.off_plane_std()) + sigma * sigma
+    }
+
+    /// Exact `ln q_σ(x)` at a point of `dim` values: the plane's at u = Qᵀ x
+    /// plus the shared off-plane Gaussian. −∞ off the plane (+∞ on it) when
+    /// off² + σ² = 0.
+    pub fn log_density_at(&self, x: &[f64], sigma: f64) -> f64 {
+        if self.embedding.is_plane() {
+            return self.log_density([x[0], x[1]], sigma);
+        }
+        let (u, off2) = self.embedding.split(x);
+        let var = self.off_plane_var(sigma);
+        if var == 0.0 {
+            return if off2 == 0.0 { f64::INFINITY } else { f64::NEG_INFINITY };
+        }
+        let rest = (self.dim() - 2) as f64;
+        self.log_density(u, sigma) - off2 / (2.0 * var) - 0.5 * rest * (std::f64::consts::TAU * var).ln()
+    }
+
+    /// Exact `∇ ln q_σ(x)` at a point of `dim` values:
+    /// `Q ∇_u ln q_σ(u) − (x − Q u) / (off² + σ²)`.
+    pub fn score_at(&self, x: &[f64], sigma: f64) -> Vec<f64> {
+        if self.embedding.is_plane() {
+            return self.score([x[0], x[1]], sigma).to_vec();
+        }
+        let (u, _) = self.embedding.split(x);
+        let s = self.score(u, sigma);
+        let var = self.off_plane_var(sigma);
+        self.embedding
+            .q()
+            .iter()
+            .zip(x)
+            .map(|(row, x)| {
+                let on_plane = row[0] * u[0] + row[1] * u[1];
+                row[0] * s[0] + row[1] * s[1] - (x - on_plane) / var
+            })
+            .collect()
+    }
+
+    /// The component a noiseless point of `dim` values most likely came
+    /// from (the exact posterior: the off-plane factor is every
+    /// component's, so it is the plane's answer at Qᵀ x).
+    pub fn most_likely_component_at(&self, x: &[f64]) -> usize {
+        let u = match self.embedding.is_plane() {
+            true => [x[0], x[1]],
+            false => self.embedding.split(x).0,
+        };
+        self.most_likely_component(u)
+    }
+
+    /// Exact standard deviation per coordinate, averaged over the `dim`
+    /// coordinates: `sqrt(Σ_d Var[x_d] / dim)`; Q keeps the plane's total
+    /// variance and the off-plane noise adds off² in each of dim − 2
+    /// directions.
     pub fn std(&self) -> f64 {
         let mut var = 0.0;
         for d in 0..2 {
@@ -156,7 +264,9 @@ impl GaussianMixture {
                 .sum();
             var += second - mean * mean;
         }
-        (var / 2.0).sqrt()
+        let dim = self.dim();
+        let off = (dim - 2) as f64 * sq(self.embedding.off_plane_std());
+        ((var + off) / dim as f64).sqrt()
     }
 }
 
