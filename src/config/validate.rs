@@ -343,13 +343,17 @@ fn check_embedding(e: PlaneEmbedding, p: &mut Problems) {
     p.require(off.is_finite() && off >= 0.0, "data.off_plane_std", || {
         format!("{off} must be a finite number ≥ 0")
     });
-    p.require(off <= 0.0 || e.dim > 2 || !off.is_finite(), "data.off_plane_std", || {
-        format!(
-            "{off} needs data.dim > 2 (data.dim = {}: the plane is the whole space, there is no \
+    p.require(
+        off <= 0.0 || e.dim > 2 || !off.is_finite(),
+        "data.off_plane_std",
+        || {
+            format!(
+                "{off} needs data.dim > 2 (data.dim = {}: the plane is the whole space, there is no \
              direction off it for the noise)",
-            e.dim
-        )
-    });
+                e.dim
+            )
+        },
+    );
 }
 
 impl DataConfig {
@@ -368,7 +372,9 @@ impl DataConfig {
                     p.positive(c.weight, &key("weight"));
                 }
             }
-            DataConfig::Ring { modes, radius, std, .. } => {
+            DataConfig::Ring {
+                modes, radius, std, ..
+            } => {
                 p.at_least(*modes, 1, "data.modes");
                 p.require(radius.is_finite() && *radius >= 0.0, "data.radius", || {
                     format!("{radius} must be a number ≥ 0")

@@ -212,7 +212,11 @@ impl GaussianMixture {
         let (u, off2) = self.embedding.split(x);
         let var = self.off_plane_var(sigma);
         if var == 0.0 {
-            return if off2 == 0.0 { f64::INFINITY } else { f64::NEG_INFINITY };
+            return if off2 == 0.0 {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            };
         }
         let rest = (self.dim() - 2) as f64;
         self.log_density(u, sigma) - off2 / (2.0 * var) - 0.5 * rest * (std::f64::consts::TAU * var).ln()
@@ -402,5 +406,175 @@ mod tests {
             v.iter().cloned().fold(f64::MIN, f64::max) / v.iter().cloned().fold(f64::MAX, f64::min)
         };
         assert!(spread(|c| c.weight) > 1.3 && spread(|c| c.std) > 1.3, "{a:?}");
+    }
+
+    fn embedded(dim: usize, off_plane_std: f64) -> GaussianMixture {
+        let c = |mean, std, weight| ComponentConfig { mean, std, weight };
+        GaussianMixture::embedded(
+            &[c([1.0, 0.5], 0.3, 1.0), c([-1.5, 2.0], 0.6, 3.0)],
+            PlaneEmbedding {
+                dim,
+                off_plane_std,
+                seed: 11,
+            },
+        )
+    }
+
+    /// A few points of `dim` values, off the plane too.
+    fn points(dim: usize) -> Vec<Vec<f64>> {
+        (0..4)
+            .map(|i| {
+                (0..dim)
+                    .map(|d| ((i * 7 + d * 3) % 11) as f64 * 0.25 - 1.2)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_score_in_dim_dimensions_is_the_gradient_of_the_log_density() {
+        let h = 1e-5;
+        // With off-plane spread every σ has a density; without, σ > 0.
+        for (dim, off, sigmas) in [
+            (7, 0.2, &[0.0, 0.05, 0.5, 3.0][..]),
+            (5, 0.0, &[0.05, 0.5, 3.0][..]),
+        ] {
+            let gmm = embedded(dim, off);
+            for &sigma in sigmas {
+                for x in points(dim) {
+                    let s = gmm.score_at(&x, sigma);
+                    assert_eq!(s.len(), dim);
+                    for d in 0..dim {
+                        let (mut xp, mut xm) = (x.clone(), x.clone());
+                        xp[d] += h;
+                        xm[d] -= h;
+                        let fd =
+                            (gmm.log_density_at(&xp, sigma) - gmm.log_density_at(&xm, sigma)) / (2.0 * h);
+                        assert!(
+                            (s[d] - fd).abs() < 1e-5 * (1.0 + fd.abs()),
+                            "dim {dim}, off {off}, σ={sigma} x={x:?} d={d}: {} vs {fd}",
+                            s[d]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn on_the_plane_without_off_plane_spread_the_score_is_the_planes_carried_by_q() {
+        let gmm = embedded(9, 0.0);
+        let plane = two_modes();
+        for &sigma in &[0.05, 0.5, 3.0] {
+            for u in [[0.0, 0.0], [1.2, 0.4], [-2.0, 1.0]] {
+                let mut x = Vec::new();
+                gmm.embedding().lift_onto(u, &mut x);
+                // From the f32 lift: the plane's point within rounding.
+                let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                let (u, _) = gmm.embedding().split(&x);
+                let s2 = plane.score(u, sigma);
+                for (d, (s, row)) in gmm
+                    .score_at(&x, sigma)
+                    .iter()
+                    .zip(gmm.embedding().q())
+                    .enumerate()
+                {
+                    let want = row[0] * s2[0] + row[1] * s2[1];
+                    assert!(
+                        (s - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "σ={sigma} d={d}: {s} vs {want}"
+                    );
+                }
+                // And the posterior is the plane's.
+                assert_eq!(gmm.most_likely_component_at(&x), plane.most_likely_component(u));
+            }
+        }
+    }
+
+    #[test]
+    fn in_two_dimensions_the_samples_are_todays_bit_for_bit() {
+        // Today's sampler: a component by the alias table, then two normals.
+        let gmm = embedded(2, 0.0);
+        let (mut a, mut b) = (
+            rand_chacha::ChaCha8Rng::seed_from_u64(5),
+            rand_chacha::ChaCha8Rng::seed_from_u64(5),
+        );
+        let ours = gmm.sample_values(500, &mut a);
+        let picker = WeightedAliasIndex::new(vec![0.25, 0.75]).unwrap();
+        let means = [[1.0, 0.5], [-1.5, 2.0]];
+        let stds = [0.3, 0.6];
+        let today: Vec<f32> = (0..500)
+            .flat_map(|_| {
+                let k = picker.sample(&mut b);
+                let e0: f64 = b.sample(StandardNormal);
+                let e1: f64 = b.sample(StandardNormal);
+                [
+                    (means[k][0] + stds[k] * e0) as f32,
+                    (means[k][1] + stds[k] * e1) as f32,
+                ]
+            })
+            .collect();
+        assert_eq!(
+            ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            today.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(gmm.std(), two_modes().std());
+    }
+
+    #[test]
+    fn samples_in_dim_dimensions_have_the_analytic_mean_and_covariance() {
+        let (dim, off) = (6, 0.1);
+        let gmm = embedded(dim, off);
+        let n = 80_000;
+        let xs = gmm.sample_values(n, &mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
+        assert_eq!(xs.len(), n * dim);
+        // The plane's moments: m = Σ π μ, C = Σ π (s² I + μ μᵀ) − m mᵀ.
+        let c = gmm.components();
+        let m: Vec<f64> = (0..2)
+            .map(|a| c.iter().map(|c| c.weight * c.mean[a]).sum())
+            .collect();
+        let c2 = |a: usize, b: usize| -> f64 {
+            let eye = if a == b { 1.0 } else { 0.0 };
+            c.iter()
+                .map(|c| c.weight * (c.std * c.std * eye + c.mean[a] * c.mean[b]))
+                .sum::<f64>()
+                - m[a] * m[b]
+        };
+        let q = gmm.embedding().q();
+        let mean: Vec<f64> = q.iter().map(|r| r[0] * m[0] + r[1] * m[1]).collect();
+        // Q C Qᵀ + off² (I − Q Qᵀ).
+        let cov = |i: usize, j: usize| -> f64 {
+            let mut v = 0.0;
+            for a in 0..2 {
+                for b in 0..2 {
+                    v += q[i][a] * c2(a, b) * q[j][b];
+                }
+            }
+            let qq = q[i][0] * q[j][0] + q[i][1] * q[j][1];
+            v + off * off * (if i == j { 1.0 } else { 0.0 } - qq)
+        };
+        let rows: Vec<&[f32]> = xs.chunks_exact(dim).collect();
+        let sample_mean: Vec<f64> = (0..dim)
+            .map(|i| rows.iter().map(|r| r[i] as f64).sum::<f64>() / n as f64)
+            .collect();
+        for i in 0..dim {
+            assert!(
+                (sample_mean[i] - mean[i]).abs() < 0.02,
+                "mean[{i}] {} vs {}",
+                sample_mean[i],
+                mean[i]
+            );
+            for j in 0..dim {
+                let s = rows
+                    .iter()
+                    .map(|r| (r[i] as f64 - sample_mean[i]) * (r[j] as f64 - sample_mean[j]))
+                    .sum::<f64>()
+                    / n as f64;
+                assert!((s - cov(i, j)).abs() < 0.03, "cov[{i}][{j}] {s} vs {}", cov(i, j));
+            }
+        }
+        // σ_data: the per-coordinate standard deviation over all dim.
+        let trace: f64 = (0..dim).map(|i| cov(i, i)).sum();
+        assert!((gmm.std() - (trace / dim as f64).sqrt()).abs() < 1e-12);
     }
 }

@@ -66,7 +66,9 @@ pub fn resolve(mut config: Config) -> Result<Config> {
         config.diffusion.sigma_data = Some(std);
     }
     let components = match config.data {
-        DataConfig::Ring { modes, radius, std, .. } => Some(GaussianMixture::ring_components(modes, radius, std)),
+        DataConfig::Ring {
+            modes, radius, std, ..
+        } => Some(GaussianMixture::ring_components(modes, radius, std)),
         DataConfig::Random { modes, seed, .. } => Some(GaussianMixture::random_components(modes, seed)),
         _ => None,
     };
@@ -342,7 +344,9 @@ impl PlaneData {
             DataConfig::Gmm { components, .. } => {
                 PlaneData::Mixture(GaussianMixture::embedded(components, config.embedding()?))
             }
-            DataConfig::Ring { modes, radius, std, .. } => PlaneData::Mixture(GaussianMixture::embedded(
+            DataConfig::Ring {
+                modes, radius, std, ..
+            } => PlaneData::Mixture(GaussianMixture::embedded(
                 &GaussianMixture::ring_components(*modes, *radius, *std),
                 config.embedding()?,
             )),

@@ -123,7 +123,13 @@ fn heun(rng: &mut HostRng, fixed: Option<&FixedDraws>, s: &Session, model: &Deno
         .karras(s.config().diffusion.sampler_steps.min(HEUN_STEPS));
     let start = match fixed {
         Some(f) => (&f.noise * grid[0])?,
-        None => (normal_tensor(rng, vec![HEUN_POINTS, s.data().sample_shape()[0]], &model.device())? * grid[0])?,
+        None => {
+            (normal_tensor(
+                rng,
+                vec![HEUN_POINTS, s.data().sample_shape()[0]],
+                &model.device(),
+            )? * grid[0])?
+        }
     };
     let samples = heun_sample(model_denoise_fn(model), start, &grid)?;
     match fixed {

@@ -209,4 +209,77 @@ mod tests {
         let far = vec![[10.0f32, 10.0]; 100];
         assert_eq!(ModeStats::new(&gmm, &Samples::from_points(&far)).precision, 0.0);
     }
+
+    #[test]
+    fn the_chi_square_quantile_gives_the_two_dimensional_three_sigma_rule() {
+        assert!((chi_square_quantile(2, three_sigma_mass()) - 9.0).abs() < 1e-9);
+        // χ²₁'s 0.9545 quantile is 2² (two standard deviations of one normal).
+        let two_sd = 0.954_499_736_103_641_6;
+        assert!((chi_square_quantile(1, two_sd) - 4.0).abs() < 1e-6);
+        // The median of χ²_k is near k (1 − 2/(9k))³.
+        let k: f64 = 48.0;
+        let median = chi_square_quantile(48, 0.5);
+        assert!(
+            (median - k * (1.0 - 2.0 / (9.0 * k)).powi(3)).abs() < 0.01,
+            "{median}"
+        );
+    }
+
+    #[test]
+    fn exact_samples_in_many_dimensions_keep_the_two_dimensional_scores() {
+        use crate::config::PlaneEmbedding;
+        let components = GaussianMixture::ring_components(5, 2.0, 0.1);
+        for (dim, off) in [(12, 0.05), (48, 0.03)] {
+            let e = PlaneEmbedding {
+                dim,
+                off_plane_std: off,
+                seed: 1,
+            };
+            let gmm = GaussianMixture::embedded(&components, e);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+            let xs = Samples {
+                shape: vec![dim],
+                values: gmm.sample_values(10_000, &mut rng),
+            };
+            let good = ModeStats::new(&gmm, &xs);
+            assert_eq!(good.coverage, 1.0);
+            assert!(good.max_weight_error < 0.1, "{good:?}");
+            assert!(
+                (good.precision - three_sigma_mass()).abs() < 0.005,
+                "dim {dim}: {}",
+                good.precision
+            );
+            // NLL is the entropy: the plane's plus (dim − 2)/2 ln(2πe off²).
+            let entropy = 5f64.ln()
+                + (std::f64::consts::TAU * std::f64::consts::E * 0.01).ln()
+                + 0.5 * (dim - 2) as f64 * (std::f64::consts::TAU * std::f64::consts::E * off * off).ln();
+            assert!(
+                (good.nll - entropy).abs() < 0.1,
+                "dim {dim}: {} vs {entropy}",
+                good.nll
+            );
+            // Pushed off the plane by 10 off-plane σ along one direction
+            // orthogonal to it, every sample leaves its mode's region.
+            let normal = orthogonal_direction(&gmm);
+            let mut pushed = xs.clone();
+            for row in pushed.values.chunks_exact_mut(dim) {
+                for (x, n) in row.iter_mut().zip(&normal) {
+                    *x += (10.0 * off * (dim as f64).sqrt() * n) as f32;
+                }
+            }
+            assert!(ModeStats::new(&gmm, &pushed).precision < 0.01);
+        }
+    }
+
+    /// A unit vector orthogonal to the mixture's plane.
+    fn orthogonal_direction(gmm: &GaussianMixture) -> Vec<f64> {
+        let q = gmm.embedding().q();
+        let mut v: Vec<f64> = (0..q.len()).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+        for a in 0..2 {
+            let along: f64 = q.iter().zip(&v).map(|(r, v)| r[a] * v).sum();
+            v.iter_mut().zip(q).for_each(|(v, r)| *v -= along * r[a]);
+        }
+        let norm = v.iter().map(|v| v * v).sum::<f64>().sqrt();
+        v.iter().map(|v| v / norm).collect()
+    }
 }

@@ -294,6 +294,7 @@ mod tests {
             width: 4,
             blocks: 1,
             emb_dim: 2,
+            dim: 2,
         };
         // input (2+2)·4, block 4·4 + 2·4 + 4·4, output 4·2: 64 weights.
         assert_eq!(forward_flops(&net, 4), 128.0);
