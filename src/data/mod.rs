@@ -481,6 +481,7 @@ impl PlaneData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::host_rng;
 
     #[test]
     fn checkerboard_samples_only_dark_squares() {
@@ -538,5 +539,49 @@ mod tests {
         // Images use EDM's σ_data, known without reading a file.
         let digits = resolve(Config::parse("[data]\nkind = \"digits\"\n", &[]).unwrap()).unwrap();
         assert_eq!(digits.sigma_data(), 0.5);
+    }
+
+    #[test]
+    fn resolving_keeps_the_embedding_and_the_same_data() {
+        let sets = [
+            "data.kind=\"random\"",
+            "data.modes=3",
+            "data.seed=4",
+            "data.dim=6",
+            "data.off_plane_std=0.1",
+        ];
+        let config = Config::parse("", &sets.map(String::from)).unwrap();
+        let resolved = resolve(config.clone()).unwrap();
+        let DataConfig::Gmm {
+            dim,
+            off_plane_std,
+            seed,
+            ..
+        } = resolved.data
+        else {
+            panic!("a random mixture resolves to explicit components");
+        };
+        assert_eq!((dim, off_plane_std, seed), (6, 0.1, 4));
+        assert_eq!(
+            Config::parse(&resolved.to_toml().unwrap(), &[]).unwrap(),
+            resolved
+        );
+        let draw = |c: &DataConfig| Dataset::load(c).unwrap().sample(50, &mut host_rng(1, 0));
+        let (before, after) = (draw(&config.data), draw(&resolved.data));
+        assert_eq!(before, after);
+        assert_eq!(before.shape, vec![6]);
+        // σ_data is the per-coordinate spread over all six coordinates.
+        let plane = PlaneData::new(&resolved.data).unwrap();
+        assert!((resolved.sigma_data() - plane.std()).abs() < 1e-12);
+        // Pictures show the plane: the projection of the samples is the
+        // plane's mixture plus nothing of the off-plane noise.
+        let data = Dataset::load(&resolved.data).unwrap();
+        let points = data.plane_points(&before).unwrap();
+        assert_eq!(points.len(), 50);
+        assert!(
+            data.describe().ends_with("6-D, off-plane σ 0.1"),
+            "{}",
+            data.describe()
+        );
     }
 }
