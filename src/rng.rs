@@ -38,6 +38,8 @@ pub mod streams {
     pub const TEACHER_REFERENCE: u64 = 15;
     /// The probe batch of G⁰ samples each node's denoiser is measured on.
     pub const PATH_PROBE: u64 = 16;
+    /// A mixture's plane in `data.dim` dimensions (its map Q), from `data.seed`.
+    pub const PLANE_EMBEDDING: u64 = 17;
 }
 
 /// The RNG used everywhere; its state is serialisable, so resumed runs

@@ -222,9 +222,12 @@ fn host_memory_estimate(config: &Config) -> f64 {
     ranks * (BASE + 4.0 * (held * values_per_sample(config)) as f64)
 }
 
-/// Values of one data sample: an image's pixels, or a point's 2.
+/// Values of one data sample: an image's pixels, or a point's `dim`.
 fn values_per_sample(config: &Config) -> usize {
-    config.data.image_shape().map_or(2, |image| image.len())
+    match config.data.image_shape() {
+        Some(image) => image.len(),
+        None => config.data.point_dim().unwrap_or(2),
+    }
 }
 
 /// Whether a run of `choice` keeps its tensors on a GPU (then the GPU's

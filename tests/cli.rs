@@ -499,3 +499,91 @@ fn bench_against_torch_without_pytorch_prints_disback_alone() {
     );
     expect_failure(&o, &["2-D ResNet-MLP", "torch_mirror.py --net unet"]);
 }
+
+#[test]
+fn a_mixture_in_48_dimensions_trains_and_measures_finite_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = tiny_file(d, "");
+    let run = d.join("run48");
+    let o = disback(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            "data.dim=48",
+            "--set",
+            "data.off_plane_std=0.03",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Every coordinate of every sample: 48 columns under x0 … x47.
+    let samples = std::fs::read_to_string(run.join("samples.csv")).unwrap();
+    let header: Vec<&str> = samples.lines().next().unwrap().split(',').collect();
+    assert_eq!((header[0], header[47], header.len()), ("x0", "x47", 48));
+    assert_eq!(samples.lines().count(), 501);
+    assert!(samples.lines().skip(1).all(|l| l.split(',').count() == 48));
+    // The resolved config keeps the embedding.
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        resolved.contains("dim = 48") && resolved.contains("off_plane_std = 0.03"),
+        "{resolved}"
+    );
+    // It trained, measured, and every number measured is finite.
+    let mut evals = 0;
+    for line in std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let Some(eval) = v.get("eval").filter(|e| !e.is_null()) else {
+            continue;
+        };
+        evals += 1;
+        let mut numbers = Vec::new();
+        collect_numbers(eval, &mut numbers);
+        assert!(numbers.len() > 10, "{eval}");
+        assert!(numbers.iter().all(|x| x.is_finite()), "{eval}");
+        let modes = &eval["modes"];
+        assert_eq!(modes["shares"].as_array().unwrap().len(), 4, "{eval}");
+    }
+    assert!(evals >= 2, "measured {evals} times");
+    // The figures show the plane: the snapshots were drawn.
+    let plots: Vec<String> = run
+        .join("plots")
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(plots.iter().any(|p| p.starts_with("snapshots")), "{plots:?}");
+
+    // Image data has no `dim`: refused, naming the field.
+    let o = disback(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            "data.kind=\"digits\"",
+            "--set",
+            "data.dim=5",
+        ],
+        d,
+    );
+    expect_failure(&o, &["dim"]);
+}
+
+fn collect_numbers(v: &serde_json::Value, out: &mut Vec<f64>) {
+    match v {
+        serde_json::Value::Number(n) => out.push(n.as_f64().unwrap()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_numbers(v, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|v| collect_numbers(v, out)),
+        // A non-finite number is written as null.
+        serde_json::Value::Null => out.push(f64::NAN),
+        _ => {}
+    }
+}

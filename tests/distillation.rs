@@ -54,10 +54,7 @@ fn judge(run: &Finished) -> (ModeStats, f64) {
     let gmm = data.mixture().unwrap();
     let stats = ModeStats::new(gmm, &samples);
     let fresh = data.sample(2000, &mut host_rng(1234, 0));
-    (
-        stats,
-        energy_distance(&Samples::from_points(&samples[..2000]), &fresh),
-    )
+    (stats, energy_distance(&samples.head(2000), &fresh))
 }
 
 #[test]
@@ -93,7 +90,7 @@ fn the_default_teacher_matches_the_exact_score() {
         .collect();
     let start = points_to_tensor(&start, &Device::Cpu).unwrap();
     let samples = tensor_to_points(&heun_sample(model_denoise_fn(teacher), start, &grid).unwrap()).unwrap();
-    let stats = ModeStats::new(gmm, &samples);
+    let stats = ModeStats::new(gmm, &Samples::from_points(&samples));
     for (k, share) in stats.shares.iter().enumerate() {
         assert!(
             (share - 1.0).abs() <= 0.3,

@@ -15,6 +15,7 @@ fn small_net() -> ScoreNetConfig {
         width: 32,
         blocks: 2,
         emb_dim: 8,
+        dim: 2,
     }
 }
 
@@ -187,7 +188,7 @@ fn heun_with_the_exact_denoiser_reproduces_the_mixture() {
     };
     let start = points_to_tensor(&x, &Device::Cpu).unwrap();
     let samples = tensor_to_points(&heun_sample(exact, start, &grid).unwrap()).unwrap();
-    let stats = ModeStats::new(&gmm, &samples);
+    let stats = ModeStats::new(&gmm, &disback::data::Samples::from_points(&samples));
     for (k, share) in stats.shares.iter().enumerate() {
         assert!((share - 1.0).abs() < 0.05, "mode {k}: share {share} ({stats:?})");
     }

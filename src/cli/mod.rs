@@ -381,12 +381,12 @@ fn sample(args: SampleArgs) -> Result<()> {
     let generator = Generator::new(&config.generator_spec(), &device, &mut host_rng(0, 0))?;
     generator.load(&args.generator)?;
     let samples = Samples::from_tensor(&generator.generate(args.n, &mut host_rng(args.seed, 0))?)?;
-    let what = match samples.points() {
-        Some(points) => {
-            write_points_csv(&args.out, &points)?;
-            format!("{} samples", points.len())
+    let what = match config.data.is_image() {
+        false => {
+            write_points_csv(&args.out, &samples)?;
+            format!("{} samples", samples.len())
         }
-        None => crate::report::write_image_samples(&args.out, &samples)?,
+        true => crate::report::write_image_samples(&args.out, &samples)?,
     };
     eprintln!("wrote {what} to {}", args.out.display());
     Ok(())

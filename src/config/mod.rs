@@ -91,6 +91,13 @@ impl Config {
             none.insert("kind".into(), "none".into());
             table.insert("data".into(), toml::Value::Table(none));
         }
+        // A [data] table (or `--set data.dim=48` on the default) that
+        // names no kind tunes the default demo's ring.
+        if let Some(toml::Value::Table(data)) = table.get_mut("data")
+            && !data.contains_key("kind")
+        {
+            data.insert("kind".into(), "ring".into());
+        }
         let left_out = image_defaults_left_out(&table);
         let (mut config, mut problems) = deserialize_all(table);
         // A run's own config.toml holds every key it ran with; one written
@@ -145,7 +152,10 @@ impl Config {
                 image,
                 config: self.unet.clone(),
             },
-            None => NetSpec::Mlp(self.score_net.clone()),
+            None => NetSpec::Mlp(ScoreNetConfig {
+                dim: self.data.point_dim().unwrap_or(2),
+                ..self.score_net.clone()
+            }),
         }
     }
 
@@ -158,6 +168,7 @@ impl Config {
         match (g.init, self.net_spec()) {
             (GeneratorInit::Random, NetSpec::Mlp(_)) => GeneratorSpec::Mlp(MlpGeneratorSpec {
                 latent_dim: g.latent_dim,
+                dim: self.data.point_dim().unwrap_or(2),
                 width: g.width,
                 depth: g.depth,
                 sigma_init: g.sigma_init,

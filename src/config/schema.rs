@@ -137,7 +137,21 @@ impl fmt::Display for DeviceChoice {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DataConfig {
     /// A Gaussian mixture given component by component.
-    Gmm { components: Vec<ComponentConfig> },
+    Gmm {
+        components: Vec<ComponentConfig>,
+        /// Dimension the mixture's plane is embedded in (≥ 2). Default 2:
+        /// the plane itself. See [`DataConfig::embedding`].
+        #[serde(default = "defaults::two", skip_serializing_if = "defaults::is_two")]
+        dim: usize,
+        /// Standard deviation of the isotropic Gaussian noise off the
+        /// plane (in its dim − 2 orthogonal directions); > 0 only with
+        /// dim > 2. Default 0.
+        #[serde(default, skip_serializing_if = "defaults::is_zero")]
+        off_plane_std: f64,
+        /// Seed of the plane's orientation in `dim` dimensions. Default 0.
+        #[serde(default, skip_serializing_if = "defaults::is_zero_u64")]
+        seed: u64,
+    },
     /// A mixture preset: `modes` equal Gaussians evenly spaced on a circle.
     /// Written out as explicit components in a run's `config.toml`.
     Ring {
@@ -147,18 +161,39 @@ pub enum DataConfig {
         radius: f64,
         #[serde(default = "defaults::ring_std")]
         std: f64,
+        /// Dimension the mixture's plane is embedded in (≥ 2). Default 2:
+        /// the plane itself. See [`DataConfig::embedding`].
+        #[serde(default = "defaults::two", skip_serializing_if = "defaults::is_two")]
+        dim: usize,
+        /// Standard deviation of the isotropic Gaussian noise off the
+        /// plane (in its dim − 2 orthogonal directions); > 0 only with
+        /// dim > 2. Default 0.
+        #[serde(default, skip_serializing_if = "defaults::is_zero")]
+        off_plane_std: f64,
+        /// Seed of the plane's orientation in `dim` dimensions. Default 0.
+        #[serde(default, skip_serializing_if = "defaults::is_zero_u64")]
+        seed: u64,
     },
     /// A random mixture drawn from `seed`: `modes` components with means in
     /// the square [−3, 3]², standard deviations from 0.08 to 0.3 and weights
     /// from 1 to 3 (both log-uniform), any two means at least 3 (s_i + s_j)
     /// apart so that every mode is its own cluster. A test bed for mixtures
     /// nobody tuned for. Written out as explicit components in a run's
-    /// `config.toml`.
+    /// `config.toml`. `seed` also orients the plane when `dim` > 2.
     Random {
         #[serde(default = "defaults::random_modes")]
         modes: usize,
         #[serde(default)]
         seed: u64,
+        /// Dimension the mixture's plane is embedded in (≥ 2). Default 2:
+        /// the plane itself. See [`DataConfig::embedding`].
+        #[serde(default = "defaults::two", skip_serializing_if = "defaults::is_two")]
+        dim: usize,
+        /// Standard deviation of the isotropic Gaussian noise off the
+        /// plane (in its dim − 2 orthogonal directions); > 0 only with
+        /// dim > 2. Default 0.
+        #[serde(default, skip_serializing_if = "defaults::is_zero")]
+        off_plane_std: f64,
     },
     /// Uniform density on the dark squares of a `cells`×`cells` board of
     /// side `size`, centred on the origin. No exact score.
@@ -239,6 +274,9 @@ impl Default for DataConfig {
             modes: defaults::ring_modes(),
             radius: defaults::ring_radius(),
             std: defaults::ring_std(),
+            dim: 2,
+            off_plane_std: 0.0,
+            seed: 0,
         }
     }
 }
@@ -314,6 +352,11 @@ pub struct ScoreNetConfig {
     pub blocks: usize,
     /// Size of the Fourier embedding of the noise level (even). Default 16.
     pub emb_dim: usize,
+    /// Inputs and outputs: the data's dimension, filled in from `data.dim`
+    /// when the network is built (leave it out; a value that differs
+    /// from the data's is refused). Default 2.
+    #[serde(default = "defaults::two", skip_serializing_if = "defaults::is_two")]
+    pub dim: usize,
 }
 
 impl Default for ScoreNetConfig {
@@ -322,6 +365,7 @@ impl Default for ScoreNetConfig {
             width: 128,
             blocks: 3,
             emb_dim: 16,
+            dim: 2,
         }
     }
 }
@@ -852,6 +896,18 @@ impl fmt::Display for ParallelBackend {
 mod defaults {
     pub fn one() -> f64 {
         1.0
+    }
+    pub fn two() -> usize {
+        2
+    }
+    pub fn is_two(n: &usize) -> bool {
+        *n == 2
+    }
+    pub fn is_zero(x: &f64) -> bool {
+        *x == 0.0
+    }
+    pub fn is_zero_u64(x: &u64) -> bool {
+        *x == 0
     }
     pub fn ring_modes() -> usize {
         10

@@ -54,6 +54,64 @@ impl DataConfig {
     pub fn is_image(&self) -> bool {
         self.image_shape().is_some()
     }
+
+    /// How a mixture's plane sits in `dim` dimensions; `None` for the
+    /// kinds that are not Gaussian mixtures.
+    pub fn embedding(&self) -> Option<PlaneEmbedding> {
+        match *self {
+            DataConfig::Gmm {
+                dim,
+                off_plane_std,
+                seed,
+                ..
+            }
+            | DataConfig::Ring {
+                dim,
+                off_plane_std,
+                seed,
+                ..
+            }
+            | DataConfig::Random {
+                dim,
+                off_plane_std,
+                seed,
+                ..
+            } => Some(PlaneEmbedding {
+                dim,
+                off_plane_std,
+                seed,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Values per point of the non-image data: `data.dim` for mixtures, 2
+    /// for the other toys; `None` for images.
+    pub fn point_dim(&self) -> Option<usize> {
+        match self.embedding() {
+            Some(e) => Some(e.dim),
+            None => (!self.is_image()).then_some(2),
+        }
+    }
+}
+
+/// A mixture's plane in `dim` dimensions: an orthonormal map Q (dim × 2)
+/// drawn from `seed` (the identity when `dim` = 2), with isotropic
+/// Gaussian noise of `off_plane_std` in the directions orthogonal to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlaneEmbedding {
+    pub dim: usize,
+    pub off_plane_std: f64,
+    pub seed: u64,
+}
+
+impl PlaneEmbedding {
+    /// The plane itself: no embedding.
+    pub const PLANE: PlaneEmbedding = PlaneEmbedding {
+        dim: 2,
+        off_plane_std: 0.0,
+        seed: 0,
+    };
 }
 
 /// Which network a score model is, with every setting that fixes its
@@ -118,9 +176,20 @@ pub fn edm_to_data_units(edm_sigma: f64, sigma_data: f64) -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MlpGeneratorSpec {
     pub latent_dim: usize,
+    /// Outputs: the data's dimension (written only where it is not 2).
+    #[serde(default = "plane_dim", skip_serializing_if = "is_plane_dim")]
+    pub dim: usize,
     pub width: usize,
     pub depth: usize,
     pub sigma_init: f64,
+}
+
+fn plane_dim() -> usize {
+    2
+}
+
+fn is_plane_dim(dim: &usize) -> bool {
+    *dim == 2
 }
 
 /// Which one-step generator, with every setting that fixes its weights and

@@ -394,3 +394,45 @@ fn absent_keys_take_diffusers_defaults() {
     assert_eq!(u.act_fn, Activation::Silu);
     assert!(u.mid_block && u.mid_attention && u.flip_sin_to_cos && !u.scale_shift);
 }
+
+#[test]
+fn a_mixture_in_more_dimensions_is_checked_field_by_field() {
+    let c = Config::parse("", &["data.dim=48".into(), "data.off_plane_std=0.03".into()]).unwrap();
+    let e = c.data.embedding().unwrap();
+    assert_eq!((e.dim, e.off_plane_std, e.seed), (48, 0.03, 0));
+    assert_eq!(
+        c.net_spec(),
+        NetSpec::Mlp(ScoreNetConfig {
+            dim: 48,
+            ..c.score_net.clone()
+        })
+    );
+    // The plane is the default, and a 2-D config writes no new key.
+    let plane = Config::default();
+    assert_eq!(plane.data.embedding().unwrap().dim, 2);
+    let text = plane.to_toml().unwrap();
+    assert!(!text.contains("\ndim =") && !text.contains("off_plane"), "{text}");
+
+    let e = err("[data]\ndim = 1\n", &[]);
+    assert!(e.contains("data.dim") && e.contains('1'), "{e}");
+    let e = err("[data]\ndim = 4\noff_plane_std = -0.5\n", &[]);
+    assert!(e.contains("data.off_plane_std") && e.contains("-0.5"), "{e}");
+    let e = err("[data]\ndim = 4\noff_plane_std = nan\n", &[]);
+    assert!(e.contains("data.off_plane_std") && e.contains("NaN"), "{e}");
+    let e = err("[data]\noff_plane_std = 0.1\n", &[]);
+    assert!(
+        e.contains("data.off_plane_std") && e.contains("data.dim > 2"),
+        "{e}"
+    );
+    // Every mixture kind takes them; image kinds and the other toys refuse.
+    Config::parse("[data]\nkind = \"random\"\nmodes = 3\ndim = 5\n", &[]).unwrap();
+    let e = err("[data]\nkind = \"digits\"\ndim = 5\n", &[]);
+    assert!(e.contains("dim"), "{e}");
+    let e = err("", &["data.kind=\"digits\"", "data.dim=5"]);
+    assert!(e.contains("dim"), "{e}");
+    let e = err("[data]\nkind = \"checkerboard\"\ndim = 5\n", &[]);
+    assert!(e.contains("dim"), "{e}");
+    // The network follows the data; a differing hand-set value is refused.
+    let e = err("[data]\ndim = 5\n[score_net]\ndim = 3\n", &[]);
+    assert!(e.contains("score_net.dim") && e.contains('3'), "{e}");
+}

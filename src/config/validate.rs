@@ -2,7 +2,7 @@
 //! All problems are reported at once, so a user fixes a file in one pass.
 
 use super::schema::*;
-use super::shared::ImageShape;
+use super::shared::{ImageShape, PlaneEmbedding};
 use anyhow::{Result, bail};
 
 /// Collects the problems found in a config.
@@ -77,6 +77,13 @@ impl Config {
                 )
             },
         );
+        let data_dim = self.data.point_dim().unwrap_or(2);
+        p.require(s.dim == 2 || s.dim == data_dim, "score_net.dim", || {
+            format!(
+                "{} differs from the data's dimension ({data_dim}); it is set from data.dim, leave it out",
+                s.dim
+            )
+        });
         // A pretrained teacher brings its own network (checked when its
         // folder is read); the project's U-Net is checked otherwise.
         if let Some(image) = self.data.image_shape()
@@ -328,10 +335,31 @@ impl Config {
     }
 }
 
+/// A mixture's embedding: at least the plane, and off-plane noise only
+/// where there is room off the plane.
+fn check_embedding(e: PlaneEmbedding, p: &mut Problems) {
+    p.at_least(e.dim, 2, "data.dim");
+    let off = e.off_plane_std;
+    p.require(off.is_finite() && off >= 0.0, "data.off_plane_std", || {
+        format!("{off} must be a finite number ≥ 0")
+    });
+    p.require(
+        off <= 0.0 || e.dim > 2 || !off.is_finite(),
+        "data.off_plane_std",
+        || {
+            format!(
+                "{off} needs data.dim > 2 (data.dim = {}: the plane is the whole space, there is no \
+             direction off it for the noise)",
+                e.dim
+            )
+        },
+    );
+}
+
 impl DataConfig {
     fn check(&self, p: &mut Problems) {
         match self {
-            DataConfig::Gmm { components } => {
+            DataConfig::Gmm { components, .. } => {
                 p.require(!components.is_empty(), "data.components", || {
                     "a mixture needs at least one component".into()
                 });
@@ -344,7 +372,9 @@ impl DataConfig {
                     p.positive(c.weight, &key("weight"));
                 }
             }
-            DataConfig::Ring { modes, radius, std } => {
+            DataConfig::Ring {
+                modes, radius, std, ..
+            } => {
                 p.at_least(*modes, 1, "data.modes");
                 p.require(radius.is_finite() && *radius >= 0.0, "data.radius", || {
                     format!("{radius} must be a number ≥ 0")
@@ -377,6 +407,9 @@ impl DataConfig {
             }
             // The teacher's shape, filled in when the config is resolved.
             DataConfig::None { .. } => {}
+        }
+        if let Some(e) = self.embedding() {
+            check_embedding(e, p);
         }
     }
 }

@@ -1,9 +1,18 @@
 //! An isotropic Gaussian mixture in the plane: sampler, exact density and the
 //! exact score of every noised version `q_σ = Σ π_k N(μ_k, (s_k² + σ²) I)`.
 //! This is the project's ground truth: tests and metrics lean on it.
+//!
+//! The plane may sit in `dim` dimensions ([`Embedding`]): x = Q u + off-plane
+//! noise. Every noised component is then N(Q μ_k, Q (s_k² + σ²) Qᵀ +
+//! (off² + σ²)(I − Q Qᵀ)): the density splits into the plane's mixture at
+//! u = Qᵀ x times one Gaussian in the distance from the plane that all
+//! components share, so posteriors depend on u alone and the score is
+//! Q ∇_u ln q_σ(u) − (x − Q u) / (off² + σ²). The `*_at` methods take
+//! points of `dim` values; the others the plane's coordinates.
 
 use super::Point;
-use crate::config::ComponentConfig;
+use super::embed::Embedding;
+use crate::config::{ComponentConfig, PlaneEmbedding};
 use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal, weighted::WeightedAliasIndex};
 
@@ -19,12 +28,18 @@ pub struct Component {
 pub struct GaussianMixture {
     components: Vec<Component>,
     picker: WeightedAliasIndex<f64>,
+    embedding: Embedding,
 }
 
 impl GaussianMixture {
-    /// Builds a mixture from config components (weights are normalised).
-    /// The config is validated before this is called.
+    /// Builds a mixture in the plane from config components (weights are
+    /// normalised). The config is validated before this is called.
     pub fn new(components: &[ComponentConfig]) -> Self {
+        Self::embedded(components, PlaneEmbedding::PLANE)
+    }
+
+    /// The same, its plane in `embedding.dim` dimensions.
+    pub fn embedded(components: &[ComponentConfig], embedding: PlaneEmbedding) -> Self {
         let total: f64 = components.iter().map(|c| c.weight).sum();
         let components: Vec<Component> = components
             .iter()
@@ -36,7 +51,21 @@ impl GaussianMixture {
             .collect();
         let picker = WeightedAliasIndex::new(components.iter().map(|c| c.weight).collect())
             .expect("validated weights are positive and finite");
-        Self { components, picker }
+        Self {
+            components,
+            picker,
+            embedding: Embedding::new(embedding),
+        }
+    }
+
+    /// How the plane sits in `dim` dimensions.
+    pub fn embedding(&self) -> &Embedding {
+        &self.embedding
+    }
+
+    /// Values per sample: the embedding's dimension.
+    pub fn dim(&self) -> usize {
+        self.embedding.dim()
     }
 
     /// `modes` equal components evenly spaced on a circle, the first on the
@@ -82,6 +111,29 @@ impl GaussianMixture {
         &self.components
     }
 
+    /// `n` samples in `dim` dimensions, one after another. In the plane
+    /// (dim = 2) these are exactly [`GaussianMixture::sample`]'s points.
+    pub fn sample_values(&self, n: usize, rng: &mut impl rand::Rng) -> Vec<f32> {
+        if self.embedding.is_plane() {
+            return self.sample(n, rng).into_flattened();
+        }
+        let dim = self.dim();
+        let mut out = Vec::with_capacity(n * dim);
+        let mut scratch = Vec::with_capacity(dim);
+        for _ in 0..n {
+            let c = &self.components[self.picker.sample(rng)];
+            let e0: f64 = rng.sample(StandardNormal);
+            let e1: f64 = rng.sample(StandardNormal);
+            let start = out.len();
+            self.embedding
+                .lift_onto([c.mean[0] + c.std * e0, c.mean[1] + c.std * e1], &mut out);
+            self.embedding
+                .add_off_plane_noise(&mut out[start..], rng, &mut scratch);
+        }
+        out
+    }
+
+    /// `n` samples of the plane's mixture, in the plane's coordinates.
     pub fn sample(&self, n: usize, rng: &mut impl rand::Rng) -> Vec<Point> {
         (0..n)
             .map(|_| {
@@ -143,8 +195,68 @@ impl GaussianMixture {
             .expect("a mixture has at least one component")
     }
 
-    /// Exact standard deviation per coordinate, averaged over the two
-    /// coordinates: `sqrt(½ Σ_d Var[x_d])`.
+    /// Variance off the plane at noise level σ: off² + σ² (0 only for a
+    /// law without off-plane spread at σ = 0, which has no density in
+    /// `dim` dimensions).
+    fn off_plane_var(&self, sigma: f64) -> f64 {
+        sq(self.embedding.off_plane_std()) + sigma * sigma
+    }
+
+    /// Exact `ln q_σ(x)` at a point of `dim` values: the plane's at u = Qᵀ x
+    /// plus the shared off-plane Gaussian. −∞ off the plane (+∞ on it) when
+    /// off² + σ² = 0.
+    pub fn log_density_at(&self, x: &[f64], sigma: f64) -> f64 {
+        if self.embedding.is_plane() {
+            return self.log_density([x[0], x[1]], sigma);
+        }
+        let (u, off2) = self.embedding.split(x);
+        let var = self.off_plane_var(sigma);
+        if var == 0.0 {
+            return if off2 == 0.0 {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            };
+        }
+        let rest = (self.dim() - 2) as f64;
+        self.log_density(u, sigma) - off2 / (2.0 * var) - 0.5 * rest * (std::f64::consts::TAU * var).ln()
+    }
+
+    /// Exact `∇ ln q_σ(x)` at a point of `dim` values:
+    /// `Q ∇_u ln q_σ(u) − (x − Q u) / (off² + σ²)`.
+    pub fn score_at(&self, x: &[f64], sigma: f64) -> Vec<f64> {
+        if self.embedding.is_plane() {
+            return self.score([x[0], x[1]], sigma).to_vec();
+        }
+        let (u, _) = self.embedding.split(x);
+        let s = self.score(u, sigma);
+        let var = self.off_plane_var(sigma);
+        self.embedding
+            .q()
+            .iter()
+            .zip(x)
+            .map(|(row, x)| {
+                let on_plane = row[0] * u[0] + row[1] * u[1];
+                row[0] * s[0] + row[1] * s[1] - (x - on_plane) / var
+            })
+            .collect()
+    }
+
+    /// The component a noiseless point of `dim` values most likely came
+    /// from (the exact posterior: the off-plane factor is every
+    /// component's, so it is the plane's answer at Qᵀ x).
+    pub fn most_likely_component_at(&self, x: &[f64]) -> usize {
+        let u = match self.embedding.is_plane() {
+            true => [x[0], x[1]],
+            false => self.embedding.split(x).0,
+        };
+        self.most_likely_component(u)
+    }
+
+    /// Exact standard deviation per coordinate, averaged over the `dim`
+    /// coordinates: `sqrt(Σ_d Var[x_d] / dim)`; Q keeps the plane's total
+    /// variance and the off-plane noise adds off² in each of dim − 2
+    /// directions.
     pub fn std(&self) -> f64 {
         let mut var = 0.0;
         for d in 0..2 {
@@ -156,7 +268,9 @@ impl GaussianMixture {
                 .sum();
             var += second - mean * mean;
         }
-        (var / 2.0).sqrt()
+        let dim = self.dim();
+        let off = (dim - 2) as f64 * sq(self.embedding.off_plane_std());
+        ((var + off) / dim as f64).sqrt()
     }
 }
 
@@ -292,5 +406,175 @@ mod tests {
             v.iter().cloned().fold(f64::MIN, f64::max) / v.iter().cloned().fold(f64::MAX, f64::min)
         };
         assert!(spread(|c| c.weight) > 1.3 && spread(|c| c.std) > 1.3, "{a:?}");
+    }
+
+    fn embedded(dim: usize, off_plane_std: f64) -> GaussianMixture {
+        let c = |mean, std, weight| ComponentConfig { mean, std, weight };
+        GaussianMixture::embedded(
+            &[c([1.0, 0.5], 0.3, 1.0), c([-1.5, 2.0], 0.6, 3.0)],
+            PlaneEmbedding {
+                dim,
+                off_plane_std,
+                seed: 11,
+            },
+        )
+    }
+
+    /// A few points of `dim` values, off the plane too.
+    fn points(dim: usize) -> Vec<Vec<f64>> {
+        (0..4)
+            .map(|i| {
+                (0..dim)
+                    .map(|d| ((i * 7 + d * 3) % 11) as f64 * 0.25 - 1.2)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_score_in_dim_dimensions_is_the_gradient_of_the_log_density() {
+        let h = 1e-5;
+        // With off-plane spread every σ has a density; without, σ > 0.
+        for (dim, off, sigmas) in [
+            (7, 0.2, &[0.0, 0.05, 0.5, 3.0][..]),
+            (5, 0.0, &[0.05, 0.5, 3.0][..]),
+        ] {
+            let gmm = embedded(dim, off);
+            for &sigma in sigmas {
+                for x in points(dim) {
+                    let s = gmm.score_at(&x, sigma);
+                    assert_eq!(s.len(), dim);
+                    for d in 0..dim {
+                        let (mut xp, mut xm) = (x.clone(), x.clone());
+                        xp[d] += h;
+                        xm[d] -= h;
+                        let fd =
+                            (gmm.log_density_at(&xp, sigma) - gmm.log_density_at(&xm, sigma)) / (2.0 * h);
+                        assert!(
+                            (s[d] - fd).abs() < 1e-5 * (1.0 + fd.abs()),
+                            "dim {dim}, off {off}, σ={sigma} x={x:?} d={d}: {} vs {fd}",
+                            s[d]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn on_the_plane_without_off_plane_spread_the_score_is_the_planes_carried_by_q() {
+        let gmm = embedded(9, 0.0);
+        let plane = two_modes();
+        for &sigma in &[0.05, 0.5, 3.0] {
+            for u in [[0.0, 0.0], [1.2, 0.4], [-2.0, 1.0]] {
+                let mut x = Vec::new();
+                gmm.embedding().lift_onto(u, &mut x);
+                // From the f32 lift: the plane's point within rounding.
+                let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                let (u, _) = gmm.embedding().split(&x);
+                let s2 = plane.score(u, sigma);
+                for (d, (s, row)) in gmm
+                    .score_at(&x, sigma)
+                    .iter()
+                    .zip(gmm.embedding().q())
+                    .enumerate()
+                {
+                    let want = row[0] * s2[0] + row[1] * s2[1];
+                    assert!(
+                        (s - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "σ={sigma} d={d}: {s} vs {want}"
+                    );
+                }
+                // And the posterior is the plane's.
+                assert_eq!(gmm.most_likely_component_at(&x), plane.most_likely_component(u));
+            }
+        }
+    }
+
+    #[test]
+    fn in_two_dimensions_the_samples_are_todays_bit_for_bit() {
+        // Today's sampler: a component by the alias table, then two normals.
+        let gmm = embedded(2, 0.0);
+        let (mut a, mut b) = (
+            rand_chacha::ChaCha8Rng::seed_from_u64(5),
+            rand_chacha::ChaCha8Rng::seed_from_u64(5),
+        );
+        let ours = gmm.sample_values(500, &mut a);
+        let picker = WeightedAliasIndex::new(vec![0.25, 0.75]).unwrap();
+        let means = [[1.0, 0.5], [-1.5, 2.0]];
+        let stds = [0.3, 0.6];
+        let today: Vec<f32> = (0..500)
+            .flat_map(|_| {
+                let k = picker.sample(&mut b);
+                let e0: f64 = b.sample(StandardNormal);
+                let e1: f64 = b.sample(StandardNormal);
+                [
+                    (means[k][0] + stds[k] * e0) as f32,
+                    (means[k][1] + stds[k] * e1) as f32,
+                ]
+            })
+            .collect();
+        assert_eq!(
+            ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            today.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(gmm.std(), two_modes().std());
+    }
+
+    #[test]
+    fn samples_in_dim_dimensions_have_the_analytic_mean_and_covariance() {
+        let (dim, off) = (6, 0.1);
+        let gmm = embedded(dim, off);
+        let n = 80_000;
+        let xs = gmm.sample_values(n, &mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
+        assert_eq!(xs.len(), n * dim);
+        // The plane's moments: m = Σ π μ, C = Σ π (s² I + μ μᵀ) − m mᵀ.
+        let c = gmm.components();
+        let m: Vec<f64> = (0..2)
+            .map(|a| c.iter().map(|c| c.weight * c.mean[a]).sum())
+            .collect();
+        let c2 = |a: usize, b: usize| -> f64 {
+            let eye = if a == b { 1.0 } else { 0.0 };
+            c.iter()
+                .map(|c| c.weight * (c.std * c.std * eye + c.mean[a] * c.mean[b]))
+                .sum::<f64>()
+                - m[a] * m[b]
+        };
+        let q = gmm.embedding().q();
+        let mean: Vec<f64> = q.iter().map(|r| r[0] * m[0] + r[1] * m[1]).collect();
+        // Q C Qᵀ + off² (I − Q Qᵀ).
+        let cov = |i: usize, j: usize| -> f64 {
+            let mut v = 0.0;
+            for a in 0..2 {
+                for b in 0..2 {
+                    v += q[i][a] * c2(a, b) * q[j][b];
+                }
+            }
+            let qq = q[i][0] * q[j][0] + q[i][1] * q[j][1];
+            v + off * off * (if i == j { 1.0 } else { 0.0 } - qq)
+        };
+        let rows: Vec<&[f32]> = xs.chunks_exact(dim).collect();
+        let sample_mean: Vec<f64> = (0..dim)
+            .map(|i| rows.iter().map(|r| r[i] as f64).sum::<f64>() / n as f64)
+            .collect();
+        for i in 0..dim {
+            assert!(
+                (sample_mean[i] - mean[i]).abs() < 0.02,
+                "mean[{i}] {} vs {}",
+                sample_mean[i],
+                mean[i]
+            );
+            for j in 0..dim {
+                let s = rows
+                    .iter()
+                    .map(|r| (r[i] as f64 - sample_mean[i]) * (r[j] as f64 - sample_mean[j]))
+                    .sum::<f64>()
+                    / n as f64;
+                assert!((s - cov(i, j)).abs() < 0.03, "cov[{i}][{j}] {s} vs {}", cov(i, j));
+            }
+        }
+        // σ_data: the per-coordinate standard deviation over all dim.
+        let trace: f64 = (0..dim).map(|i| cov(i, i)).sum();
+        assert!((gmm.std() - (trace / dim as f64).sqrt()).abs() < 1e-12);
     }
 }

@@ -3,10 +3,12 @@
 //! reach the models the same way, as a batch tensor from [`Dataset::batch`]:
 //! (B, 2) for points, (B, C, H, W) for images.
 
+mod embed;
 mod gmm;
 mod images;
 mod pixels;
 
+pub use embed::Embedding;
 pub use gmm::{GaussianMixture, log_sum_exp};
 pub use images::{ImageSet, Images};
 pub use pixels::{PixelImages, to_byte};
@@ -64,12 +66,19 @@ pub fn resolve(mut config: Config) -> Result<Config> {
         config.diffusion.sigma_data = Some(std);
     }
     let components = match config.data {
-        DataConfig::Ring { modes, radius, std } => Some(GaussianMixture::ring_components(modes, radius, std)),
-        DataConfig::Random { modes, seed } => Some(GaussianMixture::random_components(modes, seed)),
+        DataConfig::Ring {
+            modes, radius, std, ..
+        } => Some(GaussianMixture::ring_components(modes, radius, std)),
+        DataConfig::Random { modes, seed, .. } => Some(GaussianMixture::random_components(modes, seed)),
         _ => None,
     };
-    if let Some(components) = components {
-        config.data = DataConfig::Gmm { components };
+    if let (Some(components), Some(e)) = (components, config.data.embedding()) {
+        config.data = DataConfig::Gmm {
+            components,
+            dim: e.dim,
+            off_plane_std: e.off_plane_std,
+            seed: e.seed,
+        };
     }
     Ok(config)
 }
@@ -101,10 +110,12 @@ fn differing_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
     }
 }
 
-/// A point in the plane, as the models see it.
+/// A point in the plane: 2-D data as the models see it, or where a sample
+/// of a mixture embedded in more dimensions shows in pictures (its
+/// coordinates on the plane, [`Embedding::project`]).
 pub type Point = [f32; 2];
 
-/// The dimension of the data (and of a teacher-initialised generator's latent).
+/// The dimension of the plane.
 pub const DIM: usize = 2;
 
 /// Samples on the host, one after another: `len()` samples of `shape`
@@ -273,10 +284,18 @@ impl Dataset {
         self.plane().and_then(PlaneData::mixture)
     }
 
-    /// The shape of one sample: `[2]` or `[C, H, W]`.
+    /// Samples of this data as points of the plane, for pictures: a
+    /// mixture's samples projected onto its plane (Qᵀ x, the plane's own
+    /// coordinates), other 2-D samples as they are; `None` for images.
+    pub fn plane_points(&self, samples: &Samples) -> Option<Vec<Point>> {
+        let plane = self.plane()?;
+        Some(samples.rows().map(|x| plane.embedding().project(x)).collect())
+    }
+
+    /// The shape of one sample: `[dim]` or `[C, H, W]`.
     pub fn sample_shape(&self) -> Vec<usize> {
         match self {
-            Dataset::Plane(_) => vec![DIM],
+            Dataset::Plane(p) => vec![p.dim()],
             Dataset::Images(i) => {
                 let s = i.shape();
                 vec![s.channels, s.height, s.width]
@@ -287,7 +306,7 @@ impl Dataset {
     /// `n` samples on the host.
     pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Samples {
         let values = match self {
-            Dataset::Plane(p) => p.sample(n, rng).into_flattened(),
+            Dataset::Plane(p) => p.sample_values(n, rng),
             Dataset::Images(i) => i.sample(n, rng).pixels,
         };
         Samples {
@@ -296,7 +315,7 @@ impl Dataset {
         }
     }
 
-    /// `n` samples as a (n, 2) or (n, C, H, W) tensor on `device`.
+    /// `n` samples as a (n, dim) or (n, C, H, W) tensor on `device`.
     pub fn batch(&self, n: usize, rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
         self.sample(n, rng).to_tensor(device)
     }
@@ -310,7 +329,7 @@ impl Dataset {
     }
 }
 
-/// A 2-D data distribution.
+/// A 2-D data distribution (a mixture's plane may sit in more dimensions).
 #[derive(Debug, Clone)]
 pub enum PlaneData {
     Mixture(GaussianMixture),
@@ -322,12 +341,18 @@ impl PlaneData {
     /// The 2-D data `config` names; `None` for images.
     pub fn new(config: &DataConfig) -> Option<Self> {
         Some(match config {
-            DataConfig::Gmm { components } => PlaneData::Mixture(GaussianMixture::new(components)),
-            DataConfig::Ring { modes, radius, std } => PlaneData::Mixture(GaussianMixture::new(
+            DataConfig::Gmm { components, .. } => {
+                PlaneData::Mixture(GaussianMixture::embedded(components, config.embedding()?))
+            }
+            DataConfig::Ring {
+                modes, radius, std, ..
+            } => PlaneData::Mixture(GaussianMixture::embedded(
                 &GaussianMixture::ring_components(*modes, *radius, *std),
+                config.embedding()?,
             )),
-            DataConfig::Random { modes, seed } => PlaneData::Mixture(GaussianMixture::new(
+            DataConfig::Random { modes, seed, .. } => PlaneData::Mixture(GaussianMixture::embedded(
                 &GaussianMixture::random_components(*modes, *seed),
+                config.embedding()?,
             )),
             DataConfig::Checkerboard { cells, size } => PlaneData::Checkerboard {
                 cells: *cells,
@@ -349,6 +374,32 @@ impl PlaneData {
         }
     }
 
+    /// Values per sample: a mixture's `dim`, else 2.
+    pub fn dim(&self) -> usize {
+        self.mixture().map_or(DIM, GaussianMixture::dim)
+    }
+
+    /// How the data's plane sits among its dimensions (the identity for
+    /// all but embedded mixtures).
+    pub fn embedding(&self) -> &Embedding {
+        static PLANE: std::sync::LazyLock<Embedding> =
+            std::sync::LazyLock::new(|| Embedding::new(crate::config::PlaneEmbedding::PLANE));
+        match self {
+            PlaneData::Mixture(m) => m.embedding(),
+            _ => &PLANE,
+        }
+    }
+
+    /// `n` samples of `dim` values each, one after another.
+    pub fn sample_values(&self, n: usize, rng: &mut impl Rng) -> Vec<f32> {
+        match self {
+            PlaneData::Mixture(m) => m.sample_values(n, rng),
+            _ => self.sample(n, rng).into_flattened(),
+        }
+    }
+
+    /// `n` samples in the plane's coordinates (a mixture's plane, before
+    /// any embedding): the exact 2-D picture.
     pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Vec<Point> {
         match self {
             PlaneData::Mixture(m) => m.sample(n, rng),
@@ -409,7 +460,18 @@ impl PlaneData {
     /// A short human description for headers and logs.
     pub fn describe(&self) -> String {
         match self {
-            PlaneData::Mixture(m) => format!("Gaussian mixture, {} modes", m.components().len()),
+            PlaneData::Mixture(m) => {
+                let modes = m.components().len();
+                let e = m.embedding();
+                match e.is_plane() {
+                    true => format!("Gaussian mixture, {modes} modes"),
+                    false => format!(
+                        "Gaussian mixture, {modes} modes, {}-D, off-plane σ {}",
+                        e.dim(),
+                        e.off_plane_std()
+                    ),
+                }
+            }
             PlaneData::Checkerboard { cells, .. } => format!("checkerboard {cells}×{cells}"),
             PlaneData::SwissRoll { .. } => "swiss roll".to_string(),
         }
@@ -419,6 +481,7 @@ impl PlaneData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::host_rng;
 
     #[test]
     fn checkerboard_samples_only_dark_squares() {
@@ -462,7 +525,7 @@ mod tests {
     #[test]
     fn resolving_writes_out_the_mixture_and_sigma_data() {
         let c = resolve(Config::default()).unwrap();
-        let DataConfig::Gmm { components } = &c.data else {
+        let DataConfig::Gmm { components, .. } = &c.data else {
             panic!("a ring resolves to explicit components");
         };
         assert_eq!(components.len(), 10);
@@ -476,5 +539,49 @@ mod tests {
         // Images use EDM's σ_data, known without reading a file.
         let digits = resolve(Config::parse("[data]\nkind = \"digits\"\n", &[]).unwrap()).unwrap();
         assert_eq!(digits.sigma_data(), 0.5);
+    }
+
+    #[test]
+    fn resolving_keeps_the_embedding_and_the_same_data() {
+        let sets = [
+            "data.kind=\"random\"",
+            "data.modes=3",
+            "data.seed=4",
+            "data.dim=6",
+            "data.off_plane_std=0.1",
+        ];
+        let config = Config::parse("", &sets.map(String::from)).unwrap();
+        let resolved = resolve(config.clone()).unwrap();
+        let DataConfig::Gmm {
+            dim,
+            off_plane_std,
+            seed,
+            ..
+        } = resolved.data
+        else {
+            panic!("a random mixture resolves to explicit components");
+        };
+        assert_eq!((dim, off_plane_std, seed), (6, 0.1, 4));
+        assert_eq!(
+            Config::parse(&resolved.to_toml().unwrap(), &[]).unwrap(),
+            resolved
+        );
+        let draw = |c: &DataConfig| Dataset::load(c).unwrap().sample(50, &mut host_rng(1, 0));
+        let (before, after) = (draw(&config.data), draw(&resolved.data));
+        assert_eq!(before, after);
+        assert_eq!(before.shape, vec![6]);
+        // σ_data is the per-coordinate spread over all six coordinates.
+        let plane = PlaneData::new(&resolved.data).unwrap();
+        assert!((resolved.sigma_data() - plane.std()).abs() < 1e-12);
+        // Pictures show the plane: the projection of the samples is the
+        // plane's mixture plus nothing of the off-plane noise.
+        let data = Dataset::load(&resolved.data).unwrap();
+        let points = data.plane_points(&before).unwrap();
+        assert_eq!(points.len(), 50);
+        assert!(
+            data.describe().ends_with("6-D, off-plane σ 0.1"),
+            "{}",
+            data.describe()
+        );
     }
 }

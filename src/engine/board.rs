@@ -44,7 +44,10 @@ impl Session {
             Some(_) => PICTURE_IMAGES,
             None => self.evaluator.samples(),
         };
-        let samples = Samples::from_tensor(&self.student.average.generate(n, &mut rng)?)?;
+        let mut samples = Samples::from_tensor(&self.student.average.generate(n, &mut rng)?)?;
+        if let Some(points) = self.data.plane_points(&samples) {
+            samples = Samples::from_points(&points);
+        }
         let picture = crate::report::samples_picture(&samples, self.bounds)?;
         let cost = self.clock.cost;
         match &mut self.board {

@@ -9,13 +9,28 @@ use crate::rundir::{FIELD_GRID, ScoreField};
 use anyhow::Result;
 
 impl Session {
-    /// `model`'s field (named `label`) against s_φ's, at σ.
+    /// `model`'s field (named `label`) against s_φ's, at σ. For a mixture
+    /// in more dimensions: on the plane (its grid carried there by Q), the
+    /// scores' part along it (Qᵀ s).
     pub fn score_field(&self, label: String, model: &Denoiser, sigma: f32) -> Result<ScoreField> {
         let points = self.bounds().grid(FIELD_GRID.0, FIELD_GRID.1);
-        let grid = Samples::from_points(&points);
+        let embedding = self.data().plane().map(|p| p.embedding().clone());
+        let grid = match &embedding {
+            Some(e) if !e.is_plane() => {
+                let mut values = Vec::with_capacity(points.len() * e.dim());
+                for p in &points {
+                    e.lift_onto([p[0] as f64, p[1] as f64], &mut values);
+                }
+                Samples {
+                    shape: vec![e.dim()],
+                    values,
+                }
+            }
+            _ => Samples::from_points(&points),
+        };
         let scores = |model: &Denoiser| -> Result<Vec<Point>> {
             let s = model_scores(model, &grid, sigma as f64)?;
-            Ok(s.points().expect("a score field is 2-D"))
+            self.plane_points(&s)
         };
         Ok(ScoreField {
             sigma,

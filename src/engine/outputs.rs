@@ -15,7 +15,7 @@ use crate::metrics::Evaluation;
 use crate::model::{Denoiser, Generator};
 use crate::rng::{HostRng, host_rng, streams};
 use crate::rundir::{MetricsRecord, RunDir, Stage, write_points_csv};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -97,8 +97,9 @@ impl Session {
     }
 
     /// Generator samples at a moment of the run, from the same latents
-    /// every time: `samples/<name>.csv` (2-D, for the snapshot plots) or a
-    /// grid of 64 images, `samples/<name>.png`.
+    /// every time: `samples/<name>.csv` (points, every coordinate; the
+    /// snapshot plots project them onto the plane) or a grid of 64 images,
+    /// `samples/<name>.png`.
     fn write_snapshot(&self, name: &str) -> Result<()> {
         let mut rng = host_rng(self.config.seed, streams::SNAPSHOTS);
         if self.data.images().is_some() {
@@ -109,12 +110,13 @@ impl Session {
         write_points_csv(&self.run.snapshot(name), &samples)
     }
 
-    /// The final samples: `samples.csv` for points; for images the tensor
+    /// The final samples: `samples.csv` for points (all `dim` coordinates
+    /// of each); for images the tensor
     /// `samples.safetensors` and the last snapshot grid, `samples/final.png`
     /// (from the snapshots' latents, so that it compares with them).
     fn write_final_samples(&self, samples: &Samples) -> Result<()> {
-        match samples.points() {
-            Some(points) => write_points_csv(&self.run.samples(), &points),
+        match self.data.plane() {
+            Some(_) => write_points_csv(&self.run.samples(), samples),
             None => {
                 let tensor = samples.to_tensor(&candle_core::Device::Cpu)?;
                 let meta = std::collections::HashMap::from([("format".into(), "disback-samples".into())]);
@@ -313,8 +315,17 @@ impl Session {
     }
 
     /// Generator samples for a preview, from the caller's RNG (so previews
-    /// never touch the training stream).
+    /// never touch the training stream), as points of the data's plane.
     pub fn generator_samples(&self, n: usize, rng: &mut HostRng) -> Result<Vec<Point>> {
-        self.student.average.sample(n, rng)
+        let samples = self.student.average.sample(n, rng)?;
+        self.plane_points(&samples)
+    }
+
+    /// Samples of 2-D data (or of a mixture embedded in more dimensions)
+    /// as points of the plane, where pictures show them.
+    pub fn plane_points(&self, samples: &Samples) -> Result<Vec<Point>> {
+        self.data
+            .plane_points(samples)
+            .context("image data has no plane to show points on")
     }
 }

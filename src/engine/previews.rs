@@ -11,7 +11,7 @@ use super::protocol::{ModelKind, Preview, PreviewData, Shown};
 use super::session::Session;
 use crate::data::{PixelImages, Samples};
 use crate::diffusion::{heun_sample, model_denoise_fn};
-use crate::model::{Denoiser, tensor_to_points};
+use crate::model::Denoiser;
 use crate::rng::{HostRng, host_rng, normal_tensor, streams};
 use crate::rundir::Stage;
 use anyhow::{Result, ensure};
@@ -123,12 +123,18 @@ fn heun(rng: &mut HostRng, fixed: Option<&FixedDraws>, s: &Session, model: &Deno
         .karras(s.config().diffusion.sampler_steps.min(HEUN_STEPS));
     let start = match fixed {
         Some(f) => (&f.noise * grid[0])?,
-        None => (normal_tensor(rng, vec![HEUN_POINTS, 2], &model.device())? * grid[0])?,
+        None => {
+            (normal_tensor(
+                rng,
+                vec![HEUN_POINTS, s.data().sample_shape()[0]],
+                &model.device(),
+            )? * grid[0])?
+        }
     };
     let samples = heun_sample(model_denoise_fn(model), start, &grid)?;
     match fixed {
         Some(_) => images(&samples),
-        None => Ok(Shown::Points(tensor_to_points(&samples)?)),
+        None => Ok(Shown::Points(s.plane_points(&Samples::from_tensor(&samples)?)?)),
     }
 }
 

@@ -7,8 +7,8 @@ rebuilt in plain PyTorch from generator.json and generator.safetensors:
     python sample.py --n 1000 --seed 0 --out points.csv            (2-D points)
 
 The latents file holds `z` (N, ...the latent's shape), standard normal.
-`.safetensors` writes `images` (N, C, H, W) in [-1, 1] or `samples` (N, 2);
-`.png` a grid of images, `.csv` points (header x,y). check.safetensors
+`.safetensors` writes `images` (N, C, H, W) in [-1, 1] or `samples` (N, dim);
+`.png` a grid of images, `.csv` points (header x,y; x0,x1,... when dim > 2). check.safetensors
 beside this script holds latents `z` and what disback drew from them.
 
 generator.json says which network it is:
@@ -49,7 +49,7 @@ class MlpGenerator(nn.Module):
         super().__init__()
         dims = [s["latent_dim"]] + [s["width"]] * s["depth"]
         self.layers = nn.ModuleList(nn.Linear(dims[i], s["width"]) for i in range(s["depth"]))
-        self.output = nn.Linear(dims[-1], 2)
+        self.output = nn.Linear(dims[-1], s.get("dim", 2))
         self.sigma_init = s["sigma_init"]
 
     def forward(self, z):
@@ -75,9 +75,9 @@ class MlpNet(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.emb_dim = c["emb_dim"]
-        self.input = nn.Linear(2 + c["emb_dim"], c["width"])
+        self.input = nn.Linear(c.get("dim", 2) + c["emb_dim"], c["width"])
         self.blocks = nn.ModuleList(MlpBlock(c["width"], c["emb_dim"]) for _ in range(c["blocks"]))
-        self.output = nn.Linear(c["width"], 2)
+        self.output = nn.Linear(c["width"], c.get("dim", 2))
 
     def forward(self, x, e):
         h = self.input(torch.cat([x, e], 1))
@@ -204,7 +204,7 @@ def build(arch):
     if kind == "mlp-generator":
         return MlpGenerator(arch), [arch["latent_dim"]]
     if kind == "mlp-denoiser":
-        return OneStep(MlpNet(arch["net"]), arch["sigma_g"], arch["sigma_data"]), [2]
+        return OneStep(MlpNet(arch["net"]), arch["sigma_g"], arch["sigma_data"]), [arch["net"].get("dim", 2)]
     if kind == "unet-denoiser":
         return OneStep(UNet(arch["net"], arch["image"]), arch["sigma_g"], arch["sigma_data"]), arch["image"]
     raise SystemExit(f"generator.json: unknown network {kind!r}")
@@ -258,7 +258,9 @@ def main():
         write_png(args.out, out)
     elif args.out.endswith(".csv"):
         with open(args.out, "w") as f:
-            f.write("x,y\n" + "".join(f"{x},{y}\n" for x, y in out.tolist()))
+            dim = out.shape[1]
+            header = "x,y" if dim == 2 else ",".join(f"x{d}" for d in range(dim))
+            f.write(header + "\n" + "".join(",".join(map(str, row)) + "\n" for row in out.tolist()))
     else:
         save_file({"images" if out.dim() == 4 else "samples": out.contiguous()}, args.out)
     print(f"wrote {len(out)} samples to {args.out}")

@@ -20,9 +20,9 @@ const SAMPLE_PY: &str = include_str!("sample_disback.py");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "network", rename_all = "kebab-case")]
 pub enum Architecture {
-    /// `G(z) = MLP(σ_init z)`, z of `latent_dim` values → a 2-D point.
+    /// `G(z) = MLP(σ_init z)`, z of `latent_dim` values → a point of `dim`.
     MlpGenerator(MlpGeneratorSpec),
-    /// The ResNet-MLP denoiser on 2-D points.
+    /// The ResNet-MLP denoiser on points (of `net.dim` values, 2 unless said).
     MlpDenoiser {
         net: ScoreNetConfig,
         sigma_g: f64,

@@ -24,7 +24,7 @@ pub enum TrueScore {
 impl TrueScore {
     pub fn score(&self, x: &[f64], sigma: f64) -> Vec<f64> {
         match self {
-            TrueScore::Exact(gmm) => gmm.score([x[0], x[1]], sigma).to_vec(),
+            TrueScore::Exact(gmm) => gmm.score_at(x, sigma),
             TrueScore::StableTargetField(reference) => {
                 let var = sigma * sigma;
                 let logits: Vec<f64> = reference

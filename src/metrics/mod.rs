@@ -188,7 +188,7 @@ impl Evaluator {
     pub fn distribution(&self, generated: &Samples, rng: &mut impl Rng) -> Result<Evaluation> {
         let head = generated.head(self.samples);
         let data = self.data.sample(head.len(), rng);
-        let modes = self.data.mixture().zip(generated.points());
+        let modes = self.data.mixture().map(|m| ModeStats::new(m, generated));
         let (classes, classifier_fd) = match &self.classifier {
             Some((classifier, shares)) => (
                 Some(classifier.class_stats(generated, shares)?),
@@ -203,7 +203,7 @@ impl Evaluator {
         Ok(Evaluation {
             energy: energy_distance(&head, &data),
             sliced_w: sliced_wasserstein(&head, &data, 64, rng),
-            modes: modes.map(|(m, points)| ModeStats::new(m, &points)),
+            modes,
             classes,
             classifier_fd,
             pixel_fd,

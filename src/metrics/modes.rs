@@ -1,38 +1,46 @@
-//! Mode statistics of a sample under a known Gaussian mixture.
+//! Mode statistics of a sample under a known Gaussian mixture, in the
+//! mixture's `dim` dimensions.
 
-use crate::data::{GaussianMixture, Point};
+use crate::data::{GaussianMixture, Samples};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModeStats {
     /// Per component: its share of the samples divided by its weight
-    /// (1 is exact; a sample counts for its most likely component).
+    /// (1 is exact; a sample counts for its most likely component, by the
+    /// exact posterior in `dim` dimensions).
     pub shares: Vec<f64>,
     /// Fraction of modes holding at least half their expected mass.
     pub coverage: f64,
     /// Largest |share − 1| over the modes: the worst relative weight error.
     pub max_weight_error: f64,
-    /// Mean negative log-likelihood of the samples under the true mixture.
+    /// Mean negative log-likelihood of the samples under the true mixture
+    /// (in `dim` dimensions; with no off-plane spread the law has no
+    /// density there, and this is the plane's, at the samples' Qᵀ x).
     pub nll: f64,
-    /// Fraction of samples within 3 standard deviations of some mode's mean.
+    /// Fraction of samples inside some mode's typical region: within 3
+    /// standard deviations of its mean in 2-D, the ellipse that holds
+    /// 1 − e^{−4.5} ≈ 98.9% of the mode's mass; in `dim` dimensions the
+    /// ellipsoid of the mode's covariance holding the same mass (see
+    /// [`TypicalRegion`]).
     pub precision: f64,
 }
 
 impl ModeStats {
-    pub fn new(gmm: &GaussianMixture, samples: &[Point]) -> Self {
+    pub fn new(gmm: &GaussianMixture, samples: &Samples) -> Self {
         let k = gmm.components().len();
         let n = samples.len().max(1) as f64;
+        let region = TypicalRegion::new(gmm);
         let mut counts = vec![0usize; k];
         let (mut nll, mut near) = (0.0, 0usize);
-        for p in samples {
-            let x = [p[0] as f64, p[1] as f64];
-            counts[gmm.most_likely_component(x)] += 1;
-            nll -= gmm.log_density(x, 0.0);
-            let close = gmm.components().iter().any(|c| {
-                let d2 = (x[0] - c.mean[0]).powi(2) + (x[1] - c.mean[1]).powi(2);
-                d2 <= (3.0 * c.std).powi(2)
-            });
-            near += close as usize;
+        // One buffer for every sample: the 2-D path allocates nothing per sample.
+        let mut x = Vec::with_capacity(samples.dim());
+        for row in samples.rows() {
+            x.clear();
+            x.extend(row.iter().map(|&v| v as f64));
+            counts[gmm.most_likely_component_at(&x)] += 1;
+            nll -= region.log_density(gmm, &x);
+            near += region.holds(gmm, &x) as usize;
         }
         let shares: Vec<f64> = counts
             .iter()
@@ -54,6 +62,116 @@ impl ModeStats {
     }
 }
 
+/// Where a sample counts as near a mode, for [`ModeStats::precision`].
+/// In 2-D: within 3 s_k of μ_k, the ellipse holding p = 1 − e^{−4.5} of
+/// the mode (its squared Mahalanobis distance is χ² with 2 degrees of
+/// freedom). In `dim` dimensions the same mass p: the squared Mahalanobis
+/// distance under the mode's covariance s_k² Q Qᵀ + off² (I − Q Qᵀ),
+/// ‖u − μ_k‖²/s_k² + ‖x − Q u‖²/off², at most the χ²_dim quantile of p, so
+/// that exact samples score 98.9% in any dimension. Without off-plane
+/// spread that covariance is singular (any sample off the plane would be
+/// out); the off-plane distance is then measured in the mode's own s_k,
+/// as the 2-D rule measures every distance.
+struct TypicalRegion {
+    /// The squared radius: 9 in 2-D.
+    radius2: f64,
+}
+
+/// The mass of a 2-D mode within 3 standard deviations.
+fn three_sigma_mass() -> f64 {
+    1.0 - (-4.5f64).exp()
+}
+
+impl TypicalRegion {
+    fn new(gmm: &GaussianMixture) -> Self {
+        let radius2 = match gmm.embedding().is_plane() {
+            true => 9.0,
+            false => chi_square_quantile(gmm.dim(), three_sigma_mass()),
+        };
+        Self { radius2 }
+    }
+
+    fn holds(&self, gmm: &GaussianMixture, x: &[f64]) -> bool {
+        let e = gmm.embedding();
+        if e.is_plane() {
+            return gmm.components().iter().any(|c| {
+                let d2 = (x[0] - c.mean[0]).powi(2) + (x[1] - c.mean[1]).powi(2);
+                d2 <= (3.0 * c.std).powi(2)
+            });
+        }
+        let (u, off2) = e.split(x);
+        let off_var = e.off_plane_std().powi(2);
+        gmm.components().iter().any(|c| {
+            let var = c.std * c.std;
+            let in_plane = (u[0] - c.mean[0]).powi(2) + (u[1] - c.mean[1]).powi(2);
+            let m2 = match off_var > 0.0 {
+                true => in_plane / var + off2 / off_var,
+                false => (in_plane + off2) / var,
+            };
+            m2 <= self.radius2
+        })
+    }
+
+    /// ln q_0(x), or the plane's at Qᵀ x where the law has no density.
+    fn log_density(&self, gmm: &GaussianMixture, x: &[f64]) -> f64 {
+        let e = gmm.embedding();
+        match e.is_plane() || e.off_plane_std() > 0.0 {
+            true => gmm.log_density_at(x, 0.0),
+            false => gmm.log_density(e.split(x).0, 0.0),
+        }
+    }
+}
+
+/// The `p` quantile of the χ² law with `dof` degrees of freedom, by
+/// bisection on its distribution function P(dof/2, x/2).
+fn chi_square_quantile(dof: usize, p: f64) -> f64 {
+    let a = dof as f64 / 2.0;
+    let cdf = |x: f64| lower_gamma_regularised(a, x / 2.0);
+    let mut hi = dof as f64 + 20.0;
+    while cdf(hi) < p {
+        hi *= 2.0;
+    }
+    let mut lo = 0.0;
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        match cdf(mid) < p {
+            true => lo = mid,
+            false => hi = mid,
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// The regularised lower incomplete gamma function P(a, x), for a a
+/// multiple of ½, by its power series (x^a e^{−x} / Γ(a + 1)) Σ x^n / ((a+1)…(a+n)).
+fn lower_gamma_regularised(a: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    let (mut term, mut sum) = (1.0, 1.0);
+    let mut n = 1.0;
+    while term > 1e-17 * sum {
+        term *= x / (a + n);
+        sum += term;
+        n += 1.0;
+    }
+    (a * x.ln() - x - ln_gamma_half(a + 1.0) + sum.ln()).exp()
+}
+
+/// ln Γ(a) for a a positive multiple of ½: Γ(a + 1) = a Γ(a) from Γ(1) = 1
+/// or Γ(½) = √π.
+fn ln_gamma_half(a: f64) -> f64 {
+    let (mut t, mut lg) = match (2.0 * a).round() as u64 % 2 {
+        0 => (1.0, 0.0),
+        _ => (0.5, 0.5 * std::f64::consts::PI.ln()),
+    };
+    while t < a - 0.25 {
+        lg += t.ln();
+        t += 1.0;
+    }
+    lg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,7 +182,7 @@ mod tests {
         let gmm = GaussianMixture::new(&GaussianMixture::ring_components(5, 2.0, 0.1));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let xs = gmm.sample(10_000, &mut rng);
-        let good = ModeStats::new(&gmm, &xs);
+        let good = ModeStats::new(&gmm, &Samples::from_points(&xs));
         assert_eq!(good.coverage, 1.0);
         assert!(good.max_weight_error < 0.1, "{good:?}");
         assert!(
@@ -77,18 +195,91 @@ mod tests {
             (good.nll - (5f64.ln() + (std::f64::consts::TAU * std::f64::consts::E * 0.01).ln())).abs() < 0.05
         );
 
-        let dropped: Vec<Point> = xs
+        let dropped: Vec<crate::data::Point> = xs
             .iter()
             .copied()
             .filter(|p| gmm.most_likely_component([p[0] as f64, p[1] as f64]) != 2)
             .collect();
-        let bad = ModeStats::new(&gmm, &dropped);
+        let bad = ModeStats::new(&gmm, &Samples::from_points(&dropped));
         assert_eq!(bad.coverage, 0.8);
         assert_eq!(bad.shares[2], 0.0);
         assert!(bad.max_weight_error >= 1.0);
         assert_eq!(bad.min_share(), 0.0);
         // Samples far from every mode lower precision.
         let far = vec![[10.0f32, 10.0]; 100];
-        assert_eq!(ModeStats::new(&gmm, &far).precision, 0.0);
+        assert_eq!(ModeStats::new(&gmm, &Samples::from_points(&far)).precision, 0.0);
+    }
+
+    #[test]
+    fn the_chi_square_quantile_gives_the_two_dimensional_three_sigma_rule() {
+        assert!((chi_square_quantile(2, three_sigma_mass()) - 9.0).abs() < 1e-9);
+        // χ²₁'s 0.9545 quantile is 2² (two standard deviations of one normal).
+        let two_sd = 0.954_499_736_103_641_6;
+        assert!((chi_square_quantile(1, two_sd) - 4.0).abs() < 1e-6);
+        // The median of χ²_k is near k (1 − 2/(9k))³.
+        let k: f64 = 48.0;
+        let median = chi_square_quantile(48, 0.5);
+        assert!(
+            (median - k * (1.0 - 2.0 / (9.0 * k)).powi(3)).abs() < 0.01,
+            "{median}"
+        );
+    }
+
+    #[test]
+    fn exact_samples_in_many_dimensions_keep_the_two_dimensional_scores() {
+        use crate::config::PlaneEmbedding;
+        let components = GaussianMixture::ring_components(5, 2.0, 0.1);
+        for (dim, off) in [(12, 0.05), (48, 0.03)] {
+            let e = PlaneEmbedding {
+                dim,
+                off_plane_std: off,
+                seed: 1,
+            };
+            let gmm = GaussianMixture::embedded(&components, e);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+            let xs = Samples {
+                shape: vec![dim],
+                values: gmm.sample_values(10_000, &mut rng),
+            };
+            let good = ModeStats::new(&gmm, &xs);
+            assert_eq!(good.coverage, 1.0);
+            assert!(good.max_weight_error < 0.1, "{good:?}");
+            assert!(
+                (good.precision - three_sigma_mass()).abs() < 0.005,
+                "dim {dim}: {}",
+                good.precision
+            );
+            // NLL is the entropy: the plane's plus (dim − 2)/2 ln(2πe off²).
+            let entropy = 5f64.ln()
+                + (std::f64::consts::TAU * std::f64::consts::E * 0.01).ln()
+                + 0.5 * (dim - 2) as f64 * (std::f64::consts::TAU * std::f64::consts::E * off * off).ln();
+            assert!(
+                (good.nll - entropy).abs() < 0.1,
+                "dim {dim}: {} vs {entropy}",
+                good.nll
+            );
+            // Pushed off the plane by 10 off-plane σ along one direction
+            // orthogonal to it, every sample leaves its mode's region.
+            let normal = orthogonal_direction(&gmm);
+            let mut pushed = xs.clone();
+            for row in pushed.values.chunks_exact_mut(dim) {
+                for (x, n) in row.iter_mut().zip(&normal) {
+                    *x += (10.0 * off * (dim as f64).sqrt() * n) as f32;
+                }
+            }
+            assert!(ModeStats::new(&gmm, &pushed).precision < 0.01);
+        }
+    }
+
+    /// A unit vector orthogonal to the mixture's plane.
+    fn orthogonal_direction(gmm: &GaussianMixture) -> Vec<f64> {
+        let q = gmm.embedding().q();
+        let mut v: Vec<f64> = (0..q.len()).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+        for a in 0..2 {
+            let along: f64 = q.iter().zip(&v).map(|(r, v)| r[a] * v).sum();
+            v.iter_mut().zip(q).for_each(|(v, r)| *v -= along * r[a]);
+        }
+        let norm = v.iter().map(|v| v * v).sum::<f64>().sqrt();
+        v.iter().map(|v| v / norm).collect()
     }
 }

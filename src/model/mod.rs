@@ -18,7 +18,7 @@ pub use params::{Init, ParamBuilder, Params};
 use nets::{GeneratorNet, ScoreNet};
 
 use crate::config::{GeneratorInit, GeneratorSpec, NetSpec};
-use crate::data::Point;
+use crate::data::{Point, Samples};
 use crate::rng::{Draws, HostRng, normal_tensor};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
@@ -198,8 +198,7 @@ impl Generator {
         let (net, settings) = match spec {
             GeneratorSpec::Mlp(mlp) => (
                 GeneratorNetwork::Mlp(Box::new(GeneratorNet::new(mlp, ParamBuilder::new(device, rng))?)),
-                serde_json::json!({ "init": GeneratorInit::Random, "latent_dim": mlp.latent_dim,
-                    "width": mlp.width, "depth": mlp.depth, "sigma_init": mlp.sigma_init }),
+                mlp_settings(mlp),
             ),
             GeneratorSpec::Denoiser {
                 net,
@@ -245,7 +244,7 @@ impl Generator {
         match &self.net {
             GeneratorNetwork::Mlp(net) => vec![net.spec.latent_dim],
             GeneratorNetwork::Denoiser { model, .. } => match model.net.spec() {
-                NetSpec::Mlp(_) => vec![crate::data::DIM],
+                NetSpec::Mlp(c) => vec![c.dim],
                 NetSpec::UNet { image, .. } => vec![image.channels, image.height, image.width],
                 NetSpec::Diffusers(d) => vec![d.unet.in_channels, d.unet.sample_size, d.unet.sample_size],
             },
@@ -315,9 +314,9 @@ impl Generator {
         Ok(Tensor::cat(&parts, 0)?)
     }
 
-    /// `n` samples of a 2-D generator as plain points.
-    pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Result<Vec<Point>> {
-        tensor_to_points(&self.generate(n, rng)?)
+    /// `n` samples without gradient, on the host.
+    pub fn sample(&self, n: usize, rng: &mut impl Rng) -> Result<Samples> {
+        Samples::from_tensor(&self.generate(n, rng)?)
     }
 
     /// A copy that shares no storage with `self`.
@@ -358,6 +357,18 @@ impl Generator {
         self.params()
             .load_file(path, |meta| check_metadata(path, meta, GENERATOR, &self.settings))
     }
+}
+
+/// The random MLP generator's settings, as its files record them (its
+/// output dimension only where it is not the plane's 2, so that files
+/// written before `data.dim` existed still load).
+fn mlp_settings(mlp: &crate::config::MlpGeneratorSpec) -> serde_json::Value {
+    let mut settings = serde_json::json!({ "init": GeneratorInit::Random, "latent_dim": mlp.latent_dim,
+        "width": mlp.width, "depth": mlp.depth, "sigma_init": mlp.sigma_init });
+    if mlp.dim != crate::data::DIM {
+        settings["dim"] = mlp.dim.into();
+    }
+    settings
 }
 
 /// Points from a (B, 2) tensor.

@@ -50,7 +50,7 @@ impl ScoreNet {
         }
     }
 
-    /// `x` scaled by c_in, (B, 2) or (B, C, H, W); `emb`: (B, emb_dim),
+    /// `x` scaled by c_in, (B, dim) or (B, C, H, W); `emb`: (B, emb_dim),
     /// or for a `diffusers` U-Net the (B, 1) timesteps.
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         match self {
@@ -99,7 +99,7 @@ impl MlpNet {
     pub fn new<R: Rng>(config: &ScoreNetConfig, b: ParamBuilder<'_, R>) -> Result<Self> {
         let mut b = b;
         let w = config.width;
-        let input = Linear::new(&mut b, "input", (2 + config.emb_dim, w), 1.0)?;
+        let input = Linear::new(&mut b, "input", (config.dim + config.emb_dim, w), 1.0)?;
         let blocks = (0..config.blocks)
             .map(|i| {
                 Ok((
@@ -109,7 +109,7 @@ impl MlpNet {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let output = Linear::new(&mut b, "output", (w, 2), 0.0)?;
+        let output = Linear::new(&mut b, "output", (w, config.dim), 0.0)?;
         Ok(Self {
             config: config.clone(),
             input,
@@ -119,7 +119,7 @@ impl MlpNet {
         })
     }
 
-    /// `x`: (B, 2) already scaled by c_in; `emb`: (B, emb_dim).
+    /// `x`: (B, dim) already scaled by c_in; `emb`: (B, emb_dim).
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         let mut h = self.input.forward(&Tensor::cat(&[x, emb], 1)?)?;
         for (fc1, proj, fc2) in &self.blocks {
@@ -156,7 +156,7 @@ impl GeneratorNet {
             )?);
             input = config.width;
         }
-        layers.push(Linear::new(&mut b, "output", (input, 2), 1.0)?);
+        layers.push(Linear::new(&mut b, "output", (input, config.dim), 1.0)?);
         Ok(Self {
             spec: config.clone(),
             layers,
@@ -164,7 +164,7 @@ impl GeneratorNet {
         })
     }
 
-    /// `z`: (B, latent_dim) standard normal; returns (B, 2) samples.
+    /// `z`: (B, latent_dim) standard normal; returns (B, dim) samples.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         // A SiLU between layers: each layer after the first takes the
         // SiLU of the one before.

@@ -333,7 +333,7 @@ pub fn plot_run(root: &Path) -> Result<Vec<PathBuf>> {
     };
     let background = plane.sample(2000, &mut host_rng(0, streams::BACKGROUND));
     let bounds = Bounds::around(&background);
-    let snapshots = Snapshots::read(&run, background.clone(), bounds)?;
+    let snapshots = Snapshots::read(&run, &plane, background.clone(), bounds)?;
     if !snapshots.panels.is_empty() {
         written.extend(save(&snapshots, &dir)?);
     }
@@ -415,16 +415,30 @@ struct Snapshots {
 }
 
 impl Snapshots {
-    fn read(run: &RunDir, data: Vec<Point>, bounds: Bounds) -> Result<Self> {
+    /// The run's sample files, each projected onto the data's plane (its
+    /// own coordinates, Qᵀ x, for a mixture in more dimensions).
+    fn read(run: &RunDir, plane: &PlaneData, data: Vec<Point>, bounds: Bounds) -> Result<Self> {
+        let read = |file: &std::path::Path| -> Result<Vec<Point>> {
+            let samples = read_points_csv(file)?;
+            if samples.dim() != plane.dim() {
+                anyhow::bail!(
+                    "{}: points of {} values, but the run's data has {}",
+                    file.display(),
+                    samples.dim(),
+                    plane.dim()
+                );
+            }
+            Ok(samples.rows().map(|x| plane.embedding().project(x)).collect())
+        };
         let mut panels = Vec::new();
         for (name, caption) in snapshot_moments().filter(|(name, _)| name != "final") {
             let file = run.snapshot(&name);
             if file.exists() {
-                panels.push((caption, read_points_csv(&file)?));
+                panels.push((caption, read(&file)?));
             }
         }
         if run.samples().exists() {
-            let mut last = read_points_csv(&run.samples())?;
+            let mut last = read(&run.samples())?;
             last.truncate(2000);
             panels.push(("final generator".to_string(), last));
         }

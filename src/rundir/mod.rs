@@ -31,7 +31,7 @@ pub mod events {
     pub use super::tensorboard::{Event, Image, Kind, Summary, Value, What};
 }
 
-use crate::data::Point;
+use crate::data::Samples;
 use crate::files::atomic_write;
 use anyhow::{Context, Result, bail};
 use lock::LOCK_FILE;
@@ -192,32 +192,59 @@ impl RunDir {
     }
 }
 
-/// Writes points as CSV with the header `x,y`.
-pub fn write_points_csv(path: &Path, points: &[Point]) -> Result<()> {
-    let mut text = String::with_capacity(points.len() * 24 + 4);
-    text.push_str("x,y\n");
-    for p in points {
-        writeln!(text, "{},{}", p[0], p[1]).expect("writing to a String");
+/// The CSV header of samples of `dim` values: `x,y` in the plane,
+/// `x0,x1,…` in more dimensions.
+fn csv_header(dim: usize) -> String {
+    match dim {
+        2 => "x,y".to_string(),
+        _ => (0..dim).map(|d| format!("x{d}")).collect::<Vec<_>>().join(","),
+    }
+}
+
+/// Writes samples of points as CSV, one sample a row with every one of
+/// its coordinates: the header `x,y` for 2-D data, `x0,x1,…,x47` for a
+/// mixture embedded in 48 dimensions (its full coordinates, not the
+/// plane's: a picture projects them with the run's Q).
+pub fn write_points_csv(path: &Path, samples: &Samples) -> Result<()> {
+    let dim = samples.dim();
+    let mut text = String::with_capacity(samples.values.len() * 12 + 8 * dim);
+    text.push_str(&csv_header(dim));
+    text.push('\n');
+    for row in samples.rows() {
+        for (d, v) in row.iter().enumerate() {
+            let sep = if d + 1 == dim { '\n' } else { ',' };
+            write!(text, "{v}{sep}").expect("writing to a String");
+        }
     }
     atomic_write(path, text.as_bytes())
 }
 
-/// Reads points written by [`write_points_csv`].
-pub fn read_points_csv(path: &Path) -> Result<Vec<Point>> {
+/// Reads samples written by [`write_points_csv`], of any dimension.
+pub fn read_points_csv(path: &Path) -> Result<Samples> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut lines = text.lines();
-    if lines.next().map(str::trim) != Some("x,y") {
-        bail!("{}: expected the header x,y", path.display());
+    let header = lines.next().map(str::trim).unwrap_or("");
+    let dim = header.split(',').count();
+    if dim < 2 || header != csv_header(dim) {
+        bail!(
+            "{}: expected the header x,y (or x0,x1,… in more dimensions), found {header:?}",
+            path.display()
+        );
     }
-    lines
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let parse = || -> Option<Point> {
-                let (x, y) = line.split_once(',')?;
-                Some([x.trim().parse().ok()?, y.trim().parse().ok()?])
-            };
-            parse().with_context(|| format!("{}:{}: not a point: {line:?}", path.display(), i + 2))
-        })
-        .collect()
+    let mut values = Vec::new();
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let start = values.len();
+        values.extend(line.split(',').map_while(|v| v.trim().parse::<f32>().ok()));
+        if values.len() - start != dim || line.split(',').count() != dim {
+            bail!(
+                "{}:{}: not a point of {dim} numbers: {line:?}",
+                path.display(),
+                i + 2
+            );
+        }
+    }
+    Ok(Samples {
+        shape: vec![dim],
+        values,
+    })
 }

@@ -236,8 +236,8 @@ fn torch_version() -> Result<String> {
 /// (bias additions and activations are left out: they are not what a peak
 /// FLOP rate measures).
 fn forward_flops(net: &ScoreNetConfig, width: usize) -> f64 {
-    let (w, e) = (width as f64, net.emb_dim as f64);
-    let weights = (2.0 + e) * w + net.blocks as f64 * (2.0 * w * w + e * w) + 2.0 * w;
+    let (w, e, d) = (width as f64, net.emb_dim as f64, net.dim as f64);
+    let weights = (d + e) * w + net.blocks as f64 * (2.0 * w * w + e * w) + d * w;
     2.0 * weights
 }
 
@@ -294,6 +294,7 @@ mod tests {
             width: 4,
             blocks: 1,
             emb_dim: 2,
+            dim: 2,
         };
         // input (2+2)·4, block 4·4 + 2·4 + 4·4, output 4·2: 64 weights.
         assert_eq!(forward_flops(&net, 4), 128.0);
