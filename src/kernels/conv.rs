@@ -490,7 +490,9 @@ mod tests {
         let bias = random(&[4], 3, 0.0);
         let probe = random(&[3, 4, 6, 6], 4, 0.0);
         let loss = |y: Tensor| (y * probe.as_tensor()).unwrap().sum_all().unwrap();
-        let ours = loss(conv2d(&x, &weight, &bias, 1, 1).unwrap()).backward().unwrap();
+        let ours = loss(conv2d(&x, &weight, &bias, 1, 1).unwrap())
+            .backward()
+            .unwrap();
         let theirs = loss(x.conv2d(&weight, 1, 1, 1, 1).unwrap()).backward().unwrap();
         assert!(ours.get(&x).is_none());
         let difference = max_difference(ours.get(&weight).unwrap(), theirs.get(&weight).unwrap());

@@ -14,8 +14,16 @@ const TILE: usize = 8;
 /// `out` = the (rows, cols) row-major block `values`, transposed:
 /// `out[c · rows + r] = values[r · cols + c]`.
 pub fn transpose_into(values: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
-    assert_eq!(values.len(), rows * cols, "transpose: values do not match the size");
-    assert_eq!(out.len(), rows * cols, "transpose: output does not match the size");
+    assert_eq!(
+        values.len(),
+        rows * cols,
+        "transpose: values do not match the size"
+    );
+    assert_eq!(
+        out.len(),
+        rows * cols,
+        "transpose: output does not match the size"
+    );
     let (full_rows, full_cols) = (rows / TILE * TILE, cols / TILE * TILE);
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx") {
