@@ -264,12 +264,12 @@ def rate(step, seconds, device):
         step()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
-    start, n = time.perf_counter(), 0
+    start, cpu, n = time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - start < seconds:
         step()
         n += 1
     sync()
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), n / max(time.process_time() - cpu, 1e-9)
 
 
 def main():
@@ -289,7 +289,7 @@ def main():
         dsm_loss(teacher, data).backward()
         opt.step()
 
-    teacher_rate = rate(teacher_step, a.seconds, dev)
+    teacher_rate, teacher_cpu_rate = rate(teacher_step, a.seconds, dev)
 
     generator, fake, average = Net(a).to(dev), Net(a).to(dev), Net(a).to(dev)
     generator.load_state_dict(teacher.state_dict())
@@ -330,7 +330,7 @@ def main():
             f_opt.step()
 
     gaps = []  # read as numbers once at the end, as a log interval would
-    distill_rate = rate(distill_iteration, a.seconds, dev)
+    distill_rate, distill_cpu_rate = rate(distill_iteration, a.seconds, dev)
     float(torch.stack(gaps).mean())
     print(
         json.dumps(
@@ -340,6 +340,10 @@ def main():
                 "threads": a.threads,
                 "teacher_steps": teacher_rate,
                 "distill_iterations": distill_rate,
+                # per second of the process's CPU time (all threads): on a
+                # shared machine this moves far less than the wall-time rates
+                "teacher_steps_per_cpu_s": teacher_cpu_rate,
+                "distill_iterations_per_cpu_s": distill_cpu_rate,
                 "params": sum(p.numel() for p in teacher.parameters()),
                 "peak_rss_mb": peak_rss_mb(),
             }

@@ -12,6 +12,23 @@ use std::time::Instant;
 
 const REPEATS: usize = 20;
 
+/// (in, out, side, kernel, stride) of the digits config's U-Net (16 and 32
+/// channels; the up path's inputs hold the skips).
+const SHAPES: [(usize, usize, usize, usize, usize); 9] = [
+    (16, 16, 8, 3, 1),
+    (16, 16, 8, 3, 2),
+    (16, 32, 4, 3, 1),
+    (32, 32, 4, 3, 1),
+    (64, 32, 4, 3, 1),
+    (32, 32, 8, 3, 1),
+    (48, 16, 8, 3, 1),
+    (64, 32, 4, 1, 1),
+    (48, 16, 8, 1, 1),
+];
+
+/// (channels, side) of its group norms.
+const NORMS: [(usize, usize); 5] = [(16, 8), (32, 4), (64, 4), (48, 8), (32, 8)];
+
 fn main() -> candle_core::Result<()> {
     let device = Device::Cpu;
     println!(
@@ -19,13 +36,7 @@ fn main() -> candle_core::Result<()> {
         "op (batch 128)", "candle fwd", "fused fwd", "candle fwd+bwd", "fused fwd+bwd"
     );
     // (in, out, side, kernel, stride): the digits U-Net's shapes.
-    for (input, output, side, kernel, stride) in [
-        (32, 32, 8, 3, 1),
-        (32, 32, 8, 3, 2),
-        (64, 64, 4, 3, 1),
-        (128, 64, 4, 3, 1),
-        (96, 32, 8, 1, 1),
-    ] {
+    for (input, output, side, kernel, stride) in SHAPES {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (128, input, side, side), &device)?)?;
         let w = Var::from_tensor(&Tensor::randn(
             0f32,
@@ -47,7 +58,7 @@ fn main() -> candle_core::Result<()> {
             fused_both
         );
     }
-    for (channels, side) in [(32, 8), (64, 4), (96, 8)] {
+    for (channels, side) in NORMS {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (128, channels, side, side), &device)?)?;
         let w = Var::from_tensor(&Tensor::ones(channels, candle_core::DType::F32, &device)?)?;
         let b = Var::from_tensor(&Tensor::zeros(channels, candle_core::DType::F32, &device)?)?;

@@ -21,13 +21,31 @@
 //!   a sum. The patch matrix never enters candle's graph.
 //!
 //! The patch rows put the long dimension (B·H'·W') first, which `gemm`
-//! runs 3.6× faster than the other orientation at these sizes (measured).
+//! runs 3.6× faster than the other orientation at these sizes (measured;
+//! a version that laid the patches out as (k·k·C, B·H'·W') to skip the
+//! transposes below ran the digits U-Net at 0.6× the speed: `gemm` then
+//! repacked its operands, and the gather copied runs of 4–8 values).
+//!
+//! The batch is worked in chunks of a few images ([`CHUNK_ROWS`] patch
+//! rows), one chunk a rayon task, each gathering, multiplying and writing
+//! back its own images. Patches of the whole batch at once were 9× the
+//! input, a fresh allocation per call: `perf` put a tenth of a digits
+//! U-Net step into zeroing it (the allocator's memset and the kernel's
+//! page clearing); a chunk's scratch is small, reused by the allocator,
+//! and mostly stays in the cache. The kernel gradient is one partial
+//! product per chunk, summed in chunk order: the chunks depend on the
+//! geometry only, so the result does not depend on the threads.
 //! Other devices keep candle's own convolution.
 
-use super::gemm::{Matrix, matmul};
-use super::host::{f32_values, host_values};
+use super::gemm::{Matrix, matmul, matmul_on_this_thread};
+use super::host::{f32_values, with_values};
+use super::transpose::transpose_into;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+
+/// Patch rows a chunk aims at: enough for `gemm` to run at speed, few
+/// enough for a digits-sized chunk's scratch to stay in the L2 cache.
+const CHUNK_ROWS: usize = 512;
 
 /// A square convolution's sizes: input (B, C, H, W), output channels O,
 /// kernel k×k.
@@ -60,14 +78,23 @@ impl Geometry {
         self.out_height() * self.out_width()
     }
 
+    /// Values of one input image, and of one output image.
+    fn image_len(&self) -> usize {
+        self.channels * self.plane()
+    }
+
+    fn out_image_len(&self) -> usize {
+        self.out_channels * self.out_plane()
+    }
+
     /// Values in one patch row, ordered (ky, kx, channel).
     fn patch_len(&self) -> usize {
         self.kernel * self.kernel * self.channels
     }
 
-    /// Patch rows: one per (image, output pixel).
-    fn patches(&self) -> usize {
-        self.batch * self.out_plane()
+    /// Images a chunk holds (the last chunk may hold fewer).
+    fn images_per_chunk(&self) -> usize {
+        (CHUNK_ROWS / self.out_plane()).clamp(1, self.batch.max(1))
     }
 
     fn input_shape(&self) -> Shape {
@@ -90,23 +117,33 @@ impl Geometry {
             .filter(|&i| i < size)
     }
 
-    /// Calls `run(row, at, pixel)` for every run of C values the patches
-    /// of one image hold: patch row `row`, from offset `at` in that row, is
-    /// input pixel `pixel`. The one map the gather and the scatter walk.
-    /// (Plain loops: an iterator chain here cost 7% of a step.)
-    fn for_each_run(&self, mut run: impl FnMut(usize, usize, usize)) {
-        let (k, ow) = (self.kernel, self.out_width());
+    /// Calls `run(pixel, taps)` for each run of one image's patch rows,
+    /// in their order (row by row, each row's taps (ky, kx) in turn): a
+    /// run is `taps` consecutive taps of one kernel row, `taps` × C values,
+    /// copied from the input pixels from `pixel` on (consecutive in a
+    /// channels-last image), or `None` where they fall in the zero
+    /// padding. The one map the gather and the scatter walk; a run of a
+    /// whole kernel row is one copy, not k.
+    fn for_each_run(&self, mut run: impl FnMut(Option<usize>, usize)) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
         for oy in 0..self.out_height() {
-            for ox in 0..ow {
+            for ox in 0..self.out_width() {
+                // The taps kx whose column lies inside the image: ix =
+                // ox·s + kx − p in 0 .. width.
+                let first = p.saturating_sub(ox * s).min(k);
+                let end = (self.width + p).saturating_sub(ox * s).clamp(first, k);
                 for ky in 0..k {
-                    let Some(iy) = self.source(oy, ky, self.height) else {
-                        continue;
-                    };
-                    for kx in 0..k {
-                        let Some(ix) = self.source(ox, kx, self.width) else {
-                            continue;
-                        };
-                        run(oy * ow + ox, (ky * k + kx) * self.channels, iy * self.width + ix);
+                    match self.source(oy, ky, self.height) {
+                        Some(iy) if end > first => {
+                            if first > 0 {
+                                run(None, first);
+                            }
+                            run(Some(iy * self.width + ox * s + first - p), end - first);
+                            if end < k {
+                                run(None, k - end);
+                            }
+                        }
+                        _ => run(None, k),
                     }
                 }
             }
@@ -142,11 +179,7 @@ impl CustomOp3 for CpuConv2d {
             "weight",
         )?;
         let bias = f32_values(bias, bias_layout, g.out_channels, "conv2d", "bias")?;
-        let rows = matmul(
-            Matrix::rows(&im2col(x, &g), g.patches(), g.patch_len()),
-            Matrix::rows(&kernel_matrix(weight, &g), g.patch_len(), g.out_channels),
-        );
-        Ok((CpuStorage::F32(rows_to_images(&rows, bias, &g)), g.output_shape()))
+        Ok((CpuStorage::F32(forward(x, weight, bias, &g)), g.output_shape()))
     }
 
     fn bwd(
@@ -159,21 +192,17 @@ impl CustomOp3 for CpuConv2d {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.0;
         let device = x.device();
-        let (x, weight) = (host_values(x)?, host_values(weight)?);
-        let (grad_rows, grad_bias) = images_to_rows(&host_values(grad)?, &g);
-        let grad_rows = Matrix::rows(&grad_rows, g.patches(), g.out_channels);
-        let patches = im2col(&x, &g);
-        let patches = Matrix::rows(&patches, g.patches(), g.patch_len());
-        let kernel = kernel_matrix(&weight, &g);
-        let kernel = Matrix::rows(&kernel, g.patch_len(), g.out_channels);
-        let grad_kernel = matmul(patches.transposed(), grad_rows);
-        let grad_patches = matmul(grad_rows, kernel.transposed());
+        // Data (no graph behind it) needs no gradient: no patch product
+        // and no scatter for it.
+        let needs_dx = x.track_op();
+        let (dx, grad_kernel, grad_bias) = with_values(x, |x| {
+            with_values(weight, |weight| {
+                with_values(grad, |grad| backward(x, weight, grad, needs_dx, &g))
+            })
+        })???;
         Ok((
-            Some(Tensor::from_vec(
-                col2im(&grad_patches, &g),
-                g.input_shape(),
-                device,
-            )?),
+            dx.map(|dx| Tensor::from_vec(dx, g.input_shape(), device))
+                .transpose()?,
             Some(Tensor::from_vec(
                 weight_from_matrix(&grad_kernel, &g),
                 g.weight_shape(),
@@ -184,55 +213,131 @@ impl CustomOp3 for CpuConv2d {
     }
 }
 
-/// (B, C, H, W) → (B·H'·W', k·k·C): row (b, y, x) holds the patch that
-/// output pixel (y, x) of image b sees, zeros where it overhangs the edge.
-fn im2col(x: &[f32], g: &Geometry) -> Vec<f32> {
-    let (c, len, image_len) = (g.channels, g.patch_len(), g.channels * g.plane());
-    let mut patches = vec![0f32; g.patches() * len];
-    // One task per image, gathering from a channels-last copy of it so that
-    // every run is C contiguous values.
-    patches
-        .par_chunks_mut(g.out_plane() * len)
-        .zip(x.par_chunks(image_len))
-        .for_each(|(out, image)| {
-            let pixels = transpose(image, c, g.plane());
-            g.for_each_run(|row, at, pixel| {
-                out[row * len + at..][..c].copy_from_slice(&pixels[pixel * c..][..c]);
-            });
+/// `a · b`, on this thread where the chunks already keep every thread
+/// busy, else split over the threads as [`matmul`] does (the same values
+/// either way: the split cuts the output, not the sums).
+fn chunk_product(a: Matrix<'_>, b: Matrix<'_>, g: &Geometry) -> Vec<f32> {
+    if g.batch.div_ceil(g.images_per_chunk()) >= candle_core::utils::get_num_threads() {
+        matmul_on_this_thread(a, b)
+    } else {
+        matmul(a, b)
+    }
+}
+
+/// The convolution's output (B, O, H', W'), chunk by chunk.
+fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    let kernel = kernel_matrix(weight, g);
+    let kernel = Matrix::rows(&kernel, g.patch_len(), g.out_channels);
+    let per = g.images_per_chunk();
+    let mut out = vec![0f32; g.batch * g.out_image_len()];
+    out.par_chunks_mut(per * g.out_image_len())
+        .zip(x.par_chunks(per * g.image_len()))
+        .for_each(|(out, x)| {
+            let patches = im2col(x, g);
+            let rows = patches.len() / g.patch_len();
+            let products = chunk_product(Matrix::rows(&patches, rows, g.patch_len()), kernel, g);
+            let row_block = g.out_plane() * g.out_channels;
+            for (image, rows) in out
+                .chunks_exact_mut(g.out_image_len())
+                .zip(products.chunks_exact(row_block))
+            {
+                transpose_into(rows, g.out_plane(), g.out_channels, image);
+                for (channel, b) in image.chunks_exact_mut(g.out_plane()).zip(bias) {
+                    channel.iter_mut().for_each(|v| *v += b);
+                }
+            }
         });
+    out
+}
+
+/// The input gradient (if `needs_dx`), the kernel gradient as a
+/// (k·k·C, O) matrix, and the bias gradient, chunk by chunk.
+fn backward(
+    x: &[f32],
+    weight: &[f32],
+    grad: &[f32],
+    needs_dx: bool,
+    g: &Geometry,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let kernel = kernel_matrix(weight, g);
+    let kernel = Matrix::rows(&kernel, g.patch_len(), g.out_channels);
+    let per = g.images_per_chunk();
+    let mut dx = vec![0f32; if needs_dx { x.len() } else { 0 }];
+    let chunk = |(x, grad): (&[f32], &[f32]), dx: Option<&mut [f32]>| {
+        let grad_rows = images_to_rows(grad, g);
+        let rows = grad_rows.len() / g.out_channels;
+        let grad_rows = Matrix::rows(&grad_rows, rows, g.out_channels);
+        if let Some(dx) = dx {
+            let grad_patches = chunk_product(grad_rows, kernel.transposed(), g);
+            col2im(&grad_patches, g, dx);
+        }
+        let patches = im2col(x, g);
+        let patches = Matrix::rows(&patches, rows, g.patch_len());
+        chunk_product(patches.transposed(), grad_rows, g)
+    };
+    let inputs = x
+        .par_chunks(per * g.image_len())
+        .zip(grad.par_chunks(per * g.out_image_len()));
+    // One kernel-gradient partial per chunk, in chunk order.
+    let partials: Vec<Vec<f32>> = if needs_dx {
+        inputs
+            .zip(dx.par_chunks_mut(per * g.image_len()))
+            .map(|(inputs, dx)| chunk(inputs, Some(dx)))
+            .collect()
+    } else {
+        inputs.map(|inputs| chunk(inputs, None)).collect()
+    };
+    let mut grad_kernel = vec![0f32; g.patch_len() * g.out_channels];
+    for partial in &partials {
+        grad_kernel.iter_mut().zip(partial).for_each(|(sum, v)| *sum += v);
+    }
+    let mut grad_bias = vec![0f32; g.out_channels];
+    for image in grad.chunks_exact(g.out_image_len()) {
+        for (sum, channel) in grad_bias.iter_mut().zip(image.chunks_exact(g.out_plane())) {
+            *sum += channel.iter().sum::<f32>();
+        }
+    }
+    (needs_dx.then_some(dx), grad_kernel, grad_bias)
+}
+
+/// Images (n, C, H, W) → (n·H'·W', k·k·C): row (b, y, x) holds the patch
+/// that output pixel (y, x) of image b sees, zeros where it overhangs the
+/// edge. Each value written once (no zero-filled allocation first).
+fn im2col(x: &[f32], g: &Geometry) -> Vec<f32> {
+    let c = g.channels;
+    let images = x.len() / g.image_len();
+    let mut patches = Vec::with_capacity(images * g.out_plane() * g.patch_len());
+    // Gathered from a channels-last copy of each image, so that every run
+    // is C contiguous values.
+    let mut pixels = vec![0f32; g.image_len()];
+    for image in x.chunks_exact(g.image_len()) {
+        transpose_into(image, c, g.plane(), &mut pixels);
+        g.for_each_run(|pixel, taps| match pixel {
+            Some(p) => patches.extend_from_slice(&pixels[p * c..][..taps * c]),
+            None => patches.resize(patches.len() + taps * c, 0.0),
+        });
+    }
     patches
 }
 
 /// The adjoint of [`im2col`]: adds every patch entry back onto the input
-/// position it came from.
-fn col2im(patches: &[f32], g: &Geometry) -> Vec<f32> {
-    let (c, len, image_len) = (g.channels, g.patch_len(), g.channels * g.plane());
-    let mut x = vec![0f32; g.batch * image_len];
-    // One task per image: no two tasks write the same value.
-    x.par_chunks_mut(image_len)
-        .zip(patches.par_chunks(g.out_plane() * len))
-        .for_each(|(image, rows)| {
-            let mut pixels = vec![0f32; image_len];
-            g.for_each_run(|row, at, pixel| {
-                let dst = &mut pixels[pixel * c..][..c];
-                dst.iter_mut()
-                    .zip(&rows[row * len + at..][..c])
-                    .for_each(|(d, s)| *d += *s);
-            });
-            image.copy_from_slice(&transpose(&pixels, g.plane(), c));
+/// position it came from, written into `x` (n images, (C, H, W) each).
+fn col2im(patches: &[f32], g: &Geometry, x: &mut [f32]) {
+    let (c, len) = (g.channels, g.out_plane() * g.patch_len());
+    let mut pixels = vec![0f32; g.image_len()];
+    for (image, rows) in x.chunks_exact_mut(g.image_len()).zip(patches.chunks_exact(len)) {
+        pixels.fill(0.0);
+        let mut at = 0;
+        g.for_each_run(|pixel, taps| {
+            let run = &rows[at..][..taps * c];
+            at += taps * c;
+            if let Some(p) = pixel {
+                let dst = &mut pixels[p * c..][..taps * c];
+                dst.iter_mut().zip(run).for_each(|(d, s)| *d += *s);
+            }
         });
-    x
-}
-
-/// A (rows, cols) row-major block, transposed.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * cols];
-    for (r, row) in values.chunks_exact(cols).enumerate() {
-        for (col, v) in row.iter().enumerate() {
-            out[col * rows + r] = *v;
-        }
+        transpose_into(&pixels, g.plane(), c, image);
     }
-    out
 }
 
 /// The weight (O, C, k, k) as the (k·k·C, O) matrix the patch rows meet.
@@ -262,36 +367,14 @@ fn weight_from_matrix(m: &[f32], g: &Geometry) -> Vec<f32> {
     weight
 }
 
-/// Product rows (B·H'·W', O) → images (B, O, H', W'), plus the bias.
-fn rows_to_images(rows: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
-    let (o, plane) = (g.out_channels, g.out_plane());
-    let mut out = vec![0f32; g.batch * o * plane];
-    out.par_chunks_mut(o * plane)
-        .zip(rows.par_chunks(plane * o))
-        .for_each(|(image, rows)| {
-            image.copy_from_slice(&transpose(rows, plane, o));
-            for (channel, b) in image.chunks_exact_mut(plane).zip(bias) {
-                channel.iter_mut().for_each(|v| *v += b);
-            }
-        });
-    out
-}
-
-/// The output gradient (B, O, H', W') as rows (B·H'·W', O), and its sum per
-/// channel (the bias gradient).
-fn images_to_rows(grad: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
+/// Output gradients (n, O, H', W') as rows (n·H'·W', O).
+fn images_to_rows(grad: &[f32], g: &Geometry) -> Vec<f32> {
     let (o, plane) = (g.out_channels, g.out_plane());
     let mut rows = vec![0f32; grad.len()];
-    rows.par_chunks_mut(plane * o)
-        .zip(grad.par_chunks(o * plane))
-        .for_each(|(rows, image)| rows.copy_from_slice(&transpose(image, o, plane)));
-    let mut bias = vec![0f32; o];
-    for image in grad.chunks_exact(o * plane) {
-        for (sum, channel) in bias.iter_mut().zip(image.chunks_exact(plane)) {
-            *sum += channel.iter().sum::<f32>();
-        }
+    for (rows, image) in rows.chunks_exact_mut(plane * o).zip(grad.chunks_exact(o * plane)) {
+        transpose_into(image, o, plane, rows);
     }
-    (rows, bias)
+    rows
 }
 
 /// `x` (B, C, H, W) convolved with `weight` (O, C, k, k), plus `bias` (any
@@ -330,7 +413,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding
 
 #[cfg(test)]
 mod tests {
-    use super::super::checks::{assert_same_op, random};
+    use super::super::checks::{assert_same_op, max_difference, random};
     use super::*;
 
     /// Values and all three gradients against candle's own convolution, for
@@ -345,6 +428,12 @@ mod tests {
             (4, 6, 3, 4, 4, 1, 1, 0),
             (1, 2, 3, 6, 9, 5, 1, 2),
             (2, 2, 2, 5, 5, 3, 1, 0),
+            // Several chunks, the last one short: 8×8 outputs make 8
+            // images a chunk.
+            (19, 3, 4, 8, 8, 3, 1, 1),
+            (40, 2, 3, 4, 4, 3, 2, 1),
+            // Sides that fill whole 8 × 8 transpose tiles and some over.
+            (2, 16, 9, 8, 8, 3, 1, 1),
         ];
         for (i, &(b, c, o, h, w, k, s, p)) in cases.iter().enumerate() {
             let x = random(&[b, c, h, w], 10 + i as u64, 0.0);
@@ -379,15 +468,35 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let y = random(&[g.patches(), g.patch_len()], 2, 0.0)
+        let y = random(&[g.batch * g.out_plane(), g.patch_len()], 2, 0.0)
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a * b) as f64).sum::<f64>();
         let lhs = dot(&im2col(&x, &g), &y);
-        let rhs = dot(&x, &col2im(&y, &g));
+        let mut back = vec![0f32; x.len()];
+        col2im(&y, &g, &mut back);
+        let rhs = dot(&x, &back);
         assert!((lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    }
+
+    /// An input without a graph behind it (data) gets no gradient, and the
+    /// weight the one candle gives.
+    #[test]
+    fn data_gets_no_gradient() {
+        let x = random(&[3, 2, 6, 6], 1, 0.0).as_tensor().detach();
+        let weight = random(&[4, 2, 3, 3], 2, 0.0);
+        let bias = random(&[4], 3, 0.0);
+        let probe = random(&[3, 4, 6, 6], 4, 0.0);
+        let loss = |y: Tensor| (y * probe.as_tensor()).unwrap().sum_all().unwrap();
+        let ours = loss(conv2d(&x, &weight, &bias, 1, 1).unwrap())
+            .backward()
+            .unwrap();
+        let theirs = loss(x.conv2d(&weight, 1, 1, 1, 1).unwrap()).backward().unwrap();
+        assert!(ours.get(&x).is_none());
+        let difference = max_difference(ours.get(&weight).unwrap(), theirs.get(&weight).unwrap());
+        assert!(difference < 1e-4, "weight gradients differ by {difference}");
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub fn matmul(a: Matrix<'_>, b: Matrix<'_>) -> Vec<f32> {
     product(a, b, Start::Zero)
 }
 
+/// `a · b` on the calling thread alone, for callers that already keep
+/// every thread busy.
+pub fn matmul_on_this_thread(a: Matrix<'_>, b: Matrix<'_>) -> Vec<f32> {
+    product_in_blocks(a, b, Start::Zero, 1)
+}
+
 /// `start + a · b`: each thread writes its own block of the start (bias
 /// rows, or base plus bias) into the output and accumulates its product
 /// onto it, so adding them costs no pass of its own (nor a serial one).

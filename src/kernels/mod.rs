@@ -12,9 +12,10 @@
 //! | [`group_norm`] | candle-nn's `GroupNorm` (ten tensor passes) | candle-nn's `group_norm`, within float rounding |
 //! | [`adam_step`], [`average_toward`] | a dozen tensor passes per parameter | the flat tensor Adam and moving average, bit for bit |
 //!
-//! `gemm` (matrix products over rayon's threads on plain slices) and
-//! `host` (reading tensors' values, splitting passes over threads) are what
-//! the kernels share.
+//! `gemm` (matrix products over rayon's threads on plain slices), `host`
+//! (reading tensors' values, splitting passes over threads) and
+//! `transpose` (8 × 8 tiles in vector registers) are what the kernels
+//! share.
 
 mod conv;
 mod gemm;
@@ -22,6 +23,7 @@ mod host;
 mod linear;
 mod norm;
 mod silu;
+mod transpose;
 mod update;
 
 #[cfg(test)]

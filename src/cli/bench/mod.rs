@@ -87,6 +87,16 @@ struct Rates {
     /// about one kernel launch each, what bounds small batches there.
     #[serde(default)]
     tensors_per_iteration: f64,
+    /// Teacher steps and distillation iterations per second of the
+    /// process's CPU time (all its threads, user and system): on a machine
+    /// shared with other work this moves far less than the rates per
+    /// second of wall time (on one thread it is the speed the step would
+    /// have alone; on more it also counts threads spinning while they
+    /// wait).
+    #[serde(default)]
+    teacher_steps_per_cpu_s: f64,
+    #[serde(default)]
+    distill_iterations_per_cpu_s: f64,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -238,13 +248,13 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
         session.draw_on_device();
     }
     let seconds = Duration::from_secs_f64(args.seconds);
-    let teacher_steps = rate(&mut session, Stage::Pretrain, seconds)?;
+    let (teacher_steps, teacher_steps_per_cpu_s) = rate(&mut session, Stage::Pretrain, seconds)?;
     while session.stage() != Stage::Backtrack {
         session.skip()?;
     }
     let (copies, tensors) = (crate::transfer::count(), tensors_made());
     let before = session.iteration();
-    let distill_iterations = rate(&mut session, Stage::Backtrack, seconds)?;
+    let (distill_iterations, distill_iterations_per_cpu_s) = rate(&mut session, Stage::Backtrack, seconds)?;
     let per_iteration = |n: f64| n / (session.iteration() - before) as f64;
     let copies_per_iteration = per_iteration((crate::transfer::count() - copies) as f64);
     let tensors_per_iteration = per_iteration((tensors_made() - tensors) as f64);
@@ -262,6 +272,8 @@ fn measure(args: &BenchArgs) -> Result<Rates> {
         peak_rss_mb: peak_rss_mb(),
         copies_per_iteration,
         tensors_per_iteration,
+        teacher_steps_per_cpu_s,
+        distill_iterations_per_cpu_s,
     })
 }
 
@@ -294,6 +306,10 @@ impl Rates {
                 peak_rss_mb: a.peak_rss_mb.max(b.peak_rss_mb),
                 copies_per_iteration: a.copies_per_iteration.max(b.copies_per_iteration),
                 tensors_per_iteration: a.tensors_per_iteration.max(b.tensors_per_iteration),
+                teacher_steps_per_cpu_s: a.teacher_steps_per_cpu_s.max(b.teacher_steps_per_cpu_s),
+                distill_iterations_per_cpu_s: a
+                    .distill_iterations_per_cpu_s
+                    .max(b.distill_iterations_per_cpu_s),
             })
             .expect("at least one measurement")
     }
@@ -370,7 +386,9 @@ fn rate_with_attached_lab(config: Config, dir: &Path, time: Duration) -> Result<
 /// Iterations per second in `stage`, after a short warm-up: ten steps,
 /// or fewer (at least two: the first allocates) where they take more than
 /// a quarter of the timing (a real-size U-Net's step takes seconds).
-fn rate(session: &mut Session, stage: Stage, time: Duration) -> Result<f64> {
+/// Steps per second of wall time, and per second of the process's CPU
+/// time, of `stage`.
+fn rate(session: &mut Session, stage: Stage, time: Duration) -> Result<(f64, f64)> {
     let warming = Instant::now();
     for n in 0..10 {
         if n >= 2 && warming.elapsed() > time / 4 {
@@ -379,7 +397,7 @@ fn rate(session: &mut Session, stage: Stage, time: Duration) -> Result<f64> {
         session.step()?;
     }
     session.synchronize()?;
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
     let mut n = 0usize;
     while start.elapsed() < time {
         session.step()?;
@@ -389,7 +407,20 @@ fn rate(session: &mut Session, stage: Stage, time: Duration) -> Result<f64> {
     if session.stage() != stage {
         bail!("the bench left stage {stage} early");
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    let (wall, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu_start);
+    Ok((n as f64 / wall, n as f64 / cpu.max(1e-9)))
+}
+
+/// This process's CPU time so far, user and system, all threads.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 #[cfg(test)]
