@@ -217,7 +217,7 @@ impl CustomOp3 for CpuConv2d {
 /// busy, else split over the threads as [`matmul`] does (the same values
 /// either way: the split cuts the output, not the sums).
 fn chunk_product(a: Matrix<'_>, b: Matrix<'_>, g: &Geometry) -> Vec<f32> {
-    if g.batch.div_ceil(g.images_per_chunk()) >= candle_core::utils::get_num_threads() {
+    if g.batch.div_ceil(g.images_per_chunk()) >= rayon::current_num_threads() {
         matmul_on_this_thread(a, b)
     } else {
         matmul(a, b)
@@ -429,9 +429,16 @@ mod tests {
             (1, 2, 3, 6, 9, 5, 1, 2),
             (2, 2, 2, 5, 5, 3, 1, 0),
             // Several chunks, the last one short: 8×8 outputs make 8
-            // images a chunk.
+            // images a chunk, 2×2 outputs 128.
             (19, 3, 4, 8, 8, 3, 1, 1),
-            (40, 2, 3, 4, 4, 3, 2, 1),
+            (300, 2, 3, 4, 4, 3, 2, 1),
+            // An output plane over a chunk's 512 rows: one image a chunk.
+            (2, 3, 4, 24, 24, 3, 1, 1),
+            // diffusers' downsampler: stride 2, no padding, an odd side.
+            (3, 4, 5, 9, 9, 3, 2, 0),
+            // A 1×1 kernel with stride 2; a window over both edges at once.
+            (2, 4, 3, 7, 7, 1, 2, 0),
+            (2, 3, 2, 1, 1, 3, 1, 1),
             // Sides that fill whole 8 × 8 transpose tiles and some over.
             (2, 16, 9, 8, 8, 3, 1, 1),
         ];
@@ -447,6 +454,34 @@ mod tests {
                 .unwrap();
             let inputs = [("input", &x), ("weight", &weight), ("bias", &bias)];
             assert_same_op(&ours, &theirs, inputs, 1e-5, &format!("case {i}"));
+        }
+    }
+
+    /// On two threads (chunks shared out, or one chunk's product split
+    /// when there are fewer chunks than threads) the values and gradients
+    /// are candle's, and the one-thread op's to rounding.
+    #[test]
+    fn two_threads_give_candles_values_and_gradients() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        // (batch, in, out, side): many chunks; fewer chunks than threads.
+        for (i, &(b, c, o, side)) in [(19, 3, 4, 8), (1, 16, 24, 24)].iter().enumerate() {
+            let x = random(&[b, c, side, side], 40 + i as u64, 0.0);
+            let weight = random(&[o, c, 3, 3], 50 + i as u64, 0.0);
+            let bias = random(&[1, o, 1, 1], 60 + i as u64, 0.0);
+            let theirs = x
+                .conv2d(&weight, 1, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap();
+            let ours = pool.install(|| conv2d(&x, &weight, &bias, 1, 1).unwrap());
+            let inputs = [("input", &x), ("weight", &weight), ("bias", &bias)];
+            pool.install(|| assert_same_op(&ours, &theirs, inputs, 1e-5, &format!("2 threads, case {i}")));
+            let one = conv2d(&x, &weight, &bias, 1, 1).unwrap();
+            let difference = max_difference(&one, &ours);
+            assert!(
+                difference < 1e-5,
+                "case {i}: 1 and 2 threads differ by {difference}"
+            );
         }
     }
 

@@ -87,7 +87,7 @@ const PARALLEL_FROM: usize = 1 << 18;
 /// 4,096, width 256, 2 threads: 1.14–1.54 against 1.37–1.67 it/s), and
 /// the blocks let each thread write its own part of the bias.
 fn product(a: Matrix<'_>, b: Matrix<'_>, start: Start<'_>) -> Vec<f32> {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = rayon::current_num_threads();
     let work = a.rows * a.cols * b.cols;
     let blocks = if threads > 1 && work >= PARALLEL_FROM {
         threads

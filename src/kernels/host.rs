@@ -14,7 +14,7 @@ pub const PART: usize = SPLIT_FROM / 4;
 /// Whether an element-wise pass over `len` values is split over rayon's
 /// threads (in [`PART`]s).
 pub fn split_over_threads(len: usize) -> bool {
-    len >= SPLIT_FROM && candle_core::utils::get_num_threads() > 1
+    len >= SPLIT_FROM && rayon::current_num_threads() > 1
 }
 
 /// The f32 values of a contiguous CPU tensor that should hold `len` of
