@@ -24,8 +24,9 @@ fn dense_normal(x: &[f64], mean: &[f64], cov: &[Vec<f64>]) -> (f64, Vec<f64>) {
         log_det += a[col][col].abs().ln();
         for row in col + 1..n {
             let f = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= f * a[col][k];
+            let (upper, lower) = a.split_at_mut(row);
+            for (target, pivot) in lower[0][col..].iter_mut().zip(&upper[col][col..]) {
+                *target -= f * pivot;
             }
             b[row] -= f * b[col];
         }

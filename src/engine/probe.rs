@@ -88,7 +88,7 @@ impl FunctionalProbe {
             .iter()
             .map(|(x, sigma)| {
                 let levels = model.levels(vec![*sigma as f32; x.dim(0)?], &x.device().clone())?;
-                Ok(frozen(|| model.denoise(x, &levels))?)
+                frozen(|| model.denoise(x, &levels))
             })
             .collect()
     }
