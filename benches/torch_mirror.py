@@ -62,6 +62,7 @@ def parse():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--width", type=int, default=128, help="MLP hidden width")
+    p.add_argument("--dim", type=int, default=2, help="MLP: the points' dimension (data.dim)")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--multipliers", default="1,2")
     p.add_argument("--blocks", type=int, default=None, help="default: 3 (MLP), 1 (U-Net)")
@@ -78,7 +79,7 @@ def parse():
     a.blocks = a.blocks if a.blocks is not None else (3 if mlp else 1)
     a.emb_dim = a.emb_dim if a.emb_dim is not None else (16 if mlp else 32)
     if mlp:
-        a.image = "2"
+        a.image = str(a.dim)
     if a.net == "diffusers":
         if a.model is None:
             p.error("--net diffusers needs --model DIR")
@@ -94,11 +95,11 @@ class ResMLP(nn.Module):
         super().__init__()
         w, e = a.width, a.emb_dim
         self.emb_dim = e
-        self.input = nn.Linear(2 + e, w)
+        self.input = nn.Linear(a.dim + e, w)
         self.blocks = nn.ModuleList(
             nn.ModuleList([nn.Linear(w, w), nn.Linear(e, w), nn.Linear(w, w)]) for _ in range(a.blocks)
         )
-        self.output = nn.Linear(w, 2)
+        self.output = nn.Linear(w, a.dim)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 

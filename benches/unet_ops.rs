@@ -5,9 +5,24 @@
 //!
 //!     RAYON_NUM_THREADS=1 cargo bench --bench unet_ops
 //!
+//! With `-- cifar`, the DDPM-CIFAR-10 U-Net's convolutions, group norms
+//! and attention (batch 8, the pretrained bench's teacher batch) through
+//! the ops the model runs, one line per op in the layout of
+//! `benches/unet_ops.py`, which times PyTorch's on the same shapes:
+//!
+//!     RAYON_NUM_THREADS=2 cargo bench --bench unet_ops -- cifar
+//!     python3 benches/unet_ops.py --threads 2
+//!
+//! (`-- cifar "conv 512"` keeps the ops whose line starts so.)
+//!
 //! (Threads follow RAYON_NUM_THREADS, as in the app.)
 
 use candle_core::{Device, Module, Tensor, Var};
+
+// The app's allocator (src/main.rs): the fresh pages of large activations
+// are part of what an op costs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
 
 const REPEATS: usize = 20;
@@ -30,6 +45,12 @@ const SHAPES: [(usize, usize, usize, usize, usize); 9] = [
 const NORMS: [(usize, usize); 5] = [(16, 8), (32, 4), (64, 4), (48, 8), (32, 8)];
 
 fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "cifar") {
+        // An optional next word keeps only the ops whose line starts with it.
+        let filter = args.get(at + 1).filter(|a| !a.starts_with('-'));
+        return cifar::run(filter.map_or("", |f| f.as_str()));
+    }
     let device = Device::Cpu;
     println!(
         "{:<34} {:>12} {:>12} {:>16} {:>16}",
@@ -93,3 +114,6 @@ fn time(conv: impl Fn() -> candle_core::Result<Tensor>) -> candle_core::Result<(
     let both = start.elapsed().as_secs_f64();
     Ok((forward * 1e3 / REPEATS as f64, both * 1e3 / REPEATS as f64))
 }
+
+#[path = "unet_ops/cifar.rs"]
+mod cifar;

@@ -424,6 +424,12 @@ fn a_mixture_in_more_dimensions_is_checked_field_by_field() {
         e.contains("data.off_plane_std") && e.contains("data.dim > 2"),
         "{e}"
     );
+    // The plane's seed means something only off the plane; a random
+    // mixture's seed draws the mixture at any dim.
+    let e = err("[data]\nseed = 3\n", &[]);
+    assert!(e.contains("data.seed") && e.contains("data.dim = 2"), "{e}");
+    Config::parse("[data]\nseed = 3\ndim = 3\n", &[]).unwrap();
+    Config::parse("[data]\nkind = \"random\"\nseed = 3\n", &[]).unwrap();
     // Every mixture kind takes them; image kinds and the other toys refuse.
     Config::parse("[data]\nkind = \"random\"\nmodes = 3\ndim = 5\n", &[]).unwrap();
     let e = err("[data]\nkind = \"digits\"\ndim = 5\n", &[]);

@@ -410,6 +410,21 @@ impl DataConfig {
         }
         if let Some(e) = self.embedding() {
             check_embedding(e, p);
+            // A random mixture's seed draws the mixture; the others' seed
+            // only orients the plane, which on the plane itself is nothing:
+            // refused, so a user who meant it to change the data hears so.
+            let seed_only_orients = !matches!(self, DataConfig::Random { .. });
+            p.require(
+                !(seed_only_orients && e.dim == 2 && e.seed != 0),
+                "data.seed",
+                || {
+                    format!(
+                        "{} only orients the mixture's plane in data.dim dimensions and changes \
+                         nothing with data.dim = 2 (set data.dim > 2, or drop data.seed)",
+                        e.seed
+                    )
+                },
+            );
         }
     }
 }

@@ -41,11 +41,6 @@ fn contiguous_range(layout: &Layout, len: usize, op: &str, what: &str) -> Result
     }
 }
 
-/// A tensor's values, flattened, copied to the host.
-pub fn host_values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
 /// Runs `f` on a CPU tensor's f32 values in row-major order, without a
 /// copy when the tensor is already contiguous.
 pub fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {

@@ -10,6 +10,7 @@
 //! | [`silu`] | candle's SiLU and its six-pass backward | candle's `silu`, within float rounding |
 //! | [`conv2d`] | candle's CPU convolution (a loop of dot products backward) | `Tensor::conv2d` + bias, within float rounding |
 //! | [`group_norm`] | candle-nn's `GroupNorm` (ten tensor passes) | candle-nn's `group_norm`, within float rounding |
+//! | [`scaled_softmax`] | the attention's scale and candle-nn's `softmax` (five passes, more back) | candle-nn's `softmax`, within float rounding |
 //! | [`adam_step`], [`average_toward`] | a dozen tensor passes per parameter | the flat tensor Adam and moving average, bit for bit |
 //!
 //! `gemm` (matrix products over rayon's threads on plain slices), `host`
@@ -23,6 +24,7 @@ mod host;
 mod linear;
 mod norm;
 mod silu;
+mod softmax;
 mod transpose;
 mod update;
 
@@ -33,4 +35,5 @@ pub use conv::conv2d;
 pub use linear::{Input, linear, linear_onto};
 pub use norm::group_norm;
 pub use silu::silu;
+pub use softmax::scaled_softmax;
 pub use update::{AdamConstants, adam_step, average_toward, in_place_on_cpu};

@@ -36,7 +36,7 @@ fn sigmoid(x: f32) -> f32 {
 /// < 1.3·10⁻⁷) and `2^n` written straight into the exponent bits. Inputs
 /// are clamped to where `e^x` is a normal f32.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     // 1.5 · 2²³: adding it rounds to an integer held in the low bits.
     const ROUND: f32 = 12_582_912.0;
     const LN2_HIGH: f32 = 0.693_359_4;

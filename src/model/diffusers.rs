@@ -9,12 +9,12 @@
 //! Its input is the VP model's noisy sample and its timestep; the
 //! preconditioning that makes it an EDM denoiser is in `edm.rs`.
 
-use super::layers::{Conv2d, GroupNorm, Linear, silu};
+use super::layers::{Conv2d, GroupNorm, Linear, attend, silu};
 use super::params::{ParamBuilder, Params};
 use crate::config::{Activation, DiffusersUNet, Resampler};
 use crate::transfer::upload;
 use anyhow::{Context, Result, bail};
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use std::collections::HashMap;
 use std::path::Path;
@@ -179,22 +179,13 @@ impl Attention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch * pixels, channels))?;
-        let head_dim = channels / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((batch, pixels, self.heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(self.to_q.forward(&rows)?)?;
-        let k = split(self.to_k.forward(&rows)?)?;
-        let v = split(self.to_v.forward(&rows)?)?;
-        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (head_dim as f64).sqrt())?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = weights
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((batch * pixels, channels))?;
+        let out = attend(
+            &self.to_q.forward(&rows)?,
+            &self.to_k.forward(&rows)?,
+            &self.to_v.forward(&rows)?,
+            batch,
+            self.heads,
+        )?;
         let out = self
             .to_out
             .forward(&out)?

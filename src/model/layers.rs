@@ -199,3 +199,24 @@ impl GroupNorm {
         Ok(norm.forward(x)?)
     }
 }
+
+/// Multi-head scaled dot-product attention over each image's pixels:
+/// `q`, `k`, `v` are (B·P, C) rows, P pixels an image, C split into
+/// `heads` heads; returns the mixed values as (B·P, C) rows.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
+    let (rows, channels) = q.dims2()?;
+    let (pixels, head_dim) = (rows / batch, channels / heads);
+    let split = |t: &Tensor| -> Result<Tensor> {
+        Ok(t.reshape((batch, pixels, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
+    let weights = kernels::scaled_softmax(&scores, 1.0 / (head_dim as f64).sqrt())?;
+    Ok(weights
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, channels))?)
+}

@@ -12,7 +12,7 @@ mod unet;
 pub use diffusers::load_diffusers_weights;
 pub use edm::{Denoiser, NoiseLevels, Precond, Sigmas, VpTable, loss_weight};
 pub use frozen::frozen;
-pub use layers::{Conv2d, Linear};
+pub use layers::{Conv2d, Linear, attend};
 pub use params::{Init, ParamBuilder, Params};
 
 use nets::{GeneratorNet, ScoreNet};

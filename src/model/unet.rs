@@ -19,8 +19,9 @@ use super::layers::{Conv2d, GroupNorm, Linear, silu};
 use super::params::{ParamBuilder, Params};
 use crate::config::ImageShape;
 use crate::config::UNetConfig;
+use crate::kernels;
 use anyhow::{Result, ensure};
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use rand::Rng;
 
 #[derive(Debug)]
@@ -98,8 +99,8 @@ impl Attention {
         let part = |i| qkv.narrow(1, i, 1).and_then(|t| t.squeeze(1));
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         // (B, HW, HW): pixel i attends to pixel j.
-        let logits = (q.transpose(1, 2)?.contiguous()?.matmul(&k)? / (channels as f64).sqrt())?;
-        let weights = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k)?;
+        let weights = kernels::scaled_softmax(&logits, 1.0 / (channels as f64).sqrt())?;
         let mixed = v.matmul(&weights.transpose(1, 2)?.contiguous()?)?;
         let mixed = mixed.reshape((batch, channels, height, width))?;
         Ok(((x + self.out.forward(&mixed)?)? * std::f64::consts::FRAC_1_SQRT_2)?)

@@ -58,8 +58,9 @@ fn run_grid(args: &BenchArgs, config: &Config, net: &ScoreNetConfig, mirror: Opt
     let fake_steps = config.distill.fake_steps_per_generator_step;
     let (per_core, clock) = cpu_peak();
     println!(
-        "disback bench --against-torch — ResNet-MLP × {} blocks, emb {}, {} s per measurement; \
+        "disback bench --against-torch — ResNet-MLP on {}-D points × {} blocks, emb {}, {} s per measurement; \
          teacher and distillation batch alike; {} fake-score step{} per iteration",
+        net.dim,
         net.blocks,
         net.emb_dim,
         args.seconds,
@@ -191,6 +192,7 @@ fn run_torch(
         .args(["--threads", &cell.threads.to_string()])
         .args(["--seconds", &number(args.seconds)])
         .args(["--width", &cell.width.to_string()])
+        .args(["--dim", &net.dim.to_string()])
         .args(["--blocks", &net.blocks.to_string()])
         .args(["--emb-dim", &net.emb_dim.to_string()])
         .args(["--teacher-batch", &cell.batch.to_string()])
