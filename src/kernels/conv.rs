@@ -237,15 +237,14 @@ fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
             let rows = patches.len() / g.patch_len();
             let products = chunk_product(Matrix::rows(&patches, rows, g.patch_len()), kernel, g);
             let row_block = g.out_plane() * g.out_channels;
-            for (image, rows) in out
-                .chunks_exact_mut(g.out_image_len())
-                .zip(products.chunks_exact(row_block))
-            {
-                transpose_into(rows, g.out_plane(), g.out_channels, image);
-                for (channel, b) in image.chunks_exact_mut(g.out_plane()).zip(bias) {
-                    channel.iter_mut().for_each(|v| *v += b);
-                }
-            }
+            out.par_chunks_mut(g.out_image_len())
+                .zip(products.par_chunks(row_block))
+                .for_each(|(image, rows)| {
+                    transpose_into(rows, g.out_plane(), g.out_channels, image);
+                    for (channel, b) in image.chunks_exact_mut(g.out_plane()).zip(bias) {
+                        channel.iter_mut().for_each(|v| *v += b);
+                    }
+                });
         });
     out
 }
@@ -302,42 +301,60 @@ fn backward(
 
 /// Images (n, C, H, W) → (n·H'·W', k·k·C): row (b, y, x) holds the patch
 /// that output pixel (y, x) of image b sees, zeros where it overhangs the
-/// edge. Each value written once (no zero-filled allocation first).
+/// edge. Image by image over the threads: where the whole batch is one
+/// chunk (the small planes), a gather on one thread left the other cores
+/// idle while it ran.
 fn im2col(x: &[f32], g: &Geometry) -> Vec<f32> {
-    let c = g.channels;
-    let images = x.len() / g.image_len();
-    let mut patches = Vec::with_capacity(images * g.out_plane() * g.patch_len());
-    // Gathered from a channels-last copy of each image, so that every run
-    // is C contiguous values.
-    let mut pixels = vec![0f32; g.image_len()];
-    for image in x.chunks_exact(g.image_len()) {
-        transpose_into(image, c, g.plane(), &mut pixels);
-        g.for_each_run(|pixel, taps| match pixel {
-            Some(p) => patches.extend_from_slice(&pixels[p * c..][..taps * c]),
-            None => patches.resize(patches.len() + taps * c, 0.0),
-        });
-    }
+    let per_image = g.out_plane() * g.patch_len();
+    // Zeroed, so the padding needs no writing.
+    let mut patches = vec![0f32; x.len() / g.image_len() * per_image];
+    patches
+        .par_chunks_mut(per_image)
+        .zip(x.par_chunks(g.image_len()))
+        .for_each(|(rows, image)| gather(image, g, rows));
     patches
 }
 
-/// The adjoint of [`im2col`]: adds every patch entry back onto the input
-/// position it came from, written into `x` (n images, (C, H, W) each).
-fn col2im(patches: &[f32], g: &Geometry, x: &mut [f32]) {
-    let (c, len) = (g.channels, g.out_plane() * g.patch_len());
+/// One image's patch rows, gathered from a channels-last copy of it, so
+/// that every run is C contiguous values.
+fn gather(image: &[f32], g: &Geometry, rows: &mut [f32]) {
+    let c = g.channels;
     let mut pixels = vec![0f32; g.image_len()];
-    for (image, rows) in x.chunks_exact_mut(g.image_len()).zip(patches.chunks_exact(len)) {
-        pixels.fill(0.0);
-        let mut at = 0;
-        g.for_each_run(|pixel, taps| {
-            let run = &rows[at..][..taps * c];
-            at += taps * c;
-            if let Some(p) = pixel {
-                let dst = &mut pixels[p * c..][..taps * c];
-                dst.iter_mut().zip(run).for_each(|(d, s)| *d += *s);
-            }
-        });
-        transpose_into(&pixels, g.plane(), c, image);
-    }
+    transpose_into(image, c, g.plane(), &mut pixels);
+    let mut at = 0;
+    g.for_each_run(|pixel, taps| {
+        let len = taps * c;
+        if let Some(p) = pixel {
+            rows[at..][..len].copy_from_slice(&pixels[p * c..][..len]);
+        }
+        at += len;
+    });
+}
+
+/// The adjoint of [`im2col`]: adds every patch entry back onto the input
+/// position it came from, written into `x` (n images, (C, H, W) each),
+/// image by image over the threads.
+fn col2im(patches: &[f32], g: &Geometry, x: &mut [f32]) {
+    let len = g.out_plane() * g.patch_len();
+    x.par_chunks_mut(g.image_len())
+        .zip(patches.par_chunks(len))
+        .for_each(|(image, rows)| scatter(rows, g, image));
+}
+
+/// One image's share of [`col2im`].
+fn scatter(rows: &[f32], g: &Geometry, image: &mut [f32]) {
+    let c = g.channels;
+    let mut pixels = vec![0f32; g.image_len()];
+    let mut at = 0;
+    g.for_each_run(|pixel, taps| {
+        let run = &rows[at..][..taps * c];
+        at += taps * c;
+        if let Some(p) = pixel {
+            let dst = &mut pixels[p * c..][..taps * c];
+            dst.iter_mut().zip(run).for_each(|(d, s)| *d += *s);
+        }
+    });
+    transpose_into(&pixels, g.plane(), c, image);
 }
 
 /// The weight (O, C, k, k) as the (k·k·C, O) matrix the patch rows meet.
@@ -382,9 +399,9 @@ fn weight_from_matrix(m: &[f32], g: &Geometry) -> Vec<f32> {
 fn images_to_rows(grad: &[f32], g: &Geometry) -> Vec<f32> {
     let (o, plane) = (g.out_channels, g.out_plane());
     let mut rows = vec![0f32; grad.len()];
-    for (rows, image) in rows.chunks_exact_mut(plane * o).zip(grad.chunks_exact(o * plane)) {
-        transpose_into(image, o, plane, rows);
-    }
+    rows.par_chunks_mut(plane * o)
+        .zip(grad.par_chunks(o * plane))
+        .for_each(|(rows, image)| transpose_into(image, o, plane, rows));
     rows
 }
 
