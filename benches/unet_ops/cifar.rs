@@ -13,8 +13,11 @@ use std::time::Instant;
 const BATCH: usize = 8;
 
 /// (in, out, side, kernel, stride) of the convolutions, in the order the
-/// network meets them (the up path's inputs hold the skips).
-pub const CONVS: [(usize, usize, usize, usize, usize); 16] = [
+/// network meets them (the up path's inputs hold the skips). The
+/// downsamplers pad one pixel on every side here; the model pads only the
+/// right and bottom (diffusers' `downsample_padding = 0`), one row and
+/// column fewer of zeros.
+pub const CONVS: [(usize, usize, usize, usize, usize); 24] = [
     (3, 128, 32, 3, 1),
     (128, 128, 32, 3, 1),
     (128, 128, 32, 3, 2),
@@ -23,18 +26,38 @@ pub const CONVS: [(usize, usize, usize, usize, usize); 16] = [
     (128, 256, 16, 1, 1),
     (256, 256, 16, 3, 2),
     (256, 256, 8, 3, 1),
+    (256, 256, 8, 3, 2),
     (256, 256, 4, 3, 1),
     (512, 256, 4, 3, 1),
     (512, 256, 4, 1, 1),
     (512, 256, 8, 3, 1),
+    (512, 256, 8, 1, 1),
     (512, 256, 16, 3, 1),
+    (512, 256, 16, 1, 1),
     (384, 256, 16, 3, 1),
+    (384, 256, 16, 1, 1),
+    (256, 256, 32, 3, 1),
     (384, 128, 32, 3, 1),
+    (384, 128, 32, 1, 1),
     (256, 128, 32, 3, 1),
+    (256, 128, 32, 1, 1),
+    (128, 3, 32, 3, 1),
 ];
 
 /// (channels, side) of the group norms (32 groups).
-pub const NORMS: [(usize, usize); 6] = [(128, 32), (256, 16), (256, 8), (512, 4), (384, 16), (256, 32)];
+pub const NORMS: [(usize, usize); 11] = [
+    (128, 32),
+    (128, 16),
+    (256, 16),
+    (256, 8),
+    (256, 4),
+    (512, 4),
+    (512, 8),
+    (512, 16),
+    (384, 16),
+    (256, 32),
+    (384, 32),
+];
 
 /// (channels, side) of the attention blocks (one head).
 pub const ATTENTIONS: [(usize, usize); 2] = [(256, 16), (256, 4)];

@@ -79,7 +79,9 @@ impl CustomOp1 for CpuScaledSoftmax {
 /// `softmax(scale · x)` over the last dimension of `x`.
 pub fn scaled_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
     if !x.device().is_cpu() {
-        return candle_nn::ops::softmax_last_dim(&(x * scale)?);
+        // Not `softmax_last_dim`: it has no backward, and the attention's
+        // queries and keys would get no gradient.
+        return candle_nn::ops::softmax(&(x * scale)?, candle_core::D::Minus1);
     }
     let len = x.dims().last().copied().unwrap_or(1).max(1);
     x.contiguous()?.apply_op1(CpuScaledSoftmax {
