@@ -16,6 +16,24 @@ pub fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
     difference.max(0).unwrap().to_scalar().unwrap()
 }
 
+/// `f(input)` and the gradient of Σ probe · f(input) with respect to `x`
+/// (`input` is `x` itself or a tensor made from it).
+pub fn value_and_gradient(
+    x: &Var,
+    input: &Tensor,
+    probe: &Var,
+    f: &dyn Fn(&Tensor) -> Tensor,
+) -> (Tensor, Tensor) {
+    let y = f(input);
+    let grads = (&y * probe.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    (y, grads.get(x.as_tensor()).unwrap().clone())
+}
+
 /// Asserts that `ours` and `theirs`, outputs of two implementations of
 /// one op on the same `inputs`, agree in value (within `tolerance`) and in
 /// every input's gradient (within 10 × `tolerance`). The loss weighs each

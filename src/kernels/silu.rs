@@ -244,7 +244,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::checks::{max_difference, random};
+    use super::super::checks::{max_difference, random, value_and_gradient};
     use super::*;
 
     /// Values and gradient against candle's SiLU, over a wide range of
@@ -255,16 +255,7 @@ mod tests {
             let x = random(&shape, seed, 0.0);
             let x_wide = (x.as_tensor() * 6.0).unwrap();
             let probe = random(&shape, seed + 100, 0.0);
-            let run = |f: &dyn Fn(&Tensor) -> Tensor| {
-                let y = f(&x_wide);
-                let grads = (&y * probe.as_tensor())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                (y, grads.get(x.as_tensor()).unwrap().clone())
-            };
+            let run = |f: &dyn Fn(&Tensor) -> Tensor| value_and_gradient(&x, &x_wide, &probe, f);
             let (ours, ours_grad) = run(&|t| silu(t).unwrap());
             let (theirs, theirs_grad) = run(&|t| t.silu().unwrap());
             assert!(max_difference(&ours, &theirs) < 1e-5, "{shape:?}: values differ");

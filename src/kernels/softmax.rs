@@ -92,7 +92,7 @@ pub fn scaled_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::checks::{max_difference, random};
+    use super::super::checks::{max_difference, random, value_and_gradient};
     use super::*;
 
     /// Values and gradient against candle-nn's softmax of the scaled
@@ -107,16 +107,7 @@ mod tests {
         ] {
             let x = random(&shape, seed, 3.0);
             let probe = random(&shape, seed + 100, 0.0);
-            let run = |f: &dyn Fn(&Tensor) -> Tensor| {
-                let y = f(x.as_tensor());
-                let grads = (&y * probe.as_tensor())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                (y, grads.get(&x).unwrap().clone())
-            };
+            let run = |f: &dyn Fn(&Tensor) -> Tensor| value_and_gradient(&x, x.as_tensor(), &probe, f);
             let (ours, ours_grad) = run(&|x| scaled_softmax(x, scale).unwrap());
             let (theirs, theirs_grad) =
                 run(&|x| candle_nn::ops::softmax(&(x * scale).unwrap(), candle_core::D::Minus1).unwrap());
