@@ -34,12 +34,12 @@ def repeats(side):
     return {32: 3, 16: 6}.get(side, 20)
 
 
-def timed(n, op):
+def timed(n, op, leaves):
     """Milliseconds per forward, and per forward + backward with a fixed
-    gradient arriving at the output, each the best of three rounds."""
+    gradient arriving at the output, each the best of three rounds;
+    `leaves`, the op's tensors that take a gradient, start every backward
+    with none held (as candle's fresh gradient store does)."""
     upstream = torch.randn(op().shape)
-
-    leaves = list(LEAVES)
 
     def step():
         for t in leaves:
@@ -60,14 +60,8 @@ def best_of_three(n, run):
     return best
 
 
-# Every tensor that takes a gradient, so a step can clear them.
-LEAVES = []
-
-
 def var(*shape):
-    t = torch.randn(*shape, requires_grad=True)
-    LEAVES.append(t)
-    return t
+    return torch.randn(*shape, requires_grad=True)
 
 
 def main():
@@ -80,15 +74,14 @@ def main():
           "ms forward, ms forward + backward")
     for cin, cout, side, k, s in shapes("CONVS"):
         x, w, b = var(BATCH, cin, side, side), var(cout, cin, k, k), var(cout)
-        fwd, both = timed(repeats(side), lambda: F.conv2d(x, w, b, stride=s, padding=k // 2))
+        fwd, both = timed(repeats(side), lambda: F.conv2d(x, w, b, stride=s, padding=k // 2), [x, w, b])
         print(f"{f'conv {cin}->{cout} {side}x{side} k{k} s{s}':<32} {fwd:>9.2f} {both:>9.2f}")
     for c, side in shapes("NORMS"):
         x, w, b = var(BATCH, c, side, side), var(c), var(c)
-        fwd, both = timed(repeats(side), lambda: F.group_norm(x, 32, w, b, 1e-6))
+        fwd, both = timed(repeats(side), lambda: F.group_norm(x, 32, w, b, 1e-6), [x, w, b])
         print(f"{f'group norm {c} {side}x{side}':<32} {fwd:>9.2f} {both:>9.2f}")
     for c, side in shapes("ATTENTIONS"):
         lin = [torch.nn.Linear(c, c) for _ in range(4)]
-        LEAVES.extend(p for l in lin for p in l.parameters())
         x = var(BATCH * side * side, c)
 
         def block():
@@ -97,7 +90,7 @@ def main():
             mixed = F.scaled_dot_product_attention(q, k, v)
             return lin[3](mixed.reshape(BATCH * side * side, c))
 
-        fwd, both = timed(repeats(side), block)
+        fwd, both = timed(repeats(side), block, [x, *(p for l in lin for p in l.parameters())])
         print(f"{f'attention {c} {side}x{side}':<32} {fwd:>9.2f} {both:>9.2f}")
 
 
