@@ -19,8 +19,8 @@
 
 use candle_core::{Device, Module, Tensor, Var};
 
-// The app's allocator (src/main.rs): the fresh pages of large activations
-// are part of what an op costs.
+// The app's allocator and its setting (src/main.rs): the fresh pages of
+// large activations are part of what an op costs.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
@@ -45,6 +45,7 @@ const SHAPES: [(usize, usize, usize, usize, usize); 9] = [
 const NORMS: [(usize, usize); 5] = [(16, 8), (32, 4), (64, 4), (48, 8), (32, 8)];
 
 fn main() -> candle_core::Result<()> {
+    disback::runtime::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "cifar") {
         // An optional next word keeps only the ops whose line starts with it.

@@ -5,6 +5,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    disback::runtime::keep_freed_memory();
     match disback::cli::main() {
         Ok(ended) => ended.exit_code(),
         Err(e) => {

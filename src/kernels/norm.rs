@@ -20,6 +20,7 @@
 use super::host::{f32_values, with_values};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// (B, C, …) with C split into `groups` groups of adjacent channels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,8 +44,15 @@ impl Groups {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct CpuGroupNorm(Groups);
+/// The op of one call: its forward keeps each (image, group) block's mean
+/// and 1/s for its backward, which would otherwise read the activations
+/// twice more to recompute them (candle calls `bwd` on the same op value
+/// as `cpu_fwd`).
+#[derive(Debug)]
+struct CpuGroupNorm {
+    groups: Groups,
+    statistics: OnceLock<Vec<(f32, f32)>>,
+}
 
 /// Mean and 1/√(var + ε) of one block, in two passes: the variance about
 /// the mean, not E[v²] − E[v]², which cancels for values far from zero.
@@ -129,7 +137,7 @@ impl CustomOp3 for CpuGroupNorm {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
+        let g = self.groups;
         let values = f32_values(
             x,
             x_layout,
@@ -141,11 +149,14 @@ impl CustomOp3 for CpuGroupNorm {
         let bias = f32_values(bias, bias_layout, g.channels, "group norm", "bias")?;
         let cg = g.channels_per_group();
         let mut out = vec![0f32; values.len()];
+        let mut block_statistics = vec![(0f32, 0f32); g.batch * g.groups];
         out.par_chunks_mut(g.block())
             .zip(values.par_chunks(g.block()))
+            .zip(block_statistics.par_iter_mut())
             .enumerate()
-            .for_each(|(i, (out, block))| {
+            .for_each(|(i, ((out, block), kept))| {
                 let (mean, rstd) = statistics(block, g.eps);
+                *kept = (mean, rstd);
                 let first = (i % g.groups) * cg;
                 for (c, (out, channel)) in out
                     .chunks_exact_mut(g.pixels)
@@ -161,6 +172,8 @@ impl CustomOp3 for CpuGroupNorm {
                         .for_each(|(y, &v)| *y = v * scale + shift);
                 }
             });
+        // Set once: candle runs each op value's forward once.
+        let _ = self.statistics.set(block_statistics);
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 
@@ -172,12 +185,15 @@ impl CustomOp3 for CpuGroupNorm {
         _output: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = self.0;
+        let g = self.groups;
+        let Some(statistics) = self.statistics.get().filter(|s| s.len() == g.batch * g.groups) else {
+            bail!("group norm: backward before its forward")
+        };
         // Borrowed, not copied: two copies of the activations took longer
         // than the backward itself at the CIFAR-10 U-Net's sizes.
         let (dx, d_weight, d_bias) = with_values(x, |values| {
             with_values(weight, |gamma| {
-                with_values(grad, |dy| backward(values, gamma, dy, g))
+                with_values(grad, |dy| backward(values, gamma, dy, statistics, g))
             })
         })???;
         let device = x.device();
@@ -190,7 +206,13 @@ impl CustomOp3 for CpuGroupNorm {
 }
 
 /// dx, dγ and dβ of the group norm (see the module's formulas).
-fn backward(values: &[f32], gamma: &[f32], dy: &[f32], g: Groups) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn backward(
+    values: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    statistics: &[(f32, f32)],
+    g: Groups,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let cg = g.channels_per_group();
     let mut dx = vec![0f32; values.len()];
     // Per (image, channel): Σ dy and Σ dy·x̂, summed over images below.
@@ -200,7 +222,7 @@ fn backward(values: &[f32], gamma: &[f32], dy: &[f32], g: Groups) -> (Vec<f32>, 
         .zip(values.par_chunks(g.block()).zip(dy.par_chunks(g.block())))
         .enumerate()
         .for_each(|(i, ((dx, sums), (block, dy)))| {
-            let (mean, rstd) = statistics(block, g.eps);
+            let (mean, rstd) = statistics[i];
             let first = (i % g.groups) * cg;
             let n = block.len() as f32;
             // mean(γ dy) and mean(γ dy · x̂) over the group.
@@ -267,8 +289,12 @@ pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps
         groups,
         eps,
     };
+    let op = CpuGroupNorm {
+        groups: g,
+        statistics: OnceLock::new(),
+    };
     x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, CpuGroupNorm(g))
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
 #[cfg(test)]
