@@ -36,9 +36,10 @@ impl Ended {
 /// environment is left as it is.
 pub fn keep_freed_memory() {
     // Why by hand: libmimalloc-sys names no constant for this option. Its
-    // index in mimalloc's `mi_option_e` is 15 in both v2 and v3; the value
-    // read first must be one of the option's documented defaults (1,000 ms
-    // in v3, 10 ms in v2), so that no other option is ever written to.
+    // index in mimalloc's `mi_option_e` is 15 in both v2 and v3 (the v3 of
+    // libmimalloc-sys 0.1.49 is what builds); writing only over one of its
+    // documented defaults (1,000 ms in v3, 10 ms in v2) is a cheap guard
+    // against a later release renumbering the enum, not a proof.
     const PURGE_DELAY: std::ffi::c_int = 15;
     const DEFAULTS_MS: [std::ffi::c_long; 2] = [1000, 10];
     unsafe extern "C" {
@@ -48,7 +49,8 @@ pub fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
-    // SAFETY: mimalloc's option calls take any index and are thread-safe.
+    // SAFETY: both calls check the index; `mi_option_set` is a plain
+    // store, so this runs first in `main`, before any other thread.
     unsafe {
         if DEFAULTS_MS.contains(&mi_option_get(PURGE_DELAY)) {
             mi_option_set(PURGE_DELAY, -1);
