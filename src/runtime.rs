@@ -31,9 +31,9 @@ impl Ended {
 /// training step frees and allocates the same large buffers again, seconds
 /// apart on images; returned, each came back as fresh pages the kernel
 /// zeroes (9% of a CIFAR-10 U-Net step's CPU time in `perf`). Kept: teacher
-/// step +17%, distillation +12% on one thread, peak memory 1.9 → 2.5 GB
-/// (PyTorch: 3.0 GB; docs/speed.md). A `MIMALLOC_PURGE_DELAY` set in the
-/// environment is left as it is.
+/// step +15–19%, distillation +6–14% on one thread, peak memory 1.9 → 2.5
+/// GB (PyTorch: 3.0 GB; docs/speed.md, 2026-12-06 evening). A
+/// `MIMALLOC_PURGE_DELAY` set in the environment is left as it is.
 pub fn keep_freed_memory() {
     // Why by hand: libmimalloc-sys names no constant for this option. Its
     // index in mimalloc's `mi_option_e` is 15 in both v2 and v3 (the v3 of
