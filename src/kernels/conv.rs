@@ -38,7 +38,8 @@
 //! Other devices keep candle's own convolution.
 
 use super::gemm::{Matrix, matmul, matmul_on_this_thread};
-use super::host::{f32_values, with_values};
+use super::host::{f32_values, vectorised, with_values};
+use super::sums::sum_of;
 use super::transpose::transpose_into;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -290,12 +291,17 @@ fn backward(
     for partial in &partials {
         grad_kernel.iter_mut().zip(partial).for_each(|(sum, v)| *sum += v);
     }
-    let mut grad_bias = vec![0f32; g.out_channels];
+    // In vector lanes: a plain `sum` is one chain of additions a value.
+    let mut grad_bias = vec![0f64; g.out_channels];
     for image in grad.chunks_exact(g.out_image_len()) {
         for (sum, channel) in grad_bias.iter_mut().zip(image.chunks_exact(g.out_plane())) {
-            *sum += channel.iter().sum::<f32>();
+            *sum += vectorised(
+                #[inline(always)]
+                || sum_of(channel, |v| v),
+            );
         }
     }
+    let grad_bias = grad_bias.into_iter().map(|v| v as f32).collect();
     (needs_dx.then_some(dx), grad_kernel, grad_bias)
 }
 

@@ -66,3 +66,27 @@ pub fn f32_values_mut<'a>(
     };
     Ok(&mut values[contiguous_range(layout, len, op, what)?])
 }
+
+/// Runs `work` compiled for AVX2 and FMA where the CPU has them, else as
+/// it is: the default x86-64 target stops at SSE2, where a loop over f32
+/// values gets 4 lanes and no fused multiply-adds. What `work` calls is
+/// compiled into the AVX2 copy only where it is inlined, so `work` and
+/// the loops it runs must be `#[inline(always)]` (a closure too: without
+/// it a closure of any size is compiled on its own, for SSE2, and called).
+#[inline(always)]
+pub fn vectorised<R>(work: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has both features, checked just above.
+        return unsafe { in_avx2(work) };
+    }
+    work()
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn in_avx2<R>(work: impl FnOnce() -> R) -> R {
+    work()
+}

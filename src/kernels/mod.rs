@@ -14,9 +14,9 @@
 //! | [`adam_step`], [`average_toward`] | a dozen tensor passes per parameter | the flat tensor Adam and moving average, bit for bit |
 //!
 //! `gemm` (matrix products over rayon's threads on plain slices), `host`
-//! (reading tensors' values, splitting passes over threads) and
-//! `transpose` (8 × 8 tiles in vector registers) are what the kernels
-//! share.
+//! (reading tensors' values, splitting passes over threads, compiling a
+//! pass for AVX2), `sums` (reductions in vector lanes) and `transpose`
+//! (8 × 8 tiles in vector registers) are what the kernels share.
 
 mod conv;
 mod gemm;
@@ -25,6 +25,7 @@ mod linear;
 mod norm;
 mod silu;
 mod softmax;
+mod sums;
 mod transpose;
 mod update;
 

@@ -17,9 +17,11 @@
 //!
 //! Other devices keep candle-nn's `GroupNorm`.
 
-use super::host::{f32_values, with_values};
+use super::host::{f32_values, vectorised, with_values};
+use super::sums::{pair_sums, sum_of};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// (B, C, …) with C split into `groups` groups of adjacent channels.
@@ -58,6 +60,7 @@ struct CpuGroupNorm {
 /// the mean, not E[v²] − E[v]², which cancels for values far from zero.
 /// (One pass about a shift was slower: measured 0.37 against 0.23 ms on
 /// 8 × 128 × 32 × 32 values.)
+#[inline(always)]
 fn statistics(block: &[f32], eps: f64) -> (f32, f32) {
     let n = block.len() as f64;
     let mean = sum_of(block, |v| v) / n;
@@ -66,61 +69,10 @@ fn statistics(block: &[f32], eps: f64) -> (f32, f32) {
     (centre, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-/// Σ term(v) over `values`, in lanes as [`pair_sums`].
-fn sum_of(values: &[f32], term: impl Fn(f32) -> f32) -> f64 {
-    let mut total = 0f64;
-    for run in values.chunks(RUN) {
-        let mut lanes = [0f32; LANES];
-        let mut whole = run.chunks_exact(LANES);
-        for values in &mut whole {
-            for (lane, &v) in lanes.iter_mut().zip(values) {
-                *lane += term(v);
-            }
-        }
-        let tail: f32 = whole.remainder().iter().map(|&v| term(v)).sum();
-        total += lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64;
-    }
-    total
-}
-
 /// (Σ dy, Σ dy · (v − μ)) over one channel.
+#[inline(always)]
 fn gradient_sums(values: &[f32], dy: &[f32], mean: f32) -> (f64, f64) {
     pair_sums(values, dy, |v, d| (d, d * (v - mean)))
-}
-
-/// Values a run of lanes sums in f32 before its totals go into f64 sums.
-const RUN: usize = 256;
-/// Independent f32 accumulators: one AVX-512 register, or two AVX ones.
-const LANES: usize = 16;
-
-/// The two sums of `terms(a_i, b_i)` over the pairs of `a` and `b`: 16 f32
-/// lanes each over runs of 256 pairs, each run's totals added in f64. Why
-/// not one f64 accumulator: its additions form one chain the compiler may
-/// not reorder, a few cycles each; that made the forward 4–5× slower than
-/// PyTorch's at the CIFAR-10 U-Net's sizes (`cargo bench --bench unet_ops
-/// -- cifar`). A lane adds at most 16 terms of a run (lane 0 up to 15
-/// more from its tail), so the rounding stays near f32's own.
-fn pair_sums(a: &[f32], b: &[f32], terms: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
-    let mut sums = (0f64, 0f64);
-    for (a, b) in a.chunks(RUN).zip(b.chunks(RUN)) {
-        let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
-        let (mut a_whole, mut b_whole) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        for (a, b) in (&mut a_whole).zip(&mut b_whole) {
-            for ((f, s), (&a, &b)) in first.iter_mut().zip(&mut second).zip(a.iter().zip(b)) {
-                let (x, y) = terms(a, b);
-                *f += x;
-                *s += y;
-            }
-        }
-        for (&a, &b) in a_whole.remainder().iter().zip(b_whole.remainder()) {
-            let (x, y) = terms(a, b);
-            first[0] += x;
-            second[0] += y;
-        }
-        sums.0 += first.iter().map(|&l| l as f64).sum::<f64>();
-        sums.1 += second.iter().map(|&l| l as f64).sum::<f64>();
-    }
-    sums
 }
 
 impl CustomOp3 for CpuGroupNorm {
@@ -148,30 +100,24 @@ impl CustomOp3 for CpuGroupNorm {
         let weight = f32_values(weight, weight_layout, g.channels, "group norm", "weight")?;
         let bias = f32_values(bias, bias_layout, g.channels, "group norm", "bias")?;
         let cg = g.channels_per_group();
-        let mut out = vec![0f32; values.len()];
+        // Written once, so not zero-filled first (a pass of its own).
+        let mut out = Vec::with_capacity(values.len());
         let mut block_statistics = vec![(0f32, 0f32); g.batch * g.groups];
-        out.par_chunks_mut(g.block())
+        out.spare_capacity_mut()[..values.len()]
+            .par_chunks_mut(g.block())
             .zip(values.par_chunks(g.block()))
             .zip(block_statistics.par_iter_mut())
             .enumerate()
             .for_each(|(i, ((out, block), kept))| {
-                let (mean, rstd) = statistics(block, g.eps);
-                *kept = (mean, rstd);
                 let first = (i % g.groups) * cg;
-                for (c, (out, channel)) in out
-                    .chunks_exact_mut(g.pixels)
-                    .zip(block.chunks_exact(g.pixels))
-                    .enumerate()
-                {
-                    let (scale, shift) = (
-                        weight[first + c] * rstd,
-                        bias[first + c] - weight[first + c] * rstd * mean,
-                    );
-                    out.iter_mut()
-                        .zip(channel)
-                        .for_each(|(y, &v)| *y = v * scale + shift);
-                }
+                let channels = first..first + cg;
+                *kept = vectorised(
+                    #[inline(always)]
+                    || normalise_block(out, block, &weight[channels.clone()], &bias[channels], g),
+                );
             });
+        // SAFETY: the blocks together wrote all `values.len()` values.
+        unsafe { out.set_len(values.len()) };
         // Set once: candle runs each op value's forward once.
         let _ = self.statistics.set(block_statistics);
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
@@ -205,6 +151,28 @@ impl CustomOp3 for CpuGroupNorm {
     }
 }
 
+/// One (image, group) block normalised into `out`, each channel then
+/// scaled by its `weight` and shifted by its `bias` (a multiply and an
+/// add a value); returns the block's mean and 1/s for the backward.
+#[inline(always)]
+fn normalise_block(
+    out: &mut [MaybeUninit<f32>],
+    block: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: Groups,
+) -> (f32, f32) {
+    let (mean, rstd) = statistics(block, g.eps);
+    let channels = out.chunks_exact_mut(g.pixels).zip(block.chunks_exact(g.pixels));
+    for ((out, channel), (&gamma, &beta)) in channels.zip(weight.iter().zip(bias)) {
+        let (scale, shift) = (gamma * rstd, beta - gamma * rstd * mean);
+        for (y, &v) in out.iter_mut().zip(channel) {
+            y.write(v * scale + shift);
+        }
+    }
+    (mean, rstd)
+}
+
 /// dx, dγ and dβ of the group norm (see the module's formulas).
 fn backward(
     values: &[f32],
@@ -214,44 +182,25 @@ fn backward(
     g: Groups,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let cg = g.channels_per_group();
-    let mut dx = vec![0f32; values.len()];
+    // Written once, so not zero-filled first.
+    let mut dx = Vec::with_capacity(values.len());
     // Per (image, channel): Σ dy and Σ dy·x̂, summed over images below.
     let mut sums = vec![(0f32, 0f32); g.batch * g.channels];
-    dx.par_chunks_mut(g.block())
+    dx.spare_capacity_mut()[..values.len()]
+        .par_chunks_mut(g.block())
         .zip(sums.par_chunks_mut(cg))
         .zip(values.par_chunks(g.block()).zip(dy.par_chunks(g.block())))
         .enumerate()
         .for_each(|(i, ((dx, sums), (block, dy)))| {
-            let (mean, rstd) = statistics[i];
             let first = (i % g.groups) * cg;
-            let n = block.len() as f32;
-            // mean(γ dy) and mean(γ dy · x̂) over the group.
-            let (mut a, mut b) = (0f32, 0f32);
-            for (c, (channel, dy)) in block
-                .chunks_exact(g.pixels)
-                .zip(dy.chunks_exact(g.pixels))
-                .enumerate()
-            {
-                let (sum_dy, sum_dy_centred) = gradient_sums(channel, dy, mean);
-                let (sum_dy, sum_dy_xhat) = (sum_dy as f32, (sum_dy_centred * rstd as f64) as f32);
-                sums[c] = (sum_dy, sum_dy_xhat);
-                a += gamma[first + c] * sum_dy;
-                b += gamma[first + c] * sum_dy_xhat;
-            }
-            let (a, b) = (a / n, b / n);
-            for (c, ((dx, channel), dy)) in dx
-                .chunks_exact_mut(g.pixels)
-                .zip(block.chunks_exact(g.pixels))
-                .zip(dy.chunks_exact(g.pixels))
-                .enumerate()
-            {
-                let gamma = gamma[first + c];
-                for ((dx, &v), &d) in dx.iter_mut().zip(channel).zip(dy) {
-                    let xhat = (v - mean) * rstd;
-                    *dx = (gamma * d - a - xhat * b) * rstd;
-                }
-            }
+            let gamma = &gamma[first..first + cg];
+            vectorised(
+                #[inline(always)]
+                || backward_block(dx, sums, block, dy, gamma, statistics[i], g.pixels),
+            );
         });
+    // SAFETY: the blocks together wrote all `values.len()` values.
+    unsafe { dx.set_len(values.len()) };
     let (mut d_bias, mut d_weight) = (vec![0f32; g.channels], vec![0f32; g.channels]);
     for image in sums.chunks_exact(g.channels) {
         for (c, &(sum_dy, sum_dy_xhat)) in image.iter().enumerate() {
@@ -260,6 +209,41 @@ fn backward(
         }
     }
     (dx, d_weight, d_bias)
+}
+
+/// One (image, group) block's dx, and its channels' (Σ dy, Σ dy·x̂) into
+/// `sums`. dx = (γ dy − a − x̂ b) / s with a = mean(γ dy), b = mean(γ dy ·
+/// x̂) is, per channel, dy · γ/s + v · (−b/s²) + (μ b/s² − a/s). (Plain
+/// products and sums: `mul_add` is a library call where the CPU lacks
+/// FMA, and Rust does not fuse them by itself.)
+#[inline(always)]
+fn backward_block(
+    dx: &mut [MaybeUninit<f32>],
+    sums: &mut [(f32, f32)],
+    block: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    (mean, rstd): (f32, f32),
+    pixels: usize,
+) {
+    let n = block.len() as f32;
+    let (mut a, mut b) = (0f32, 0f32);
+    let channels = block.chunks_exact(pixels).zip(dy.chunks_exact(pixels));
+    for ((channel, dy), (sums, &gamma)) in channels.zip(sums.iter_mut().zip(gamma)) {
+        let (sum_dy, sum_dy_centred) = gradient_sums(channel, dy, mean);
+        *sums = (sum_dy as f32, (sum_dy_centred * rstd as f64) as f32);
+        a += gamma * sums.0;
+        b += gamma * sums.1;
+    }
+    let (a, b) = (a / n, b / n);
+    let (of_v, constant) = (-b * rstd * rstd, (mean * b * rstd - a) * rstd);
+    let channels = dx.chunks_exact_mut(pixels).zip(block.chunks_exact(pixels));
+    for ((dx, channel), (dy, &gamma)) in channels.zip(dy.chunks_exact(pixels).zip(gamma)) {
+        let of_dy = gamma * rstd;
+        for ((dx, &v), &d) in dx.iter_mut().zip(channel).zip(dy) {
+            dx.write(d * of_dy + v * of_v + constant);
+        }
+    }
 }
 
 /// `x` (B, C, …) normalised over each of `groups` groups of channels, then

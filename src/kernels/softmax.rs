@@ -16,10 +16,12 @@
 //!
 //! Other devices keep candle-nn's ops.
 
-use super::host::{f32_values, with_values};
+use super::host::{f32_values, vectorised, with_values};
 use super::silu::exp;
+use super::sums::{max_of, pair_sums, sum_of};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows of `len` values, each scaled by `scale` and normalised.
 #[derive(Debug, Clone, Copy)]
@@ -36,43 +38,67 @@ impl CustomOp1 for CpuScaledSoftmax {
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let shape = layout.shape().clone();
         let x = f32_values(x, layout, shape.elem_count(), "softmax", "input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(self.len)
+        // Written once, so not zero-filled first (a pass of its own).
+        let mut y = Vec::with_capacity(x.len());
+        y.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(self.len)
             .zip(x.par_chunks(self.len))
             .for_each(|(y, x)| {
-                // exp(s·(x − max)) for s > 0; for s < 0 the largest of s·x
-                // comes from the smallest x, so shift by the scaled maximum.
-                let top = x
-                    .iter()
-                    .map(|&v| v * self.scale)
-                    .fold(f32::NEG_INFINITY, f32::max);
-                // The vectorised e^x of the SiLU, then the sum apart, so
-                // that the exponentials run as vector instructions.
-                for (y, &v) in y.iter_mut().zip(x) {
-                    *y = exp(v * self.scale - top);
-                }
-                let inverse = 1.0 / y.iter().sum::<f32>();
-                y.iter_mut().for_each(|y| *y *= inverse);
+                vectorised(
+                    #[inline(always)]
+                    || softmax_row(y, x, self.scale),
+                )
             });
+        // SAFETY: the rows together wrote all `x.len()` values.
+        unsafe { y.set_len(x.len()) };
         Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_values(y, |y| {
             with_values(dy, |dy| {
-                let mut dx = vec![0f32; y.len()];
-                dx.par_chunks_mut(self.len)
+                let mut dx = Vec::with_capacity(y.len());
+                dx.spare_capacity_mut()[..y.len()]
+                    .par_chunks_mut(self.len)
                     .zip(y.par_chunks(self.len).zip(dy.par_chunks(self.len)))
                     .for_each(|(dx, (y, dy))| {
-                        let dot: f32 = y.iter().zip(dy).map(|(y, d)| y * d).sum();
-                        for ((dx, &y), &d) in dx.iter_mut().zip(y).zip(dy) {
-                            *dx = self.scale * y * (d - dot);
-                        }
+                        vectorised(
+                            #[inline(always)]
+                            || softmax_row_backward(dx, y, dy, self.scale),
+                        )
                     });
+                // SAFETY: the rows together wrote all `y.len()` values.
+                unsafe { dx.set_len(y.len()) };
                 dx
             })
         })??;
         Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+/// One row: y = softmax(scale · x).
+#[inline(always)]
+fn softmax_row(y: &mut [MaybeUninit<f32>], x: &[f32], scale: f32) {
+    // exp(s·(x − max)) for s > 0; for s < 0 the largest of s·x comes from
+    // the smallest x, so shift by the scaled maximum.
+    let top = max_of(x, |v| v * scale);
+    // The vectorised e^x of the SiLU, then the sum apart, so that the
+    // exponentials run as vector instructions.
+    for (y, &v) in y.iter_mut().zip(x) {
+        y.write(exp(v * scale - top));
+    }
+    // SAFETY: every value of the row was written just above.
+    let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    let inverse = (1.0 / sum_of(y, |v| v)) as f32;
+    y.iter_mut().for_each(|y| *y *= inverse);
+}
+
+/// One row of the backward: dx = s · y ⊙ (dy − Σ dy ⊙ y).
+#[inline(always)]
+fn softmax_row_backward(dx: &mut [MaybeUninit<f32>], y: &[f32], dy: &[f32], scale: f32) {
+    let dot = pair_sums(y, dy, |y, d| (y * d, 0.0)).0 as f32;
+    for ((dx, &y), &d) in dx.iter_mut().zip(y).zip(dy) {
+        dx.write(scale * y * (d - dot));
     }
 }
 
