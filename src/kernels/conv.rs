@@ -40,9 +40,10 @@
 use super::gemm::{Matrix, matmul, matmul_on_this_thread};
 use super::host::{f32_values, vectorised, with_values};
 use super::sums::sum_of;
-use super::transpose::transpose_into;
+use super::transpose::{transpose_into, transposed};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Patch rows a chunk aims at: enough for `gemm` to run at speed, few
 /// enough for a digits-sized chunk's scratch to stay in the L2 cache.
@@ -230,23 +231,27 @@ fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
     let kernel = kernel_matrix(weight, g);
     let kernel = Matrix::rows(&kernel, g.patch_len(), g.out_channels);
     let per = g.images_per_chunk();
-    let mut out = vec![0f32; g.batch * g.out_image_len()];
-    out.par_chunks_mut(per * g.out_image_len())
+    let len = g.batch * g.out_image_len();
+    // Written once, by the transposes, so not zero-filled first.
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(per * g.out_image_len())
         .zip(x.par_chunks(per * g.image_len()))
         .for_each(|(out, x)| {
             let patches = im2col(x, g);
             let rows = patches.len() / g.patch_len();
-            let products = chunk_product(Matrix::rows(&patches, rows, g.patch_len()), kernel, g);
+            let mut products = chunk_product(Matrix::rows(&patches, rows, g.patch_len()), kernel, g);
+            // The bias along each product row, contiguous there.
+            for row in products.chunks_exact_mut(g.out_channels) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
             let row_block = g.out_plane() * g.out_channels;
             out.par_chunks_mut(g.out_image_len())
                 .zip(products.par_chunks(row_block))
-                .for_each(|(image, rows)| {
-                    transpose_into(rows, g.out_plane(), g.out_channels, image);
-                    for (channel, b) in image.chunks_exact_mut(g.out_plane()).zip(bias) {
-                        channel.iter_mut().for_each(|v| *v += b);
-                    }
-                });
+                .for_each(|(image, rows)| transpose_into(rows, g.out_plane(), g.out_channels, image));
         });
+    // SAFETY: the transposes together wrote all `len` values.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -262,8 +267,10 @@ fn backward(
     let kernel = kernel_matrix(weight, g);
     let kernel = Matrix::rows(&kernel, g.patch_len(), g.out_channels);
     let per = g.images_per_chunk();
-    let mut dx = vec![0f32; if needs_dx { x.len() } else { 0 }];
-    let chunk = |(x, grad): (&[f32], &[f32]), dx: Option<&mut [f32]>| {
+    // Written once, by the scatters' transposes, so not zero-filled first.
+    let dx_len = if needs_dx { x.len() } else { 0 };
+    let mut dx = Vec::with_capacity(dx_len);
+    let chunk = |(x, grad): (&[f32], &[f32]), dx: Option<&mut [MaybeUninit<f32>]>| {
         let grad_rows = images_to_rows(grad, g);
         let rows = grad_rows.len() / g.out_channels;
         let grad_rows = Matrix::rows(&grad_rows, rows, g.out_channels);
@@ -281,12 +288,14 @@ fn backward(
     // One kernel-gradient partial per chunk, in chunk order.
     let partials: Vec<Vec<f32>> = if needs_dx {
         inputs
-            .zip(dx.par_chunks_mut(per * g.image_len()))
+            .zip(dx.spare_capacity_mut()[..dx_len].par_chunks_mut(per * g.image_len()))
             .map(|(inputs, dx)| chunk(inputs, Some(dx)))
             .collect()
     } else {
         inputs.map(|inputs| chunk(inputs, None)).collect()
     };
+    // SAFETY: the chunks together wrote all `dx_len` values.
+    unsafe { dx.set_len(dx_len) };
     let mut grad_kernel = vec![0f32; g.patch_len() * g.out_channels];
     for partial in &partials {
         grad_kernel.iter_mut().zip(partial).for_each(|(sum, v)| *sum += v);
@@ -312,37 +321,43 @@ fn backward(
 /// idle while it ran.
 fn im2col(x: &[f32], g: &Geometry) -> Vec<f32> {
     let per_image = g.out_plane() * g.patch_len();
-    // Zeroed, so the padding needs no writing: a chunk's scratch, which
-    // the allocator mostly hands out as fresh zero pages (calloc) or
-    // clears once; the images then fill their own rows in parallel.
-    let mut patches = vec![0f32; x.len() / g.image_len() * per_image];
-    patches
+    let len = x.len() / g.image_len() * per_image;
+    // Not zero-filled first: the gather writes the padding's zeros itself
+    // (a memset of 9× the input for a 3 × 3 kernel was 5% of the small
+    // planes' convolutions in `perf`).
+    let mut patches = Vec::with_capacity(len);
+    patches.spare_capacity_mut()[..len]
         .par_chunks_mut(per_image)
         .zip(x.par_chunks(g.image_len()))
         .for_each(|(rows, image)| gather(image, g, rows));
+    // SAFETY: the gathers together wrote all `len` values.
+    unsafe { patches.set_len(len) };
     patches
 }
 
 /// One image's patch rows, gathered from a channels-last copy of it, so
-/// that every run is C contiguous values.
-fn gather(image: &[f32], g: &Geometry, rows: &mut [f32]) {
+/// that every run is C contiguous values; every value of `rows` written,
+/// zeros in the padding.
+fn gather(image: &[f32], g: &Geometry, rows: &mut [MaybeUninit<f32>]) {
     let c = g.channels;
-    let mut pixels = vec![0f32; g.image_len()];
-    transpose_into(image, c, g.plane(), &mut pixels);
+    let pixels = transposed(image, c, g.plane());
     let mut at = 0;
     g.for_each_run(|pixel, taps| {
-        let len = taps * c;
-        if let Some(p) = pixel {
-            rows[at..][..len].copy_from_slice(&pixels[p * c..][..len]);
+        let run = &mut rows[at..][..taps * c];
+        match pixel {
+            Some(p) => {
+                run.write_copy_of_slice(&pixels[p * c..][..taps * c]);
+            }
+            None => run.fill(MaybeUninit::new(0.0)),
         }
-        at += len;
+        at += taps * c;
     });
 }
 
 /// The adjoint of [`im2col`]: adds every patch entry back onto the input
-/// position it came from, written into `x` (n images, (C, H, W) each),
-/// image by image over the threads.
-fn col2im(patches: &[f32], g: &Geometry, x: &mut [f32]) {
+/// position it came from, written into `x` (n images, (C, H, W) each;
+/// every value written), image by image over the threads.
+fn col2im(patches: &[f32], g: &Geometry, x: &mut [MaybeUninit<f32>]) {
     let len = g.out_plane() * g.patch_len();
     x.par_chunks_mut(g.image_len())
         .zip(patches.par_chunks(len))
@@ -350,7 +365,7 @@ fn col2im(patches: &[f32], g: &Geometry, x: &mut [f32]) {
 }
 
 /// One image's share of [`col2im`].
-fn scatter(rows: &[f32], g: &Geometry, image: &mut [f32]) {
+fn scatter(rows: &[f32], g: &Geometry, image: &mut [MaybeUninit<f32>]) {
     let c = g.channels;
     let mut pixels = vec![0f32; g.image_len()];
     let mut at = 0;
@@ -372,44 +387,48 @@ fn kernel_matrix(weight: &[f32], g: &Geometry) -> Vec<f32> {
     // row, missed the cache on each write; for a 512 → 256 filter bank at
     // 4×4 that took longer than the product it feeds. A tiled transpose
     // gives rows (channel, tap), whole rows then move to (tap, channel).
-    let mut by_channel = vec![0f32; o * c * kk];
-    transpose_into(weight, o, c * kk, &mut by_channel);
+    let by_channel = transposed(weight, o, c * kk);
     if kk == 1 {
         return by_channel;
     }
-    let mut m = vec![0f32; by_channel.len()];
-    for (row, values) in by_channel.chunks_exact(o).enumerate() {
-        let (ic, tap) = (row / kk, row % kk);
-        m[(tap * c + ic) * o..][..o].copy_from_slice(values);
+    move_rows(&by_channel, o, |row| (row % kk) * c + row / kk)
+}
+
+/// The rows of `rows` (each `width` values) moved: row r to row
+/// `place(r)`, a permutation, into a fresh vector written once.
+fn move_rows(rows: &[f32], width: usize, place: impl Fn(usize) -> usize) -> Vec<f32> {
+    let mut moved = Vec::with_capacity(rows.len());
+    let spare = &mut moved.spare_capacity_mut()[..rows.len()];
+    for (row, values) in rows.chunks_exact(width).enumerate() {
+        spare[place(row) * width..][..width].write_copy_of_slice(values);
     }
-    m
+    // SAFETY: `place` is a permutation of the rows, so every row of
+    // `moved` was written once.
+    unsafe { moved.set_len(rows.len()) };
+    moved
 }
 
 /// The inverse of [`kernel_matrix`]: (k·k·C, O) back to (O, C, k, k),
 /// by the same two moves backwards.
 fn weight_from_matrix(m: &[f32], g: &Geometry) -> Vec<f32> {
     let (o, c, kk) = (g.out_channels, g.channels, g.kernel * g.kernel);
-    let mut weight = vec![0f32; o * c * kk];
     if kk == 1 {
-        transpose_into(m, c, o, &mut weight);
-        return weight;
+        return transposed(m, c, o);
     }
-    let mut by_channel = vec![0f32; m.len()];
-    for (row, values) in m.chunks_exact(o).enumerate() {
-        let (tap, ic) = (row / c, row % c);
-        by_channel[(ic * kk + tap) * o..][..o].copy_from_slice(values);
-    }
-    transpose_into(&by_channel, c * kk, o, &mut weight);
-    weight
+    let by_channel = move_rows(m, o, |row| (row % c) * kk + row / c);
+    transposed(&by_channel, c * kk, o)
 }
 
 /// Output gradients (n, O, H', W') as rows (n·H'·W', O).
 fn images_to_rows(grad: &[f32], g: &Geometry) -> Vec<f32> {
     let (o, plane) = (g.out_channels, g.out_plane());
-    let mut rows = vec![0f32; grad.len()];
-    rows.par_chunks_mut(plane * o)
+    let mut rows = Vec::with_capacity(grad.len());
+    rows.spare_capacity_mut()[..grad.len()]
+        .par_chunks_mut(plane * o)
         .zip(grad.par_chunks(o * plane))
         .for_each(|(rows, image)| transpose_into(image, o, plane, rows));
+    // SAFETY: the transposes together wrote all `grad.len()` values.
+    unsafe { rows.set_len(grad.len()) };
     rows
 }
 

@@ -99,9 +99,16 @@ fn col2im_is_the_adjoint_of_im2col() {
         .to_vec1::<f32>()
         .unwrap();
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a * b) as f64).sum::<f64>();
+    // The patches are not zero-filled before the gather: hand the
+    // allocator a freed block of NaNs of their size first, so that padding
+    // the gather failed to write would most likely show as NaN.
+    drop(vec![f32::NAN; y.len()]);
     let lhs = dot(&im2col(&x, &g), &y);
-    let mut back = vec![0f32; x.len()];
+    // NaN first: a value col2im left unwritten would show in the sum.
+    let mut back = vec![std::mem::MaybeUninit::new(f32::NAN); x.len()];
     col2im(&y, &g, &mut back);
+    // SAFETY: every value was set (NaN, then col2im's).
+    let back: Vec<f32> = back.iter().map(|v| unsafe { v.assume_init() }).collect();
     let rhs = dot(&x, &back);
     assert!((lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
 }

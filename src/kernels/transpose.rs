@@ -9,11 +9,24 @@
 //! has AVX; the edges that do not fill a tile, and other CPUs, go value
 //! by value.
 
+use std::mem::MaybeUninit;
+
 const TILE: usize = 8;
 
+/// The (rows, cols) row-major block `values`, transposed, in a fresh
+/// vector (not zero-filled first: every value is written once).
+pub fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(values.len());
+    transpose_into(values, rows, cols, &mut out.spare_capacity_mut()[..values.len()]);
+    // SAFETY: `transpose_into` wrote all `values.len()` values.
+    unsafe { out.set_len(values.len()) };
+    out
+}
+
 /// `out` = the (rows, cols) row-major block `values`, transposed:
-/// `out[c · rows + r] = values[r · cols + c]`.
-pub fn transpose_into(values: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+/// `out[c · rows + r] = values[r · cols + c]`, every value of `out`
+/// written.
+pub fn transpose_into(values: &[f32], rows: usize, cols: usize, out: &mut [MaybeUninit<f32>]) {
     assert_eq!(
         values.len(),
         rows * cols,
@@ -38,11 +51,18 @@ pub fn transpose_into(values: &[f32], rows: usize, cols: usize, out: &mut [f32])
 
 /// Value by value: every value outside the first `full_rows` ×
 /// `full_cols` (which the tiles wrote).
-fn edges(values: &[f32], rows: usize, cols: usize, out: &mut [f32], full_rows: usize, full_cols: usize) {
+fn edges(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    out: &mut [MaybeUninit<f32>],
+    full_rows: usize,
+    full_cols: usize,
+) {
     for r in 0..rows {
         let from = if r < full_rows { full_cols } else { 0 };
         for c in from..cols {
-            out[c * rows + r] = values[r * cols + c];
+            out[c * rows + r].write(values[r * cols + c]);
         }
     }
 }
@@ -53,9 +73,9 @@ fn edges(values: &[f32], rows: usize, cols: usize, out: &mut [f32], full_rows: u
 /// The CPU has AVX; `values` and `out` hold `rows × cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn tiles_avx(values: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+unsafe fn tiles_avx(values: &[f32], rows: usize, cols: usize, out: &mut [MaybeUninit<f32>]) {
     use std::arch::x86_64::*;
-    let (src, dst) = (values.as_ptr(), out.as_mut_ptr());
+    let (src, dst) = (values.as_ptr(), out.as_mut_ptr().cast::<f32>());
     for r0 in (0..rows / TILE * TILE).step_by(TILE) {
         for c0 in (0..cols / TILE * TILE).step_by(TILE) {
             // SAFETY: rows r0..r0+8 and columns c0..c0+8 lie inside the
@@ -107,10 +127,11 @@ mod tests {
     fn transposes_equal_the_definition() {
         for (rows, cols) in [(8, 8), (16, 24), (3, 5), (17, 9), (1, 20), (64, 1), (24, 64)] {
             let values: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let mut fast = vec![f32::NAN; rows * cols];
-            transpose_into(&values, rows, cols, &mut fast);
-            let mut plain = vec![f32::NAN; rows * cols];
+            let fast = transposed(&values, rows, cols);
+            let mut plain = vec![MaybeUninit::new(f32::NAN); rows * cols];
             edges(&values, rows, cols, &mut plain, 0, 0);
+            // SAFETY: every value was set (NaN, then the edges).
+            let plain: Vec<f32> = plain.iter().map(|v| unsafe { v.assume_init() }).collect();
             for r in 0..rows {
                 for c in 0..cols {
                     let expected = values[r * cols + c];
