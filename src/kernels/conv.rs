@@ -391,21 +391,26 @@ fn kernel_matrix(weight: &[f32], g: &Geometry) -> Vec<f32> {
     if kk == 1 {
         return by_channel;
     }
-    move_rows(&by_channel, o, |row| (row % kk) * c + row / kk)
+    // Row (tap, channel) of the result is row (channel, tap) here.
+    gather_rows(&by_channel, o, |row| (row % c) * kk + row / c)
 }
 
-/// The rows of `rows` (each `width` values) moved: row r to row
-/// `place(r)`, a permutation, into a fresh vector written once.
-fn move_rows(rows: &[f32], width: usize, place: impl Fn(usize) -> usize) -> Vec<f32> {
-    let mut moved = Vec::with_capacity(rows.len());
-    let spare = &mut moved.spare_capacity_mut()[..rows.len()];
-    for (row, values) in rows.chunks_exact(width).enumerate() {
-        spare[place(row) * width..][..width].write_copy_of_slice(values);
+/// A fresh vector whose row r (each `width` values) is row `source(r)` of
+/// `rows`: every row written once, whatever `source` gives (an index out
+/// of `rows` panics).
+fn gather_rows(rows: &[f32], width: usize, source: impl Fn(usize) -> usize) -> Vec<f32> {
+    assert!(
+        width > 0 && rows.len().is_multiple_of(width),
+        "whole rows of {width} values"
+    );
+    let mut gathered = Vec::with_capacity(rows.len());
+    let spare = &mut gathered.spare_capacity_mut()[..rows.len()];
+    for (row, out) in spare.chunks_exact_mut(width).enumerate() {
+        out.write_copy_of_slice(&rows[source(row) * width..][..width]);
     }
-    // SAFETY: `place` is a permutation of the rows, so every row of
-    // `moved` was written once.
-    unsafe { moved.set_len(rows.len()) };
-    moved
+    // SAFETY: whole rows (asserted above), each written by the loop.
+    unsafe { gathered.set_len(rows.len()) };
+    gathered
 }
 
 /// The inverse of [`kernel_matrix`]: (k·k·C, O) back to (O, C, k, k),
@@ -415,7 +420,8 @@ fn weight_from_matrix(m: &[f32], g: &Geometry) -> Vec<f32> {
     if kk == 1 {
         return transposed(m, c, o);
     }
-    let by_channel = move_rows(m, o, |row| (row % c) * kk + row / c);
+    // Row (channel, tap) of `by_channel` is row (tap, channel) of `m`.
+    let by_channel = gather_rows(m, o, |row| (row % kk) * c + row / kk);
     transposed(&by_channel, c * kk, o)
 }
 

@@ -69,7 +69,8 @@ pub fn f32_values_mut<'a>(
 
 /// Runs `work` compiled for AVX2 and FMA where the CPU has them, else as
 /// it is: the default x86-64 target stops at SSE2, where a loop over f32
-/// values gets 4 lanes and no fused multiply-adds. What `work` calls is
+/// values gets 4 lanes instead of 8. (FMA only where asked for: Rust does
+/// not fuse a product and a sum by itself.) What `work` calls is
 /// compiled into the AVX2 copy only where it is inlined, so `work` and
 /// the loops it runs must be `#[inline(always)]` (a closure too: without
 /// it a closure of any size is compiled on its own, for SSE2, and called).

@@ -182,6 +182,13 @@ fn backward(
     g: Groups,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let cg = g.channels_per_group();
+    // Every block below writes its whole part of dx: the zips must not
+    // stop short.
+    assert_eq!(
+        dy.len(),
+        values.len(),
+        "group norm: gradient and input sizes differ"
+    );
     // Written once, so not zero-filled first.
     let mut dx = Vec::with_capacity(values.len());
     // Per (image, channel): Σ dy and Σ dy·x̂, summed over images below.
@@ -213,9 +220,10 @@ fn backward(
 
 /// One (image, group) block's dx, and its channels' (Σ dy, Σ dy·x̂) into
 /// `sums`. dx = (γ dy − a − x̂ b) / s with a = mean(γ dy), b = mean(γ dy ·
-/// x̂) is, per channel, dy · γ/s + v · (−b/s²) + (μ b/s² − a/s). (Plain
-/// products and sums: `mul_add` is a library call where the CPU lacks
-/// FMA, and Rust does not fuse them by itself.)
+/// x̂) is, per channel, dy · γ/s + (v − μ) · (−b/s²) − a/s. (Centred
+/// before the product: v · (−b/s²) + μ b/s² would cancel for values far
+/// from zero. Plain products and sums: `mul_add` is a library call where
+/// the CPU lacks FMA, and Rust does not fuse them by itself.)
 #[inline(always)]
 fn backward_block(
     dx: &mut [MaybeUninit<f32>],
@@ -236,12 +244,12 @@ fn backward_block(
         b += gamma * sums.1;
     }
     let (a, b) = (a / n, b / n);
-    let (of_v, constant) = (-b * rstd * rstd, (mean * b * rstd - a) * rstd);
+    let (of_centred, constant) = (-b * rstd * rstd, -a * rstd);
     let channels = dx.chunks_exact_mut(pixels).zip(block.chunks_exact(pixels));
     for ((dx, channel), (dy, &gamma)) in channels.zip(dy.chunks_exact(pixels).zip(gamma)) {
         let of_dy = gamma * rstd;
         for ((dx, &v), &d) in dx.iter_mut().zip(channel).zip(dy) {
-            dx.write(d * of_dy + v * of_v + constant);
+            dx.write(d * of_dy + (v - mean) * of_centred + constant);
         }
     }
 }
@@ -285,7 +293,7 @@ pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps
 mod tests {
     use super::super::checks::{assert_same_op, random};
     use super::*;
-    use candle_core::Module;
+    use candle_core::{Module, Var};
 
     /// Values and the three gradients against candle-nn's GroupNorm, with
     /// an offset in the input (so the mean matters) and uneven scales.
@@ -303,6 +311,14 @@ mod tests {
         for (i, &(b, c, h, w, groups)) in cases.iter().enumerate() {
             let seed = 10 * i as u64;
             let x = random(&[b, c, h, w], seed, 0.7);
+            // The last case also away from zero and wide (mean ≈ 30, std
+            // ≈ 5): with s ≈ 1 a wrong power of s in the backward, or a
+            // wrong mean term, would not show.
+            let x = if i == cases.len() - 1 {
+                Var::from_tensor(&x.as_tensor().affine(5.0, 26.5).unwrap()).unwrap()
+            } else {
+                x
+            };
             let weight = random(&[c], seed + 1, 1.0);
             let bias = random(&[c], seed + 2, 0.0);
             let ours = group_norm(&x, &weight, &bias, groups, 1e-5).unwrap();

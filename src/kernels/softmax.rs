@@ -57,6 +57,8 @@ impl CustomOp1 for CpuScaledSoftmax {
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_values(y, |y| {
             with_values(dy, |dy| {
+                // Every row below writes its whole part of dx.
+                assert_eq!(dy.len(), y.len(), "softmax: gradient and output sizes differ");
                 let mut dx = Vec::with_capacity(y.len());
                 dx.spare_capacity_mut()[..y.len()]
                     .par_chunks_mut(self.len)

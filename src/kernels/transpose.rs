@@ -127,11 +127,16 @@ mod tests {
     fn transposes_equal_the_definition() {
         for (rows, cols) in [(8, 8), (16, 24), (3, 5), (17, 9), (1, 20), (64, 1), (24, 64)] {
             let values: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let fast = transposed(&values, rows, cols);
-            let mut plain = vec![MaybeUninit::new(f32::NAN); rows * cols];
-            edges(&values, rows, cols, &mut plain, 0, 0);
-            // SAFETY: every value was set (NaN, then the edges).
-            let plain: Vec<f32> = plain.iter().map(|v| unsafe { v.assume_init() }).collect();
+            // NaN first, so that a value left unwritten shows.
+            let written = |fill: &dyn Fn(&mut [MaybeUninit<f32>])| -> Vec<f32> {
+                let mut out = vec![MaybeUninit::new(f32::NAN); rows * cols];
+                fill(&mut out);
+                // SAFETY: every value was set (NaN, then what `fill` wrote).
+                out.iter().map(|v| unsafe { v.assume_init() }).collect()
+            };
+            let fast = written(&|out| transpose_into(&values, rows, cols, out));
+            let plain = written(&|out| edges(&values, rows, cols, out, 0, 0));
+            assert_eq!(transposed(&values, rows, cols), fast);
             for r in 0..rows {
                 for c in 0..cols {
                     let expected = values[r * cols + c];
