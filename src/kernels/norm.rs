@@ -7,7 +7,8 @@
 //! sum over the batch, which candle runs on its slow strided path. The U-Net
 //! has two norms per residual block. Here the forward is two passes per
 //! group (statistics, then normalise, scale and shift) and the backward
-//! three, with the textbook gradient:
+//! two (the sums below, then dx; the statistics are the forward's), with
+//! the textbook gradient:
 //!
 //! ```text
 //! x̂ = (x − μ) / s,  s = √(var + ε),  y = γ x̂ + β          (per group: μ, var)
