@@ -17,8 +17,9 @@ const LANES: usize = 16;
 /// not one f64 accumulator: its additions form one chain the compiler may
 /// not reorder, a few cycles each; that made the group norm's forward
 /// 4–5× slower than PyTorch's at the CIFAR-10 U-Net's sizes (`cargo bench
-/// --bench unet_ops -- cifar`). A lane adds at most 16 terms of a run (lane 0 up to 15
-/// more from its tail), so the rounding stays near f32's own.
+/// --bench unet_ops -- cifar`). A lane adds at most 16 terms of a run
+/// (lane 0 up to 15 more from its tail), so the rounding stays near f32's
+/// own.
 #[inline(always)]
 pub(super) fn pair_sums(a: &[f32], b: &[f32], terms: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
     let mut sums = (0f64, 0f64);
