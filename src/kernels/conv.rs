@@ -41,6 +41,7 @@ use super::gemm::{Matrix, matmul, matmul_on_this_thread};
 use super::host::{f32_values, vectorised, with_values};
 use super::sums::sum_of;
 use super::transpose::{transpose_into, transposed};
+use super::winograd::{self, Filters, Images};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -117,6 +118,36 @@ impl Geometry {
         (o * self.stride + offset)
             .checked_sub(self.padding)
             .filter(|&i| i < size)
+    }
+
+    /// The input's sizes for [`winograd::convolve`], where its F(2 × 2,
+    /// 3 × 3) pays (a 3 × 3, stride-1 kernel between enough channels).
+    fn winograd(&self) -> Option<Images> {
+        winograd::pays(
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.channels,
+            self.out_channels,
+        )
+        .then_some(Images {
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            padding: self.padding,
+        })
+    }
+
+    /// The output gradient's sizes for the input gradient's convolution,
+    /// where the forward's is a Winograd one: 3 × 3, stride 1, O channels
+    /// in, padding 2 − p, which gives back H × W.
+    fn winograd_adjoint(&self) -> Option<Images> {
+        self.winograd().map(|_| Images {
+            channels: self.out_channels,
+            height: self.out_height(),
+            width: self.out_width(),
+            padding: 2 - self.padding,
+        })
     }
 
     /// Calls `run(pixel, taps)` for each run of one image's patch rows,
@@ -228,6 +259,10 @@ fn chunk_product(a: Matrix<'_>, b: Matrix<'_>, g: &Geometry) -> Vec<f32> {
 
 /// The convolution's output (B, O, H', W'), chunk by chunk.
 fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    if let Some(images) = g.winograd() {
+        let filters = Filters::forward(weight, g.out_channels, g.channels);
+        return winograd::convolve(x, images, &filters, Some(bias));
+    }
     let kernel = kernel_matrix(weight, g);
     let kernel = Matrix::rows(&kernel, g.patch_len(), g.out_channels);
     let per = g.images_per_chunk();
@@ -256,7 +291,7 @@ fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 /// The input gradient (if `needs_dx`), the kernel gradient as a
-/// (k·k·C, O) matrix, and the bias gradient, chunk by chunk.
+/// (k·k·C, O) matrix, and the bias gradient.
 fn backward(
     x: &[f32],
     weight: &[f32],
@@ -264,8 +299,31 @@ fn backward(
     needs_dx: bool,
     g: &Geometry,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
-    let kernel = kernel_matrix(weight, g);
-    let kernel = Matrix::rows(&kernel, g.patch_len(), g.out_channels);
+    match g.winograd_adjoint() {
+        Some(adjoint) if needs_dx => {
+            // The input gradient is itself a 3 × 3 stride-1 convolution.
+            let filters = Filters::adjoint(weight, g.out_channels, g.channels);
+            let dx = winograd::convolve(grad, adjoint, &filters, None);
+            let (_, grad_kernel, grad_bias) = patch_backward(x, None, grad, g);
+            (Some(dx), grad_kernel, grad_bias)
+        }
+        _ => patch_backward(x, needs_dx.then_some(weight), grad, g),
+    }
+}
+
+/// [`backward`] by patch products, chunk by chunk: the input gradient
+/// where a `weight` is given.
+fn patch_backward(
+    x: &[f32],
+    weight: Option<&[f32]>,
+    grad: &[f32],
+    g: &Geometry,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let needs_dx = weight.is_some();
+    let kernel = weight.map(|weight| kernel_matrix(weight, g));
+    let kernel = kernel
+        .as_deref()
+        .map(|kernel| Matrix::rows(kernel, g.patch_len(), g.out_channels));
     let per = g.images_per_chunk();
     // Written once, by the scatters' transposes, so not zero-filled first.
     let dx_len = if needs_dx { x.len() } else { 0 };
@@ -274,7 +332,7 @@ fn backward(
         let grad_rows = images_to_rows(grad, g);
         let rows = grad_rows.len() / g.out_channels;
         let grad_rows = Matrix::rows(&grad_rows, rows, g.out_channels);
-        if let Some(dx) = dx {
+        if let (Some(dx), Some(kernel)) = (dx, kernel) {
             let grad_patches = chunk_product(grad_rows, kernel.transposed(), g);
             col2im(&grad_patches, g, dx);
         }

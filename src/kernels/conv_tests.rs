@@ -75,6 +75,62 @@ fn two_threads_give_candles_values_and_gradients() {
     }
 }
 
+/// The Winograd path (3 × 3, stride 1, 32 channels or more on both
+/// sides) against candle's direct convolution in values and all three
+/// gradients (its input gradient is a Winograd convolution too): odd
+/// sides (half-empty tiles at the edges), every padding it takes, one
+/// pixel, several chunks with a short last one; on 1 and 2 threads, whose
+/// values are the same bit for bit (each product runs on one thread).
+#[test]
+fn winograd_convolutions_equal_candles() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let cases = [
+        // (batch, in, out, height, width, padding)
+        (2, 32, 40, 7, 5, 1),
+        (3, 33, 32, 6, 6, 0),
+        (2, 32, 35, 5, 4, 2),
+        (2, 32, 32, 1, 1, 1),
+        // 16 tiles an image, 16 images a chunk: two chunks, 4 in the last.
+        (20, 32, 32, 8, 8, 1),
+        // One image over a chunk's 256 tiles.
+        (1, 40, 32, 36, 34, 1),
+    ];
+    for (i, &(b, c, o, h, w, p)) in cases.iter().enumerate() {
+        let g = Geometry {
+            batch: b,
+            channels: c,
+            height: h,
+            width: w,
+            out_channels: o,
+            kernel: 3,
+            stride: 1,
+            padding: p,
+        };
+        assert!(g.winograd().is_some(), "case {i} takes the Winograd path");
+        let x = random(&[b, c, h, w], 70 + i as u64, 0.0);
+        let weight = random(&[o, c, 3, 3], 80 + i as u64, 0.0);
+        let bias = random(&[1, o, 1, 1], 90 + i as u64, 0.0);
+        let theirs = x
+            .conv2d(&weight, p, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        // Sums of 9·C products of N(0, 1) values, about 17 in size: both
+        // ways round differently at 1e-6 of that.
+        let tolerance = 1e-4;
+        let inputs = [("input", &x), ("weight", &weight), ("bias", &bias)];
+        let ours = conv2d(&x, &weight, &bias, 1, p).unwrap();
+        assert_same_op(&ours, &theirs, inputs, tolerance, &format!("winograd case {i}"));
+        let two = pool.install(|| conv2d(&x, &weight, &bias, 1, p).unwrap());
+        pool.install(|| assert_same_op(&two, &theirs, inputs, tolerance, &format!("2 threads, case {i}")));
+        assert_eq!(
+            max_difference(&ours, &two),
+            0.0,
+            "case {i}: 1 and 2 threads differ"
+        );
+    }
+}
+
 /// col2im is the adjoint of im2col: <im2col(x), y> = <x, col2im(y)>.
 #[test]
 fn col2im_is_the_adjoint_of_im2col() {

@@ -27,6 +27,22 @@ impl<'a> Matrix<'a> {
         }
     }
 
+    /// `rows` rows of `cols` values each, `row_stride` values apart (the
+    /// rest of each stride belongs to other matrices).
+    pub fn strided(values: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(
+            cols <= row_stride && (rows == 0 || (rows - 1) * row_stride + cols <= values.len()),
+            "strided matrix runs past its values"
+        );
+        Self {
+            values,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
     pub fn transposed(self) -> Self {
         Self {
             rows: self.cols,

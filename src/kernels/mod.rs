@@ -8,8 +8,9 @@
 //! |---|---|---|
 //! | [`linear`] | `x W + b` (and `silu(x) W + b`, and `base + …`) | candle's matmul + broadcast add, within float rounding |
 //! | [`silu`] | candle's SiLU and its six-pass backward | candle's `silu`, within float rounding |
-//! | [`conv2d`] | candle's CPU convolution (a loop of dot products backward) | `Tensor::conv2d` + bias, within float rounding |
+//! | [`conv2d`] | candle's CPU convolution (a loop of dot products backward; 3 × 3 stride-1 ones by Winograd's F(2 × 2, 3 × 3)) | `Tensor::conv2d` + bias, within float rounding |
 //! | [`group_norm`] | candle-nn's `GroupNorm` (ten tensor passes) | candle-nn's `group_norm`, within float rounding |
+//! | [`attention`] | multi-head attention from candle's ops (heads split and merged by strided copies) | the same ops with candle-nn's `softmax`, within float rounding |
 //! | [`scaled_softmax`] | the attention's scale and candle-nn's `softmax` (five passes, more back) | candle-nn's `softmax`, within float rounding |
 //! | [`adam_step`], [`average_toward`] | a dozen tensor passes per parameter | the flat tensor Adam and moving average, bit for bit |
 //!
@@ -18,6 +19,7 @@
 //! pass for AVX2), `sums` (reductions in vector lanes) and `transpose`
 //! (8 × 8 tiles in vector registers) are what the kernels share.
 
+mod attention;
 mod conv;
 mod gemm;
 mod host;
@@ -28,10 +30,12 @@ mod softmax;
 mod sums;
 mod transpose;
 mod update;
+mod winograd;
 
 #[cfg(test)]
-mod checks;
+pub(crate) mod checks;
 
+pub use attention::attention;
 pub use conv::conv2d;
 pub use linear::{Input, linear, linear_onto};
 pub use norm::group_norm;

@@ -80,7 +80,7 @@ impl CustomOp1 for CpuScaledSoftmax {
 
 /// One row: y = softmax(scale · x).
 #[inline(always)]
-fn softmax_row(y: &mut [MaybeUninit<f32>], x: &[f32], scale: f32) {
+pub(super) fn softmax_row(y: &mut [MaybeUninit<f32>], x: &[f32], scale: f32) {
     // exp(s·(x − max)) for s > 0; for s < 0 the largest of s·x comes from
     // the smallest x, so shift by the scaled maximum.
     let top = max_of(x, |v| v * scale);
@@ -97,7 +97,7 @@ fn softmax_row(y: &mut [MaybeUninit<f32>], x: &[f32], scale: f32) {
 
 /// One row of the backward: dx = s · y ⊙ (dy − Σ dy ⊙ y).
 #[inline(always)]
-fn softmax_row_backward(dx: &mut [MaybeUninit<f32>], y: &[f32], dy: &[f32], scale: f32) {
+pub(super) fn softmax_row_backward(dx: &mut [MaybeUninit<f32>], y: &[f32], dy: &[f32], scale: f32) {
     let dot = pair_sums(y, dy, |y, d| (y * d, 0.0)).0 as f32;
     for ((dx, &y), &d) in dx.iter_mut().zip(y).zip(dy) {
         dx.write(scale * y * (d - dot));

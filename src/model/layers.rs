@@ -203,7 +203,16 @@ impl GroupNorm {
 /// Multi-head scaled dot-product attention over each image's pixels:
 /// `q`, `k`, `v` are (B·P, C) rows, P pixels an image, C split into
 /// `heads` heads; returns the mixed values as (B·P, C) rows.
+/// On the CPU one fused op ([`kernels::attention`]).
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
+    if q.device().is_cpu() {
+        return Ok(kernels::attention(q, k, v, batch, heads)?);
+    }
+    attend_by_tensor_ops(q, k, v, batch, heads)
+}
+
+/// [`attend`] from candle's tensor ops, for devices without the fused op.
+fn attend_by_tensor_ops(q: &Tensor, k: &Tensor, v: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
     let (rows, channels) = q.dims2()?;
     let (pixels, head_dim) = (rows / batch, channels / heads);
     let split = |t: &Tensor| -> Result<Tensor> {
@@ -225,6 +234,44 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, batch: usize, heads: usize) ->
 mod tests {
     use super::*;
     use candle_core::{D, Device};
+
+    /// The fused CPU attention against the tensor ops other devices run,
+    /// in value and in the gradients of q, k and v: one image (its
+    /// products split over the threads), many heads, a pixel count off
+    /// every block size; on 1 and 2 threads, bit for bit the same.
+    #[test]
+    fn fused_attention_equals_the_tensor_ops() {
+        use crate::kernels::checks::{assert_same_op, max_difference, random};
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        // (batch, pixels, heads, channels)
+        for (i, &(batch, pixels, heads, channels)) in [(1, 37, 1, 24), (3, 16, 4, 32), (2, 64, 1, 48)]
+            .iter()
+            .enumerate()
+        {
+            let rows = |seed: u64| random(&[batch * pixels, channels], 10 * i as u64 + seed, 0.0);
+            let (q, k, v) = (rows(1), rows(2), rows(3));
+            let theirs = attend_by_tensor_ops(&q, &k, &v, batch, heads).unwrap();
+            let inputs = [("q", &q), ("k", &k), ("v", &v)];
+            let one = attend(&q, &k, &v, batch, heads).unwrap();
+            assert_same_op(&one, &theirs, inputs, 1e-5, &format!("case {i}"));
+            let two = pool.install(|| attend(&q, &k, &v, batch, heads).unwrap());
+            pool.install(|| assert_same_op(&two, &theirs, inputs, 1e-5, &format!("2 threads, case {i}")));
+            assert_eq!(
+                max_difference(&one, &two),
+                0.0,
+                "case {i}: 1 and 2 threads differ"
+            );
+        }
+    }
+
+    #[test]
+    fn attention_refuses_rows_that_are_not_the_images_heads() {
+        let q = Tensor::zeros((10, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let error = attend(&q, &q, &q, 3, 2).unwrap_err().to_string();
+        assert!(error.contains("[10, 6]") && error.contains("3 images"), "{error}");
+        let error = attend(&q, &q, &q, 2, 4).unwrap_err().to_string();
+        assert!(error.contains("4 heads"), "{error}");
+    }
 
     /// `attend` against the attention written out head by head with
     /// candle-nn's softmax, in value and in the gradients of q, k and v
