@@ -56,8 +56,12 @@ impl Heads {
     }
 
     /// `a · b`, on this thread where the images and heads already keep
-    /// every thread busy, else over the threads (the same values either
-    /// way: the split cuts the output, not the sums).
+    /// every thread busy, else over the threads. The split cuts the
+    /// output, not the sums: where they are shorter than 512 terms (P and
+    /// d under 512, as in every U-Net here), `gemm` adds them in the same
+    /// order either way, so the values do not depend on the threads;
+    /// longer sums it cuts by its cache sizes, which may then differ in
+    /// the last bits.
     fn product(&self, a: Matrix<'_>, b: Matrix<'_>) -> Vec<f32> {
         if self.batch * self.heads >= rayon::current_num_threads() {
             matmul_on_this_thread(a, b)
@@ -149,7 +153,7 @@ impl CpuAttention {
     fn backward(&self, q: &[f32], k: &[f32], v: &[f32], grad: &[f32]) -> [Vec<f32>; 3] {
         let s = self.shape;
         let (p, image_len, weights_len) = (s.pixels, s.image_len(), s.weights_len());
-        let weights = self.weights.get_or_init(|| self.forward(q, k, v).1);
+        let weights = self.weights.get().expect("the forward keeps W for the backward");
         let len = s.batch * image_len;
         let mut grads: [Vec<f32>; 3] = [(); 3].map(|_| Vec::with_capacity(len));
         let [dq, dk, dv] = grads

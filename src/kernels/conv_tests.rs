@@ -79,8 +79,9 @@ fn two_threads_give_candles_values_and_gradients() {
 /// sides) against candle's direct convolution in values and all three
 /// gradients (its input gradient is a Winograd convolution too): odd
 /// sides (half-empty tiles at the edges), every padding it takes, one
-/// pixel, several chunks with a short last one; on 1 and 2 threads, whose
-/// values are the same bit for bit (each product runs on one thread).
+/// pixel, several chunks with a short last one, filters transformed in
+/// several parts; on 1 and 2 threads, whose values and gradients are the
+/// same bit for bit (each product runs on one thread).
 #[test]
 fn winograd_convolutions_equal_candles() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
@@ -94,6 +95,9 @@ fn winograd_convolutions_equal_candles() {
         (20, 32, 32, 8, 8, 1),
         // One image over a chunk's 256 tiles.
         (1, 40, 32, 36, 34, 1),
+        // 4,323 channel pairs: the filters' transform in two parts, the
+        // last ending in a part-filled block of lanes.
+        (1, 33, 131, 4, 4, 1),
     ];
     for (i, &(b, c, o, h, w, p)) in cases.iter().enumerate() {
         let g = Geometry {
@@ -128,6 +132,23 @@ fn winograd_convolutions_equal_candles() {
             0.0,
             "case {i}: 1 and 2 threads differ"
         );
+        let probe = random(&[b, o, h + 2 * p - 2, w + 2 * p - 2], 1_000, 0.0);
+        let gradients = |y: &Tensor| {
+            (y * probe.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (one_grads, two_grads) = (gradients(&ours), pool.install(|| gradients(&two)));
+        for (name, var) in inputs {
+            let difference = max_difference(one_grads.get(var).unwrap(), two_grads.get(var).unwrap());
+            assert_eq!(
+                difference, 0.0,
+                "case {i}: the {name} gradients differ on 1 and 2 threads"
+            );
+        }
     }
 }
 

@@ -37,8 +37,7 @@ const CHUNK_TILES: usize = 256;
 /// Channels a transform works on at a time (two AVX registers).
 const LANES: usize = 16;
 
-/// Channel pairs a task transforms the filters of (a multiple of
-/// [`LANES`]).
+/// Channel pairs a task transforms the filters of.
 const PAIRS_A_TASK: usize = 4096;
 
 /// Whether F(2 × 2, 3 × 3) pays for a convolution with these sizes: a

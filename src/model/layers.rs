@@ -236,18 +236,25 @@ mod tests {
     use candle_core::{D, Device};
 
     /// The fused CPU attention against the tensor ops other devices run,
-    /// in value and in the gradients of q, k and v: one image (its
-    /// products split over the threads), many heads, a pixel count off
-    /// every block size; on 1 and 2 threads, bit for bit the same.
+    /// in value and in the gradients of q, k and v: one image of one head
+    /// (its products split over the two threads), one image of several
+    /// heads (the heads shared out), many images, a pixel count off every
+    /// block size; on 1 and 2 threads bit for bit the same, values and
+    /// gradients (every product here sums fewer than 512 terms, where
+    /// `gemm` adds in the same order however the output is cut).
     #[test]
     fn fused_attention_equals_the_tensor_ops() {
         use crate::kernels::checks::{assert_same_op, max_difference, random};
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         // (batch, pixels, heads, channels)
-        for (i, &(batch, pixels, heads, channels)) in [(1, 37, 1, 24), (3, 16, 4, 32), (2, 64, 1, 48)]
-            .iter()
-            .enumerate()
-        {
+        let cases = [
+            (1, 80, 1, 48),
+            (1, 64, 4, 64),
+            (1, 37, 1, 24),
+            (3, 16, 4, 32),
+            (2, 64, 1, 48),
+        ];
+        for (i, &(batch, pixels, heads, channels)) in cases.iter().enumerate() {
             let rows = |seed: u64| random(&[batch * pixels, channels], 10 * i as u64 + seed, 0.0);
             let (q, k, v) = (rows(1), rows(2), rows(3));
             let theirs = attend_by_tensor_ops(&q, &k, &v, batch, heads).unwrap();
@@ -261,6 +268,23 @@ mod tests {
                 0.0,
                 "case {i}: 1 and 2 threads differ"
             );
+            let probe = random(one.dims(), 1_000, 0.0);
+            let gradients = |y: &Tensor| {
+                (y * probe.as_tensor())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            };
+            let (one_grads, two_grads) = (gradients(&one), pool.install(|| gradients(&two)));
+            for (name, var) in inputs {
+                let difference = max_difference(one_grads.get(var).unwrap(), two_grads.get(var).unwrap());
+                assert_eq!(
+                    difference, 0.0,
+                    "case {i}: the {name} gradients differ on 1 and 2 threads"
+                );
+            }
         }
     }
 
