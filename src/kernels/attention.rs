@@ -19,9 +19,9 @@
 //! The forward keeps W (B·H·P² values, as the graph of candle's ops kept
 //! its softmax) for the backward. Other devices keep candle's ops.
 
-use super::gemm::{Matrix, matmul, matmul_on_this_thread};
+use super::gemm::{Matrix, matmul, matmul_into, matmul_on_this_thread, matmul_on_this_thread_into};
 use super::host::{f32_values, vectorised, with_values};
-use super::softmax::{softmax_row, softmax_row_backward};
+use super::softmax::{softmax_row_backward_in_place, softmax_row_in_place};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -63,11 +63,24 @@ impl Heads {
     /// longer sums it cuts by its cache sizes, which may then differ in
     /// the last bits.
     fn product(&self, a: Matrix<'_>, b: Matrix<'_>) -> Vec<f32> {
-        if self.batch * self.heads >= rayon::current_num_threads() {
+        if self.threads_busy() {
             matmul_on_this_thread(a, b)
         } else {
             matmul(a, b)
         }
+    }
+
+    /// [`Self::product`] written into `out` (every value).
+    fn product_into(&self, a: Matrix<'_>, b: Matrix<'_>, out: &mut [MaybeUninit<f32>]) {
+        if self.threads_busy() {
+            matmul_on_this_thread_into(a, b, out)
+        } else {
+            matmul_into(a, b, out)
+        }
+    }
+
+    fn threads_busy(&self) -> bool {
+        self.batch * self.heads >= rayon::current_num_threads()
     }
 
     /// Each head's (P, d) result, `head(h)`, written into its columns of
@@ -92,10 +105,10 @@ fn image_of(values: &[f32], b: usize, len: usize) -> &[f32] {
 ///
 /// # Safety
 /// Every value of `values` has been written.
-unsafe fn written(values: &mut [MaybeUninit<f32>]) -> &[f32] {
+unsafe fn written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: MaybeUninit<f32> has f32's layout; all are initialised
     // (the caller's promise).
-    unsafe { &*(values as *mut [MaybeUninit<f32>] as *const [f32]) }
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 #[derive(Debug)]
@@ -122,19 +135,17 @@ impl CpuAttention {
             .for_each(|(b, (out, weights))| {
                 let image = |t| image_of(t, b, image_len);
                 let (q, k, v) = (image(q), image(k), image(v));
+                if s.heads == 1 {
+                    // One head spans the rows: its O is written in place.
+                    let w = self.head_weights(q, k, 0, weights);
+                    s.product_into(Matrix::rows(w, p, p), s.of(v, 0), out);
+                    return;
+                }
                 let heads: Vec<Vec<f32>> = weights
                     .par_chunks_mut(p * p)
                     .enumerate()
                     .map(|(h, w)| {
-                        let scores = s.product(s.of(q, h), s.of(k, h).transposed());
-                        for (w, row) in w.chunks_exact_mut(p).zip(scores.chunks_exact(p)) {
-                            vectorised(
-                                #[inline(always)]
-                                || softmax_row(w, row, self.scale),
-                            );
-                        }
-                        // SAFETY: every row of W was written just above.
-                        let w = unsafe { written(w) };
+                        let w = self.head_weights(q, k, h, w);
                         s.product(Matrix::rows(w, p, p), s.of(v, h))
                     })
                     .collect();
@@ -163,30 +174,30 @@ impl CpuAttention {
             let image = |t| image_of(t, b, image_len);
             let (q, k, v, grad) = (image(q), image(k), image(v), image(grad));
             let weights = image_of(weights, b, weights_len);
+            // Head h's W and dS.
+            let head = |h: usize| {
+                let w = &weights[h * p * p..][..p * p];
+                (Matrix::rows(w, p, p), self.score_gradient(w, grad, v, h))
+            };
+            if s.heads == 1 {
+                // One head spans the rows: written in place.
+                let (w, ds) = head(0);
+                let ds = Matrix::rows(&ds, p, p);
+                s.product_into(ds, s.of(k, 0), dq);
+                s.product_into(ds.transposed(), s.of(q, 0), dk);
+                s.product_into(w.transposed(), s.of(grad, 0), dv);
+                return;
+            }
             let heads: Vec<[Vec<f32>; 3]> = (0..s.heads)
                 .into_par_iter()
                 .map(|h| {
-                    let w = &weights[h * p * p..][..p * p];
-                    let (w_matrix, d_out) = (Matrix::rows(w, p, p), s.of(grad, h));
-                    let dv = s.product(w_matrix.transposed(), d_out);
-                    let dw = s.product(d_out, s.of(v, h).transposed());
-                    let mut ds = Vec::with_capacity(p * p);
-                    for ((ds, w), dw) in ds.spare_capacity_mut()[..p * p]
-                        .chunks_exact_mut(p)
-                        .zip(w.chunks_exact(p))
-                        .zip(dw.chunks_exact(p))
-                    {
-                        vectorised(
-                            #[inline(always)]
-                            || softmax_row_backward(ds, w, dw, self.scale),
-                        );
-                    }
-                    // SAFETY: every row of dS was written just above.
-                    unsafe { ds.set_len(p * p) };
+                    let (w, ds) = head(h);
                     let ds = Matrix::rows(&ds, p, p);
-                    let dq = s.product(ds, s.of(k, h));
-                    let dk = s.product(ds.transposed(), s.of(q, h));
-                    [dq, dk, dv]
+                    [
+                        s.product(ds, s.of(k, h)),
+                        s.product(ds.transposed(), s.of(q, h)),
+                        s.product(w.transposed(), s.of(grad, h)),
+                    ]
                 })
                 .collect();
             for (i, out) in [dq, dk, dv].into_iter().enumerate() {
@@ -198,6 +209,36 @@ impl CpuAttention {
             unsafe { g.set_len(len) };
         }
         grads
+    }
+
+    /// Head h's W = softmax(s · Q Kᵀ), written into `w` (P × P) and
+    /// normalised there, row by row.
+    fn head_weights<'w>(&self, q: &[f32], k: &[f32], h: usize, w: &'w mut [MaybeUninit<f32>]) -> &'w [f32] {
+        let s = self.shape;
+        s.product_into(s.of(q, h), s.of(k, h).transposed(), w);
+        // SAFETY: the product wrote every value of `w`.
+        let w = unsafe { written(w) };
+        for row in w.chunks_exact_mut(s.pixels) {
+            vectorised(
+                #[inline(always)]
+                || softmax_row_in_place(row, self.scale),
+            );
+        }
+        w
+    }
+
+    /// Head h's dS = s · W ⊙ (dW − Σ dW ⊙ W), dW = dO Vᵀ, computed in
+    /// dW's place.
+    fn score_gradient(&self, w: &[f32], grad: &[f32], v: &[f32], h: usize) -> Vec<f32> {
+        let s = self.shape;
+        let mut ds = s.product(s.of(grad, h), s.of(v, h).transposed());
+        for (ds, w) in ds.chunks_exact_mut(s.pixels).zip(w.chunks_exact(s.pixels)) {
+            vectorised(
+                #[inline(always)]
+                || softmax_row_backward_in_place(ds, w, self.scale),
+            );
+        }
+        ds
     }
 }
 

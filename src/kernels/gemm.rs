@@ -4,6 +4,7 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A row-major matrix or a transposed view of one: values and strides.
 #[derive(Debug, Clone, Copy)]
@@ -103,35 +104,63 @@ const PARALLEL_FROM: usize = 1 << 18;
 /// 4,096, width 256, 2 threads: 1.14–1.54 against 1.37–1.67 it/s), and
 /// the blocks let each thread write its own part of the bias.
 fn product(a: Matrix<'_>, b: Matrix<'_>, start: Start<'_>) -> Vec<f32> {
+    product_in_blocks(a, b, start, blocks_for(a, b))
+}
+
+/// One block a thread for a product worth splitting, else one.
+fn blocks_for(a: Matrix<'_>, b: Matrix<'_>) -> usize {
     let threads = rayon::current_num_threads();
     let work = a.rows * a.cols * b.cols;
-    let blocks = if threads > 1 && work >= PARALLEL_FROM {
+    if threads > 1 && work >= PARALLEL_FROM {
         threads
     } else {
         1
-    };
-    product_in_blocks(a, b, start, blocks)
+    }
 }
 
 fn product_in_blocks(a: Matrix<'_>, b: Matrix<'_>, start: Start<'_>, blocks: usize) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    let mut out = Vec::with_capacity(len);
+    product_into(a, b, start, blocks, &mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `product_into` wrote every value.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `a · b` written into `out` (row-major, `a.rows × b.cols` values, every
+/// one written), on this thread alone.
+pub fn matmul_on_this_thread_into(a: Matrix<'_>, b: Matrix<'_>, out: &mut [MaybeUninit<f32>]) {
+    product_into(a, b, Start::Zero, 1, out);
+}
+
+/// `a · b` written into `out` as [`matmul_on_this_thread_into`], split
+/// over the threads as [`matmul`] does.
+pub fn matmul_into(a: Matrix<'_>, b: Matrix<'_>, out: &mut [MaybeUninit<f32>]) {
+    product_into(a, b, Start::Zero, blocks_for(a, b), out);
+}
+
+/// `start + a · b` into `out`, its output cut into `blocks` blocks, each
+/// one single-threaded `gemm` product (on rayon's threads when several).
+fn product_into(a: Matrix<'_>, b: Matrix<'_>, start: Start<'_>, blocks: usize, out: &mut [MaybeUninit<f32>]) {
     assert_eq!(a.cols, b.rows, "matrix product of mismatched sizes");
     let (m, n) = (a.rows, b.cols);
+    assert_eq!(out.len(), m * n, "a product's output of the wrong size");
     if a.cols == 0 {
         // An empty sum: the output below is left for `gemm` to write, and
         // this case is not left to how it treats k = 0.
-        return match start {
-            Start::Zero => vec![0.0; m * n],
-            Start::Bias(bias) => bias.repeat(m),
-            Start::BaseAndBias { base, bias } => {
-                base.iter().enumerate().map(|(i, v)| v + bias[i % n]).collect()
-            }
-        };
+        for (i, out) in out.iter_mut().enumerate() {
+            out.write(match start {
+                Start::Zero => 0.0,
+                Start::Bias(bias) => bias[i % n],
+                Start::BaseAndBias { base, bias } => base[i] + bias[i % n],
+            });
+        }
+        return;
     }
     // The output's rows or columns, whichever is longer, cut into blocks.
     let by_rows = m >= n;
     let length = if by_rows { m } else { n };
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = OutPtr(out.as_mut_ptr().cast::<f32>());
     let block = |i: usize| {
         let from = boundary(length, blocks, i);
         let to = boundary(length, blocks, i + 1);
@@ -149,9 +178,6 @@ fn product_in_blocks(a: Matrix<'_>, b: Matrix<'_>, start: Start<'_>, blocks: usi
     } else {
         (0..blocks).into_par_iter().for_each(block);
     }
-    // SAFETY: the blocks together wrote every value of the output.
-    unsafe { out.set_len(m * n) };
-    out
 }
 
 /// The block's first index of `blocks` blocks over `length`, on multiples

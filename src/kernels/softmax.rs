@@ -80,7 +80,7 @@ impl CustomOp1 for CpuScaledSoftmax {
 
 /// One row: y = softmax(scale · x).
 #[inline(always)]
-pub(super) fn softmax_row(y: &mut [MaybeUninit<f32>], x: &[f32], scale: f32) {
+fn softmax_row(y: &mut [MaybeUninit<f32>], x: &[f32], scale: f32) {
     // exp(s·(x − max)) for s > 0; for s < 0 the largest of s·x comes from
     // the smallest x, so shift by the scaled maximum.
     let top = max_of(x, |v| v * scale);
@@ -90,18 +90,41 @@ pub(super) fn softmax_row(y: &mut [MaybeUninit<f32>], x: &[f32], scale: f32) {
         y.write(exp(v * scale - top));
     }
     // SAFETY: every value of the row was written just above.
-    let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
-    let inverse = (1.0 / sum_of(y, |v| v)) as f32;
-    y.iter_mut().for_each(|y| *y *= inverse);
+    normalise(unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) });
+}
+
+/// One row in place: row = softmax(scale · row) (the attention's scores,
+/// where a second P × P buffer would be one more to allocate and fill).
+#[inline(always)]
+pub(super) fn softmax_row_in_place(row: &mut [f32], scale: f32) {
+    let top = max_of(row, |v| v * scale);
+    row.iter_mut().for_each(|v| *v = exp(*v * scale - top));
+    normalise(row);
+}
+
+/// Divides a row of positive values by their sum.
+#[inline(always)]
+fn normalise(row: &mut [f32]) {
+    let inverse = (1.0 / sum_of(row, |v| v)) as f32;
+    row.iter_mut().for_each(|y| *y *= inverse);
 }
 
 /// One row of the backward: dx = s · y ⊙ (dy − Σ dy ⊙ y).
 #[inline(always)]
-pub(super) fn softmax_row_backward(dx: &mut [MaybeUninit<f32>], y: &[f32], dy: &[f32], scale: f32) {
+fn softmax_row_backward(dx: &mut [MaybeUninit<f32>], y: &[f32], dy: &[f32], scale: f32) {
     let dot = pair_sums(y, dy, |y, d| (y * d, 0.0)).0 as f32;
     for ((dx, &y), &d) in dx.iter_mut().zip(y).zip(dy) {
         dx.write(scale * y * (d - dot));
     }
+}
+
+/// [`softmax_row_backward`] in the gradient's place: `dy` becomes dx.
+#[inline(always)]
+pub(super) fn softmax_row_backward_in_place(dy: &mut [f32], y: &[f32], scale: f32) {
+    let dot = pair_sums(y, dy, |y, d| (y * d, 0.0)).0 as f32;
+    dy.iter_mut()
+        .zip(y)
+        .for_each(|(d, &y)| *d = scale * y * (*d - dot));
 }
 
 /// `softmax(scale · x)` over the last dimension of `x`.
