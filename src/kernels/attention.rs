@@ -8,8 +8,11 @@
 //! copies made its forward + backward 0.85–0.92× PyTorch's. Here every
 //! head's matrices are read in place from the (B·P, C) rows (a head is a
 //! block of columns: a strided matrix for `gemm`), the products run on
-//! plain slices, and each head's results are written straight into its
-//! columns. Per image b and head h, with s = 1/√d:
+//! plain slices; one head's results (as in diffusers' DDPM U-Nets) are
+//! written straight into the image's rows, several heads' are computed
+//! in parallel and copied into their columns. The scores are normalised
+//! in W's buffer, and dS computed in dW's. Per image b and head h, with
+//! s = 1/√d:
 //!
 //! ```text
 //! W = softmax(s · Q Kᵀ),  O = W V
@@ -121,7 +124,7 @@ struct CpuAttention {
 
 impl CpuAttention {
     /// O for every image as (B·P, C) rows, and W; image by image over the
-    /// threads, and within an image head by head.
+    /// threads, and within an image its heads in parallel.
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let s = self.shape;
         let (p, image_len, weights_len) = (s.pixels, s.image_len(), s.weights_len());
@@ -151,8 +154,9 @@ impl CpuAttention {
                     .collect();
                 s.merge(|h| &heads[h], out);
             });
-        // SAFETY: every image wrote its rows (the heads cover the columns)
-        // and all its heads' weights.
+        // SAFETY: every image wrote all its rows (one head's product, or
+        // the merge of several, which cover the columns) and all its
+        // heads' weights.
         unsafe {
             out.set_len(len);
             weights.set_len(all_weights);

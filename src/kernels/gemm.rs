@@ -193,7 +193,7 @@ fn boundary(length: usize, blocks: usize, i: usize) -> usize {
 /// The output's values, shared by the threads that each write one block.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: the threads write disjoint blocks (see `product`).
+// SAFETY: the threads write disjoint blocks (see `product_into`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -324,6 +324,32 @@ mod tests {
                     let expected = base[i] + bias[i % n] + product[i];
                     assert!((onto_base[i] - expected).abs() < 1e-4, "{case} onto a base");
                 }
+            }
+        }
+    }
+
+    /// The products into a caller's buffer write every value (the buffer
+    /// starts as NaN) and equal `matmul`'s bit for bit, split or not.
+    #[test]
+    fn products_into_a_buffer_write_every_value() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for (m, k, n) in [(70, 9, 20), (20, 9, 70), (600, 30, 40), (3, 0, 4)] {
+            let (a, b) = (values(m * k, 5), values(k * n, 6));
+            let (a, b) = (Matrix::rows(&a, m, k), Matrix::rows(&b, k, n));
+            let expected = product_in_blocks(a, b, Start::Zero, 1);
+            let into = |product: &dyn Fn(&mut [MaybeUninit<f32>])| {
+                let mut out = vec![MaybeUninit::new(f32::NAN); m * n];
+                product(&mut out);
+                // SAFETY: every value was set (NaN, then the product's).
+                out.iter()
+                    .map(|v| unsafe { v.assume_init() })
+                    .collect::<Vec<f32>>()
+            };
+            let one = into(&|out| matmul_on_this_thread_into(a, b, out));
+            let split = pool.install(|| into(&|out| matmul_into(a, b, out)));
+            for (name, got) in [("on one thread", one), ("split", split)] {
+                let same = got.iter().zip(&expected).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{m}×{k}×{n} {name}: not the product");
             }
         }
     }

@@ -1,5 +1,7 @@
 //! `softmax(scale · x)` over the last dimension on the CPU as one op,
-//! forward and backward: the attention weights.
+//! forward and backward: the attention weights of the project's own
+//! U-Net (`model/unet.rs`); its rows, in place, serve the fused
+//! attention (`attention.rs`).
 //!
 //! Why by hand: candle-nn's `softmax` is built from tensor ops (max,
 //! subtract, exp, sum, divide, each a serial pass with a fresh allocation,
@@ -145,6 +147,30 @@ pub fn scaled_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
 mod tests {
     use super::super::checks::{max_difference, random, value_and_gradient};
     use super::*;
+
+    /// The in-place rows equal the out-of-place ones bit for bit, forward
+    /// and backward, with a negative scale among the cases.
+    #[test]
+    fn rows_in_place_equal_the_rows_out_of_place() {
+        for (len, scale) in [(7, 0.5f32), (33, -1.5), (1, 2.0)] {
+            let x: Vec<f32> = (0..len).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7).collect();
+            let dy: Vec<f32> = (0..len).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.3).collect();
+            let mut y = vec![MaybeUninit::new(f32::NAN); len];
+            softmax_row(&mut y, &x, scale);
+            // SAFETY: every value was set (NaN, then the row's).
+            let y: Vec<f32> = y.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let mut in_place = x.clone();
+            softmax_row_in_place(&mut in_place, scale);
+            assert_eq!(in_place, y, "forward, {len} values, scale {scale}");
+            let mut dx = vec![MaybeUninit::new(f32::NAN); len];
+            softmax_row_backward(&mut dx, &y, &dy, scale);
+            // SAFETY: as above.
+            let dx: Vec<f32> = dx.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let mut dy_in_place = dy.clone();
+            softmax_row_backward_in_place(&mut dy_in_place, &y, scale);
+            assert_eq!(dy_in_place, dx, "backward, {len} values, scale {scale}");
+        }
+    }
 
     /// Values and gradient against candle-nn's softmax of the scaled
     /// input, with a negative scale and rows of one value among the cases.
