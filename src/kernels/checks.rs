@@ -1,6 +1,7 @@
 //! What the fused CPU ops' tests share: seeded inputs and a distance.
 
 use crate::rng::{host_rng, normal_tensor};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 /// A trainable tensor of N(offset, 1) values from `seed`.
@@ -41,18 +42,51 @@ pub fn value_and_gradient(
 pub fn assert_same_op(ours: &Tensor, theirs: &Tensor, inputs: [(&str, &Var); 3], tolerance: f32, case: &str) {
     assert!(max_difference(ours, theirs) < tolerance, "{case}: values differ");
     let probe = random(ours.dims(), 1_000, 0.0);
-    let gradients = |output: &Tensor| {
-        (output * probe.as_tensor())
-            .and_then(|t| t.sum_all())
-            .and_then(|t| t.backward())
-            .unwrap()
-    };
-    let (ours_grads, theirs_grads) = (gradients(ours), gradients(theirs));
+    let (ours_grads, theirs_grads) = (
+        weighted_gradients(ours, &probe),
+        weighted_gradients(theirs, &probe),
+    );
     for (name, var) in inputs {
         let (a, b) = (ours_grads.get(var).unwrap(), theirs_grads.get(var).unwrap());
         assert!(
             max_difference(a, b) < 10.0 * tolerance,
             "{case}: {name} gradients differ"
+        );
+    }
+}
+
+/// The gradients of Σ probe · output.
+fn weighted_gradients(output: &Tensor, probe: &Var) -> GradStore {
+    (output * probe.as_tensor())
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .unwrap()
+}
+
+/// [`assert_same_op`] for `op()` against `theirs` on the calling thread
+/// and on two, and the two bit for bit the same in values and in every
+/// input's gradient (for ops whose sums do not depend on the threads).
+pub fn assert_same_op_on_one_and_two_threads(
+    op: &(dyn Fn() -> Tensor + Sync),
+    theirs: &Tensor,
+    inputs: [(&str, &Var); 3],
+    tolerance: f32,
+    case: &str,
+) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let one = op();
+    assert_same_op(&one, theirs, inputs, tolerance, case);
+    let two = pool.install(op);
+    pool.install(|| assert_same_op(&two, theirs, inputs, tolerance, &format!("{case}, 2 threads")));
+    assert_eq!(max_difference(&one, &two), 0.0, "{case}: 1 and 2 threads differ");
+    let probe = random(one.dims(), 1_000, 0.0);
+    let one_grads = weighted_gradients(&one, &probe);
+    let two_grads = pool.install(|| weighted_gradients(&two, &probe));
+    for (name, var) in inputs {
+        let difference = max_difference(one_grads.get(var).unwrap(), two_grads.get(var).unwrap());
+        assert_eq!(
+            difference, 0.0,
+            "{case}: the {name} gradients differ on 1 and 2 threads"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The fused convolution against candle's, and its parts against their
 //! definitions.
 
-use super::super::checks::{assert_same_op, max_difference, random};
+use super::super::checks::{assert_same_op, assert_same_op_on_one_and_two_threads, max_difference, random};
 use super::*;
 
 /// Values and all three gradients against candle's own convolution, for
@@ -84,7 +84,6 @@ fn two_threads_give_candles_values_and_gradients() {
 /// same bit for bit (each product runs on one thread).
 #[test]
 fn winograd_convolutions_equal_candles() {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let cases = [
         // (batch, in, out, height, width, padding)
         (2, 32, 40, 7, 5, 1),
@@ -123,32 +122,14 @@ fn winograd_convolutions_equal_candles() {
         // ways round differently at 1e-6 of that.
         let tolerance = 1e-4;
         let inputs = [("input", &x), ("weight", &weight), ("bias", &bias)];
-        let ours = conv2d(&x, &weight, &bias, 1, p).unwrap();
-        assert_same_op(&ours, &theirs, inputs, tolerance, &format!("winograd case {i}"));
-        let two = pool.install(|| conv2d(&x, &weight, &bias, 1, p).unwrap());
-        pool.install(|| assert_same_op(&two, &theirs, inputs, tolerance, &format!("2 threads, case {i}")));
-        assert_eq!(
-            max_difference(&ours, &two),
-            0.0,
-            "case {i}: 1 and 2 threads differ"
+        let ours = || conv2d(&x, &weight, &bias, 1, p).unwrap();
+        assert_same_op_on_one_and_two_threads(
+            &ours,
+            &theirs,
+            inputs,
+            tolerance,
+            &format!("winograd case {i}"),
         );
-        let probe = random(&[b, o, h + 2 * p - 2, w + 2 * p - 2], 1_000, 0.0);
-        let gradients = |y: &Tensor| {
-            (y * probe.as_tensor())
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
-        let (one_grads, two_grads) = (gradients(&ours), pool.install(|| gradients(&two)));
-        for (name, var) in inputs {
-            let difference = max_difference(one_grads.get(var).unwrap(), two_grads.get(var).unwrap());
-            assert_eq!(
-                difference, 0.0,
-                "case {i}: the {name} gradients differ on 1 and 2 threads"
-            );
-        }
     }
 }
 

@@ -244,8 +244,7 @@ mod tests {
     /// `gemm` adds in the same order however the output is cut).
     #[test]
     fn fused_attention_equals_the_tensor_ops() {
-        use crate::kernels::checks::{assert_same_op, max_difference, random};
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        use crate::kernels::checks::{assert_same_op_on_one_and_two_threads, random};
         // (batch, pixels, heads, channels)
         let cases = [
             (1, 80, 1, 48),
@@ -259,32 +258,8 @@ mod tests {
             let (q, k, v) = (rows(1), rows(2), rows(3));
             let theirs = attend_by_tensor_ops(&q, &k, &v, batch, heads).unwrap();
             let inputs = [("q", &q), ("k", &k), ("v", &v)];
-            let one = attend(&q, &k, &v, batch, heads).unwrap();
-            assert_same_op(&one, &theirs, inputs, 1e-5, &format!("case {i}"));
-            let two = pool.install(|| attend(&q, &k, &v, batch, heads).unwrap());
-            pool.install(|| assert_same_op(&two, &theirs, inputs, 1e-5, &format!("2 threads, case {i}")));
-            assert_eq!(
-                max_difference(&one, &two),
-                0.0,
-                "case {i}: 1 and 2 threads differ"
-            );
-            let probe = random(one.dims(), 1_000, 0.0);
-            let gradients = |y: &Tensor| {
-                (y * probe.as_tensor())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap()
-            };
-            let (one_grads, two_grads) = (gradients(&one), pool.install(|| gradients(&two)));
-            for (name, var) in inputs {
-                let difference = max_difference(one_grads.get(var).unwrap(), two_grads.get(var).unwrap());
-                assert_eq!(
-                    difference, 0.0,
-                    "case {i}: the {name} gradients differ on 1 and 2 threads"
-                );
-            }
+            let ours = || attend(&q, &k, &v, batch, heads).unwrap();
+            assert_same_op_on_one_and_two_threads(&ours, &theirs, inputs, 1e-5, &format!("case {i}"));
         }
     }
 
