@@ -306,18 +306,54 @@ fn transform_image(image: &[f32], images: Images, rows: &mut [MaybeUninit<f32>])
 /// 0 1 0 −1], in blocks of [`LANES`] channels.
 #[inline(always)]
 fn input_transform(window: &[&[f32]; 16], c: usize, row: &mut [MaybeUninit<f32>]) {
+    // Inlined (as `vectorised` needs), not compiled on its own for SSE2.
+    lane_blocks(
+        window,
+        c,
+        #[inline(always)]
+        |from, n, d| {
+            let v = combine(d, |a, b, c, d| [a - c, b + c, c - b, b - d]);
+            for (xi, v) in v.iter().enumerate() {
+                write_lanes(&mut row[xi * c + from..][..n], v);
+            }
+        },
+    );
+}
+
+/// Calls `each(from, n, block)` for the blocks of [`LANES`] values (`n`
+/// in the last, part-filled one) of 16 runs of `len` values: `block`
+/// holds the 16 runs' values `from .. from + n`, zeros after them.
+#[inline(always)]
+fn lane_blocks(runs: &[&[f32]; 16], len: usize, mut each: impl FnMut(usize, usize, &[[f32; LANES]; 16])) {
     let mut from = 0;
-    while from < c {
-        let n = LANES.min(c - from);
-        let mut d = [[0f32; LANES]; 16];
-        for (d, pixel) in d.iter_mut().zip(window) {
-            d[..n].copy_from_slice(&pixel[from..][..n]);
+    while from < len {
+        let n = LANES.min(len - from);
+        let mut block = [[0f32; LANES]; 16];
+        for (lanes, run) in block.iter_mut().zip(runs) {
+            if n == LANES {
+                // A copy of known length: vector moves, not a `memcpy`
+                // call (16 of them a block were a tenth of a convolution).
+                *lanes = run[from..][..LANES].try_into().unwrap();
+            } else {
+                lanes[..n].copy_from_slice(&run[from..][..n]);
+            }
         }
-        let v = combine(&d, |a, b, c, d| [a - c, b + c, c - b, b - d]);
-        for (xi, v) in v.iter().enumerate() {
-            row[xi * c + from..][..n].write_copy_of_slice(&v[..n]);
-        }
+        each(from, n, &block);
         from += n;
+    }
+}
+
+/// `out` = the first `out.len()` of `lanes`, as vector moves where that
+/// is all of them (a copy of unknown length is a `memcpy` call).
+#[inline(always)]
+fn write_lanes(out: &mut [MaybeUninit<f32>], lanes: &[f32]) {
+    if let (Ok(out), Ok(lanes)) = (
+        <&mut [MaybeUninit<f32>; LANES]>::try_from(&mut *out),
+        <&[f32; LANES]>::try_from(&lanes[..LANES.min(lanes.len())]),
+    ) {
+        *out = lanes.map(MaybeUninit::new);
+    } else {
+        out.write_copy_of_slice(&lanes[..out.len()]);
     }
 }
 
@@ -371,7 +407,7 @@ fn untransform_image(
                 output_transform(&m, o, bias, |at, from, values| {
                     let (y, x) = (top + at / 2, left + at % 2);
                     if y < height && x < width {
-                        spare[(y * width + x) * o + from..][..values.len()].write_copy_of_slice(values);
+                        write_lanes(&mut spare[(y * width + x) * o + from..][..values.len()], values);
                     }
                 })
             },
@@ -392,27 +428,25 @@ fn output_transform(
     bias: Option<&[f32]>,
     mut write: impl FnMut(usize, usize, &[f32]),
 ) {
-    let mut from = 0;
-    while from < o {
-        let n = LANES.min(o - from);
-        let mut x = [[0f32; LANES]; 16];
-        for (x, product) in x.iter_mut().zip(m) {
-            x[..n].copy_from_slice(&product[from..][..n]);
-        }
-        // The 4-row mix with its last two rows unused: Aᵀ has two.
-        let y = combine(&x, |a, b, c, d| [a + b + c, b - c - d, 0.0, 0.0]);
-        for (at, index) in [0, 1, 4, 5].into_iter().enumerate() {
-            let mut value = y[index];
-            if let Some(bias) = bias {
-                value[..n]
-                    .iter_mut()
-                    .zip(&bias[from..])
-                    .for_each(|(v, b)| *v += b);
+    lane_blocks(
+        m,
+        o,
+        #[inline(always)]
+        |from, n, x| {
+            // The 4-row mix with its last two rows unused: Aᵀ has two.
+            let y = combine(x, |a, b, c, d| [a + b + c, b - c - d, 0.0, 0.0]);
+            for (at, index) in [0, 1, 4, 5].into_iter().enumerate() {
+                let mut value = y[index];
+                if let Some(bias) = bias {
+                    value[..n]
+                        .iter_mut()
+                        .zip(&bias[from..])
+                        .for_each(|(v, b)| *v += b);
+                }
+                write(at, from, &value[..n]);
             }
-            write(at, from, &value[..n]);
-        }
-        from += n;
-    }
+        },
+    );
 }
 
 #[cfg(test)]
